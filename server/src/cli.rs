@@ -1,0 +1,174 @@
+//! The `onboard-server` command line: `init`, `serve`, `audit verify`.
+
+use crate::config::Config;
+use crate::init::{init, InitOptions};
+use clap::{Parser, Subcommand};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// onboard's server: blinded identity graph, double-blind matching, audiences.
+#[derive(Debug, Parser)]
+#[command(name = "onboard-server", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a data dir: server key, pepper, first admin API key, optional dev TLS.
+    Init {
+        /// Data directory to create.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Also create a self-signed development certificate for localhost and 127.0.0.1.
+        #[arg(long)]
+        dev_tls: bool,
+        /// Write the admin API key to this file (mode 0600) instead of stdout.
+        #[arg(long)]
+        admin_key_out: Option<PathBuf>,
+    },
+    /// Serve the HTTPS API.
+    Serve {
+        /// Data directory made by `init`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Address to listen on (default 127.0.0.1:8443).
+        #[arg(long)]
+        listen: Option<String>,
+        /// TOML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Minimum audience size (floor 50).
+        #[arg(long)]
+        k: Option<usize>,
+        /// Minimum rows per job.
+        #[arg(long)]
+        min_job_rows: Option<usize>,
+    },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain; reports the first broken entry and exits 1.
+    Verify {
+        /// Data directory (the server must be stopped).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+/// Parse `args` (including the program name) and run; the exit code is 0 on
+/// success, 1 when the operation failed, 2 on usage errors.
+pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ONBOARD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Init {
+            data_dir,
+            dev_tls,
+            admin_key_out,
+        } => {
+            let to_file = admin_key_out.is_some();
+            let out = init(&InitOptions {
+                data_dir: data_dir.clone(),
+                dev_tls,
+                admin_key_out,
+            })?;
+            println!("initialised {}", data_dir.display());
+            if let Some(ca) = &out.ca_cert {
+                println!(
+                    "development CA certificate (pass it to clients as --ca): {}",
+                    ca.display()
+                );
+            }
+            if !to_file {
+                println!("first admin API key (shown once):");
+                println!("{}", out.admin_api_key);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve {
+            data_dir,
+            listen,
+            config,
+            k,
+            min_job_rows,
+        } => {
+            let mut flags = Vec::new();
+            if let Some(d) = data_dir {
+                flags.push(("data_dir", d.to_string_lossy().into_owned()));
+            }
+            if let Some(l) = listen {
+                flags.push(("listen", l));
+            }
+            if let Some(k) = k {
+                flags.push(("k", k.to_string()));
+            }
+            if let Some(m) = min_job_rows {
+                flags.push(("min_job_rows", m.to_string()));
+            }
+            let config = Config::load(config.as_deref(), std::env::vars(), &flags)?;
+            let listener = std::net::TcpListener::bind(config.listen)
+                .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+            let handle = crate::server::start(config, listener)?;
+            eprintln!("onboard-server listening on https://{}", handle.addr);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let _ = tokio::signal::ctrl_c().await;
+            });
+            eprintln!("stopping…");
+            handle.stop();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { data_dir },
+        } => {
+            let repo = crate::storage::open(&data_dir)?;
+            match crate::services::audit::verify(repo.as_ref())? {
+                Ok(n) => {
+                    println!("audit chain intact: {n} entries");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(b) => {
+                    eprintln!("audit chain broken at entry {}: {}", b.seq, b.reason);
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+    }
+}

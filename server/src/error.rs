@@ -1,0 +1,132 @@
+//! The service error: one variant per stable code of docs/api.md. The HTTP
+//! mapping lives in exactly one place, `http/error.rs`. Messages never carry
+//! identifiers or keys; `Internal` details go to the log only.
+
+use crate::storage::StoreError;
+use thiserror::Error;
+
+/// A failure a service reports; each variant has a stable kebab-case code.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    /// Missing, malformed, unknown or revoked key.
+    #[error("a valid API key is required in the Authorization: Bearer header")]
+    Unauthenticated,
+    /// The key's role may not call this endpoint.
+    #[error("this API key's role may not call this endpoint")]
+    Forbidden,
+    /// Absent or someone else's object.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// Malformed JSON or parameter.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A binary frame failed to decode.
+    #[error("{0}")]
+    BadFrame(String),
+    /// A point is not a canonical non-identity ristretto255 encoding.
+    #[error("{0}")]
+    BadPoint(String),
+    /// A members cursor this server did not issue for this audience.
+    #[error("the cursor was not issued by this server for this audience")]
+    BadCursor,
+    /// Exists already / re-sent with different content.
+    #[error("{0}")]
+    Conflict(String),
+    /// The job is finished, failed or aborted.
+    #[error("job is {0}, not open")]
+    JobNotOpen(String),
+    /// Finish called too early.
+    #[error("{0}")]
+    Incomplete(String),
+    /// The audience has expired.
+    #[error("the audience has expired")]
+    Expired,
+    /// Body over the route's limit.
+    #[error("request body is larger than this route's limit of {0} bytes")]
+    TooLarge(usize),
+    /// Wrong Content-Type.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// A job below the minimum number of rows.
+    #[error("the job has {rows} rows, the minimum is {min}")]
+    TooFewRows {
+        /// Rows uploaded.
+        rows: u64,
+        /// The configured minimum.
+        min: usize,
+    },
+    /// Well-formed but not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// The advertiser's ε budget is spent.
+    #[error("the privacy budget of this advertiser is exhausted for the current window ({spent:.2} of {budget:.2} spent)")]
+    BudgetExhausted {
+        /// ε spent in the window.
+        spent: f64,
+        /// The budget.
+        budget: f64,
+    },
+    /// Too many open jobs.
+    #[error("the advertiser already has {0} open jobs, the maximum")]
+    TooManyJobs(usize),
+    /// Anything else; the text is for the log only.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The stable code clients branch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "unauthenticated",
+            Self::Forbidden => "forbidden",
+            Self::NotFound(_) => "not-found",
+            Self::BadRequest(_) => "bad-request",
+            Self::BadFrame(_) => "bad-frame",
+            Self::BadPoint(_) => "bad-point",
+            Self::BadCursor => "bad-cursor",
+            Self::Conflict(_) => "conflict",
+            Self::JobNotOpen(_) => "job-not-open",
+            Self::Incomplete(_) => "incomplete",
+            Self::Expired => "expired",
+            Self::TooLarge(_) => "too-large",
+            Self::UnsupportedMediaType(_) => "unsupported-media-type",
+            Self::TooFewRows { .. } => "too-few-rows",
+            Self::Invalid(_) => "invalid",
+            Self::BudgetExhausted { .. } => "privacy-budget-exhausted",
+            Self::TooManyJobs(_) => "too-many-jobs",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Unauthenticated => 401,
+            Self::Forbidden => 403,
+            Self::NotFound(_) => 404,
+            Self::BadRequest(_) | Self::BadFrame(_) | Self::BadPoint(_) | Self::BadCursor => 400,
+            Self::Conflict(_) | Self::JobNotOpen(_) | Self::Incomplete(_) => 409,
+            Self::Expired => 410,
+            Self::TooLarge(_) => 413,
+            Self::UnsupportedMediaType(_) => 415,
+            Self::TooFewRows { .. } | Self::Invalid(_) => 422,
+            Self::BudgetExhausted { .. } | Self::TooManyJobs(_) => 429,
+            Self::Internal(_) => 500,
+        }
+    }
+
+    /// The message shown to clients: generic for 5xx.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Internal(_) => "internal server error".to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Internal(format!("storage: {e}"))
+    }
+}

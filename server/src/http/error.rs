@@ -1,0 +1,21 @@
+//! The one error → response mapping: `{"error":{"code","message"}}` with the
+//! stable code; 5xx bodies are generic, details go to the log only.
+
+use crate::error::ApiError;
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let ApiError::Internal(detail) = self {
+            tracing::error!(%detail, "internal error");
+        }
+        HttpResponse::build(self.status_code()).json(
+            serde_json::json!({"error": {"code": self.code(), "message": self.public_message()}}),
+        )
+    }
+}

@@ -1,0 +1,564 @@
+//! HTTP: one route table ([`configure`]), thin handlers (extract → one
+//! service call off the executor → JSON), the bearer-key extractor
+//! [`Auth`], request metrics, body limits and Content-Type checks.
+
+mod error;
+mod metrics;
+
+pub use metrics::Metrics;
+
+use crate::error::ApiError;
+use crate::services::audiences::MembersPage;
+use crate::services::auth::Caller;
+use crate::services::graph::CookieRow;
+use crate::services::jobs::CreateJob;
+use crate::services::{blocking, Services};
+use crate::storage::Role;
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// Shared state handed to handlers.
+pub type State = web::Data<Arc<Services>>;
+
+/// The OpenAPI document (kept beside the routes).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// An authenticated caller (401 when the bearer key is not a live key).
+pub struct Auth(pub Caller);
+
+impl FromRequest for Auth {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let state = req.app_data::<State>().cloned();
+        let token = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_string());
+        Box::pin(async move {
+            let (Some(state), Some(token)) = (state, token) else {
+                return Err(ApiError::Unauthenticated);
+            };
+            let services = state.get_ref().clone();
+            blocking(move || services.authenticate(&token))
+                .await
+                .map(Auth)
+        })
+    }
+}
+
+impl Auth {
+    fn role(self, role: Role) -> Result<Caller, ApiError> {
+        self.0.require(role)?;
+        Ok(self.0)
+    }
+}
+
+/// Read a body up to `limit` bytes (413 beyond).
+async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("cannot read body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::TooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+fn content_type(req: &HttpRequest) -> String {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+fn require_type(req: &HttpRequest, expected: &str) -> Result<(), ApiError> {
+    let found = content_type(req);
+    if found != expected {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type must be {expected}, got {}",
+            if found.is_empty() { "none" } else { &found }
+        )));
+    }
+    Ok(())
+}
+
+/// A binary frame body.
+async fn frame(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &State,
+) -> Result<web::Bytes, ApiError> {
+    require_type(req, "application/octet-stream")?;
+    read_body(payload, state.config.max_frame_body).await
+}
+
+/// A JSON body; an empty body without Content-Type reads as `{}` when `optional`.
+async fn json_body<T: for<'de> Deserialize<'de>>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &State,
+    optional: bool,
+) -> Result<(T, web::Bytes), ApiError> {
+    let ct = content_type(req);
+    if !(optional && ct.is_empty()) {
+        require_type(req, "application/json")?;
+    }
+    let body = read_body(payload, state.config.max_json_body).await?;
+    let text: &[u8] = if body.is_empty() && optional {
+        b"{}"
+    } else {
+        &body
+    };
+    let value = serde_json::from_slice(text)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+    Ok((value, body))
+}
+
+fn path_u32(s: &str, name: &str) -> Result<u32, ApiError> {
+    s.parse()
+        .map_err(|_| ApiError::BadRequest(format!("{name}: a non-negative integer")))
+}
+
+fn svc(state: &State) -> Arc<Services> {
+    state.get_ref().clone()
+}
+
+/// The route table.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/metrics", web::get().to(metrics_text))
+        .route("/v1/openapi.json", web::get().to(openapi))
+        .route("/v1/admin/principals", web::post().to(create_principal))
+        .route("/v1/admin/principals", web::get().to(list_principals))
+        .route(
+            "/v1/admin/principals/{name}/keys",
+            web::post().to(create_key),
+        )
+        .route(
+            "/v1/admin/principals/{name}/revoke",
+            web::post().to(revoke_principal),
+        )
+        .route("/v1/admin/keys/{key_id}/revoke", web::post().to(revoke_key))
+        .route("/v1/admin/graph/imports", web::post().to(create_import))
+        .route(
+            "/v1/admin/graph/imports/{id}/identifiers/{batch}",
+            web::put().to(import_identifiers),
+        )
+        .route(
+            "/v1/admin/graph/imports/{id}/cookies/{batch}",
+            web::put().to(import_cookies),
+        )
+        .route(
+            "/v1/admin/graph/imports/{id}/commit",
+            web::post().to(commit_import),
+        )
+        .route("/v1/admin/stats", web::get().to(stats))
+        .route("/v1/admin/optouts", web::post().to(optouts))
+        .route("/v1/admin/erase", web::post().to(erase))
+        .route("/v1/admin/audit", web::get().to(audit))
+        .route("/v1/jobs", web::post().to(create_job))
+        .route("/v1/jobs", web::get().to(list_jobs))
+        .route("/v1/jobs/{id}", web::get().to(get_job))
+        .route("/v1/jobs/{id}", web::delete().to(abort_job))
+        .route(
+            "/v1/jobs/{id}/graph/{kind}/{page}",
+            web::get().to(get_graph_page),
+        )
+        .route(
+            "/v1/jobs/{id}/graph/{kind}/{page}",
+            web::put().to(put_graph_page),
+        )
+        .route("/v1/jobs/{id}/batches/{batch}", web::put().to(upload_batch))
+        .route("/v1/jobs/{id}/finish", web::post().to(finish_job))
+        .route("/v1/audiences", web::get().to(list_audiences))
+        .route("/v1/audiences/{id}/members", web::get().to(members))
+        .default_service(web::to(|| async {
+            Err::<HttpResponse, _>(ApiError::NotFound("route"))
+        }));
+}
+
+type Reply = Result<HttpResponse, ApiError>;
+
+fn ok(v: serde_json::Value) -> Reply {
+    Ok(HttpResponse::Ok().json(v))
+}
+
+fn created(v: serde_json::Value) -> Reply {
+    Ok(HttpResponse::Created().json(v))
+}
+
+async fn healthz(state: State) -> Reply {
+    let s = svc(&state);
+    let g = blocking(move || Ok(s.repo.current_graph()?)).await?;
+    ok(serde_json::json!({"status": "ok", "graph_version": g.map(|g| g.version).unwrap_or(0)}))
+}
+
+async fn metrics_text(state: State, metrics: web::Data<Metrics>) -> HttpResponse {
+    let s = svc(&state);
+    let jobs = blocking(move || Ok(s.repo.jobs()?))
+        .await
+        .unwrap_or_default();
+    let imported = state
+        .identifiers_imported
+        .load(std::sync::atomic::Ordering::Relaxed);
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(metrics.render(imported, &jobs))
+}
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewPrincipal {
+    name: String,
+    role: Role,
+    #[serde(default)]
+    webhook_url: Option<String>,
+}
+
+async fn create_principal(
+    state: State,
+    auth: Auth,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Reply {
+    let caller = auth.role(Role::Admin)?;
+    let (body, _): (NewPrincipal, _) = json_body(&req, payload, &state, false).await?;
+    let s = svc(&state);
+    let k = blocking(move || s.create_principal(&caller, &body.name, body.role, body.webhook_url))
+        .await?;
+    created(
+        serde_json::json!({"name": k.name, "role": k.role, "key_id": k.key_id, "api_key": k.api_key}),
+    )
+}
+
+async fn list_principals(state: State, auth: Auth) -> Reply {
+    auth.role(Role::Admin)?;
+    let s = svc(&state);
+    ok(blocking(move || s.list_principals()).await?)
+}
+
+async fn create_key(state: State, auth: Auth, path: web::Path<String>) -> Reply {
+    let caller = auth.role(Role::Admin)?;
+    let s = svc(&state);
+    let k = blocking(move || s.create_key(&caller, &path)).await?;
+    created(serde_json::json!({"name": k.name, "key_id": k.key_id, "api_key": k.api_key}))
+}
+
+async fn revoke_key(state: State, auth: Auth, path: web::Path<String>) -> Reply {
+    let caller = auth.role(Role::Admin)?;
+    let s = svc(&state);
+    let id = path.into_inner();
+    let id2 = id.clone();
+    blocking(move || s.revoke_key(&caller, &id2)).await?;
+    ok(serde_json::json!({"key_id": id, "revoked": true}))
+}
+
+async fn revoke_principal(state: State, auth: Auth, path: web::Path<String>) -> Reply {
+    let caller = auth.role(Role::Admin)?;
+    let s = svc(&state);
+    let name = path.into_inner();
+    let name2 = name.clone();
+    let n = blocking(move || s.revoke_principal(&caller, &name2)).await?;
+    ok(serde_json::json!({"name": name, "revoked_keys": n}))
+}
+
+async fn create_import(state: State, auth: Auth, req: HttpRequest, payload: web::Payload) -> Reply {
+    let caller = auth.role(Role::Admin)?;
+    let _: (serde_json::Value, _) = json_body(&req, payload, &state, true).await?;
+    let s = svc(&state);
+    let id = blocking(move || s.create_import(&caller)).await?;
+    created(serde_json::json!({"import_id": id}))
+}
+
+async fn import_identifiers(
+    state: State,
+    auth: Auth,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Reply {
+    auth.role(Role::Admin)?;
+    let (id, batch) = path.into_inner();
+    let batch = path_u32(&batch, "batch_no")?;
+    let body = frame(&req, payload, &state).await?;
+    let s = svc(&state);
+    let n = blocking(move || s.import_identifiers(&id, batch, &body)).await?;
+    ok(serde_json::json!({"batch_no": batch, "accepted": n}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Cookies {
+    cookies: Vec<CookieRow>,
+}
+
+async fn import_cookies(
+    state: State,
+    auth: Auth,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Reply {
+    auth.role(Role::Admin)?;
+    let (id, batch) = path.into_inner();
+    let batch = path_u32(&batch, "batch_no")?;
+    let (rows, raw): (Cookies, _) = json_body(&req, payload, &state, false).await?;
+    let s = svc(&state);
+    let n = blocking(move || s.import_cookies(&id, batch, &raw, &rows.cookies)).await?;
+    ok(serde_json::json!({"batch_no": batch, "accepted": n}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Commit {
+    identifier_batches: u32,
+    #[serde(default)]
+    cookie_batches: u32,
+}
+
+async fn commit_import(
+    state: State,
+    auth: Auth,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Reply {
+    let caller = auth.role(Role::Admin)?;
+    let (c, _): (Commit, _) = json_body(&req, payload, &state, false).await?;
+    let s = svc(&state);
+    let info =
+        blocking(move || s.commit_import(&caller, &path, c.identifier_batches, c.cookie_batches))
+            .await?;
+    let mut identifiers = serde_json::Map::new();
+    for k in onboard_protocol::MatchKind::ALL {
+        identifiers.insert(
+            k.as_str().into(),
+            info.identifiers
+                .get(k.as_str())
+                .copied()
+                .unwrap_or(0)
+                .into(),
+        );
+    }
+    ok(
+        serde_json::json!({"version": info.version, "persons": info.persons, "identifiers": identifiers, "cookies": info.cookies}),
+    )
+}
+
+async fn stats(state: State, auth: Auth) -> Reply {
+    auth.role(Role::Admin)?;
+    let s = svc(&state);
+    ok(blocking(move || s.stats()).await?)
+}
+
+async fn optouts(state: State, auth: Auth, req: HttpRequest, payload: web::Payload) -> Reply {
+    let caller = auth.role(Role::Admin)?;
+    let body = frame(&req, payload, &state).await?;
+    let s = svc(&state);
+    let (accepted, suppressed) = blocking(move || s.optout(&caller, &body)).await?;
+    ok(serde_json::json!({"accepted": accepted, "persons_suppressed": suppressed}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Erase {
+    person: String,
+}
+
+async fn erase(state: State, auth: Auth, req: HttpRequest, payload: web::Payload) -> Reply {
+    let caller = auth.role(Role::Admin)?;
+    let (e, _): (Erase, _) = json_body(&req, payload, &state, false).await?;
+    let s = svc(&state);
+    let person = e.person.clone();
+    let n = blocking(move || s.erase(&caller, &person)).await?;
+    ok(serde_json::json!({"person": e.person, "erased": true, "audiences_updated": n}))
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn audit(state: State, auth: Auth, q: web::Query<AuditQuery>) -> Reply {
+    auth.role(Role::Admin)?;
+    let s = svc(&state);
+    let (after, limit) = (q.after.unwrap_or(0), q.limit.unwrap_or(100).clamp(1, 1000));
+    let entries = blocking(move || Ok(s.repo.audit_after(after, limit)?)).await?;
+    ok(serde_json::json!({ "entries": entries }))
+}
+
+async fn create_job(state: State, auth: Auth, req: HttpRequest, payload: web::Payload) -> Reply {
+    let caller = auth.role(Role::Advertiser)?;
+    let (body, _): (CreateJob, _) = json_body(&req, payload, &state, false).await?;
+    let s = svc(&state);
+    created(blocking(move || s.create_job(&caller, body)).await?)
+}
+
+async fn list_jobs(state: State, auth: Auth) -> Reply {
+    let caller = auth.role(Role::Advertiser)?;
+    let s = svc(&state);
+    ok(blocking(move || s.list_jobs(&caller)).await?)
+}
+
+async fn get_job(state: State, auth: Auth, path: web::Path<String>) -> Reply {
+    let caller = auth.role(Role::Advertiser)?;
+    let s = svc(&state);
+    let j = blocking(move || s.own_job(&caller, &path)).await?;
+    ok(Services::job_view(&j))
+}
+
+async fn abort_job(state: State, auth: Auth, path: web::Path<String>) -> Reply {
+    let caller = auth.role(Role::Advertiser)?;
+    let s = svc(&state);
+    ok(blocking(move || s.abort_job(&caller, &path)).await?)
+}
+
+async fn get_graph_page(
+    state: State,
+    auth: Auth,
+    path: web::Path<(String, String, String)>,
+) -> Reply {
+    let caller = auth.role(Role::Advertiser)?;
+    let (id, kind, page) = path.into_inner();
+    let page = path_u32(&page, "page_no")?;
+    let s = svc(&state);
+    let bytes = blocking(move || s.graph_page(&caller, &id, &kind, page)).await?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .body(bytes))
+}
+
+async fn put_graph_page(
+    state: State,
+    auth: Auth,
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    payload: web::Payload,
+) -> Reply {
+    let caller = auth.role(Role::Advertiser)?;
+    let (id, kind, page) = path.into_inner();
+    let page = path_u32(&page, "page_no")?;
+    let body = frame(&req, payload, &state).await?;
+    let s = svc(&state);
+    let n = blocking(move || s.put_graph_page(&caller, &id, &kind, page, &body)).await?;
+    ok(serde_json::json!({"page_no": page, "accepted": n}))
+}
+
+async fn upload_batch(
+    state: State,
+    auth: Auth,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Reply {
+    let caller = auth.role(Role::Advertiser)?;
+    let (id, batch) = path.into_inner();
+    let batch = path_u32(&batch, "batch_no")?;
+    let body = frame(&req, payload, &state).await?;
+    let s = svc(&state);
+    let out = blocking(move || s.upload_batch(&caller, &id, batch, &body)).await?;
+    ok(serde_json::json!({"batch_no": batch, "records": out.records, "duplicate": out.duplicate}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Finish {
+    batches: u32,
+}
+
+async fn finish_job(
+    state: State,
+    auth: Auth,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Reply {
+    let caller = auth.role(Role::Advertiser)?;
+    let (f, _): (Finish, _) = json_body(&req, payload, &state, false).await?;
+    let s = svc(&state);
+    ok(blocking(move || s.finish_job(&caller, &path, f.batches)).await?)
+}
+
+async fn list_audiences(state: State, auth: Auth) -> Reply {
+    let caller = auth.role(Role::Destination)?;
+    let s = svc(&state);
+    ok(blocking(move || s.list_audiences(&caller)).await?)
+}
+
+#[derive(Deserialize)]
+struct MembersQuery {
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn members(
+    state: State,
+    auth: Auth,
+    req: HttpRequest,
+    path: web::Path<String>,
+    q: web::Query<MembersQuery>,
+) -> Reply {
+    let caller = auth.role(Role::Destination)?;
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let csv = accept.contains("text/csv");
+    let s = svc(&state);
+    let q = q.into_inner();
+    let page: MembersPage =
+        blocking(move || s.pull_members(&caller, &path, q.cursor.as_deref(), q.limit)).await?;
+    let mut out = String::new();
+    if csv {
+        out.push_str("cookie_id\n");
+        for c in &page.cookies {
+            if c.contains([',', '"', '\n', '\r']) {
+                out.push('"');
+                out.push_str(&c.replace('"', "\"\""));
+                out.push('"');
+            } else {
+                out.push_str(c);
+            }
+            out.push('\n');
+        }
+    } else {
+        for c in &page.cookies {
+            out.push_str(&serde_json::json!({ "cookie": c }).to_string());
+            out.push('\n');
+        }
+    }
+    let mut resp = HttpResponse::Ok();
+    resp.content_type(if csv {
+        "text/csv"
+    } else {
+        "application/x-ndjson"
+    });
+    if let Some(next) = page.next {
+        resp.insert_header(("Onboard-Next-Cursor", next));
+    }
+    Ok(resp.body(out))
+}

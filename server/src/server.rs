@@ -1,0 +1,131 @@
+//! Running the HTTP server: [`start`] serves on an already-bound listener on
+//! its own thread and runtime (tests bind `127.0.0.1:0`); [`ServerHandle::stop`]
+//! stops gracefully and flushes the store.
+
+use crate::config::Config;
+use crate::http::{self, Metrics};
+use crate::services::Services;
+use crate::storage::Repo;
+use actix_web::dev::Service as _;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context as _;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A running server.
+pub struct ServerHandle {
+    /// The address it listens on.
+    pub addr: std::net::SocketAddr,
+    handle: actix_web::dev::ServerHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+    repo: Arc<dyn Repo>,
+}
+
+impl ServerHandle {
+    /// Stop gracefully: in-flight requests finish, then the store is flushed.
+    pub fn stop(mut self) {
+        drop(self.handle.stop(true));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Err(e) = self.repo.flush() {
+            tracing::error!(error = %e, "flushing the store failed");
+        }
+    }
+
+    /// Block until the server stops by itself (signal) and flush.
+    pub fn wait(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = self.repo.flush();
+    }
+}
+
+/// Start serving on `listener`; returns once it accepts connections.
+pub fn start(config: Config, listener: std::net::TcpListener) -> anyhow::Result<ServerHandle> {
+    let key = crate::keyfiles::read_server_key(&config.data_dir)?;
+    let pepper = crate::keyfiles::read_pepper(&config.data_dir)?;
+    let tls_key = config.tls_key_path();
+    if tls_key.starts_with(&config.data_dir) && tls_key.exists() {
+        crate::keyfiles::check_private(&tls_key)?;
+    }
+    let tls = crate::tls::server_config(&config.tls_cert_path(), &tls_key)?;
+    let repo = crate::storage::open(&config.data_dir).context("cannot open the database")?;
+    let services = Arc::new(
+        Services::new(repo.clone(), config.clone(), key, pepper)
+            .context("cannot load the store")?,
+    );
+    let addr = listener.local_addr()?;
+    let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<actix_web::dev::ServerHandle>>();
+    let workers = config.workers;
+    let cleanup_every = config.cleanup_interval;
+    let thread = std::thread::Builder::new()
+        .name("onboard-http".into())
+        .spawn(move || {
+            let system = actix_web::rt::System::new();
+            system.block_on(async move {
+                let metrics = web::Data::new(Metrics::default());
+                let state = web::Data::new(services.clone());
+                let server = HttpServer::new(move || {
+                    let metrics_mw = metrics.clone();
+                    App::new()
+                        .app_data(state.clone())
+                        .app_data(metrics.clone())
+                        .wrap_fn(move |req, srv| {
+                            let started = Instant::now();
+                            let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+                            let metrics = metrics_mw.clone();
+                            let fut = srv.call(req);
+                            async move {
+                                let res = fut.await?;
+                                metrics.observe(
+                                    &route,
+                                    res.status().as_u16(),
+                                    started.elapsed().as_secs_f64(),
+                                );
+                                Ok(res)
+                            }
+                        })
+                        .configure(http::configure)
+                })
+                .workers(workers)
+                .disable_signals()
+                .listen_rustls_0_23(listener, tls);
+                let server = match server {
+                    Ok(s) => s.run(),
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into()));
+                        return;
+                    }
+                };
+                let _ = tx.send(Ok(server.handle()));
+                let cleaner = services.clone();
+                actix_web::rt::spawn(async move {
+                    let mut tick = actix_web::rt::time::interval(cleanup_every);
+                    loop {
+                        tick.tick().await;
+                        let s = cleaner.clone();
+                        match crate::services::blocking(move || s.cleanup()).await {
+                            Ok((a, j)) if a + j > 0 => {
+                                tracing::info!(audiences = a, jobs = j, "clean-up")
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::error!(error = %e, "clean-up failed"),
+                        }
+                    }
+                });
+                if let Err(e) = server.await {
+                    tracing::error!(error = %e, "server stopped with an error");
+                }
+            });
+        })?;
+    let handle = rx.recv().context("server thread ended before starting")??;
+    tracing::info!(%addr, "serving over TLS");
+    Ok(ServerHandle {
+        addr,
+        handle,
+        thread: Some(thread),
+        repo,
+    })
+}

@@ -1,0 +1,234 @@
+//! Principals and API keys: `obk_` + base64url(32 random bytes), shown once,
+//! stored as `HMAC-SHA256(pepper, key)`, compared in constant time.
+
+use super::{new_id, rfc3339, unix_now, Services};
+use crate::error::ApiError;
+use crate::storage::{ApiKeyRecord, Principal, Role};
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use serde::Serialize;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+/// Prefix of every API key.
+pub const KEY_PREFIX: &str = "obk_";
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Principal name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// The key used.
+    pub key_id: String,
+}
+
+impl Caller {
+    /// 403 unless the caller has `role`.
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.role == role {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden)
+        }
+    }
+}
+
+/// A freshly created key (the secret is shown once).
+#[derive(Debug, Serialize)]
+pub struct NewKey {
+    /// Principal.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Key ID.
+    pub key_id: String,
+    /// The key itself.
+    pub api_key: String,
+}
+
+/// `HMAC-SHA256(pepper, label || 0 || data)`.
+pub fn hmac_with(pepper: &[u8; 32], label: &[u8], data: &[u8]) -> [u8; 32] {
+    let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(pepper) {
+        Ok(m) => m,
+        Err(_) => return [0; 32], // HMAC accepts keys of any length; unreachable.
+    };
+    mac.update(label);
+    mac.update(&[0]);
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
+/// A principal name: 1–64 of `[A-Za-z0-9._-]`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// Create a principal and its first key directly on a store (used by `init`).
+pub fn create_principal_in(
+    repo: &dyn crate::storage::Repo,
+    pepper: &[u8; 32],
+    name: &str,
+    role: Role,
+    webhook_url: Option<String>,
+) -> Result<NewKey, ApiError> {
+    if !valid_name(name) {
+        return Err(ApiError::BadRequest(
+            "name: 1 to 64 characters of letters, digits, '.', '_' or '-'".into(),
+        ));
+    }
+    let p = Principal {
+        name: name.into(),
+        role,
+        created: rfc3339(unix_now()),
+        webhook_url,
+    };
+    if repo.create_principal(&p)?.is_err() {
+        return Err(ApiError::Conflict(format!(
+            "principal {name} exists already"
+        )));
+    }
+    new_key_in(repo, pepper, &p)
+}
+
+fn new_key_in(
+    repo: &dyn crate::storage::Repo,
+    pepper: &[u8; 32],
+    p: &Principal,
+) -> Result<NewKey, ApiError> {
+    use rand::RngCore;
+    let mut raw = Zeroizing::new([0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(raw.as_mut());
+    let api_key = format!(
+        "{KEY_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.as_ref())
+    );
+    let rec = ApiKeyRecord {
+        key_id: new_id("k-")[..18].to_string(),
+        principal: p.name.clone(),
+        hash: hmac_with(pepper, b"api-key", api_key.as_bytes()),
+        created: rfc3339(unix_now()),
+        revoked: false,
+    };
+    repo.insert_key(&rec)?;
+    Ok(NewKey {
+        name: p.name.clone(),
+        role: p.role,
+        key_id: rec.key_id,
+        api_key,
+    })
+}
+
+impl Services {
+    pub(crate) fn hmac(&self, label: &[u8], data: &[u8]) -> [u8; 32] {
+        hmac_with(self.pepper(), label, data)
+    }
+
+    /// Resolve a bearer token to a caller: 401 for anything not a live key.
+    pub fn authenticate(&self, token: &str) -> Result<Caller, ApiError> {
+        if !token.starts_with(KEY_PREFIX) || token.len() > 128 {
+            return Err(ApiError::Unauthenticated);
+        }
+        let hash = self.hmac(b"api-key", token.as_bytes());
+        let rec = self
+            .repo
+            .key_by_hash(&hash)?
+            .ok_or(ApiError::Unauthenticated)?;
+        if !bool::from(rec.hash.ct_eq(&hash)) || rec.revoked {
+            return Err(ApiError::Unauthenticated);
+        }
+        let p = self
+            .repo
+            .principal(&rec.principal)?
+            .ok_or(ApiError::Unauthenticated)?;
+        Ok(Caller {
+            name: p.name,
+            role: p.role,
+            key_id: rec.key_id,
+        })
+    }
+
+    /// Create a principal with a first key.
+    pub fn create_principal(
+        &self,
+        actor: &Caller,
+        name: &str,
+        role: Role,
+        webhook: Option<String>,
+    ) -> Result<NewKey, ApiError> {
+        let result = create_principal_in(self.repo.as_ref(), self.pepper(), name, role, webhook);
+        let outcome = if result.is_ok() { "ok" } else { "refused" };
+        self.audit(
+            &actor.name,
+            &format!("principal.create.{}", role.as_str()),
+            name,
+            outcome,
+        )?;
+        result
+    }
+
+    /// An extra key for a principal.
+    pub fn create_key(&self, actor: &Caller, name: &str) -> Result<NewKey, ApiError> {
+        let p = self
+            .repo
+            .principal(name)?
+            .ok_or(ApiError::NotFound("principal"))?;
+        let k = new_key_in(self.repo.as_ref(), self.pepper(), &p)?;
+        self.audit(&actor.name, "key.create", &k.key_id, "ok")?;
+        Ok(k)
+    }
+
+    /// Revoke one key.
+    pub fn revoke_key(&self, actor: &Caller, key_id: &str) -> Result<(), ApiError> {
+        let mut k = self.repo.key(key_id)?.ok_or(ApiError::NotFound("key"))?;
+        k.revoked = true;
+        self.repo.insert_key(&k)?;
+        self.audit(&actor.name, "key.revoke", key_id, "ok")?;
+        Ok(())
+    }
+
+    /// Revoke every key of a principal.
+    pub fn revoke_principal(&self, actor: &Caller, name: &str) -> Result<u64, ApiError> {
+        self.repo
+            .principal(name)?
+            .ok_or(ApiError::NotFound("principal"))?;
+        let mut n = 0;
+        for mut k in self
+            .repo
+            .keys()?
+            .into_iter()
+            .filter(|k| k.principal == name && !k.revoked)
+        {
+            k.revoked = true;
+            self.repo.insert_key(&k)?;
+            n += 1;
+        }
+        self.audit(&actor.name, "principal.revoke", name, "ok")?;
+        Ok(n)
+    }
+
+    /// Principals with their keys, for the admin listing.
+    pub fn list_principals(&self) -> Result<serde_json::Value, ApiError> {
+        let keys = self.repo.keys()?;
+        let list: Vec<_> = self
+            .repo
+            .principals()?
+            .into_iter()
+            .map(|p| {
+                let ks: Vec<_> = keys
+                    .iter()
+                    .filter(|k| k.principal == p.name)
+                    .map(|k| serde_json::json!({"key_id": k.key_id, "created": k.created, "revoked": k.revoked}))
+                    .collect();
+                serde_json::json!({"name": p.name, "role": p.role, "created": p.created, "webhook_url": p.webhook_url, "keys": ks})
+            })
+            .collect();
+        Ok(serde_json::json!({ "principals": list }))
+    }
+}

@@ -1,0 +1,343 @@
+//! Graph imports (digests in, `b·P(y)` stored, digests dropped), commits that
+//! switch the current version with one pointer write, opt-outs and erasure.
+
+use super::{lock, new_id, rfc3339, unix_now, Services};
+use crate::error::ApiError;
+use crate::services::auth::Caller;
+use crate::storage::{GraphInfo, ImportRecord};
+use onboard_protocol::wire::DigestBatch;
+use onboard_protocol::{blind, MatchKind, PointBytes};
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+/// One cookie row of a cookies batch.
+#[derive(Debug, Deserialize)]
+pub struct CookieRow {
+    /// Person ID.
+    pub person: String,
+    /// Destination name.
+    pub destination: String,
+    /// The destination's cookie or device ID.
+    pub cookie: String,
+}
+
+/// Most cookie rows per batch.
+pub const MAX_COOKIES_PER_BATCH: usize = 65_536;
+
+impl Services {
+    /// Open an import session writing a new, not yet current, version.
+    pub fn create_import(&self, actor: &Caller) -> Result<String, ApiError> {
+        let version = self.repo.allocate_version()?;
+        let rec = ImportRecord {
+            id: new_id("i-"),
+            version,
+            status: "open".into(),
+            created: rfc3339(unix_now()),
+            info: GraphInfo {
+                version,
+                ..GraphInfo::default()
+            },
+            next_person: 1,
+        };
+        self.repo.put_import(&rec)?;
+        self.audit(&actor.name, "graph.import.create", &rec.id, "ok")?;
+        Ok(rec.id)
+    }
+
+    fn open_import(&self, id: &str) -> Result<ImportRecord, ApiError> {
+        let rec = self.repo.import(id)?.ok_or(ApiError::NotFound("import"))?;
+        if rec.status != "open" {
+            return Err(ApiError::Conflict(format!("import {id} is {}", rec.status)));
+        }
+        Ok(rec)
+    }
+
+    /// Idempotency by content hash: `Ok(true)` if this exact batch was applied.
+    fn seen_batch(
+        &self,
+        id: &str,
+        part: u8,
+        batch_no: u32,
+        hash: &[u8; 32],
+    ) -> Result<bool, ApiError> {
+        match self.repo.import_batch_hash(id, part, batch_no)? {
+            None => Ok(false),
+            Some(h) if &h == hash => Ok(true),
+            Some(_) => Err(ApiError::Conflict(format!(
+                "batch {batch_no} was already sent with different content"
+            ))),
+        }
+    }
+
+    fn person_number(&self, rec: &mut ImportRecord, person: &str) -> Result<u64, ApiError> {
+        if let Some(n) = self.repo.person_no(rec.version, person)? {
+            return Ok(n);
+        }
+        let n = rec.next_person;
+        rec.next_person += 1;
+        rec.info.persons += 1;
+        self.repo.put_person(rec.version, person, n)?;
+        Ok(n)
+    }
+
+    /// Apply an identifiers batch: compute `b·P(y)`, store it, drop the digests.
+    pub fn import_identifiers(
+        &self,
+        id: &str,
+        path_batch: u32,
+        body: &[u8],
+    ) -> Result<usize, ApiError> {
+        let batch = DigestBatch::decode(body)
+            .map_err(|e| ApiError::BadFrame(format!("batch {path_batch}: {e}")))?;
+        if batch.batch_no != path_batch {
+            return Err(ApiError::BadRequest(format!(
+                "frame batch_no {} differs from the path's {path_batch}",
+                batch.batch_no
+            )));
+        }
+        if let Some(i) = batch.entries.iter().position(|e| e.person.is_empty()) {
+            return Err(ApiError::BadFrame(format!(
+                "batch {path_batch}: entry {i}: person ID is empty"
+            )));
+        }
+        let hash: [u8; 32] = Sha256::digest(body).into();
+        let _g = lock(&self.import_lock);
+        let mut rec = self.open_import(id)?;
+        if self.seen_batch(id, b'i', path_batch, &hash)? {
+            return Ok(batch.entries.len());
+        }
+        let items: Vec<(MatchKind, onboard_protocol::Digest)> =
+            batch.entries.iter().map(|e| (e.kind, e.digest)).collect();
+        let points = blind::hash_and_blind(self.key(), &items);
+        drop(items);
+        for (entry, point) in batch.entries.iter().zip(&points) {
+            let person = self.person_number(&mut rec, &entry.person)?;
+            if self
+                .repo
+                .put_point(rec.version, entry.kind, point, person)?
+            {
+                *rec.info
+                    .identifiers
+                    .entry(entry.kind.as_str().into())
+                    .or_default() += 1;
+            }
+            if self.opted_out(point)? {
+                self.repo.suppress(rec.version, person)?;
+            }
+        }
+        self.repo.put_import(&rec)?;
+        self.repo
+            .set_import_batch_hash(id, b'i', path_batch, hash)?;
+        self.identifiers_imported
+            .fetch_add(points.len() as u64, Ordering::Relaxed);
+        Ok(points.len())
+    }
+
+    /// Apply a cookies batch.
+    pub fn import_cookies(
+        &self,
+        id: &str,
+        batch_no: u32,
+        body: &[u8],
+        rows: &[CookieRow],
+    ) -> Result<usize, ApiError> {
+        if rows.len() > MAX_COOKIES_PER_BATCH {
+            return Err(ApiError::BadRequest(format!(
+                "cookies: more than {MAX_COOKIES_PER_BATCH} rows"
+            )));
+        }
+        for (i, r) in rows.iter().enumerate() {
+            if r.person.is_empty() || r.person.len() > 255 {
+                return Err(ApiError::BadRequest(format!(
+                    "cookies[{i}].person: 1 to 255 bytes"
+                )));
+            }
+            if !crate::services::auth::valid_name(&r.destination) {
+                return Err(ApiError::BadRequest(format!(
+                    "cookies[{i}].destination: not a valid principal name"
+                )));
+            }
+            if r.cookie.is_empty() || r.cookie.len() > 512 || r.cookie.chars().any(char::is_control)
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "cookies[{i}].cookie: 1 to 512 printable bytes"
+                )));
+            }
+        }
+        let hash: [u8; 32] = Sha256::digest(body).into();
+        let _g = lock(&self.import_lock);
+        let mut rec = self.open_import(id)?;
+        if self.seen_batch(id, b'c', batch_no, &hash)? {
+            return Ok(rows.len());
+        }
+        for r in rows {
+            let person = self.person_number(&mut rec, &r.person)?;
+            if self
+                .repo
+                .put_cookie(rec.version, &r.destination, person, &r.cookie)?
+            {
+                *rec.info.cookies.entry(r.destination.clone()).or_default() += 1;
+            }
+        }
+        self.repo.put_import(&rec)?;
+        self.repo.set_import_batch_hash(id, b'c', batch_no, hash)?;
+        Ok(rows.len())
+    }
+
+    /// Check every batch arrived, switch the current version, drop the old one.
+    pub fn commit_import(
+        &self,
+        actor: &Caller,
+        id: &str,
+        id_batches: u32,
+        cookie_batches: u32,
+    ) -> Result<GraphInfo, ApiError> {
+        let _g = lock(&self.import_lock);
+        let mut rec = self.open_import(id)?;
+        for (part, n, what) in [
+            (b'i', id_batches, "identifiers"),
+            (b'c', cookie_batches, "cookies"),
+        ] {
+            let missing: Vec<String> = (0..n)
+                .filter_map(|b| match self.repo.import_batch_hash(id, part, b) {
+                    Ok(Some(_)) => None,
+                    _ => Some(b.to_string()),
+                })
+                .take(10)
+                .collect();
+            if !missing.is_empty() {
+                return Err(ApiError::Incomplete(format!(
+                    "{what} batches missing: {}",
+                    missing.join(", ")
+                )));
+            }
+        }
+        rec.status = "committed".into();
+        self.repo.put_import(&rec)?;
+        let old = self.repo.commit_graph(&rec.info)?;
+        if let Some(old) = old {
+            self.repo.delete_version(old)?;
+        }
+        self.audit(&actor.name, "graph.import.commit", id, "ok")?;
+        tracing::info!(
+            version = rec.info.version,
+            persons = rec.info.persons,
+            "graph version committed"
+        );
+        Ok(rec.info)
+    }
+
+    /// The admin statistics.
+    pub fn stats(&self) -> Result<serde_json::Value, ApiError> {
+        let g = self.repo.current_graph()?.unwrap_or_default();
+        let mut roles = BTreeMap::from([("admin", 0u64), ("advertiser", 0), ("destination", 0)]);
+        for p in self.repo.principals()? {
+            *roles.entry(p.role.as_str()).or_default() += 1;
+        }
+        let mut jobs = BTreeMap::from([("open", 0u64), ("finished", 0), ("failed", 0)]);
+        for j in self.repo.jobs()? {
+            if let Some(n) = jobs.get_mut(j.status.as_str()) {
+                *n += 1;
+            }
+        }
+        let now = unix_now();
+        let audiences = self
+            .repo
+            .audiences()?
+            .iter()
+            .filter(|a| a.expires_unix > now)
+            .count();
+        let mut identifiers = BTreeMap::new();
+        for k in MatchKind::ALL {
+            identifiers.insert(
+                k.as_str().to_string(),
+                g.identifiers.get(k.as_str()).copied().unwrap_or(0),
+            );
+        }
+        Ok(serde_json::json!({
+            "graph_version": g.version,
+            "persons": g.persons,
+            "identifiers": identifiers,
+            "cookies": g.cookies,
+            "principals": roles,
+            "jobs": jobs,
+            "audiences": audiences,
+            "optouts": self.repo.optouts()?.len(),
+        }))
+    }
+
+    /// Record opt-outs and suppress their owners now and in later matches.
+    pub fn optout(&self, actor: &Caller, body: &[u8]) -> Result<(usize, usize), ApiError> {
+        let batch = DigestBatch::decode(body)
+            .map_err(|e| ApiError::BadFrame(format!("opt-out batch: {e}")))?;
+        if let Some(i) = batch.entries.iter().position(|e| !e.person.is_empty()) {
+            return Err(ApiError::BadFrame(format!(
+                "opt-out batch: entry {i}: person ID must be empty"
+            )));
+        }
+        let items: Vec<_> = batch.entries.iter().map(|e| (e.kind, e.digest)).collect();
+        let points = blind::hash_and_blind(self.key(), &items);
+        drop(items);
+        self.repo.add_optouts(&points)?;
+        {
+            let mut bloom = lock(&self.optout_bloom);
+            for p in &points {
+                bloom.set(&p.0);
+            }
+        }
+        let mut suppressed = 0;
+        if let Some(g) = self.repo.current_graph()? {
+            for (entry, p) in batch.entries.iter().zip(&points) {
+                if let Some(person) = self.repo.point_owner(g.version, entry.kind, p)? {
+                    if self.repo.suppress(g.version, person)? {
+                        suppressed += 1;
+                        if let Some(pid) = self.repo.person_id(g.version, person)? {
+                            self.remove_from_unpulled(&pid)?;
+                        }
+                    }
+                }
+            }
+        }
+        self.audit(
+            &actor.name,
+            "optout",
+            &format!("{} identifiers", points.len()),
+            "ok",
+        )?;
+        Ok((points.len(), suppressed))
+    }
+
+    /// Remove a person from the current graph and from unpulled audiences.
+    pub fn erase(&self, actor: &Caller, person: &str) -> Result<usize, ApiError> {
+        if person.is_empty() || person.len() > 255 {
+            return Err(ApiError::BadRequest("person: 1 to 255 bytes".into()));
+        }
+        if let Some(g) = self.repo.current_graph()? {
+            if let Some(n) = self.repo.person_no(g.version, person)? {
+                self.repo.suppress(g.version, n)?;
+                self.repo.erase_person(g.version, n)?;
+            }
+        }
+        let updated = self.remove_from_unpulled(person)?;
+        self.audit(&actor.name, "erase", &self.person_pseudonym(person), "ok")?;
+        Ok(updated)
+    }
+
+    /// Is `b·P(y)` of this kind owned by a live (not suppressed) person in `version`?
+    pub(crate) fn live_owner(
+        &self,
+        version: u64,
+        kind: MatchKind,
+        bpy: &PointBytes,
+    ) -> Result<Option<u64>, ApiError> {
+        if self.opted_out(bpy)? {
+            return Ok(None);
+        }
+        match self.repo.point_owner(version, kind, bpy)? {
+            Some(p) if !self.repo.is_suppressed(version, p)? => Ok(Some(p)),
+            _ => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,577 @@
+//! Matching jobs: the graph pass (pages of `b·P(y)` out, `a·b·P(y)` back
+//! into the per-key cache), uploads re-blinded to `b·a·P(x)` on arrival, and
+//! the finish that joins, thresholds and releases audiences.
+
+use super::{lock, new_id, rfc3339, unix_now, Services};
+use crate::error::ApiError;
+use crate::services::auth::Caller;
+use crate::services::privacy::{match_rate, shown_count, symmetric_difference};
+use crate::storage::{Audience, Job, PassInfo, Role};
+use onboard_protocol::wire::{PointPage, RecordBatch};
+use onboard_protocol::{blind, Fingerprint, MatchKind, PointBytes};
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::str::FromStr;
+
+/// Body of `POST /v1/jobs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJob {
+    /// Destination principal name.
+    pub destination: String,
+    /// Kinds to match on.
+    pub kinds: Vec<String>,
+    /// The advertiser key's fingerprint (32 hex).
+    pub key_fingerprint: String,
+}
+
+/// Outcome of an upload.
+#[derive(Debug)]
+pub struct UploadOutcome {
+    /// Records in the batch.
+    pub records: usize,
+    /// True if the same bytes had been accepted before.
+    pub duplicate: bool,
+}
+
+fn cache_namespace(advertiser: &str, fingerprint: &str) -> [u8; 16] {
+    let h = Sha256::new()
+        .chain_update(b"onboard-cache-v1\0")
+        .chain_update(advertiser.as_bytes())
+        .chain_update([0])
+        .chain_update(fingerprint.as_bytes())
+        .finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h[..16]);
+    out
+}
+
+fn kind_of(path: &str) -> Result<MatchKind, ApiError> {
+    MatchKind::from_str(path)
+        .map_err(|_| ApiError::BadRequest("kind: one of email, phone, maid".into()))
+}
+
+impl Services {
+    /// The caller's job, or 404 (also for other advertisers' jobs).
+    pub fn own_job(&self, caller: &Caller, id: &str) -> Result<Job, ApiError> {
+        self.repo
+            .job(id)?
+            .filter(|j| j.advertiser == caller.name)
+            .ok_or(ApiError::NotFound("job"))
+    }
+
+    fn own_open_job(&self, caller: &Caller, id: &str) -> Result<Job, ApiError> {
+        let j = self.own_job(caller, id)?;
+        if j.status != "open" {
+            return Err(ApiError::JobNotOpen(j.status));
+        }
+        Ok(j)
+    }
+
+    /// Create a job and its graph pass (only points not yet cached for this key).
+    pub fn create_job(
+        &self,
+        caller: &Caller,
+        req: CreateJob,
+    ) -> Result<serde_json::Value, ApiError> {
+        let fp = Fingerprint::from_hex(&req.key_fingerprint).ok_or_else(|| {
+            ApiError::BadRequest("key_fingerprint: 32 hexadecimal characters".into())
+        })?;
+        let mut kinds = BTreeSet::new();
+        for k in &req.kinds {
+            kinds.insert(MatchKind::from_str(k).map_err(|_| {
+                ApiError::BadRequest("kinds: each one of email, phone, maid".into())
+            })?);
+        }
+        if kinds.is_empty() {
+            return Err(ApiError::BadRequest("kinds: at least one kind".into()));
+        }
+        match self.repo.principal(&req.destination)? {
+            Some(p) if p.role == Role::Destination => {}
+            _ => {
+                return Err(ApiError::Invalid(format!(
+                    "destination {} is not a known destination",
+                    req.destination
+                )))
+            }
+        }
+        let graph = self
+            .repo
+            .current_graph()?
+            .ok_or_else(|| ApiError::Invalid("no graph version has been imported yet".into()))?;
+        {
+            let _g = lock(&self.job_lock);
+            let open = self
+                .repo
+                .jobs()?
+                .iter()
+                .filter(|j| j.advertiser == caller.name && j.status == "open")
+                .count();
+            if open >= self.config.max_open_jobs {
+                return Err(ApiError::TooManyJobs(open));
+            }
+        }
+        let fingerprint = fp.to_string();
+        let ns = cache_namespace(&caller.name, &fingerprint);
+        let id = new_id("j-");
+        let page_size = self.config.page_size;
+        let mut pass = BTreeMap::new();
+        for kind in &kinds {
+            let mut info = PassInfo::default();
+            let mut page: Vec<u8> = Vec::with_capacity(page_size * 32);
+            let mut after: Option<PointBytes> = None;
+            loop {
+                let chunk = self
+                    .repo
+                    .points_after(graph.version, *kind, after.as_ref(), 8192)?;
+                let Some(last) = chunk.last() else { break };
+                after = Some(last.0);
+                for (p, _) in &chunk {
+                    if self.repo.cache_contains(&ns, p)? || self.opted_out(p)? {
+                        continue;
+                    }
+                    page.extend_from_slice(&p.0);
+                    info.points += 1;
+                    if page.len() == page_size * 32 {
+                        self.repo.put_pass_page(&id, *kind, info.pages, &page)?;
+                        info.pages += 1;
+                        page.clear();
+                    }
+                }
+            }
+            if !page.is_empty() {
+                self.repo.put_pass_page(&id, *kind, info.pages, &page)?;
+                info.pages += 1;
+            }
+            pass.insert(kind.as_str().to_string(), info);
+        }
+        let job = Job {
+            id: id.clone(),
+            advertiser: caller.name.clone(),
+            destination: req.destination,
+            kinds: kinds.iter().map(|k| k.as_str().to_string()).collect(),
+            key_fingerprint: fingerprint,
+            graph_version: graph.version,
+            status: "open".into(),
+            created: rfc3339(unix_now()),
+            touched: unix_now(),
+            batches: 0,
+            records: 0,
+            pass: pass.clone(),
+            report: None,
+        };
+        self.repo.put_job(&job)?;
+        self.audit(&caller.name, "job.create", &id, "ok")?;
+        Ok(
+            serde_json::json!({"job_id": id, "graph_version": graph.version, "page_size": page_size, "graph_pass": pass}),
+        )
+    }
+
+    /// A graph-pass page of `b·P(y)`, as a `PointPage` frame.
+    pub fn graph_page(
+        &self,
+        caller: &Caller,
+        id: &str,
+        kind: &str,
+        page_no: u32,
+    ) -> Result<Vec<u8>, ApiError> {
+        let kind = kind_of(kind)?;
+        let job = self.own_open_job(caller, id)?;
+        if !job.kinds.iter().any(|k| k == kind.as_str()) {
+            return Err(ApiError::NotFound("graph page"));
+        }
+        let bytes = self
+            .repo
+            .pass_page(id, kind, page_no)?
+            .ok_or(ApiError::NotFound("graph page"))?;
+        let points = bytes
+            .chunks_exact(32)
+            .map(PointBytes::from_slice)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| ApiError::Internal("corrupt graph-pass page".into()))?;
+        Ok(PointPage {
+            kind,
+            page_no,
+            points,
+        }
+        .encode())
+    }
+
+    /// The advertiser's `a·b·P(y)` for a page: validated, cached.
+    pub fn put_graph_page(
+        &self,
+        caller: &Caller,
+        id: &str,
+        kind: &str,
+        page_no: u32,
+        body: &[u8],
+    ) -> Result<usize, ApiError> {
+        let kind = kind_of(kind)?;
+        let job = self.own_open_job(caller, id)?;
+        let sent = self
+            .repo
+            .pass_page(id, kind, page_no)?
+            .ok_or(ApiError::NotFound("graph page"))?;
+        let page = PointPage::decode(body)
+            .map_err(|e| ApiError::BadFrame(format!("{kind} page {page_no}: {e}")))?;
+        if page.kind != kind || page.page_no != page_no {
+            return Err(ApiError::BadRequest(format!(
+                "frame is {} page {}, path says {kind} page {page_no}",
+                page.kind, page.page_no
+            )));
+        }
+        if page.points.len() * 32 != sent.len() {
+            return Err(ApiError::BadRequest(format!(
+                "{kind} page {page_no}: {} points returned, {} sent",
+                page.points.len(),
+                sent.len() / 32
+            )));
+        }
+        for (i, p) in page.points.iter().enumerate() {
+            p.decode().map_err(|e| {
+                ApiError::BadPoint(format!("{kind} page {page_no}: point {i}: {e}"))
+            })?;
+        }
+        let pairs: Vec<(PointBytes, PointBytes)> = sent
+            .chunks_exact(32)
+            .zip(&page.points)
+            .filter_map(|(b, ab)| PointBytes::from_slice(b).ok().map(|b| (b, *ab)))
+            .collect();
+        let ns = cache_namespace(&job.advertiser, &job.key_fingerprint);
+        self.repo.cache_put(&ns, &pairs)?;
+        self.repo.mark_page_done(id, kind, page_no)?;
+        self.touch(id)?;
+        Ok(pairs.len())
+    }
+
+    fn touch(&self, id: &str) -> Result<(), ApiError> {
+        let _g = lock(&self.job_lock);
+        if let Some(mut j) = self.repo.job(id)? {
+            j.touched = unix_now();
+            self.repo.put_job(&j)?;
+        }
+        Ok(())
+    }
+
+    /// Accept a `RecordBatch` of `a·P(x)`: re-blind every point with `b` now.
+    pub fn upload_batch(
+        &self,
+        caller: &Caller,
+        id: &str,
+        batch_no: u32,
+        body: &[u8],
+    ) -> Result<UploadOutcome, ApiError> {
+        self.own_open_job(caller, id)?;
+        let batch = RecordBatch::decode(body)
+            .map_err(|e| ApiError::BadFrame(format!("batch {batch_no}: {e}")))?;
+        if batch.batch_no != batch_no {
+            return Err(ApiError::BadRequest(format!(
+                "frame batch_no {} differs from the path's {batch_no}",
+                batch.batch_no
+            )));
+        }
+        let hash: [u8; 32] = Sha256::digest(body).into();
+        match self.repo.upload_hash(id, batch_no)? {
+            Some(h) if h == hash => {
+                return Ok(UploadOutcome {
+                    records: batch.len(),
+                    duplicate: true,
+                })
+            }
+            Some(_) => {
+                return Err(ApiError::Conflict(format!(
+                    "batch {batch_no} was already sent with different content"
+                )))
+            }
+            None => {}
+        }
+        let reblinded = blind::reblind(self.key(), batch.points()).map_err(|e| {
+            ApiError::BadPoint(format!("batch {batch_no}: point {}: {}", e.index, e.error))
+        })?;
+        let mut stored = RecordBatch::new(batch_no, batch.labels.clone())
+            .map_err(|e| ApiError::BadFrame(format!("batch {batch_no}: {e}")))?;
+        let mut offset = 0;
+        for r in batch.records() {
+            let n = r.points.len();
+            stored
+                .push(
+                    r.segments,
+                    r.kinds
+                        .iter()
+                        .copied()
+                        .zip(reblinded[offset..offset + n].iter().copied()),
+                )
+                .map_err(|e| ApiError::BadFrame(format!("batch {batch_no}: {e}")))?;
+            offset += n;
+        }
+        let _g = lock(&self.job_lock);
+        let mut job = self.repo.job(id)?.ok_or(ApiError::NotFound("job"))?;
+        if job.status != "open" {
+            return Err(ApiError::JobNotOpen(job.status));
+        }
+        if let Some(h) = self.repo.upload_hash(id, batch_no)? {
+            return if h == hash {
+                Ok(UploadOutcome {
+                    records: batch.len(),
+                    duplicate: true,
+                })
+            } else {
+                Err(ApiError::Conflict(format!(
+                    "batch {batch_no} was already sent with different content"
+                )))
+            };
+        }
+        self.repo.put_upload(id, batch_no, hash, &stored.encode())?;
+        job.batches += 1;
+        job.records += batch.len() as u64;
+        job.touched = unix_now();
+        self.repo.put_job(&job)?;
+        Ok(UploadOutcome {
+            records: batch.len(),
+            duplicate: false,
+        })
+    }
+
+    /// Mark a job failed and delete its transient data.
+    pub fn fail_job(&self, id: &str, actor: &str, action: &str) -> Result<(), ApiError> {
+        {
+            let _g = lock(&self.job_lock);
+            if let Some(mut j) = self.repo.job(id)? {
+                j.status = "failed".into();
+                self.repo.put_job(&j)?;
+            }
+        }
+        self.repo.delete_job_data(id)?;
+        self.audit(actor, action, id, "failed")?;
+        Ok(())
+    }
+
+    /// Abort (DELETE): uploads deleted, status failed.
+    pub fn abort_job(&self, caller: &Caller, id: &str) -> Result<serde_json::Value, ApiError> {
+        let j = self.own_open_job(caller, id)?;
+        self.fail_job(&j.id, &caller.name, "job.abort")?;
+        Ok(serde_json::json!({"job_id": id, "status": "failed"}))
+    }
+
+    /// A job's public view.
+    pub fn job_view(j: &Job) -> serde_json::Value {
+        serde_json::json!({
+            "job_id": j.id, "status": j.status, "destination": j.destination, "created": j.created,
+            "graph_version": j.graph_version, "kinds": j.kinds, "batches": j.batches, "records": j.records,
+            "report": j.report,
+        })
+    }
+
+    /// The caller's jobs.
+    pub fn list_jobs(&self, caller: &Caller) -> Result<serde_json::Value, ApiError> {
+        let jobs: Vec<_> = self
+            .repo
+            .jobs()?
+            .iter()
+            .filter(|j| j.advertiser == caller.name)
+            .map(Self::job_view)
+            .collect();
+        Ok(serde_json::json!({ "jobs": jobs }))
+    }
+
+    /// Finish: check completeness, rows and budget, join, release audiences.
+    pub fn finish_job(
+        &self,
+        caller: &Caller,
+        id: &str,
+        batches: u32,
+    ) -> Result<serde_json::Value, ApiError> {
+        let job = self.own_open_job(caller, id)?;
+        let uploaded: BTreeSet<u32> = self.repo.upload_numbers(id)?.into_iter().collect();
+        let missing: Vec<String> = (0..batches)
+            .filter(|b| !uploaded.contains(b))
+            .take(10)
+            .map(|b| b.to_string())
+            .collect();
+        if !missing.is_empty() {
+            return Err(ApiError::Incomplete(format!(
+                "batches missing: {}",
+                missing.join(", ")
+            )));
+        }
+        if let Some(extra) = uploaded.iter().find(|&&b| b >= batches) {
+            return Err(ApiError::Invalid(format!(
+                "batch {extra} was uploaded but batches is {batches}"
+            )));
+        }
+        for (kind, info) in &job.pass {
+            let kind = kind_of(kind)?;
+            for page in 0..info.pages {
+                if !self.repo.page_done(id, kind, page)? {
+                    return Err(ApiError::Incomplete(format!(
+                        "graph pass: {kind} page {page} not returned"
+                    )));
+                }
+            }
+        }
+        if job.records < self.config.min_job_rows as u64 {
+            self.fail_job(id, &caller.name, "job.fail.too-few-rows")?;
+            return Err(ApiError::TooFewRows {
+                rows: job.records,
+                min: self.config.min_job_rows,
+            });
+        }
+        if let Err(e) = self.check_budget(&caller.name) {
+            self.fail_job(id, &caller.name, "job.fail.privacy-budget")?;
+            return Err(e);
+        }
+        let result = self.join_and_release(&job, batches);
+        let report = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.fail_job(id, &caller.name, "job.fail.internal")?;
+                return Err(e);
+            }
+        };
+        self.repo
+            .record_spend(&caller.name, unix_now(), id, self.config.epsilon)?;
+        {
+            let _g = lock(&self.job_lock);
+            let mut j = self.repo.job(id)?.ok_or(ApiError::NotFound("job"))?;
+            j.status = "finished".into();
+            j.report = Some(report.clone());
+            self.repo.put_job(&j)?;
+        }
+        self.repo.delete_job_data(id)?;
+        self.audit(&caller.name, "job.finish", id, "ok")?;
+        Ok(report)
+    }
+
+    fn join_and_release(&self, job: &Job, batches: u32) -> Result<serde_json::Value, ApiError> {
+        let graph = self
+            .repo
+            .current_graph()?
+            .ok_or_else(|| ApiError::Internal("graph vanished".into()))?;
+        let version = graph.version;
+        let ns = cache_namespace(&job.advertiser, &job.key_fingerprint);
+        let kinds: BTreeSet<&str> = job.kinds.iter().map(String::as_str).collect();
+        let mut rows_per_segment: BTreeMap<String, u64> = BTreeMap::new();
+        let mut persons_per_segment: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+        let (mut rows, mut matched_rows) = (0u64, 0u64);
+        for b in 0..batches {
+            let frame = self
+                .repo
+                .upload(&job.id, b)?
+                .ok_or_else(|| ApiError::Internal("upload vanished".into()))?;
+            let batch = RecordBatch::decode(&frame)
+                .map_err(|e| ApiError::Internal(format!("stored batch: {e}")))?;
+            for r in batch.records() {
+                rows += 1;
+                let mut person = None;
+                for (kind, point) in r.kinds.iter().zip(r.points) {
+                    if !kinds.contains(kind.as_str()) {
+                        continue;
+                    }
+                    if let Some(bpy) = self.repo.cache_reverse(&ns, point)? {
+                        if let Some(p) = self.live_owner(version, *kind, &bpy)? {
+                            person = Some(p);
+                            break;
+                        }
+                    }
+                }
+                for &s in r.segments {
+                    let label = batch
+                        .labels
+                        .get(usize::from(s))
+                        .cloned()
+                        .unwrap_or_default();
+                    *rows_per_segment.entry(label.clone()).or_default() += 1;
+                    if let Some(p) = person {
+                        persons_per_segment.entry(label).or_default().insert(p);
+                    }
+                }
+                if person.is_some() {
+                    matched_rows += 1;
+                }
+            }
+        }
+        let k = self.config.k;
+        let now = unix_now();
+        let ttl = self.config.audience_ttl.as_secs();
+        let mut segments = Vec::new();
+        let _g = lock(&self.audience_lock);
+        for (name, seg_rows) in &rows_per_segment {
+            let persons = persons_per_segment.remove(name).unwrap_or_default();
+            let shown = shown_count(persons.len() as u64, k, self.config.epsilon);
+            let mut members: Vec<(String, Vec<String>)> = Vec::new();
+            if persons.len() >= k {
+                for p in &persons {
+                    let cookies = self.repo.cookies(version, &job.destination, *p)?;
+                    if cookies.is_empty() {
+                        continue;
+                    }
+                    if let Some(pid) = self.repo.person_id(version, *p)? {
+                        members.push((pid, cookies));
+                    }
+                }
+            }
+            let reason = if persons.len() < k {
+                Some("below-minimum-size")
+            } else if members.is_empty() {
+                Some("no-cookies-for-destination")
+            } else if members.len() < k {
+                Some("below-minimum-size")
+            } else {
+                let set: BTreeSet<String> = members.iter().map(|(p, _)| p.clone()).collect();
+                let mut too_close = false;
+                for a in self.repo.audiences()?.iter().filter(|a| {
+                    a.advertiser == job.advertiser
+                        && a.destination == job.destination
+                        && a.expires_unix > now
+                }) {
+                    let other: BTreeSet<String> =
+                        self.repo.audience_persons(&a.id)?.into_iter().collect();
+                    let d = symmetric_difference(&set, &other);
+                    if d > 0 && d < k {
+                        too_close = true;
+                        break;
+                    }
+                }
+                too_close.then_some("too-close-to-earlier-audience")
+            };
+            let audience_id = if reason.is_none() {
+                let a = Audience {
+                    id: new_id("a-"),
+                    segment: name.clone(),
+                    advertiser: job.advertiser.clone(),
+                    destination: job.destination.clone(),
+                    job_id: job.id.clone(),
+                    size: members.len() as u64,
+                    created: rfc3339(now),
+                    expires: rfc3339(now + ttl),
+                    expires_unix: now + ttl,
+                    pulled: false,
+                };
+                self.repo.create_audience(&a, &members)?;
+                Some(a.id)
+            } else {
+                None
+            };
+            segments.push(serde_json::json!({
+                "name": name,
+                "rows_uploaded": seg_rows,
+                "matched": shown,
+                "status": if reason.is_none() { "delivered" } else { "withheld" },
+                "reason": reason,
+                "audience_id": audience_id,
+            }));
+        }
+        Ok(serde_json::json!({
+            "job_id": job.id,
+            "status": "finished",
+            "graph_version": version,
+            "destination": job.destination,
+            "rows_uploaded": rows,
+            "match_rate": match_rate(matched_rows, rows),
+            "k": k,
+            "epsilon_spent": self.config.epsilon,
+            "segments": segments,
+        }))
+    }
+}

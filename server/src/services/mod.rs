@@ -1,0 +1,138 @@
+//! Services: the domain logic between the HTTP handlers and storage. Every
+//! method blocks (storage and curve arithmetic): handlers call them through
+//! `web::block`. Each concern extends [`Services`] in its own file.
+
+pub mod audiences;
+pub mod audit;
+pub mod auth;
+pub mod graph;
+pub mod jobs;
+pub mod privacy;
+
+use crate::config::Config;
+use crate::storage::Repo;
+use bloomfilter::Bloom;
+use onboard_protocol::{PointBytes, SecretKey};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use zeroize::Zeroizing;
+
+/// The shared state of a running server.
+pub struct Services {
+    /// Storage.
+    pub repo: Arc<dyn Repo>,
+    /// Settings.
+    pub config: Config,
+    /// The server blinding key `b`.
+    key: SecretKey,
+    /// HMAC pepper for API keys, cursors and audit pseudonyms.
+    pepper: Zeroizing<[u8; 32]>,
+    /// Bloom filter in front of the exact opt-out set.
+    optout_bloom: Mutex<Bloom<[u8; 32]>>,
+    /// Serialises graph import writes (person allocation).
+    import_lock: Mutex<()>,
+    /// Serialises job record updates.
+    job_lock: Mutex<()>,
+    /// Serialises audience creation and membership changes.
+    audience_lock: Mutex<()>,
+    /// Serialises audit appends (the chain is linear).
+    audit_lock: Mutex<()>,
+    /// Identifiers imported since start, for /metrics.
+    pub identifiers_imported: AtomicU64,
+}
+
+/// Take a lock even if a panicking thread poisoned it (the data is in the store).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Services {
+    /// Build the services over a store, loading the opt-out filter.
+    pub fn new(
+        repo: Arc<dyn Repo>,
+        config: Config,
+        key: SecretKey,
+        pepper: Zeroizing<[u8; 32]>,
+    ) -> Result<Self, crate::storage::StoreError> {
+        let optouts = repo.optouts()?;
+        let mut bloom = new_bloom(optouts.len());
+        for p in &optouts {
+            bloom.set(&p.0);
+        }
+        Ok(Self {
+            repo,
+            config,
+            key,
+            pepper,
+            optout_bloom: Mutex::new(bloom),
+            import_lock: Mutex::new(()),
+            job_lock: Mutex::new(()),
+            audience_lock: Mutex::new(()),
+            audit_lock: Mutex::new(()),
+            identifiers_imported: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn key(&self) -> &SecretKey {
+        &self.key
+    }
+
+    pub(crate) fn pepper(&self) -> &[u8; 32] {
+        &self.pepper
+    }
+
+    /// Exact opt-out check behind the bloom filter.
+    pub(crate) fn opted_out(&self, p: &PointBytes) -> Result<bool, crate::storage::StoreError> {
+        if !lock(&self.optout_bloom).check(&p.0) {
+            return Ok(false);
+        }
+        self.repo.is_opted_out(p)
+    }
+}
+
+fn new_bloom(existing: usize) -> Bloom<[u8; 32]> {
+    let capacity = (existing * 2).max(100_000);
+    match Bloom::new_for_fp_rate(capacity, 0.001) {
+        Ok(b) => b,
+        // Only fails for zero sizes, which `max` rules out; fall back to a fixed size.
+        Err(_) => Bloom::new(1 << 20, 100_000).unwrap_or_else(|_| unreachable_bloom()),
+    }
+}
+
+#[allow(clippy::panic)]
+fn unreachable_bloom() -> Bloom<[u8; 32]> {
+    panic!("bloom filter sizes are constant and non-zero")
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// RFC 3339 (seconds) of a Unix time.
+pub fn rfc3339(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
+}
+
+/// A random object ID: prefix + 32 hex characters.
+pub fn new_id(prefix: &str) -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    format!("{prefix}{}", hex::encode(bytes))
+}
+
+/// Run a blocking service call and flatten its errors.
+pub async fn blocking<T, F>(f: F) -> Result<T, crate::error::ApiError>
+where
+    F: FnOnce() -> Result<T, crate::error::ApiError> + Send + 'static,
+    T: Send + 'static,
+{
+    actix_web::web::block(f)
+        .await
+        .map_err(|e| crate::error::ApiError::Internal(format!("blocking task: {e}")))?
+}

@@ -1,0 +1,466 @@
+//! Storage: narrow capability traits joined by [`Repo`]. Records are plain
+//! serde structs; binary values (blinded points) are fixed-size arrays. The
+//! sled backend in [`sled`] is the only code that knows sled, so a
+//! PostgreSQL backend can be added beside it.
+//!
+//! Invariant: nothing here ever receives a raw identifier or a plain digest;
+//! the graph holds only `b·P(y)` (compressed, 32 bytes).
+
+pub mod sled;
+
+use onboard_protocol::{MatchKind, PointBytes};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use thiserror::Error;
+
+/// The on-disk schema this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A storage failure (I/O, corruption, schema mismatch).
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The backend failed.
+    #[error("backend: {0}")]
+    Backend(String),
+    /// A record failed to decode.
+    #[error("corrupt record in {0}")]
+    Corrupt(&'static str),
+    /// The database was written by a different schema.
+    #[error("database schema version {found}, this build needs {expected}")]
+    Schema {
+        /// Found on disk.
+        found: u32,
+        /// This build's.
+        expected: u32,
+    },
+}
+
+/// Result of a storage call.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// "Already exists" is an expected outcome, not a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlreadyExists;
+
+/// A principal's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The onboarder's operator.
+    Admin,
+    /// A CRM owner.
+    Advertiser,
+    /// A DMP/DSP pulling audiences.
+    Destination,
+}
+
+impl Role {
+    /// `admin`, `advertiser` or `destination`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Advertiser => "advertiser",
+            Role::Destination => "destination",
+        }
+    }
+}
+
+/// A named principal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Principal {
+    /// Unique name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// RFC 3339 creation time.
+    pub created: String,
+    /// Optional notification URL.
+    pub webhook_url: Option<String>,
+}
+
+/// An API key: only its HMAC is stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    /// Public key ID.
+    pub key_id: String,
+    /// Owner.
+    pub principal: String,
+    /// `HMAC-SHA256(pepper, key)`.
+    pub hash: [u8; 32],
+    /// RFC 3339 creation time.
+    pub created: String,
+    /// Revoked keys are refused.
+    pub revoked: bool,
+}
+
+/// Counts describing a graph version.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct GraphInfo {
+    /// Version number.
+    pub version: u64,
+    /// Persons.
+    pub persons: u64,
+    /// Identifiers per kind.
+    pub identifiers: BTreeMap<String, u64>,
+    /// Cookies per destination.
+    pub cookies: BTreeMap<String, u64>,
+}
+
+/// A graph import session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportRecord {
+    /// Import ID.
+    pub id: String,
+    /// The version it writes.
+    pub version: u64,
+    /// open | committed | abandoned.
+    pub status: String,
+    /// Created.
+    pub created: String,
+    /// Running counts.
+    pub info: GraphInfo,
+    /// Next person number to allocate.
+    pub next_person: u64,
+}
+
+/// Per-kind size of a job's graph pass.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PassInfo {
+    /// Pages.
+    pub pages: u32,
+    /// Points.
+    pub points: u64,
+}
+
+/// A matching job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    /// Job ID.
+    pub id: String,
+    /// Owner.
+    pub advertiser: String,
+    /// Destination name.
+    pub destination: String,
+    /// Kinds in the graph pass.
+    pub kinds: Vec<String>,
+    /// The advertiser key's fingerprint (hex).
+    pub key_fingerprint: String,
+    /// Graph version at creation.
+    pub graph_version: u64,
+    /// open | finished | failed.
+    pub status: String,
+    /// Created.
+    pub created: String,
+    /// Unix seconds of the last upload or page, for abandonment.
+    pub touched: u64,
+    /// Batches accepted.
+    pub batches: u64,
+    /// Records accepted.
+    pub records: u64,
+    /// Graph pass per kind.
+    pub pass: BTreeMap<String, PassInfo>,
+    /// The report, once finished.
+    pub report: Option<serde_json::Value>,
+}
+
+/// A released audience.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Audience {
+    /// Audience ID.
+    pub id: String,
+    /// Segment label.
+    pub segment: String,
+    /// Advertiser.
+    pub advertiser: String,
+    /// Destination.
+    pub destination: String,
+    /// The job that made it.
+    pub job_id: String,
+    /// Distinct persons.
+    pub size: u64,
+    /// Created (RFC 3339).
+    pub created: String,
+    /// Expires (RFC 3339).
+    pub expires: String,
+    /// Expiry in Unix seconds.
+    pub expires_unix: u64,
+    /// Last page served.
+    pub pulled: bool,
+}
+
+/// One entry of the hash-chained audit log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Sequence number from 1.
+    pub seq: u64,
+    /// RFC 3339.
+    pub time: String,
+    /// Principal name (or `system`).
+    pub actor: String,
+    /// What was done.
+    pub action: String,
+    /// Object ID.
+    pub object: String,
+    /// ok | refused | failed.
+    pub outcome: String,
+    /// Previous entry's hash (hex), zeros for the first.
+    pub prev_hash: String,
+    /// SHA-256 over prev_hash and the entry's canonical JSON (hex).
+    pub hash: String,
+}
+
+/// Schema version and durability.
+pub trait MetaRepo {
+    /// The stored schema version.
+    fn schema_version(&self) -> StoreResult<Option<u32>>;
+    /// Record the schema version.
+    fn set_schema_version(&self, v: u32) -> StoreResult<()>;
+    /// Flush to disk.
+    fn flush(&self) -> StoreResult<()>;
+}
+
+/// Principals and API keys.
+pub trait PrincipalRepo {
+    /// Create a principal.
+    fn create_principal(&self, p: &Principal) -> StoreResult<Result<(), AlreadyExists>>;
+    /// One principal.
+    fn principal(&self, name: &str) -> StoreResult<Option<Principal>>;
+    /// All principals, by name.
+    fn principals(&self) -> StoreResult<Vec<Principal>>;
+    /// Add a key.
+    fn insert_key(&self, k: &ApiKeyRecord) -> StoreResult<()>;
+    /// The key with this HMAC.
+    fn key_by_hash(&self, hash: &[u8; 32]) -> StoreResult<Option<ApiKeyRecord>>;
+    /// One key.
+    fn key(&self, key_id: &str) -> StoreResult<Option<ApiKeyRecord>>;
+    /// All keys.
+    fn keys(&self) -> StoreResult<Vec<ApiKeyRecord>>;
+}
+
+/// The blinded graph, versioned; imports write a new version.
+pub trait GraphRepo {
+    /// The current version, if any import was committed.
+    fn current_graph(&self) -> StoreResult<Option<GraphInfo>>;
+    /// Allocate a new version number.
+    fn allocate_version(&self) -> StoreResult<u64>;
+    /// Save an import session.
+    fn put_import(&self, rec: &ImportRecord) -> StoreResult<()>;
+    /// Load an import session.
+    fn import(&self, id: &str) -> StoreResult<Option<ImportRecord>>;
+    /// All import sessions.
+    fn imports(&self) -> StoreResult<Vec<ImportRecord>>;
+    /// Content hash of an import batch (`part` is `i` or `c`).
+    fn import_batch_hash(
+        &self,
+        import: &str,
+        part: u8,
+        batch_no: u32,
+    ) -> StoreResult<Option<[u8; 32]>>;
+    /// Record an import batch's content hash.
+    fn set_import_batch_hash(
+        &self,
+        import: &str,
+        part: u8,
+        batch_no: u32,
+        hash: [u8; 32],
+    ) -> StoreResult<()>;
+    /// Person number of a person ID in a version.
+    fn person_no(&self, version: u64, person: &str) -> StoreResult<Option<u64>>;
+    /// Person ID of a person number.
+    fn person_id(&self, version: u64, person_no: u64) -> StoreResult<Option<String>>;
+    /// Map a person ID to a number (both directions).
+    fn put_person(&self, version: u64, person: &str, person_no: u64) -> StoreResult<()>;
+    /// Insert `b·P(y)` → person; returns true if the point was new.
+    fn put_point(
+        &self,
+        version: u64,
+        kind: MatchKind,
+        point: &PointBytes,
+        person_no: u64,
+    ) -> StoreResult<bool>;
+    /// The person owning `b·P(y)`.
+    fn point_owner(
+        &self,
+        version: u64,
+        kind: MatchKind,
+        point: &PointBytes,
+    ) -> StoreResult<Option<u64>>;
+    /// Up to `limit` points of a kind in blinded-value order, after `after`.
+    fn points_after(
+        &self,
+        version: u64,
+        kind: MatchKind,
+        after: Option<&PointBytes>,
+        limit: usize,
+    ) -> StoreResult<Vec<(PointBytes, u64)>>;
+    /// Add a cookie; returns true if new.
+    fn put_cookie(
+        &self,
+        version: u64,
+        destination: &str,
+        person_no: u64,
+        cookie: &str,
+    ) -> StoreResult<bool>;
+    /// Cookies of a person at a destination.
+    fn cookies(&self, version: u64, destination: &str, person_no: u64) -> StoreResult<Vec<String>>;
+    /// Is any cookie stored for this destination in this version?
+    fn has_destination(&self, version: u64, destination: &str) -> StoreResult<bool>;
+    /// Mark a person suppressed (opt-out).
+    fn suppress(&self, version: u64, person_no: u64) -> StoreResult<bool>;
+    /// Is the person suppressed?
+    fn is_suppressed(&self, version: u64, person_no: u64) -> StoreResult<bool>;
+    /// Remove a person's points, cookies and ID from a version.
+    fn erase_person(&self, version: u64, person_no: u64) -> StoreResult<()>;
+    /// Make `info.version` current in one write.
+    fn commit_graph(&self, info: &GraphInfo) -> StoreResult<Option<u64>>;
+    /// Delete every record of a version.
+    fn delete_version(&self, version: u64) -> StoreResult<()>;
+}
+
+/// The per-(advertiser, key) cache of `b·P(y)` ↔ `a·b·P(y)`.
+pub trait CacheRepo {
+    /// Is `b·P(y)` cached in this namespace?
+    fn cache_contains(&self, ns: &[u8; 16], bpy: &PointBytes) -> StoreResult<bool>;
+    /// Cache pairs `(b·P(y), a·b·P(y))`.
+    fn cache_put(&self, ns: &[u8; 16], pairs: &[(PointBytes, PointBytes)]) -> StoreResult<()>;
+    /// `a·b·P(y)` → `b·P(y)`.
+    fn cache_reverse(&self, ns: &[u8; 16], abpy: &PointBytes) -> StoreResult<Option<PointBytes>>;
+}
+
+/// Jobs and their transient data (graph pass, uploads).
+pub trait JobRepo {
+    /// Save a job.
+    fn put_job(&self, job: &Job) -> StoreResult<()>;
+    /// Load a job.
+    fn job(&self, id: &str) -> StoreResult<Option<Job>>;
+    /// All jobs.
+    fn jobs(&self) -> StoreResult<Vec<Job>>;
+    /// Store a graph-pass page (concatenated points).
+    fn put_pass_page(
+        &self,
+        job: &str,
+        kind: MatchKind,
+        page_no: u32,
+        points: &[u8],
+    ) -> StoreResult<()>;
+    /// Load a graph-pass page.
+    fn pass_page(&self, job: &str, kind: MatchKind, page_no: u32) -> StoreResult<Option<Vec<u8>>>;
+    /// Mark a page as returned.
+    fn mark_page_done(&self, job: &str, kind: MatchKind, page_no: u32) -> StoreResult<()>;
+    /// Was the page returned?
+    fn page_done(&self, job: &str, kind: MatchKind, page_no: u32) -> StoreResult<bool>;
+    /// Store a re-blinded upload batch: content hash and frame.
+    fn put_upload(&self, job: &str, batch_no: u32, hash: [u8; 32], frame: &[u8])
+        -> StoreResult<()>;
+    /// Content hash of an upload.
+    fn upload_hash(&self, job: &str, batch_no: u32) -> StoreResult<Option<[u8; 32]>>;
+    /// An upload's re-blinded frame.
+    fn upload(&self, job: &str, batch_no: u32) -> StoreResult<Option<Vec<u8>>>;
+    /// Batch numbers uploaded.
+    fn upload_numbers(&self, job: &str) -> StoreResult<Vec<u32>>;
+    /// Delete every upload, page and mark of a job.
+    fn delete_job_data(&self, job: &str) -> StoreResult<()>;
+    /// How many transient records a job still has (uploads, pages, marks).
+    fn job_data_count(&self, job: &str) -> StoreResult<usize>;
+}
+
+/// Audiences and their members (person ID → cookies).
+pub trait AudienceRepo {
+    /// Save an audience with its members, atomically.
+    fn create_audience(&self, a: &Audience, members: &[(String, Vec<String>)]) -> StoreResult<()>;
+    /// Save audience metadata.
+    fn put_audience(&self, a: &Audience) -> StoreResult<()>;
+    /// Load one.
+    fn audience(&self, id: &str) -> StoreResult<Option<Audience>>;
+    /// All audiences.
+    fn audiences(&self) -> StoreResult<Vec<Audience>>;
+    /// Member persons.
+    fn audience_persons(&self, id: &str) -> StoreResult<Vec<String>>;
+    /// Up to `limit` cookies after an opaque position; returns (position, cookie).
+    fn members_after(
+        &self,
+        id: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> StoreResult<Vec<(Vec<u8>, String)>>;
+    /// Remove a person; returns true if it was a member.
+    fn remove_member(&self, id: &str, person: &str) -> StoreResult<bool>;
+    /// Delete an audience and its members.
+    fn delete_audience(&self, id: &str) -> StoreResult<()>;
+}
+
+/// Opted-out `b·P(y)` values (never digests).
+pub trait OptoutRepo {
+    /// Add; returns how many were new.
+    fn add_optouts(&self, points: &[PointBytes]) -> StoreResult<usize>;
+    /// Exact membership.
+    fn is_opted_out(&self, point: &PointBytes) -> StoreResult<bool>;
+    /// All of them (to fill the bloom filter at start).
+    fn optouts(&self) -> StoreResult<Vec<PointBytes>>;
+}
+
+/// The hash-chained audit log.
+pub trait AuditRepo {
+    /// The last entry.
+    fn last_audit(&self) -> StoreResult<Option<AuditEntry>>;
+    /// Write an entry at its seq (append, or overwrite for repair tools and tests).
+    fn put_audit(&self, e: &AuditEntry) -> StoreResult<()>;
+    /// Entries with seq > after, at most limit.
+    fn audit_after(&self, after: u64, limit: usize) -> StoreResult<Vec<AuditEntry>>;
+}
+
+/// ε spent per advertiser.
+pub trait BudgetRepo {
+    /// Record a spend.
+    fn record_spend(&self, advertiser: &str, unix: u64, job: &str, epsilon: f64)
+        -> StoreResult<()>;
+    /// Spends since a time.
+    fn spent_since(&self, advertiser: &str, since_unix: u64) -> StoreResult<f64>;
+}
+
+/// Everything a server needs.
+pub trait Repo:
+    MetaRepo
+    + PrincipalRepo
+    + GraphRepo
+    + CacheRepo
+    + JobRepo
+    + AudienceRepo
+    + OptoutRepo
+    + AuditRepo
+    + BudgetRepo
+    + Send
+    + Sync
+{
+}
+
+impl<T> Repo for T where
+    T: MetaRepo
+        + PrincipalRepo
+        + GraphRepo
+        + CacheRepo
+        + JobRepo
+        + AudienceRepo
+        + OptoutRepo
+        + AuditRepo
+        + BudgetRepo
+        + Send
+        + Sync
+{
+}
+
+/// Open the store under a data dir (`<dir>/db/v1`), checking the schema.
+pub fn open(data_dir: &std::path::Path) -> StoreResult<std::sync::Arc<dyn Repo>> {
+    let store = sled::SledStore::open(&data_dir.join("db").join(format!("v{SCHEMA_VERSION}")))?;
+    match store.schema_version()? {
+        None => store.set_schema_version(SCHEMA_VERSION)?,
+        Some(v) if v == SCHEMA_VERSION => {}
+        Some(found) => {
+            return Err(StoreError::Schema {
+                found,
+                expected: SCHEMA_VERSION,
+            })
+        }
+    }
+    Ok(std::sync::Arc::new(store))
+}

@@ -1,0 +1,72 @@
+//! TLS: load a PEM chain and key into a rustls (ring provider) server
+//! configuration; generate the development CA and certificate at `init`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Development CA certificate (what clients pass as `--ca`).
+pub const DEV_CA_FILE: &str = "tls/ca.pem";
+/// Development server certificate chain.
+pub const DEV_CERT_FILE: &str = "tls/cert.pem";
+/// Development server key.
+pub const DEV_KEY_FILE: &str = "tls/key.pem";
+
+/// A rustls server configuration from PEM files.
+pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
+    use anyhow::Context as _;
+    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(cert)
+            .with_context(|| format!("cannot open TLS certificate {}", cert.display()))?,
+    ))
+    .collect::<Result<Vec<_>, _>>()
+    .with_context(|| format!("cannot parse TLS certificate {}", cert.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("no certificate in {}", cert.display());
+    }
+    let key_der = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(key)
+            .with_context(|| format!("cannot open TLS key {}", key.display()))?,
+    ))
+    .with_context(|| format!("cannot parse TLS key {}", key.display()))?
+    .ok_or_else(|| anyhow::anyhow!("no private key in {}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key_der)
+    .context("TLS certificate and key do not match")?;
+    Ok(config)
+}
+
+/// Generate a development CA and a certificate for `localhost` and
+/// `127.0.0.1` signed by it; returns the CA file's path.
+pub fn generate_dev_tls(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair};
+    std::fs::create_dir_all(data_dir.join("tls"))?;
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "onboard development CA");
+    ca_params.distinguished_name = dn;
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let leaf_key = KeyPair::generate()?;
+    let mut leaf_params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "localhost");
+    leaf_params.distinguished_name = dn;
+    let leaf = leaf_params.signed_by(&leaf_key, &ca_cert, &ca_key)?;
+    let ca_path = data_dir.join(DEV_CA_FILE);
+    std::fs::write(&ca_path, ca_cert.pem())?;
+    std::fs::write(
+        data_dir.join(DEV_CERT_FILE),
+        format!("{}{}", leaf.pem(), ca_cert.pem()),
+    )?;
+    crate::keyfiles::write_private(
+        &data_dir.join(DEV_KEY_FILE),
+        leaf_key.serialize_pem().as_bytes(),
+    )?;
+    Ok(ca_path)
+}
