@@ -1,0 +1,375 @@
+//! Full jobs over real TLS on a synthetic graph with known ground truth.
+
+mod common;
+
+use common::*;
+use onboard_protocol::{Digest, MatchKind, SecretKey};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+
+fn e(i: usize) -> (MatchKind, Digest) {
+    (MatchKind::Email, Digest::of(&email(i)))
+}
+fn p(i: usize) -> (MatchKind, Digest) {
+    (MatchKind::Phone, Digest::of(&phone(i)))
+}
+fn stranger(i: usize) -> (MatchKind, Digest) {
+    (
+        MatchKind::Email,
+        Digest::of(&format!("nobody{i}@elsewhere.org")),
+    )
+}
+
+/// Gold: persons 0..150 via email, again 0..20 via phone (duplicates), and
+/// 20..40 with both identifiers (multi-identifier) plus 50 strangers → 150.
+/// Silver: persons 200..300 (exactly 100). Bronze: 300..399 (99).
+fn crm() -> Vec<Record> {
+    let mut r = Vec::new();
+    for i in 0..150 {
+        r.push(rec("Gold", vec![e(i)]));
+    }
+    for i in 0..20 {
+        r.push(rec("Gold", vec![p(i)]));
+    }
+    for i in 20..40 {
+        r.push(rec("Gold", vec![e(i), p(i)]));
+    }
+    for i in 0..50 {
+        r.push(rec("Gold", vec![stranger(i)]));
+    }
+    for i in 200..300 {
+        r.push(rec("Silver", vec![p(i)]));
+    }
+    for i in 300..399 {
+        r.push(rec("Bronze", vec![e(i)]));
+    }
+    r
+}
+
+fn segment<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap()
+}
+
+fn audience_cookies(
+    s: &TestServer,
+    dest_key: &str,
+    report: &Value,
+    name: &str,
+) -> BTreeSet<String> {
+    let id = segment(report, name)["audience_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.pull(dest_key, &id, 37, false).into_iter().collect()
+}
+
+#[test]
+fn full_job_releases_exactly_the_expected_audiences() {
+    let mut s = TestServer::start();
+    let adv = s.principal("acme", "advertiser");
+    let other_adv = s.principal("globex", "advertiser");
+    let dsp_a = s.principal("dsp-a", "destination");
+    let dsp_b = s.principal("dsp-b", "destination");
+    s.import(&synthetic_graph(1000));
+    let a = SecretKey::generate(&mut rand::thread_rng());
+
+    let (job, created) = s.create_job_and_pass(&adv, &a, "dsp-a", &["email", "phone"]);
+    assert_eq!(created["graph_pass"]["email"]["points"], 1000);
+    assert_eq!(created["graph_pass"]["email"]["pages"], 8);
+    assert_eq!(created["page_size"], 128);
+
+    // Another advertiser sees nothing of this job.
+    assert_eq!(
+        error_code(s.get(&format!("/v1/jobs/{job}"), &other_adv)),
+        (404, "not-found".into())
+    );
+    assert_eq!(
+        error_code(s.get(&format!("/v1/jobs/{job}/graph/email/0"), &other_adv)).0,
+        404
+    );
+    assert!(
+        s.get("/v1/jobs", &other_adv).json::<Value>().unwrap()["jobs"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    let records = crm();
+    let batches = s.upload(&adv, &job, &a, &records);
+    // Idempotent re-send, conflicting re-send.
+    let same = record_batch(0, &a, &records[..300]);
+    let r: Value = s
+        .put_bytes(&format!("/v1/jobs/{job}/batches/0"), &adv, same)
+        .json()
+        .unwrap();
+    assert_eq!(r["duplicate"], true);
+    let different = record_batch(0, &a, &records[1..301]);
+    assert_eq!(
+        error_code(s.put_bytes(&format!("/v1/jobs/{job}/batches/0"), &adv, different)),
+        (409, "conflict".into())
+    );
+    // Finishing with a batch missing is refused.
+    assert_eq!(
+        error_code(s.finish(&adv, &job, batches + 1)),
+        (409, "incomplete".into())
+    );
+
+    let r = s.finish(&adv, &job, batches);
+    assert_eq!(r.status(), 200);
+    let report: Value = r.json().unwrap();
+    assert_eq!(report["rows_uploaded"], records.len());
+    assert_eq!(report["k"], 100);
+    let gold = segment(&report, "Gold");
+    assert_eq!(gold["rows_uploaded"], 240);
+    assert_eq!(gold["status"], "delivered");
+    assert_ne!(gold["matched"], "< 100");
+    let silver = segment(&report, "Silver");
+    assert_eq!(silver["status"], "delivered");
+    let bronze = segment(&report, "Bronze");
+    assert_eq!(bronze["status"], "withheld");
+    assert_eq!(bronze["reason"], "below-minimum-size");
+    assert_eq!(bronze["matched"], "< 100");
+    assert!(bronze["audience_id"].is_null());
+    // 389 of 439 rows matched: 88% → capped.
+    assert_eq!(report["match_rate"], "> 85%");
+
+    // Released audiences are exactly the expected cookie sets.
+    assert_eq!(
+        audience_cookies(&s, &dsp_a, &report, "Gold"),
+        dsp_a_cookies(0..150)
+    );
+    let silver_id = segment(&report, "Silver")["audience_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let silver_csv: BTreeSet<String> = s.pull(&dsp_a, &silver_id, 1000, true).into_iter().collect();
+    assert_eq!(silver_csv, dsp_a_cookies(200..300));
+    let listed: Value = s.get("/v1/audiences", &dsp_a).json().unwrap();
+    let listed = listed["audiences"].as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed
+        .iter()
+        .all(|a| a["pulled"] == true && a["advertiser"] == "acme"));
+    let gold_entry = listed.iter().find(|a| a["segment"] == "Gold").unwrap();
+    assert_eq!(gold_entry["size"], 150);
+
+    // The other destination sees and pulls nothing; advertisers cannot list audiences.
+    assert!(
+        s.get("/v1/audiences", &dsp_b).json::<Value>().unwrap()["audiences"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        error_code(s.get(&format!("/v1/audiences/{silver_id}/members"), &dsp_b)).0,
+        404
+    );
+    assert_eq!(
+        error_code(s.get("/v1/audiences", &adv)),
+        (403, "forbidden".into())
+    );
+    assert_eq!(
+        error_code(s.get(
+            &format!("/v1/audiences/{silver_id}/members?cursor=AAAAAAAAAAAAAAAAAAAAAAAA"),
+            &dsp_a
+        )),
+        (400, "bad-cursor".into())
+    );
+
+    // A repeat job with the same key: empty graph pass, same audiences.
+    let (job2, created2) = s.create_job_and_pass(&adv, &a, "dsp-a", &["email", "phone"]);
+    for kind in ["email", "phone"] {
+        assert_eq!(
+            created2["graph_pass"][kind],
+            json!({"pages": 0, "points": 0})
+        );
+    }
+    let n = s.upload(&adv, &job2, &a, &records);
+    let report2: Value = s.finish(&adv, &job2, n).json().unwrap();
+    assert_eq!(segment(&report2, "Gold")["status"], "delivered");
+    assert_eq!(
+        audience_cookies(&s, &dsp_a, &report2, "Gold"),
+        dsp_a_cookies(0..150)
+    );
+    assert_eq!(
+        audience_cookies(&s, &dsp_a, &report2, "Silver"),
+        dsp_a_cookies(200..300)
+    );
+
+    // A job whose graph pass used another key than its uploads matches nothing.
+    let a1 = SecretKey::generate(&mut rand::thread_rng());
+    let a2 = SecretKey::generate(&mut rand::thread_rng());
+    let (job3, created3) = s.create_job_and_pass(&adv, &a1, "dsp-a", &["email", "phone"]);
+    assert_eq!(created3["graph_pass"]["email"]["points"], 1000);
+    let n = s.upload(&adv, &job3, &a2, &records);
+    let report3: Value = s.finish(&adv, &job3, n).json().unwrap();
+    assert_eq!(report3["match_rate"], "0%");
+    for seg in report3["segments"].as_array().unwrap() {
+        assert_eq!(seg["status"], "withheld");
+        assert_eq!(seg["matched"], "< 100");
+    }
+
+    // Finished jobs are not open any more.
+    assert_eq!(
+        error_code(s.finish(&adv, &job, batches)),
+        (409, "job-not-open".into())
+    );
+    let status: Value = s.get(&format!("/v1/jobs/{job}"), &adv).json().unwrap();
+    assert_eq!(status["status"], "finished");
+    assert_eq!(status["report"]["rows_uploaded"], records.len());
+
+    // After finish no blinded upload or join state remains in the store.
+    s.stop();
+    let repo = onboard_server::storage::open(&s.data_dir()).unwrap();
+    for j in [&job, &job2, &job3] {
+        assert_eq!(repo.job_data_count(j).unwrap(), 0);
+        assert!(repo.upload_numbers(j).unwrap().is_empty());
+    }
+}
+
+#[test]
+fn difference_check_and_opt_out_and_erase() {
+    let s = TestServer::start();
+    let adv = s.principal("acme", "advertiser");
+    let dsp_a = s.principal("dsp-a", "destination");
+    s.import(&synthetic_graph(600));
+    let a = SecretKey::generate(&mut rand::thread_rng());
+
+    let first: Vec<Record> = (0..200).map(|i| rec("Seg", vec![e(i)])).collect();
+    let report = s.run_job(&adv, &a, "dsp-a", &first);
+    assert_eq!(segment(&report, "Seg")["status"], "delivered");
+    let first_id = segment(&report, "Seg")["audience_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // 1..201: symmetric difference 2 < k → withheld.
+    let second: Vec<Record> = (1..201).map(|i| rec("Seg", vec![e(i)])).collect();
+    let report = s.run_job(&adv, &a, "dsp-a", &second);
+    let seg = segment(&report, "Seg");
+    assert_eq!(seg["status"], "withheld");
+    assert_eq!(seg["reason"], "too-close-to-earlier-audience");
+
+    // Opt out person 5 (by email digest): removed from the unpulled audience.
+    let frame = onboard_protocol::wire::DigestBatch {
+        batch_no: 0,
+        entries: vec![onboard_protocol::wire::DigestEntry {
+            person: String::new(),
+            kind: MatchKind::Email,
+            digest: Digest::of(&email(5)),
+        }],
+    }
+    .encode()
+    .unwrap();
+    let r: Value = s
+        .post_bytes("/v1/admin/optouts", &s.admin, frame)
+        .json()
+        .unwrap();
+    assert_eq!(r, json!({"accepted": 1, "persons_suppressed": 1}));
+    // Erase person 7.
+    let r: Value = s
+        .post("/v1/admin/erase", &s.admin, json!({"person": "p7"}))
+        .json()
+        .unwrap();
+    assert_eq!(r["audiences_updated"], 1);
+    let members: BTreeSet<String> = s.pull(&dsp_a, &first_id, 1000, false).into_iter().collect();
+    let mut expected = dsp_a_cookies(0..200);
+    for gone in [5, 7] {
+        for c in dsp_a_cookies([gone]) {
+            expected.remove(&c);
+        }
+    }
+    assert_eq!(members, expected);
+
+    // Later matches skip them too.
+    let third: Vec<Record> = [5, 7]
+        .into_iter()
+        .chain(300..450)
+        .map(|i| rec("Other", vec![p(i)]))
+        .collect();
+    let report = s.run_job(&adv, &a, "dsp-a", &third);
+    let id = segment(&report, "Other")["audience_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let members: BTreeSet<String> = s.pull(&dsp_a, &id, 1000, false).into_iter().collect();
+    assert_eq!(members, dsp_a_cookies(300..450));
+
+    let stats: Value = s.get("/v1/admin/stats", &s.admin).json().unwrap();
+    assert_eq!(stats["optouts"], 1);
+    assert_eq!(stats["jobs"]["finished"], 3);
+}
+
+#[test]
+fn too_few_rows_bad_points_and_budget() {
+    let mut s = TestServer::start_with(|c| {
+        c.epsilon = 1.0;
+        c.privacy_budget = 1.0;
+    });
+    let adv = s.principal("acme", "advertiser");
+    s.principal("dsp-a", "destination");
+    s.import(&synthetic_graph(300));
+    let a = SecretKey::generate(&mut rand::thread_rng());
+
+    // Too few rows: 422, job failed, uploads deleted.
+    let (job, _) = s.create_job_and_pass(&adv, &a, "dsp-a", &["email"]);
+    let few: Vec<Record> = (0..50).map(|i| rec("S", vec![e(i)])).collect();
+    let n = s.upload(&adv, &job, &a, &few);
+    assert_eq!(
+        error_code(s.finish(&adv, &job, n)),
+        (422, "too-few-rows".into())
+    );
+    let status: Value = s.get(&format!("/v1/jobs/{job}"), &adv).json().unwrap();
+    assert_eq!(status["status"], "failed");
+
+    // A bad point names the batch and point.
+    let (job2, _) = s.create_job_and_pass(&adv, &a, "dsp-a", &["email"]);
+    let mut batch = onboard_protocol::wire::RecordBatch::new(0, vec!["S".into()]).unwrap();
+    batch
+        .push(
+            &[0],
+            [(MatchKind::Email, onboard_protocol::PointBytes([0; 32]))],
+        )
+        .unwrap();
+    let r = s.put_bytes(&format!("/v1/jobs/{job2}/batches/0"), &adv, batch.encode());
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["error"]["code"], "bad-point");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("batch 0: point 0"));
+    let r = s.put_bytes(&format!("/v1/jobs/{job2}/batches/0"), &adv, vec![1, 2, 3]);
+    assert_eq!(error_code(r), (400, "bad-frame".into()));
+    // Abort.
+    assert_eq!(
+        s.client
+            .delete(format!("{}/v1/jobs/{job2}", s.base))
+            .bearer_auth(&adv)
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Budget 1.0 with ε 1.0: one report, then 429.
+    let rows: Vec<Record> = (0..150).map(|i| rec("S", vec![e(i)])).collect();
+    s.run_job(&adv, &a, "dsp-a", &rows);
+    let (job3, _) = s.create_job_and_pass(&adv, &a, "dsp-a", &["email"]);
+    let n = s.upload(&adv, &job3, &a, &rows);
+    assert_eq!(
+        error_code(s.finish(&adv, &job3, n)),
+        (429, "privacy-budget-exhausted".into())
+    );
+
+    s.stop();
+    let repo = onboard_server::storage::open(&s.data_dir()).unwrap();
+    for j in [&job, &job2, &job3] {
+        assert_eq!(repo.job_data_count(j).unwrap(), 0, "{j}");
+    }
+}
