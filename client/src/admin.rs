@@ -1,0 +1,636 @@
+//! Operator operations: principals and keys, graph import (normalised and
+//! hashed locally, only digests sent), opt-outs, erasure, audit, stats.
+
+use crate::api::{segment, ApiClient, Body};
+use crate::csv_input::{field, CsvReader};
+use crate::error::ClientError;
+use crate::matching::RowIssue;
+use crate::progress::{NoProgress, ProgressSink};
+use onboard_protocol::wire::{
+    DigestBatch, DigestEntry, MAX_DIGESTS_PER_BATCH, MAX_PERSON_ID_BYTES,
+};
+use onboard_protocol::{normalize, IdKind, Region};
+use rayon::prelude::*;
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::mpsc;
+
+/// Digests per graph-import or opt-out frame.
+pub const DIGEST_BATCH_SIZE: usize = MAX_DIGESTS_PER_BATCH;
+/// Cookies per JSON batch.
+pub const COOKIE_BATCH_SIZE: usize = 50_000;
+
+/// A principal's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The operator.
+    Admin,
+    /// A CRM owner running jobs.
+    Advertiser,
+    /// A DMP/DSP pulling audiences.
+    Destination,
+}
+
+impl Role {
+    /// `admin`, `advertiser` or `destination`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Advertiser => "advertiser",
+            Self::Destination => "destination",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "admin" => Ok(Self::Admin),
+            "advertiser" => Ok(Self::Advertiser),
+            "destination" => Ok(Self::Destination),
+            _ => Err("expected admin, advertiser or destination".into()),
+        }
+    }
+}
+
+/// A new principal and its first API key (shown this once).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct CreatedPrincipal {
+    /// Name.
+    pub name: String,
+    /// Role.
+    #[serde(default)]
+    pub role: String,
+    /// Key ID (for revocation).
+    #[serde(default)]
+    pub key_id: String,
+    /// The API key itself.
+    pub api_key: String,
+}
+
+impl fmt::Debug for CreatedPrincipal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreatedPrincipal")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Create a principal (admin key needed).
+pub fn create_principal(
+    api: &ApiClient,
+    name: &str,
+    role: Role,
+) -> Result<CreatedPrincipal, ClientError> {
+    create_principal_with_webhook(api, name, role, None)
+}
+
+/// Create a principal, with a webhook URL for destinations.
+pub fn create_principal_with_webhook(
+    api: &ApiClient,
+    name: &str,
+    role: Role,
+    webhook_url: Option<&str>,
+) -> Result<CreatedPrincipal, ClientError> {
+    let mut created: CreatedPrincipal = api.call_json(
+        Method::POST,
+        "/v1/admin/principals",
+        &Body::json(&serde_json::json!({ "name": name, "role": role, "webhook_url": webhook_url })),
+    )?;
+    if created.role.is_empty() {
+        created.role = role.to_string();
+    }
+    Ok(created)
+}
+
+/// Create an extra key for a principal (rotation).
+pub fn create_key(api: &ApiClient, name: &str) -> Result<CreatedPrincipal, ClientError> {
+    api.call_json(
+        Method::POST,
+        &format!("/v1/admin/principals/{}/keys", segment(name)),
+        &Body::json(&serde_json::json!({})),
+    )
+}
+
+/// Revoke one key by ID.
+pub fn revoke_key(api: &ApiClient, key_id: &str) -> Result<serde_json::Value, ClientError> {
+    api.call_json(
+        Method::POST,
+        &format!("/v1/admin/keys/{}/revoke", segment(key_id)),
+        &Body::json(&serde_json::json!({})),
+    )
+}
+
+/// Revoke every key of a principal; returns how many were revoked.
+pub fn revoke_principal(api: &ApiClient, name: &str) -> Result<u64, ClientError> {
+    let v: serde_json::Value = api.call_json(
+        Method::POST,
+        &format!("/v1/admin/principals/{}/revoke", segment(name)),
+        &Body::json(&serde_json::json!({})),
+    )?;
+    Ok(v.get("revoked_keys").and_then(|n| n.as_u64()).unwrap_or(0))
+}
+
+/// One key of a principal.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// Key ID.
+    pub key_id: String,
+    /// Creation time.
+    #[serde(default)]
+    pub created: serde_json::Value,
+    /// Revoked?
+    #[serde(default)]
+    pub revoked: serde_json::Value,
+}
+
+/// A principal as listed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PrincipalInfo {
+    /// Name.
+    pub name: String,
+    /// Role.
+    #[serde(default)]
+    pub role: String,
+    /// Creation time.
+    #[serde(default)]
+    pub created: serde_json::Value,
+    /// Webhook of a destination.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// Keys.
+    #[serde(default)]
+    pub keys: Vec<KeyInfo>,
+}
+
+/// List principals.
+pub fn list_principals(api: &ApiClient) -> Result<Vec<PrincipalInfo>, ClientError> {
+    #[derive(Deserialize)]
+    struct List {
+        principals: Vec<PrincipalInfo>,
+    }
+    Ok(api
+        .get_json::<List>("/v1/admin/principals", &[])?
+        .principals)
+}
+
+/// What a graph import did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ImportSummary {
+    /// The import.
+    pub import_id: String,
+    /// The new graph version.
+    pub version: u64,
+    /// Persons in the new version.
+    pub persons: u64,
+    /// Identifiers per kind in the new version.
+    pub identifiers: BTreeMap<String, u64>,
+    /// Cookies per destination in the new version.
+    pub cookies: BTreeMap<String, u64>,
+    /// Identifier rows read locally.
+    pub identifier_rows: u64,
+    /// Identifier rows sent.
+    pub identifiers_sent: u64,
+    /// Identifier batches sent.
+    pub identifier_batches: u32,
+    /// Invalid identifier rows, by reason, skipped.
+    pub invalid: BTreeMap<String, RowIssue>,
+    /// Cookie rows sent.
+    pub cookies_sent: u64,
+    /// Cookie batches sent.
+    pub cookie_batches: u32,
+    /// Invalid cookie rows, by reason, skipped.
+    pub invalid_cookies: BTreeMap<String, RowIssue>,
+}
+
+#[derive(Deserialize)]
+struct CommitAnswer {
+    #[serde(default)]
+    version: u64,
+    #[serde(default)]
+    persons: u64,
+    #[serde(default)]
+    identifiers: BTreeMap<String, u64>,
+    #[serde(default)]
+    cookies: BTreeMap<String, u64>,
+}
+
+/// Import a graph version: `person_id,kind,value` rows normalised and
+/// hashed locally (only digests sent), then `person_id,destination,cookie_id`
+/// rows, then commit.
+pub fn import_graph(
+    api: &ApiClient,
+    identifiers_csv: &Path,
+    cookies_csv: Option<&Path>,
+    region: Region,
+    show_progress: bool,
+) -> Result<ImportSummary, ClientError> {
+    let sink = crate::commands::progress::Bars::new_sink(show_progress);
+    import_graph_with(api, identifiers_csv, cookies_csv, region, sink.as_ref())
+}
+
+/// [`import_graph`] reporting progress to `progress`.
+pub fn import_graph_with(
+    api: &ApiClient,
+    identifiers_csv: &Path,
+    cookies_csv: Option<&Path>,
+    region: Region,
+    progress: &dyn ProgressSink,
+) -> Result<ImportSummary, ClientError> {
+    // Open both files first: a missing file fails before anything is sent.
+    let mut ids = CsvReader::open(identifiers_csv)?;
+    let id_cols = [
+        ids.column("person_id")?,
+        ids.column("kind")?,
+        ids.column("value")?,
+    ];
+    let mut cookies = match cookies_csv {
+        Some(p) => {
+            let r = CsvReader::open(p)?;
+            let cols = [
+                r.column("person_id")?,
+                r.column("destination")?,
+                r.column("cookie_id")?,
+            ];
+            Some((r, cols))
+        }
+        None => None,
+    };
+    #[derive(Deserialize)]
+    struct Created {
+        import_id: String,
+    }
+    let created: Created = api.call_json(
+        Method::POST,
+        "/v1/admin/graph/imports",
+        &Body::json(&serde_json::json!({})),
+    )?;
+    let base = format!("/v1/admin/graph/imports/{}", segment(&created.import_id));
+    let mut summary = ImportSummary {
+        import_id: created.import_id.clone(),
+        ..ImportSummary::default()
+    };
+
+    progress.begin("identifiers", 0);
+    let sent = send_digests(
+        api,
+        &mut ids,
+        id_cols,
+        true,
+        region,
+        progress,
+        &mut summary,
+        |batch_no, bytes| {
+            let _: serde_json::Value = api.call_json(
+                Method::PUT,
+                &format!("{base}/identifiers/{batch_no}"),
+                &Body::Frame(bytes),
+            )?;
+            Ok(())
+        },
+    );
+    progress.end();
+    sent?;
+
+    if let Some((mut reader, cols)) = cookies.take() {
+        progress.begin("cookies", 0);
+        let r = send_cookies(api, &base, &mut reader, cols, progress, &mut summary);
+        progress.end();
+        r?;
+    }
+
+    let commit: CommitAnswer = api.call_json(
+        Method::POST,
+        &format!("{base}/commit"),
+        &Body::json(&serde_json::json!({
+            "identifier_batches": summary.identifier_batches,
+            "cookie_batches": summary.cookie_batches,
+        })),
+    )?;
+    summary.version = commit.version;
+    summary.persons = commit.persons;
+    summary.identifiers = commit.identifiers;
+    summary.cookies = commit.cookies;
+    Ok(summary)
+}
+
+/// Read `(person?, kind, value)` rows, normalise in parallel, send digest
+/// frames through `send` while the next one is prepared.
+#[allow(clippy::too_many_arguments)]
+fn send_digests(
+    _api: &ApiClient,
+    reader: &mut CsvReader,
+    cols: [usize; 3],
+    with_person: bool,
+    region: Region,
+    progress: &dyn ProgressSink,
+    summary: &mut ImportSummary,
+    send: impl Fn(u32, Vec<u8>) -> Result<(), ClientError> + Sync,
+) -> Result<(), ClientError> {
+    let [person_col, kind_col, value_col] = cols;
+    let (tx, rx) = mpsc::sync_channel::<(u32, usize, Vec<u8>)>(1);
+    std::thread::scope(|s| {
+        let sender = s.spawn(|| -> Result<u32, ClientError> {
+            let mut batches = 0;
+            for (batch_no, n, bytes) in rx {
+                send(batch_no, bytes)?;
+                batches = batch_no + 1;
+                progress.advance(n as u64);
+            }
+            Ok(batches)
+        });
+        let produced = (|| -> Result<(), ClientError> {
+            let mut batch_no = 0u32;
+            loop {
+                let chunk = reader.next_chunk(DIGEST_BATCH_SIZE)?;
+                if chunk.is_empty() {
+                    return Ok(());
+                }
+                let results: Vec<(u64, Result<DigestEntry, &'static str>)> = chunk
+                    .par_iter()
+                    .map(|(line, rec)| {
+                        let entry = (|| {
+                            let person = if with_person {
+                                let p = field(rec, person_col).map_err(|_| "not-utf8")?.trim();
+                                if p.is_empty() {
+                                    return Err("empty-person-id");
+                                }
+                                if p.len() > MAX_PERSON_ID_BYTES || p.chars().any(char::is_control)
+                                {
+                                    return Err("bad-person-id");
+                                }
+                                p.to_owned()
+                            } else {
+                                String::new()
+                            };
+                            let kind: IdKind = field(rec, kind_col)
+                                .map_err(|_| "not-utf8")?
+                                .parse()
+                                .map_err(|_| "unknown-kind")?;
+                            let value = field(rec, value_col).map_err(|_| "not-utf8")?;
+                            let n = normalize(kind, value, region).map_err(|e| e.code())?;
+                            Ok(DigestEntry {
+                                person,
+                                kind: n.kind,
+                                digest: n.digest,
+                            })
+                        })();
+                        (*line, entry)
+                    })
+                    .collect();
+                drop(chunk);
+                summary.identifier_rows += results.len() as u64;
+                let mut entries = Vec::with_capacity(results.len());
+                for (line, r) in results {
+                    match r {
+                        Ok(e) => entries.push(e),
+                        Err(code) => {
+                            let issue = summary.invalid.entry(code.to_owned()).or_default();
+                            issue.count += 1;
+                            if issue.first_rows.len() < crate::matching::FIRST_ROWS_KEPT {
+                                issue.first_rows.push(line);
+                            }
+                        }
+                    }
+                }
+                if entries.is_empty() {
+                    continue;
+                }
+                let n = entries.len();
+                summary.identifiers_sent += n as u64;
+                let bytes = DigestBatch { batch_no, entries }.encode().map_err(|e| {
+                    ClientError::Protocol(format!("building digest batch {batch_no}: {e}"))
+                })?;
+                if tx.send((batch_no, n, bytes)).is_err() {
+                    return Ok(());
+                }
+                batch_no += 1;
+            }
+        })();
+        drop(tx);
+        let batches = sender.join().expect("sender panicked")?;
+        produced?;
+        summary.identifier_batches = batches;
+        Ok(())
+    })
+}
+
+fn send_cookies(
+    api: &ApiClient,
+    base: &str,
+    reader: &mut CsvReader,
+    [person_col, dest_col, cookie_col]: [usize; 3],
+    progress: &dyn ProgressSink,
+    summary: &mut ImportSummary,
+) -> Result<(), ClientError> {
+    #[derive(Serialize)]
+    struct Cookie<'a> {
+        person: &'a str,
+        destination: &'a str,
+        cookie: &'a str,
+    }
+    let mut batch_no = 0u32;
+    loop {
+        let chunk = reader.next_chunk(COOKIE_BATCH_SIZE)?;
+        if chunk.is_empty() {
+            break;
+        }
+        let mut cookies = Vec::with_capacity(chunk.len());
+        for (line, rec) in &chunk {
+            let parsed = (|| {
+                let p = field(rec, person_col).map_err(|_| "not-utf8")?.trim();
+                let d = field(rec, dest_col).map_err(|_| "not-utf8")?.trim();
+                let c = field(rec, cookie_col).map_err(|_| "not-utf8")?.trim();
+                if p.is_empty() || d.is_empty() || c.is_empty() {
+                    return Err("empty-field");
+                }
+                if p.len() > MAX_PERSON_ID_BYTES
+                    || [p, d, c].iter().any(|t| t.chars().any(char::is_control))
+                {
+                    return Err("bad-field");
+                }
+                Ok(Cookie {
+                    person: p,
+                    destination: d,
+                    cookie: c,
+                })
+            })();
+            match parsed {
+                Ok(c) => cookies.push(c),
+                Err(code) => {
+                    let issue = summary.invalid_cookies.entry(code.to_owned()).or_default();
+                    issue.count += 1;
+                    if issue.first_rows.len() < crate::matching::FIRST_ROWS_KEPT {
+                        issue.first_rows.push(*line);
+                    }
+                }
+            }
+        }
+        if cookies.is_empty() {
+            continue;
+        }
+        let n = cookies.len();
+        let _: serde_json::Value = api.call_json(
+            Method::PUT,
+            &format!("{base}/cookies/{batch_no}"),
+            &Body::json(&serde_json::json!({ "cookies": cookies })),
+        )?;
+        summary.cookies_sent += n as u64;
+        progress.advance(n as u64);
+        batch_no += 1;
+    }
+    summary.cookie_batches = batch_no;
+    Ok(())
+}
+
+/// What an opt-out upload did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct OptoutSummary {
+    /// Rows read.
+    pub rows: u64,
+    /// Digests accepted by the server.
+    pub accepted: u64,
+    /// Persons suppressed.
+    pub persons_suppressed: u64,
+    /// Invalid rows by reason, skipped.
+    pub invalid: BTreeMap<String, RowIssue>,
+}
+
+/// Upload an opt-out list (`kind,value`): digests only, no person IDs.
+pub fn optout(api: &ApiClient, file: &Path, region: Region) -> Result<OptoutSummary, ClientError> {
+    let mut reader = CsvReader::open(file)?;
+    let cols = [0, reader.column("kind")?, reader.column("value")?];
+    let mut import = ImportSummary::default();
+    let totals = std::sync::Mutex::new((0u64, 0u64));
+    send_digests(
+        api,
+        &mut reader,
+        cols,
+        false,
+        region,
+        &NoProgress,
+        &mut import,
+        |_batch_no, bytes| {
+            let v: serde_json::Value =
+                api.call_json(Method::POST, "/v1/admin/optouts", &Body::Frame(bytes))?;
+            let mut t = totals.lock().expect("totals lock");
+            t.0 += v.get("accepted").and_then(|n| n.as_u64()).unwrap_or(0);
+            t.1 += v
+                .get("persons_suppressed")
+                .and_then(|n| n.as_u64())
+                .unwrap_or(0);
+            Ok(())
+        },
+    )?;
+    let (accepted, persons_suppressed) = totals.into_inner().expect("totals lock");
+    Ok(OptoutSummary {
+        rows: import.identifier_rows,
+        accepted,
+        persons_suppressed,
+        invalid: import.invalid,
+    })
+}
+
+/// What an erasure did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EraseSummary {
+    /// The person.
+    pub person: String,
+    /// Erased?
+    #[serde(default)]
+    pub erased: bool,
+    /// Audiences from which the person was removed.
+    #[serde(default)]
+    pub audiences_updated: u64,
+}
+
+/// Erase a person from the graph and from audiences not yet pulled.
+pub fn erase(api: &ApiClient, person: &str) -> Result<EraseSummary, ClientError> {
+    api.call_json(
+        Method::POST,
+        "/v1/admin/erase",
+        &Body::json(&serde_json::json!({ "person": person })),
+    )
+}
+
+/// One audit-log entry.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Sequence number.
+    pub seq: u64,
+    /// When.
+    #[serde(default)]
+    pub time: serde_json::Value,
+    /// Who.
+    #[serde(default)]
+    pub actor: String,
+    /// What.
+    #[serde(default)]
+    pub action: String,
+    /// On what.
+    #[serde(default)]
+    pub object: serde_json::Value,
+    /// Outcome.
+    #[serde(default)]
+    pub outcome: serde_json::Value,
+    /// Hash of the previous entry.
+    #[serde(default)]
+    pub prev_hash: String,
+    /// This entry's hash.
+    #[serde(default)]
+    pub hash: String,
+}
+
+/// Page size when reading the audit log.
+const AUDIT_PAGE: u64 = 1000;
+
+/// The whole audit log, following `after=SEQ` pages.
+pub fn audit(api: &ApiClient) -> Result<Vec<AuditEntry>, ClientError> {
+    #[derive(Deserialize)]
+    struct Page {
+        entries: Vec<AuditEntry>,
+    }
+    let mut out: Vec<AuditEntry> = Vec::new();
+    let mut after: Option<u64> = None;
+    loop {
+        let limit = AUDIT_PAGE.to_string();
+        let after_s = after.map(|a| a.to_string());
+        let mut query = vec![("limit", limit.as_str())];
+        if let Some(a) = after_s.as_deref() {
+            query.push(("after", a));
+        }
+        let page: Page = api.get_json("/v1/admin/audit", &query)?;
+        let Some(last) = page.entries.last().map(|e| e.seq) else {
+            break;
+        };
+        if after.is_some_and(|a| last <= a) {
+            break; // A server ignoring `after`: stop rather than loop.
+        }
+        let short = (page.entries.len() as u64) < AUDIT_PAGE;
+        out.extend(page.entries);
+        if short {
+            break;
+        }
+        after = Some(last);
+    }
+    Ok(out)
+}
+
+/// Server statistics, as returned.
+pub fn stats(api: &ApiClient) -> Result<serde_json::Value, ClientError> {
+    api.get_json("/v1/admin/stats", &[])
+}

@@ -1,0 +1,273 @@
+//! The `onboard` command line. The doc comments are the help text.
+
+use clap::{Args, Parser, Subcommand};
+use onboard_protocol::{IdKind, Region};
+use std::path::PathBuf;
+
+/// onboard: turn CRM segments into DMP/DSP audiences without handing anyone
+/// raw PII (double-blind ECDH matching).
+#[derive(Debug, Parser)]
+#[command(name = "onboard", version, propagate_version = true)]
+pub struct Cli {
+    /// Base URL of the onboard server.
+    #[arg(
+        long,
+        global = true,
+        env = "ONBOARD_SERVER",
+        default_value = "https://127.0.0.1:8443"
+    )]
+    pub server: String,
+    /// PEM file of the CA that signed the server's certificate (only it is trusted then).
+    #[arg(long, global = true, env = "ONBOARD_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// File holding the API key (otherwise the ONBOARD_API_KEY environment variable).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// No progress bars and no informational messages on stderr.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new advertiser secret key file (mode 0600; never overwrites).
+    Keygen(KeygenArgs),
+    /// Print each value normalised and its SHA-256, as the match would use it.
+    Normalize(NormalizeArgs),
+    /// Check a CRM export, then match it against the graph for a destination.
+    Match(MatchArgs),
+    /// Audiences delivered to you (destination key).
+    #[command(subcommand)]
+    Audiences(AudiencesCommand),
+    /// Operator commands (admin key).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+/// `onboard keygen`.
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where to write the key (must not exist).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+/// `onboard normalize`.
+#[derive(Debug, Args)]
+pub struct NormalizeArgs {
+    /// Identifier kind: email, phone, maid, email_sha256 or phone_sha256.
+    #[arg(long, value_parser = parse_kind)]
+    pub kind: IdKind,
+    /// Default region of phone numbers without a country code.
+    #[arg(long, default_value = "FR", value_parser = parse_region, value_name = "CC")]
+    pub region: Region,
+    /// The values.
+    #[arg(required = true, value_name = "VALUE")]
+    pub values: Vec<String>,
+}
+
+/// `onboard match`.
+#[derive(Debug, Args)]
+pub struct MatchArgs {
+    /// The CRM export (CSV; `,` `;` or tab; UTF-8 with or without BOM).
+    #[arg(long, value_name = "FILE")]
+    pub input: PathBuf,
+    /// Your secret key file (from `onboard keygen`).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// Destination (DMP/DSP) the audiences are for.
+    #[arg(long, value_name = "NAME")]
+    pub destination: String,
+    /// Column of email addresses (repeatable).
+    #[arg(long = "email-col", value_name = "C")]
+    pub email_cols: Vec<String>,
+    /// Column of phone numbers (repeatable).
+    #[arg(long = "phone-col", value_name = "C")]
+    pub phone_cols: Vec<String>,
+    /// Column of mobile ad IDs (repeatable).
+    #[arg(long = "maid-col", value_name = "C")]
+    pub maid_cols: Vec<String>,
+    /// Column of SHA-256 hex of normalised emails (repeatable).
+    #[arg(long = "email-sha256-col", value_name = "C")]
+    pub email_sha256_cols: Vec<String>,
+    /// Column of SHA-256 hex of normalised E.164 phones (repeatable).
+    #[arg(long = "phone-sha256-col", value_name = "C")]
+    pub phone_sha256_cols: Vec<String>,
+    /// Column of segment names; several in one cell are separated by `|`.
+    #[arg(long = "segment-col", value_name = "C")]
+    pub segment_col: String,
+    /// Column of consent (true/false, 1/0, yes/no, oui/non); rows without consent are dropped.
+    #[arg(long = "consent-col", value_name = "C")]
+    pub consent_col: Option<String>,
+    /// Default region of phone numbers without a country code.
+    #[arg(long, default_value = "FR", value_parser = parse_region, value_name = "CC")]
+    pub region: Region,
+    /// Only the data-quality report: nothing is sent.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print one JSON object (quality + report) instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Records per uploaded batch.
+    #[arg(long, default_value_t = crate::matching::DEFAULT_BATCH_SIZE, hide = true)]
+    pub batch_size: usize,
+}
+
+/// `onboard audiences …`.
+#[derive(Debug, Subcommand)]
+pub enum AudiencesCommand {
+    /// List the audiences delivered to you.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download an audience: one cookie ID per line.
+    Pull {
+        /// Audience ID.
+        id: String,
+        /// Write to this file instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+/// `onboard admin …`.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Advertisers.
+    #[command(subcommand)]
+    Advertiser(AdvertiserCommand),
+    /// Destinations (DMP/DSP).
+    #[command(subcommand)]
+    Destination(DestinationCommand),
+    /// API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Principals (advertisers, destinations, admins).
+    #[command(subcommand)]
+    Principals(PrincipalsCommand),
+    /// The identity graph.
+    #[command(subcommand)]
+    Graph(GraphCommand),
+    /// Upload an opt-out list (`kind,value`): digests only.
+    Optout {
+        /// CSV with header `kind,value`.
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+        /// Default region of phone numbers without a country code.
+        #[arg(long, default_value = "FR", value_parser = parse_region, value_name = "CC")]
+        region: Region,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Erase a person from the graph and from audiences not yet pulled.
+    Erase {
+        /// The onboarder's person ID.
+        #[arg(long, value_name = "PERSON_ID")]
+        person: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the audit log.
+    Audit {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print server statistics.
+    Stats {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `onboard admin advertiser …`.
+#[derive(Debug, Subcommand)]
+pub enum AdvertiserCommand {
+    /// Create an advertiser; its API key is printed once, alone on the last line.
+    Create {
+        /// Advertiser name.
+        name: String,
+    },
+}
+
+/// `onboard admin destination …`.
+#[derive(Debug, Subcommand)]
+pub enum DestinationCommand {
+    /// Create a destination; its API key is printed once, alone on the last line.
+    Create {
+        /// Destination name (as used in `match --destination` and cookies.csv).
+        name: String,
+        /// URL notified when an audience is delivered.
+        #[arg(long, value_name = "URL")]
+        webhook_url: Option<String>,
+    },
+}
+
+/// `onboard admin keys …`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create an extra API key for a principal (rotation); printed alone on the last line.
+    Create {
+        /// Principal name.
+        name: String,
+    },
+    /// Revoke one key by ID, or every key of a principal with --principal.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["key_id", "principal"])))]
+    Revoke {
+        /// Key ID.
+        key_id: Option<String>,
+        /// Revoke every key of this principal.
+        #[arg(long, value_name = "NAME")]
+        principal: Option<String>,
+    },
+}
+
+/// `onboard admin principals …`.
+#[derive(Debug, Subcommand)]
+pub enum PrincipalsCommand {
+    /// List principals and their keys.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `onboard admin graph …`.
+#[derive(Debug, Subcommand)]
+pub enum GraphCommand {
+    /// Import a new graph version; identifiers are normalised and hashed here, only digests are sent.
+    Import {
+        /// CSV with header `person_id,kind,value`.
+        #[arg(long, value_name = "FILE")]
+        identifiers: PathBuf,
+        /// CSV with header `person_id,destination,cookie_id`.
+        #[arg(long, value_name = "FILE")]
+        cookies: Option<PathBuf>,
+        /// Default region of phone numbers without a country code.
+        #[arg(long, default_value = "FR", value_parser = parse_region, value_name = "CC")]
+        region: Region,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_region(s: &str) -> Result<Region, String> {
+    s.parse()
+        .map_err(|e: onboard_protocol::normalize::UnknownRegion| e.to_string())
+}
+
+fn parse_kind(s: &str) -> Result<IdKind, String> {
+    s.parse()
+        .map_err(|e: onboard_protocol::normalize::UnknownKind| e.to_string())
+}

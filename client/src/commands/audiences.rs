@@ -1,0 +1,65 @@
+//! `onboard audiences list|pull`.
+
+use super::{plain, table, Context};
+use crate::cli::AudiencesCommand;
+use crate::destination::{list_audiences, pull_audience};
+use anyhow::{Context as _, Result};
+use std::io::Write;
+
+pub(super) fn run(ctx: &Context, cmd: AudiencesCommand) -> Result<()> {
+    let api = ctx.api()?;
+    match cmd {
+        AudiencesCommand::List { json } => {
+            let list = list_audiences(&api)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "audiences": list }))?
+                );
+            } else if list.is_empty() {
+                ctx.note("no audiences");
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|a| {
+                        vec![
+                            a.id.clone(),
+                            a.segment.clone(),
+                            a.advertiser.clone(),
+                            a.size.to_string(),
+                            plain(&a.created),
+                            plain(&a.expires),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    table(
+                        &["id", "segment", "advertiser", "size", "created", "expires"],
+                        &rows
+                    )
+                );
+            }
+        }
+        AudiencesCommand::Pull { id, out } => {
+            let n = match &out {
+                Some(path) => {
+                    let file = std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?;
+                    let mut w = std::io::BufWriter::new(file);
+                    let n = pull_audience(&api, &id, &mut w)?;
+                    w.flush()
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    n
+                }
+                None => {
+                    let stdout = std::io::stdout();
+                    let mut w = std::io::BufWriter::new(stdout.lock());
+                    pull_audience(&api, &id, &mut w)?
+                }
+            };
+            ctx.note(format!("{n} members"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! # onboard-client
+//!
+//! The advertiser's, destination's and operator's side of onboard, as a
+//! library and as the `onboard` CLI (`main.rs` only calls [`main_with_args`]).
+//!
+//! - [`matching`]: the match pipeline — a local data-quality pass over a CRM
+//!   export, then the double-blind job (graph pass, blinded batch upload,
+//!   report). Raw identifiers never leave the machine; only `a·P(x)` does.
+//! - [`destination`]: list and pull audiences.
+//! - [`admin`]: principals and keys, graph import (digests only), opt-outs,
+//!   erasure, audit, stats.
+//! - [`api`]: the HTTP client of docs/api.md with typed errors and retries.
+//! - [`csv_input`]: CSV as CRM exports come (delimiter, BOM, quotes).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod api;
+pub mod cli;
+pub(crate) mod commands;
+pub mod csv_input;
+pub mod destination;
+pub mod error;
+pub mod matching;
+pub mod progress;
+
+pub use admin::{
+    audit, create_key, create_principal, create_principal_with_webhook, erase, import_graph,
+    list_principals, optout, revoke_key, revoke_principal, stats, AuditEntry, CreatedPrincipal,
+    EraseSummary, ImportSummary, OptoutSummary, Role,
+};
+pub use api::{ApiClient, ApiError, ErrorCode, RetryPolicy};
+pub use destination::{list_audiences, pull_audience, AudienceInfo};
+pub use error::ClientError;
+pub use matching::{
+    data_quality, run_match, run_match_with, JobReport, MatchOptions, MatchOutcome, QualityReport,
+    SegmentReport,
+};
+pub use onboard_protocol::Region;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+/// Run the `onboard` CLI: exit 0 on success, 1 when the operation failed,
+/// 2 on a usage error.
+pub fn main_with_args<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> ExitCode {
+    let cli = match cli::Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(2),
+            };
+        }
+    };
+    match commands::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

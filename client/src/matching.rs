@@ -1,0 +1,1129 @@
+//! The advertiser's match pipeline, as a library: a local data-quality pass
+//! over the CRM export (no crypto, nothing sent), then the job of
+//! docs/api.md — create, graph pass (re-blind the server's `b·P(y)` with the
+//! advertiser key), upload of shuffled `a·P(x)` record batches while the next
+//! batch is being blinded, finish — and the server's report.
+
+use crate::api::{segment, ApiClient, Body};
+use crate::csv_input::{field, parse_consent, split_segments, CsvReader};
+use crate::error::ClientError;
+use crate::progress::{NoProgress, ProgressSink};
+use csv::ByteRecord;
+use onboard_protocol::wire::{
+    PointPage, RecordBatch, MAX_IDS_PER_RECORD, MAX_LABEL_BYTES, MAX_RECORDS_PER_BATCH,
+    MAX_SEGMENTS_PER_RECORD,
+};
+use onboard_protocol::{
+    blind, normalize, Digest, IdKind, MatchKind, NormalizeError, Region, SecretKey,
+};
+use rand::seq::SliceRandom;
+use rayon::prelude::*;
+use reqwest::Method;
+use serde::{Deserialize, Deserializer, Serialize};
+use sha2::{Digest as _, Sha256};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::Instant;
+use zeroize::Zeroizing;
+
+/// Row numbers kept per problem in the quality report.
+pub const FIRST_ROWS_KEPT: usize = 5;
+/// Records per uploaded batch unless told otherwise.
+pub const DEFAULT_BATCH_SIZE: usize = 8192;
+/// Rows classified per parallel chunk in the quality pass.
+const QUALITY_CHUNK: usize = 8192;
+/// Graph pages in flight at once (network overlaps crypto).
+const GRAPH_WORKERS: usize = 3;
+
+/// What to match and how.
+#[derive(Debug, Clone)]
+pub struct MatchOptions {
+    /// The CRM export.
+    pub input: PathBuf,
+    /// The advertiser's key file (`onboard keygen`).
+    pub key_file: PathBuf,
+    /// The destination the audiences are for.
+    pub destination: String,
+    /// Columns holding email addresses.
+    pub email_cols: Vec<String>,
+    /// Columns holding phone numbers.
+    pub phone_cols: Vec<String>,
+    /// Columns holding mobile ad IDs.
+    pub maid_cols: Vec<String>,
+    /// Columns holding SHA-256 of normalised emails.
+    pub email_sha256_cols: Vec<String>,
+    /// Columns holding SHA-256 of normalised E.164 phones.
+    pub phone_sha256_cols: Vec<String>,
+    /// The column with the segment(s), several separated by `|`.
+    pub segment_col: String,
+    /// The consent column, if any; rows without consent are dropped.
+    pub consent_col: Option<String>,
+    /// Default region of phone numbers without a country code.
+    pub region: Region,
+    /// Only the quality pass: nothing is sent.
+    pub dry_run: bool,
+    /// Records per batch.
+    pub batch_size: usize,
+    /// Progress bars on stderr (when it is a terminal).
+    pub show_progress: bool,
+}
+
+impl MatchOptions {
+    /// Options with no identifier column yet and defaults elsewhere.
+    pub fn new(
+        input: impl Into<PathBuf>,
+        key_file: impl Into<PathBuf>,
+        destination: &str,
+        segment_col: &str,
+    ) -> Self {
+        Self {
+            input: input.into(),
+            key_file: key_file.into(),
+            destination: destination.to_owned(),
+            email_cols: vec![],
+            phone_cols: vec![],
+            maid_cols: vec![],
+            email_sha256_cols: vec![],
+            phone_sha256_cols: vec![],
+            segment_col: segment_col.to_owned(),
+            consent_col: None,
+            region: Region::default(),
+            dry_run: false,
+            batch_size: DEFAULT_BATCH_SIZE,
+            show_progress: false,
+        }
+    }
+
+    fn id_columns(&self) -> Vec<(IdKind, &str)> {
+        let mut out = Vec::new();
+        for (kind, cols) in [
+            (IdKind::Email, &self.email_cols),
+            (IdKind::Phone, &self.phone_cols),
+            (IdKind::Maid, &self.maid_cols),
+            (IdKind::EmailSha256, &self.email_sha256_cols),
+            (IdKind::PhoneSha256, &self.phone_sha256_cols),
+        ] {
+            out.extend(cols.iter().map(|c| (kind, c.as_str())));
+        }
+        out
+    }
+}
+
+/// How many rows had one problem, and the first few of them (line numbers
+/// in the file, the header being line 1). Never the values.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowIssue {
+    /// Rows with the problem.
+    pub count: u64,
+    /// Line numbers of the first few.
+    pub first_rows: Vec<u64>,
+}
+
+impl RowIssue {
+    fn add(&mut self, line: u64) {
+        self.count += 1;
+        if self.first_rows.len() < FIRST_ROWS_KEPT {
+            self.first_rows.push(line);
+        }
+    }
+}
+
+/// Quality of one identifier column.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnQuality {
+    /// Column name as given.
+    pub column: String,
+    /// Identifier kind of the column.
+    pub kind: String,
+    /// Valid values (among rows with consent).
+    pub valid: u64,
+    /// Empty cells.
+    pub empty: u64,
+    /// Invalid values by reason code (`NormalizeError::code`, or `not-utf8`).
+    pub invalid: BTreeMap<String, RowIssue>,
+}
+
+/// Local counts of one segment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentQuality {
+    /// Rows naming the segment.
+    pub rows: u64,
+    /// Of those, rows that will be uploaded.
+    pub rows_to_upload: u64,
+    /// Of those, rows dropped or rejected locally (no consent, bad consent
+    /// value, no valid identifier, duplicate).
+    pub rows_rejected: u64,
+}
+
+/// The data-quality pass: computed locally, nothing sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QualityReport {
+    /// The input file.
+    pub input: String,
+    /// Detected delimiter (`,`, `;` or `\t`).
+    pub delimiter: String,
+    /// Data rows read (header excluded, blank lines skipped).
+    pub rows_read: u64,
+    /// Rows whose consent is false: dropped before blinding.
+    pub rows_without_consent: u64,
+    /// Rows whose consent cell is not a known yes/no value.
+    pub bad_consent: RowIssue,
+    /// Rows without any segment.
+    pub rows_without_segment: RowIssue,
+    /// Rows whose segment cell is unusable (label too long, control characters, too many).
+    pub bad_segment: RowIssue,
+    /// Rows (with consent and segments) without any valid identifier.
+    pub rows_without_identifier: RowIssue,
+    /// Rows repeating an earlier row (same identifier digests and segments).
+    pub duplicate_rows: RowIssue,
+    /// Rows that will be uploaded.
+    pub rows_to_upload: u64,
+    /// Valid identifiers in those rows.
+    pub identifiers_to_upload: u64,
+    /// Match kinds present in the rows to upload.
+    pub kinds: Vec<String>,
+    /// Per identifier column.
+    pub columns: Vec<ColumnQuality>,
+    /// Per segment.
+    pub segments: BTreeMap<String, SegmentQuality>,
+}
+
+/// One segment in the server's report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SegmentReport {
+    /// Segment name.
+    pub name: String,
+    /// Rows uploaded for it.
+    #[serde(default)]
+    pub rows_uploaded: u64,
+    /// Matched people: a noisy count, or `< k`.
+    #[serde(default, deserialize_with = "text")]
+    pub matched: String,
+    /// `delivered` or `withheld`.
+    #[serde(default)]
+    pub status: String,
+    /// Why withheld.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The audience, when delivered.
+    #[serde(default)]
+    pub audience_id: Option<String>,
+}
+
+/// The server's job report (docs/api.md), as received.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobReport {
+    /// The job.
+    pub job_id: String,
+    /// `finished` (or `failed`).
+    #[serde(default)]
+    pub status: String,
+    /// Graph version matched against.
+    #[serde(default)]
+    pub graph_version: u64,
+    /// Destination.
+    #[serde(default)]
+    pub destination: String,
+    /// Rows uploaded.
+    #[serde(default)]
+    pub rows_uploaded: u64,
+    /// Match rate in whole percent (`62%`, `> 85%`).
+    #[serde(default, deserialize_with = "text")]
+    pub match_rate: String,
+    /// Minimum audience size.
+    #[serde(default)]
+    pub k: u64,
+    /// Privacy budget spent by this report.
+    #[serde(default)]
+    pub epsilon_spent: f64,
+    /// Per segment.
+    #[serde(default)]
+    pub segments: Vec<SegmentReport>,
+    /// Fields this client does not know yet.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A string or a number on the wire, kept as text.
+fn text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(s) => s,
+        other => other.to_string(),
+    })
+}
+
+/// Wall time of each phase, in seconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseTimings {
+    /// The local quality pass.
+    pub quality_secs: f64,
+    /// Job creation.
+    pub create_secs: f64,
+    /// The graph pass.
+    pub graph_secs: f64,
+    /// Blinding and upload.
+    pub upload_secs: f64,
+    /// Finish (server-side join) and report.
+    pub finish_secs: f64,
+}
+
+/// What a match run produced.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MatchOutcome {
+    /// The local quality pass.
+    pub quality: QualityReport,
+    /// The server's report (`None` on a dry run).
+    pub report: Option<JobReport>,
+    /// The job, when one was created.
+    pub job_id: Option<String>,
+    /// Graph points re-blinded in the graph pass.
+    pub graph_points_blinded: u64,
+    /// Graph pages re-blinded.
+    pub graph_pages: u64,
+    /// Record batches uploaded.
+    pub batches_uploaded: u32,
+    /// Records uploaded.
+    pub records_uploaded: u64,
+    /// Identifiers hashed to the curve and blinded.
+    pub identifiers_blinded: u64,
+    /// Wall time per phase.
+    pub timings: PhaseTimings,
+}
+
+/// Run the whole match: quality pass, then (unless `dry_run`) the job.
+pub fn run_match(api: &ApiClient, opts: &MatchOptions) -> Result<MatchOutcome, ClientError> {
+    let sink = crate::commands::progress::Bars::new_sink(opts.show_progress);
+    run_match_with(api, opts, sink.as_ref())
+}
+
+/// [`run_match`] reporting progress to `progress`.
+pub fn run_match_with(
+    api: &ApiClient,
+    opts: &MatchOptions,
+    progress: &dyn ProgressSink,
+) -> Result<MatchOutcome, ClientError> {
+    if opts.batch_size == 0 || opts.batch_size > MAX_RECORDS_PER_BATCH {
+        return Err(ClientError::Usage(format!(
+            "batch size must be between 1 and {MAX_RECORDS_PER_BATCH}"
+        )));
+    }
+    if opts.destination.trim().is_empty() && !opts.dry_run {
+        return Err(ClientError::Usage("--destination must not be empty".into()));
+    }
+    let key = if opts.dry_run {
+        None
+    } else {
+        Some(load_key(&opts.key_file)?)
+    };
+    let started = Instant::now();
+    let (quality, selected) = quality_pass(opts)?;
+    let mut outcome = MatchOutcome {
+        quality,
+        ..MatchOutcome::default()
+    };
+    outcome.timings.quality_secs = started.elapsed().as_secs_f64();
+    let Some(key) = key else { return Ok(outcome) };
+    if outcome.quality.rows_to_upload == 0 {
+        return Err(ClientError::BadInput {
+            path: opts.input.clone(),
+            message: "no row can be uploaded (see the data-quality report)".into(),
+        });
+    }
+
+    let t = Instant::now();
+    let job: JobCreated = api.call_json(
+        Method::POST,
+        "/v1/jobs",
+        &Body::json(&serde_json::json!({
+            "destination": opts.destination,
+            "kinds": outcome.quality.kinds,
+            "key_fingerprint": key.fingerprint().to_string(),
+        })),
+    )?;
+    outcome.job_id = Some(job.job_id.clone());
+    outcome.timings.create_secs = t.elapsed().as_secs_f64();
+    tracing::info!(job = %job.job_id, graph_version = job.graph_version, "job created");
+
+    let result = run_job(api, opts, &key, &job, &selected, progress, &mut outcome);
+    match result {
+        Ok(report) => {
+            outcome.report = Some(report);
+            Ok(outcome)
+        }
+        Err(e) => {
+            progress.end();
+            // Best effort: the server deletes the uploads of an aborted job.
+            let _ = api.send(
+                Method::DELETE,
+                &format!("/v1/jobs/{}", segment(&job.job_id)),
+                &[],
+                &Body::Empty,
+                None,
+            );
+            Err(e)
+        }
+    }
+}
+
+fn run_job(
+    api: &ApiClient,
+    opts: &MatchOptions,
+    key: &SecretKey,
+    job: &JobCreated,
+    selected: &RowSet,
+    progress: &dyn ProgressSink,
+    outcome: &mut MatchOutcome,
+) -> Result<JobReport, ClientError> {
+    let t = Instant::now();
+    let (pages, points) = graph_pass(api, key, job, progress)?;
+    outcome.graph_pages = pages;
+    outcome.graph_points_blinded = points;
+    outcome.timings.graph_secs = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let (batches, records, ids) = upload(
+        api,
+        opts,
+        key,
+        &job.job_id,
+        selected,
+        outcome.quality.rows_to_upload,
+        progress,
+    )?;
+    outcome.batches_uploaded = batches;
+    outcome.records_uploaded = records;
+    outcome.identifiers_blinded = ids;
+    outcome.timings.upload_secs = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let report: JobReport = api.call_json(
+        Method::POST,
+        &format!("/v1/jobs/{}/finish", segment(&job.job_id)),
+        &Body::json(&serde_json::json!({ "batches": batches })),
+    )?;
+    outcome.timings.finish_secs = t.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Read and parse the advertiser key file.
+pub fn load_key(path: &Path) -> Result<SecretKey, ClientError> {
+    let text =
+        Zeroizing::new(std::fs::read_to_string(path).map_err(|e| ClientError::read(path, e))?);
+    SecretKey::from_file_string(&text).map_err(|source| ClientError::Key {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct JobCreated {
+    job_id: String,
+    #[serde(default)]
+    graph_version: u64,
+    #[serde(default)]
+    graph_pass: BTreeMap<String, GraphPassInfo>,
+}
+
+#[derive(Debug, Deserialize)]
+struct GraphPassInfo {
+    #[serde(default)]
+    pages: u32,
+    #[serde(default)]
+    points: u64,
+}
+
+/// Which column is what, resolved against the header.
+struct Plan {
+    ids: Vec<(usize, IdKind)>,
+    segment: usize,
+    consent: Option<usize>,
+    region: Region,
+}
+
+impl Plan {
+    fn resolve(reader: &CsvReader, opts: &MatchOptions) -> Result<Self, ClientError> {
+        let cols = opts.id_columns();
+        if cols.is_empty() {
+            return Err(ClientError::Usage(
+                "name at least one identifier column (--email-col, --phone-col, --maid-col, --email-sha256-col or --phone-sha256-col)".into(),
+            ));
+        }
+        if cols.len() > MAX_IDS_PER_RECORD {
+            return Err(ClientError::Usage(format!(
+                "at most {MAX_IDS_PER_RECORD} identifier columns"
+            )));
+        }
+        let mut ids = Vec::with_capacity(cols.len());
+        for (kind, name) in cols {
+            ids.push((reader.column(name)?, kind));
+        }
+        Ok(Self {
+            ids,
+            segment: reader.column(&opts.segment_col)?,
+            consent: opts
+                .consent_col
+                .as_deref()
+                .map(|c| reader.column(c))
+                .transpose()?,
+            region: opts.region,
+        })
+    }
+
+    fn classify(&self, line: u64, record: &ByteRecord) -> Row {
+        let mut row = Row {
+            line,
+            ..Row::default()
+        };
+        if let Some(c) = self.consent {
+            match field(record, c).ok().and_then(parse_consent) {
+                Some(true) => {}
+                Some(false) => row.state = RowState::NoConsent,
+                None => row.state = RowState::BadConsent,
+            }
+        }
+        match field(record, self.segment) {
+            Ok(cell) => {
+                let segs = split_segments(cell);
+                if segs.len() > MAX_SEGMENTS_PER_RECORD
+                    || segs
+                        .iter()
+                        .any(|s| s.len() > MAX_LABEL_BYTES || s.chars().any(char::is_control))
+                {
+                    row.segments_bad = true;
+                } else {
+                    row.segments = segs.into_iter().map(str::to_owned).collect();
+                }
+            }
+            Err(_) => row.segments_bad = true,
+        }
+        if row.state != RowState::Ok {
+            return row; // Never look at the identifiers of rows without consent.
+        }
+        for (col_no, &(index, kind)) in self.ids.iter().enumerate() {
+            match field(record, index) {
+                Ok(cell) if cell.trim().is_empty() => row.empty_cols.push(col_no),
+                Ok(cell) => match normalize(kind, cell, self.region) {
+                    Ok(n) => {
+                        if !row.ids.iter().any(|&(k, d)| k == n.kind && d == n.digest) {
+                            row.ids.push((n.kind, n.digest));
+                        }
+                        row.valid_cols.push(col_no);
+                    }
+                    Err(e) => row.invalid.push((col_no, Some(e))),
+                },
+                Err(_) => row.invalid.push((col_no, None)),
+            }
+        }
+        row
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum RowState {
+    #[default]
+    Ok,
+    NoConsent,
+    BadConsent,
+}
+
+#[derive(Default)]
+struct Row {
+    line: u64,
+    state: RowState,
+    segments: Vec<String>,
+    segments_bad: bool,
+    ids: Vec<(MatchKind, Digest)>,
+    valid_cols: Vec<usize>,
+    empty_cols: Vec<usize>,
+    invalid: Vec<(usize, Option<NormalizeError>)>,
+}
+
+impl Row {
+    fn uploadable(&self) -> bool {
+        self.state == RowState::Ok
+            && !self.segments_bad
+            && !self.segments.is_empty()
+            && !self.ids.is_empty()
+    }
+
+    /// Identity of the row for duplicate detection: its digest set and segments.
+    fn fingerprint(&self) -> [u8; 16] {
+        let mut ids = self.ids.clone();
+        ids.sort();
+        let mut segs: Vec<&str> = self.segments.iter().map(String::as_str).collect();
+        segs.sort_unstable();
+        let mut h = Sha256::new();
+        for (k, d) in &ids {
+            h.update([k.to_byte()]);
+            h.update(d.as_bytes());
+        }
+        for s in segs {
+            h.update((s.len() as u32).to_be_bytes());
+            h.update(s.as_bytes());
+        }
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&h.finalize()[..16]);
+        out
+    }
+}
+
+/// The rows (by ordinal among data rows) chosen for upload.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct RowSet {
+    bits: Vec<u64>,
+    len: u64,
+}
+
+impl RowSet {
+    fn push(&mut self, selected: bool) {
+        let i = self.len as usize;
+        if i / 64 >= self.bits.len() {
+            self.bits.push(0);
+        }
+        if selected {
+            self.bits[i / 64] |= 1 << (i % 64);
+        }
+        self.len += 1;
+    }
+
+    fn contains(&self, i: u64) -> bool {
+        i < self.len && self.bits[(i / 64) as usize] & (1 << (i % 64)) != 0
+    }
+}
+
+/// The local quality pass: read every row, classify in parallel, count.
+/// Returns the report and the set of rows to upload.
+pub fn data_quality(opts: &MatchOptions) -> Result<QualityReport, ClientError> {
+    quality_pass(opts).map(|(q, _)| q)
+}
+
+fn quality_pass(opts: &MatchOptions) -> Result<(QualityReport, RowSet), ClientError> {
+    let mut reader = CsvReader::open(&opts.input)?;
+    let plan = Plan::resolve(&reader, opts)?;
+    let mut q = QualityReport {
+        input: opts.input.display().to_string(),
+        delimiter: match reader.delimiter() {
+            b'\t' => "\\t".into(),
+            d => (d as char).to_string(),
+        },
+        ..QualityReport::default()
+    };
+    q.columns = opts
+        .id_columns()
+        .into_iter()
+        .map(|(kind, column)| ColumnQuality {
+            column: column.to_owned(),
+            kind: kind.to_string(),
+            ..ColumnQuality::default()
+        })
+        .collect();
+    let mut seen: HashSet<[u8; 16]> = HashSet::new();
+    let mut kinds: BTreeSet<MatchKind> = BTreeSet::new();
+    let mut selected = RowSet::default();
+    loop {
+        let chunk = reader.next_chunk(QUALITY_CHUNK)?;
+        if chunk.is_empty() {
+            break;
+        }
+        let rows: Vec<Row> = chunk
+            .par_iter()
+            .map(|(line, rec)| plan.classify(*line, rec))
+            .collect();
+        for row in rows {
+            q.rows_read += 1;
+            let mut upload = false;
+            match row.state {
+                RowState::NoConsent => q.rows_without_consent += 1,
+                RowState::BadConsent => q.bad_consent.add(row.line),
+                RowState::Ok => {
+                    for &col in &row.valid_cols {
+                        q.columns[col].valid += 1;
+                    }
+                    for &col in &row.empty_cols {
+                        q.columns[col].empty += 1;
+                    }
+                    for &(col, err) in &row.invalid {
+                        let code = err.map(|e| e.code()).unwrap_or("not-utf8");
+                        q.columns[col]
+                            .invalid
+                            .entry(code.to_owned())
+                            .or_default()
+                            .add(row.line);
+                    }
+                    if row.segments_bad {
+                        q.bad_segment.add(row.line);
+                    } else if row.segments.is_empty() {
+                        q.rows_without_segment.add(row.line);
+                    } else if row.ids.is_empty() {
+                        q.rows_without_identifier.add(row.line);
+                    } else if !seen.insert(row.fingerprint()) {
+                        q.duplicate_rows.add(row.line);
+                    } else {
+                        debug_assert!(row.uploadable());
+                        upload = true;
+                        q.rows_to_upload += 1;
+                        q.identifiers_to_upload += row.ids.len() as u64;
+                        kinds.extend(row.ids.iter().map(|(k, _)| *k));
+                    }
+                }
+            }
+            for s in &row.segments {
+                let e = q.segments.entry(s.clone()).or_default();
+                e.rows += 1;
+                if upload {
+                    e.rows_to_upload += 1;
+                } else {
+                    e.rows_rejected += 1;
+                }
+            }
+            selected.push(upload);
+        }
+    }
+    q.kinds = kinds.iter().map(|k| k.as_str().to_owned()).collect();
+    Ok((q, selected))
+}
+
+/// Re-blind every page of the graph pass, a few pages in flight at once.
+fn graph_pass(
+    api: &ApiClient,
+    key: &SecretKey,
+    job: &JobCreated,
+    progress: &dyn ProgressSink,
+) -> Result<(u64, u64), ClientError> {
+    let mut work: Vec<(MatchKind, u32)> = Vec::new();
+    let mut total_points = 0;
+    for (kind, info) in &job.graph_pass {
+        if info.pages == 0 {
+            continue;
+        }
+        let kind: MatchKind = kind.parse().map_err(|_| {
+            ClientError::Protocol(format!("graph pass names an unknown kind `{kind}`"))
+        })?;
+        total_points += info.points;
+        work.extend((0..info.pages).map(|p| (kind, p)));
+    }
+    if work.is_empty() {
+        return Ok((0, 0));
+    }
+    progress.begin("graph pass", total_points);
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let done_points = AtomicU64::new(0);
+    let job_path = format!("/v1/jobs/{}/graph", segment(&job.job_id));
+    let result: Result<(), ClientError> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..GRAPH_WORKERS.min(work.len()))
+            .map(|_| {
+                s.spawn(|| -> Result<(), ClientError> {
+                    loop {
+                        if failed.load(Ordering::Relaxed) {
+                            return Ok(());
+                        }
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&(kind, page_no)) = work.get(i) else {
+                            return Ok(());
+                        };
+                        let r = reblind_page(api, key, &job_path, kind, page_no);
+                        match r {
+                            Ok(n) => {
+                                done_points.fetch_add(n, Ordering::Relaxed);
+                                progress.advance(n);
+                            }
+                            Err(e) => {
+                                failed.store(true, Ordering::Relaxed);
+                                return Err(e);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut first_err = None;
+        for h in handles {
+            if let Err(e) = h.join().expect("graph worker panicked") {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    });
+    progress.end();
+    result?;
+    Ok((work.len() as u64, done_points.into_inner()))
+}
+
+fn reblind_page(
+    api: &ApiClient,
+    key: &SecretKey,
+    job_path: &str,
+    kind: MatchKind,
+    page_no: u32,
+) -> Result<u64, ClientError> {
+    let path = format!("{job_path}/{kind}/{page_no}");
+    let bytes = api.get_bytes(&path)?;
+    let page = PointPage::decode(&bytes)
+        .map_err(|e| ClientError::Protocol(format!("graph page {kind}/{page_no}: {e}")))?;
+    if page.kind != kind || page.page_no != page_no {
+        return Err(ClientError::Protocol(format!(
+            "asked for graph page {kind}/{page_no}, got {}/{}",
+            page.kind, page.page_no
+        )));
+    }
+    let points = blind::reblind(key, &page.points)
+        .map_err(|e| ClientError::Protocol(format!("graph page {kind}/{page_no}: {e}")))?;
+    let n = points.len() as u64;
+    let out = PointPage {
+        kind,
+        page_no,
+        points,
+    };
+    let _: serde_json::Value = api.call_json(Method::PUT, &path, &Body::Frame(out.encode()))?;
+    Ok(n)
+}
+
+struct Encoded {
+    batch_no: u32,
+    records: u64,
+    bytes: Vec<u8>,
+}
+
+#[derive(Deserialize)]
+struct BatchAck {
+    #[serde(default)]
+    records: Option<u64>,
+}
+
+/// Stream the file again: select, normalise, blind, batch, upload; the next
+/// batch is blinded while the previous one is on the wire.
+fn upload(
+    api: &ApiClient,
+    opts: &MatchOptions,
+    key: &SecretKey,
+    job_id: &str,
+    selected: &RowSet,
+    expected_rows: u64,
+    progress: &dyn ProgressSink,
+) -> Result<(u32, u64, u64), ClientError> {
+    let mut reader = CsvReader::open(&opts.input)?;
+    let plan = Plan::resolve(&reader, opts)?;
+    progress.begin("upload", expected_rows);
+    let (tx, rx) = mpsc::sync_channel::<Encoded>(1);
+    let batch_path = format!("/v1/jobs/{}/batches", segment(job_id));
+    let result: Result<(u32, u64, u64), ClientError> = std::thread::scope(|s| {
+        let uploader = s.spawn(move || -> Result<(u32, u64), ClientError> {
+            let mut batches = 0;
+            let mut records = 0;
+            for batch in rx {
+                put_batch(api, &batch_path, &batch)?;
+                batches = batch.batch_no + 1;
+                records += batch.records;
+                progress.advance(batch.records);
+            }
+            Ok((batches, records))
+        });
+        let produced = produce_batches(&mut reader, &plan, opts, key, selected, tx);
+        let uploaded = uploader.join().expect("uploader panicked");
+        // An upload error explains a producer's closed channel; report it first.
+        let (batches, records) = uploaded?;
+        let ids = produced?;
+        Ok((batches, records, ids))
+    });
+    progress.end();
+    let (batches, records, ids) = result?;
+    if records != expected_rows {
+        return Err(ClientError::BadInput {
+            path: opts.input.clone(),
+            message: format!("the file changed while being uploaded ({expected_rows} rows expected, {records} read)"),
+        });
+    }
+    Ok((batches, records, ids))
+}
+
+fn produce_batches(
+    reader: &mut CsvReader,
+    plan: &Plan,
+    opts: &MatchOptions,
+    key: &SecretKey,
+    selected: &RowSet,
+    tx: mpsc::SyncSender<Encoded>,
+) -> Result<u64, ClientError> {
+    let mut ordinal = 0u64;
+    let mut batch_no = 0u32;
+    let mut record = ByteRecord::new();
+    let mut ids_total = 0;
+    let mut rng = rand::thread_rng();
+    loop {
+        let mut chunk: Vec<(u64, ByteRecord)> = Vec::with_capacity(opts.batch_size);
+        while chunk.len() < opts.batch_size {
+            let Some(line) = reader.next_row(&mut record)? else {
+                break;
+            };
+            if selected.contains(ordinal) {
+                chunk.push((line, std::mem::take(&mut record)));
+            }
+            ordinal += 1;
+        }
+        if chunk.is_empty() {
+            break;
+        }
+        let mut rows: Vec<Row> = chunk
+            .par_iter()
+            .map(|(line, rec)| plan.classify(*line, rec))
+            .collect();
+        drop(chunk);
+        if let Some(bad) = rows.iter().find(|r| !r.uploadable()) {
+            return Err(ClientError::BadInput {
+                path: opts.input.clone(),
+                message: format!("line {}: the file changed since the quality pass", bad.line),
+            });
+        }
+        rows.shuffle(&mut rng);
+        let items: Vec<(MatchKind, Digest)> =
+            rows.iter().flat_map(|r| r.ids.iter().copied()).collect();
+        let points = blind::hash_and_blind(key, &items);
+        ids_total += points.len() as u64;
+        let mut labels: Vec<String> = Vec::new();
+        let mut label_index: HashMap<&str, u16> = HashMap::new();
+        let mut refs: Vec<Vec<u16>> = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let mut v = Vec::with_capacity(r.segments.len());
+            for s in &r.segments {
+                let i = match label_index.get(s.as_str()) {
+                    Some(&i) => i,
+                    None => {
+                        let i = labels.len() as u16;
+                        labels.push(s.clone());
+                        label_index.insert(s.as_str(), i);
+                        i
+                    }
+                };
+                v.push(i);
+            }
+            refs.push(v);
+        }
+        if labels.len() > onboard_protocol::wire::MAX_LABELS {
+            return Err(ClientError::Usage(format!(
+                "one batch holds more than {} distinct segments; lower the batch size",
+                onboard_protocol::wire::MAX_LABELS
+            )));
+        }
+        let mut batch = RecordBatch::new(batch_no, labels.clone())
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let mut at = 0;
+        for (r, segs) in rows.iter().zip(&refs) {
+            let n = r.ids.len();
+            let ids = r
+                .ids
+                .iter()
+                .zip(&points[at..at + n])
+                .map(|((k, _), p)| (*k, *p));
+            batch
+                .push(segs, ids)
+                .map_err(|e| ClientError::Protocol(format!("building batch {batch_no}: {e}")))?;
+            at += n;
+        }
+        let encoded = Encoded {
+            batch_no,
+            records: rows.len() as u64,
+            bytes: batch.encode(),
+        };
+        if tx.send(encoded).is_err() {
+            // The uploader stopped; its error is the one to report.
+            return Ok(ids_total);
+        }
+        batch_no += 1;
+    }
+    Ok(ids_total)
+}
+
+/// PUT one batch; the PUT is idempotent, so transport failures are retried
+/// again here beyond the client's own retries before giving up.
+fn put_batch(api: &ApiClient, batch_path: &str, batch: &Encoded) -> Result<(), ClientError> {
+    let path = format!("{batch_path}/{}", batch.batch_no);
+    let body = Body::Frame(batch.bytes.clone());
+    let mut tries = 0;
+    loop {
+        match api.call_json::<BatchAck>(Method::PUT, &path, &body) {
+            Ok(ack) => {
+                if let Some(r) = ack.records {
+                    if r != batch.records {
+                        return Err(ClientError::Protocol(format!(
+                            "batch {}: the server counted {r} records, {} were sent",
+                            batch.batch_no, batch.records
+                        )));
+                    }
+                }
+                return Ok(());
+            }
+            Err(ClientError::Unreachable { .. } | ClientError::Transport { .. }) if tries < 2 => {
+                tries += 1;
+                tracing::warn!(
+                    batch = batch.batch_no,
+                    "upload failed, resuming from this batch"
+                );
+                std::thread::sleep(std::time::Duration::from_secs(2 << tries));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A progress sink that reports nothing (re-exported for library users).
+pub fn no_progress() -> &'static dyn ProgressSink {
+    &NoProgress
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+        let path = dir.path().join(name);
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        path
+    }
+
+    const FILE: &str = "\u{feff}email;phone;segment;consent\n\
+        jane@example.com;06 12 34 56 78;Gold|Silver;oui\n\
+        not-an-email;;Gold;yes\n\
+        ;0612;Gold;1\n\
+        bob@example.com;;;true\n\
+        amy@example.com;;Gold;non\n\
+        carl@example.com;;Gold;maybe\n\
+        Jane@Example.com;+33612345678;Silver|Gold;TRUE\n\
+        dan@example.com;;Bronze;0\n\
+        eve@example.com;+33 6 98 76 54 32;Bronze;1\n";
+
+    fn opts(path: PathBuf) -> MatchOptions {
+        let mut o = MatchOptions::new(path, "unused.key", "dsp-a", "segment");
+        o.email_cols = vec!["email".into()];
+        o.phone_cols = vec!["phone".into()];
+        o.consent_col = Some("consent".into());
+        o.dry_run = true;
+        o
+    }
+
+    #[test]
+    fn quality_counts_are_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let (q, selected) = quality_pass(&opts(write(&dir, "crm.csv", FILE))).unwrap();
+        assert_eq!(q.delimiter, ";");
+        assert_eq!(q.rows_read, 9);
+        assert_eq!(q.rows_without_consent, 2, "amy and dan");
+        assert_eq!(
+            q.bad_consent,
+            RowIssue {
+                count: 1,
+                first_rows: vec![7]
+            }
+        );
+        assert_eq!(
+            q.rows_without_segment,
+            RowIssue {
+                count: 1,
+                first_rows: vec![5]
+            }
+        );
+        assert_eq!(
+            q.rows_without_identifier,
+            RowIssue {
+                count: 2,
+                first_rows: vec![3, 4]
+            }
+        );
+        assert_eq!(
+            q.duplicate_rows,
+            RowIssue {
+                count: 1,
+                first_rows: vec![8]
+            }
+        );
+        assert_eq!(q.rows_to_upload, 2, "jane and eve");
+        assert_eq!(q.kinds, vec!["email", "phone"]);
+        let email = &q.columns[0];
+        assert_eq!(
+            email.invalid["email-shape"],
+            RowIssue {
+                count: 1,
+                first_rows: vec![3]
+            }
+        );
+        assert_eq!(email.valid, 4, "jane, bob, Jane, eve");
+        let phone = &q.columns[1];
+        assert_eq!(phone.valid, 3);
+        assert_eq!(
+            phone.invalid.values().map(|i| i.count).sum::<u64>(),
+            1,
+            "0612"
+        );
+        assert_eq!(
+            q.segments["Gold"],
+            SegmentQuality {
+                rows: 6,
+                rows_to_upload: 1,
+                rows_rejected: 5
+            }
+        );
+        assert_eq!(
+            q.segments["Bronze"],
+            SegmentQuality {
+                rows: 2,
+                rows_to_upload: 1,
+                rows_rejected: 1
+            }
+        );
+        let chosen: Vec<u64> = (0..9).filter(|&i| selected.contains(i)).collect();
+        assert_eq!(chosen, vec![0, 8]);
+        let json = serde_json::to_string(&q).unwrap();
+        for secret in ["jane", "not-an-email", "0612", "example.com"] {
+            assert!(
+                !json.contains(secret),
+                "the report must not carry values: {secret}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_columns_and_missing_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = opts(write(&dir, "crm.csv", FILE));
+        o.maid_cols = vec!["idfa".into()];
+        let err = quality_pass(&o).unwrap_err().to_string();
+        assert!(
+            err.contains("`idfa`") && err.contains("`email`, `phone`, `segment`, `consent`"),
+            "{err}"
+        );
+        let mut o = opts(write(&dir, "crm.csv", FILE));
+        o.email_cols.clear();
+        o.phone_cols.clear();
+        assert!(matches!(quality_pass(&o), Err(ClientError::Usage(_))));
+    }
+
+    #[test]
+    fn report_parses_strings_and_numbers() {
+        let r: JobReport = serde_json::from_str(
+            r#"{"job_id":"j-1","status":"finished","graph_version":3,"destination":"dsp-a","rows_uploaded":10,
+                "match_rate":"62%","k":100,"epsilon_spent":0.5,"new_field":1,
+                "segments":[{"name":"Gold","rows_uploaded":4,"matched":2480,"status":"delivered","reason":null,"audience_id":"a-1"},
+                            {"name":"Bronze","rows_uploaded":1,"matched":"< 100","status":"withheld","reason":"below-minimum-size","audience_id":null}]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.segments[0].matched, "2480");
+        assert_eq!(r.segments[1].matched, "< 100");
+        assert_eq!(r.extra["new_field"], 1);
+    }
+
+    #[test]
+    fn row_set_bits() {
+        let mut s = RowSet::default();
+        for i in 0..200 {
+            s.push(i % 3 == 0);
+        }
+        assert!(s.contains(0) && !s.contains(1) && s.contains(198) && !s.contains(200));
+    }
+}
