@@ -1,0 +1,603 @@
+//! End to end: a real server (TLS on 127.0.0.1 with a dev CA) and the real
+//! `onboard` binary. One server is shared by the tests of this file; each
+//! test uses its own advertiser so audiences never interfere.
+
+use onboard_server::{Config, InitOptions, ServerHandle};
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// Persons in the test graph.
+const PERSONS: usize = 1500;
+
+struct Env {
+    dir: tempfile::TempDir,
+    url: String,
+    ca: PathBuf,
+    admin_key: PathBuf,
+    _server: ServerHandle,
+}
+
+fn phone_national(i: usize) -> String {
+    let n = format!("{:08}", 12_000_000 + i);
+    format!("06 {} {} {} {}", &n[..2], &n[2..4], &n[4..6], &n[6..8])
+}
+
+fn phone_international(i: usize) -> String {
+    format!("+336{:08}", 12_000_000 + i)
+}
+
+fn email(i: usize) -> String {
+    format!("person{i}@example.com")
+}
+
+fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let init = onboard_server::init(&InitOptions {
+            data_dir: data.clone(),
+            dev_tls: true,
+            admin_key_out: None,
+        })
+        .expect("server init");
+        let config = Config {
+            data_dir: data,
+            k: 50,
+            min_job_rows: 10,
+            page_size: 500,
+            privacy_budget: 1000.0,
+            max_open_jobs: 16,
+            ..Config::default()
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = onboard_server::start(config, listener).expect("server start");
+        let admin_key = dir.path().join("admin.key");
+        std::fs::write(&admin_key, &init.admin_api_key).unwrap();
+        let env = Env {
+            url: format!("https://127.0.0.1:{}", server.addr.port()),
+            ca: init.ca_cert.expect("dev CA"),
+            admin_key,
+            dir,
+            _server: server,
+        };
+        // The graph: every person has an email and a French mobile, and a
+        // cookie at dsp-a; one row in 50 is invalid and must be skipped.
+        let mut ids = String::from("person_id,kind,value\n");
+        let mut cookies = String::from("person_id,destination,cookie_id\n");
+        for i in 0..PERSONS {
+            let _ = writeln!(ids, "p{i},email,{}", email(i));
+            let _ = writeln!(ids, "p{i},phone,{}", phone_international(i));
+            if i % 50 == 0 {
+                let _ = writeln!(ids, "p{i},email,not-an-email");
+            }
+            let _ = writeln!(cookies, "p{i},dsp-a,c-{i}");
+        }
+        let ids = write(env.dir.path(), "ids.csv", &ids);
+        let cookies = write(env.dir.path(), "cookies.csv", &cookies);
+        let out = env.admin(&[
+            "admin",
+            "graph",
+            "import",
+            "--identifiers",
+            s(&ids),
+            "--cookies",
+            s(&cookies),
+            "--json",
+        ]);
+        assert_ok(&out);
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(summary["identifiers_sent"], 2 * PERSONS as u64);
+        assert_eq!(
+            summary["invalid"]["email-shape"]["count"],
+            (PERSONS / 50) as u64
+        );
+        assert_eq!(summary["cookies_sent"], PERSONS as u64);
+        assert_ok(&env.admin(&["admin", "destination", "create", "dsp-a"]));
+        env
+    })
+}
+
+impl Env {
+    fn run(&self, key: Option<&Path>, args: &[&str]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_onboard"));
+        cmd.args(["--server", &self.url, "--ca", s(&self.ca), "--quiet"]);
+        if let Some(key) = key {
+            cmd.args(["--api-key-file", s(key)]);
+        }
+        cmd.args(args)
+            .env_remove("ONBOARD_API_KEY")
+            .output()
+            .expect("run onboard")
+    }
+
+    fn admin(&self, args: &[&str]) -> Output {
+        self.run(Some(&self.admin_key), args)
+    }
+
+    /// Create a principal with the CLI; the key is the last line of stdout.
+    fn principal(&self, role: &str, name: &str) -> PathBuf {
+        let out = self.admin(&["admin", role, "create", name]);
+        assert_ok(&out);
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let key = stdout.lines().last().unwrap();
+        assert!(
+            key.starts_with("obk_"),
+            "the key alone on the last line: {stdout}"
+        );
+        let path = self.dir.path().join(format!("{name}.apikey"));
+        std::fs::write(&path, key).unwrap();
+        path
+    }
+
+    fn keygen(&self, name: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("{name}.key"));
+        assert_ok(&self.run(None, &["keygen", "--out", s(&path)]));
+        path
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, content).unwrap();
+    path
+}
+
+fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn assert_fails(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "`{n}` not in: {stderr}");
+    }
+}
+
+/// Who is in which segment of the test CRM: persons 0..600, Gold below 300,
+/// Silver from 300, both for 280..320; no consent for every tenth; plus
+/// 150 rows of people unknown to the graph.
+fn crm_rows() -> Vec<(Option<usize>, &'static str, bool)> {
+    let mut rows = Vec::new();
+    for i in 0..600 {
+        let seg = match i {
+            280..=319 => "Gold|Silver",
+            0..=299 => "Gold",
+            _ => "Silver",
+        };
+        rows.push((Some(i), seg, i % 10 != 9));
+    }
+    for _ in 0..150 {
+        rows.push((None, "Gold", true));
+    }
+    rows
+}
+
+fn expected_members(segment: &str) -> BTreeSet<String> {
+    crm_rows()
+        .into_iter()
+        .filter(|(p, seg, consent)| p.is_some() && *consent && seg.split('|').any(|s| s == segment))
+        .map(|(p, _, _)| format!("c-{}", p.unwrap()))
+        .collect()
+}
+
+fn run_match(
+    env: &Env,
+    api_key: &Path,
+    key: &Path,
+    crm: &Path,
+    cols: &[&str],
+) -> serde_json::Value {
+    let mut args = vec![
+        "match",
+        "--input",
+        s(crm),
+        "--key",
+        s(key),
+        "--destination",
+        "dsp-a",
+        "--json",
+    ];
+    args.extend_from_slice(cols);
+    let out = env.run(Some(api_key), &args);
+    assert_ok(&out);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn pull(env: &Env, dest_key: &Path, audience: &str) -> BTreeSet<String> {
+    let out = env.run(Some(dest_key), &["audiences", "pull", audience]);
+    assert_ok(&out);
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn french_export_with_bom_matches_like_the_international_one() {
+    let env = env();
+    let api_key = env.principal("advertiser", "acme");
+    let key = env.keygen("acme");
+
+    // `,`-separated, international phones, plain lower-case emails for half.
+    let mut a = String::from("email,phone,segment,consent\n");
+    // `;`-separated with BOM, national phones, messy emails, quoted cells, oui/non.
+    let mut b = String::from("\u{feff}Email;Téléphone;Segments;Consentement\n");
+    for (n, (person, seg, consent)) in crm_rows().into_iter().enumerate() {
+        let (mail, intl, national) = match person {
+            Some(i) => (
+                if i % 2 == 0 { email(i) } else { String::new() },
+                phone_international(i),
+                phone_national(i),
+            ),
+            None => (
+                format!("stranger{n}@example.org"),
+                String::new(),
+                String::new(),
+            ),
+        };
+        let messy = if mail.is_empty() {
+            String::new()
+        } else {
+            format!(" {} ", mail.to_uppercase())
+        };
+        let _ = writeln!(
+            a,
+            "{mail},{intl},{seg},{}",
+            if consent { "true" } else { "false" }
+        );
+        let _ = writeln!(
+            b,
+            "\"{messy}\";{national};\"{seg}\";{}",
+            if consent { "Oui" } else { "non" }
+        );
+    }
+    let a = write(env.dir.path(), "crm-a.csv", &a);
+    let b = write(env.dir.path(), "crm-b.csv", &b);
+    let ra = run_match(
+        env,
+        &api_key,
+        &key,
+        &a,
+        &[
+            "--email-col",
+            "email",
+            "--phone-col",
+            "phone",
+            "--segment-col",
+            "segment",
+            "--consent-col",
+            "consent",
+        ],
+    );
+    let rb = run_match(
+        env,
+        &api_key,
+        &key,
+        &b,
+        &[
+            "--email-col",
+            "Email",
+            "--phone-col",
+            "Téléphone",
+            "--segment-col",
+            "Segments",
+            "--consent-col",
+            "Consentement",
+        ],
+    );
+
+    for r in [&ra, &rb] {
+        assert_eq!(r["quality"]["rows_read"], 750);
+        assert_eq!(r["quality"]["rows_without_consent"], 60);
+        assert_eq!(r["quality"]["rows_to_upload"], 690);
+        assert_eq!(r["report"]["rows_uploaded"], 690);
+        assert_eq!(r["report"]["status"], "finished");
+    }
+    assert_eq!(rb["quality"]["delimiter"], ";");
+    let segments = |r: &serde_json::Value| -> Vec<(String, u64, String)> {
+        let mut v: Vec<_> = r["report"]["segments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["name"].as_str().unwrap().to_owned(),
+                    s["rows_uploaded"].as_u64().unwrap(),
+                    s["status"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(segments(&ra), segments(&rb));
+    assert!(
+        segments(&ra)
+            .iter()
+            .all(|(_, _, status)| status == "delivered"),
+        "{ra}"
+    );
+
+    // The audiences hold exactly the consenting matched persons' cookies,
+    // the same for both exports.
+    let dest = env.dir.path().join("dsp-a.apikey.pull");
+    let out = env.admin(&["admin", "keys", "create", "dsp-a"]);
+    assert_ok(&out);
+    std::fs::write(
+        &dest,
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    for segment in ["Gold", "Silver"] {
+        let audience = |r: &serde_json::Value| -> String {
+            r["report"]["segments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == segment)
+                .unwrap()["audience_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        let (ma, mb) = (
+            pull(env, &dest, &audience(&ra)),
+            pull(env, &dest, &audience(&rb)),
+        );
+        assert_eq!(ma, expected_members(segment), "{segment}");
+        assert_eq!(ma, mb, "{segment}");
+    }
+
+    // The destination lists them; the advertiser may not.
+    let out = env.run(Some(&dest), &["audiences", "list", "--json"]);
+    assert_ok(&out);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(list["audiences"].as_array().unwrap().len() >= 4);
+    assert_fails(&env.run(Some(&api_key), &["audiences", "list"]), &["403"]);
+
+    // A repeat job uses the server's cache: no graph pass, same members.
+    let rc = run_match(
+        env,
+        &api_key,
+        &key,
+        &a,
+        &[
+            "--email-col",
+            "email",
+            "--phone-col",
+            "phone",
+            "--segment-col",
+            "segment",
+            "--consent-col",
+            "consent",
+        ],
+    );
+    assert_eq!(segments(&rc), segments(&ra));
+}
+
+#[test]
+fn library_api_round_trip() {
+    let env = env();
+    let api_key = env.principal("advertiser", "libco");
+    let key = env.keygen("libco");
+    let mut crm = String::from("mail,seg\n");
+    for i in 700..900 {
+        let _ = writeln!(crm, "{},Lib", email(i));
+    }
+    let crm = write(env.dir.path(), "crm-lib.csv", &crm);
+    let api = onboard_client::ApiClient::new(
+        &env.url,
+        Some(&env.ca),
+        std::fs::read_to_string(&api_key).unwrap().trim(),
+    )
+    .unwrap();
+    let mut opts = onboard_client::MatchOptions::new(&crm, &key, "dsp-a", "seg");
+    opts.email_cols = vec!["mail".into()];
+    opts.batch_size = 64;
+    let outcome = onboard_client::run_match(&api, &opts).unwrap();
+    assert_eq!(outcome.records_uploaded, 200);
+    assert_eq!(outcome.batches_uploaded, 4);
+    assert!(
+        outcome.graph_points_blinded >= PERSONS as u64,
+        "first job of this key re-blinds the graph"
+    );
+    let report = outcome.report.unwrap();
+    let seg = &report.segments[0];
+    assert_eq!(
+        (seg.name.as_str(), seg.rows_uploaded, seg.status.as_str()),
+        ("Lib", 200, "delivered")
+    );
+
+    let admin = onboard_client::ApiClient::new(
+        &env.url,
+        Some(&env.ca),
+        std::fs::read_to_string(&env.admin_key).unwrap().trim(),
+    )
+    .unwrap();
+    let dest = onboard_client::create_key(&admin, "dsp-a").unwrap();
+    let dest = onboard_client::ApiClient::new(&env.url, Some(&env.ca), &dest.api_key).unwrap();
+    let id = seg.audience_id.clone().unwrap();
+    assert!(onboard_client::list_audiences(&dest)
+        .unwrap()
+        .iter()
+        .any(|a| a.id == id && a.size == 200));
+    let mut out = Vec::new();
+    assert_eq!(
+        onboard_client::pull_audience(&dest, &id, &mut out).unwrap(),
+        200
+    );
+    let stats = onboard_client::stats(&admin).unwrap();
+    assert!(stats["persons"].as_u64().unwrap() >= PERSONS as u64);
+    assert!(!onboard_client::audit(&admin).unwrap().is_empty());
+}
+
+#[test]
+fn errors_are_clear() {
+    let env = env();
+    let api_key = env.principal("advertiser", "errco");
+    let key = env.keygen("errco");
+    let crm = write(
+        env.dir.path(),
+        "crm-err.csv",
+        "email,segment\na@example.com,Gold\nb@example.com,Gold\n",
+    );
+    let cols = ["--email-col", "email", "--segment-col", "segment"];
+    let matching = |api: Option<&Path>, extra: &[&str]| {
+        let mut args = vec![
+            "match",
+            "--input",
+            s(&crm),
+            "--key",
+            s(&key),
+            "--destination",
+            "dsp-a",
+        ];
+        args.extend_from_slice(&cols);
+        args.extend_from_slice(extra);
+        env.run(api, &args)
+    };
+
+    // Job refused by the server, with its message.
+    assert_fails(&matching(Some(&api_key), &[]), &["too few rows"]);
+
+    // Wrong key, wrong role.
+    let wrong = write(
+        env.dir.path(),
+        "wrong.apikey",
+        "obk_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    );
+    assert_fails(
+        &matching(Some(&wrong), &[]),
+        &["401", "wrong or has been revoked"],
+    );
+    assert_fails(
+        &env.run(Some(&api_key), &["admin", "stats"]),
+        &["403", "no permission"],
+    );
+
+    // Revoked key.
+    let revoked = env.principal("advertiser", "gone");
+    assert_ok(&env.admin(&["admin", "keys", "revoke", "--principal", "gone"]));
+    assert_fails(&env.run(Some(&revoked), &["audiences", "list"]), &["401"]);
+
+    // Certificate not trusted without --ca.
+    let out = Command::new(env!("CARGO_BIN_EXE_onboard"))
+        .args([
+            "--server",
+            &env.url,
+            "--api-key-file",
+            s(&env.admin_key),
+            "admin",
+            "stats",
+        ])
+        .env_remove("ONBOARD_CA")
+        .output()
+        .unwrap();
+    assert_fails(&out, &["not trusted", "--ca"]);
+
+    // Unreachable server.
+    let out = Command::new(env!("CARGO_BIN_EXE_onboard"))
+        .args([
+            "--server",
+            "https://127.0.0.1:1",
+            "--ca",
+            s(&env.ca),
+            "--api-key-file",
+            s(&env.admin_key),
+            "admin",
+            "stats",
+        ])
+        .output()
+        .unwrap();
+    assert_fails(&out, &["cannot reach the server"]);
+
+    // Unknown column, missing file: nothing reaches the server.
+    assert_fails(
+        &env.run(
+            Some(&api_key),
+            &[
+                "match",
+                "--input",
+                s(&crm),
+                "--key",
+                s(&key),
+                "--destination",
+                "dsp-a",
+                "--email-col",
+                "mail",
+                "--segment-col",
+                "segment",
+            ],
+        ),
+        &["`mail`", "`email`, `segment`"],
+    );
+    assert_fails(
+        &env.run(
+            Some(&api_key),
+            &[
+                "match",
+                "--input",
+                "/nonexistent.csv",
+                "--key",
+                s(&key),
+                "--destination",
+                "dsp-a",
+                "--email-col",
+                "email",
+                "--segment-col",
+                "segment",
+            ],
+        ),
+        &["/nonexistent.csv"],
+    );
+
+    // Stats and principals as admin work.
+    let out = env.admin(&["admin", "stats", "--json"]);
+    assert_ok(&out);
+    let out = env.admin(&["admin", "principals", "list"]);
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("errco"));
+}
+
+#[test]
+fn optout_and_erase() {
+    let env = env();
+    let optouts = write(
+        env.dir.path(),
+        "optouts.csv",
+        &format!(
+            "kind,value\nemail,{}\nphone,{}\nfax,123\n",
+            email(1400),
+            phone_national(1401)
+        ),
+    );
+    let out = env.admin(&["admin", "optout", "--file", s(&optouts), "--json"]);
+    assert_ok(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["rows"], 3);
+    assert_eq!(v["invalid"]["unknown-kind"]["count"], 1);
+    let out = env.admin(&["admin", "erase", "--person", "p1402"]);
+    assert_ok(&out);
+    let out = env.admin(&["admin", "audit", "--json"]);
+    assert_ok(&out);
+}
