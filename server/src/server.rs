@@ -79,11 +79,11 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> anyhow::Result<
                             let fut = srv.call(req);
                             async move {
                                 let res = fut.await?;
-                                metrics.observe(
-                                    &route,
-                                    res.status().as_u16(),
-                                    started.elapsed().as_secs_f64(),
-                                );
+                                let seconds = started.elapsed().as_secs_f64();
+                                let status = res.status().as_u16();
+                                metrics.observe(&route, status, seconds);
+                                // Route patterns only: never paths, queries or bodies.
+                                tracing::info!(route = %route, status, ms = (seconds * 1000.0) as u64, "request");
                                 Ok(res)
                             }
                         })

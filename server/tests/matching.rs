@@ -373,3 +373,105 @@ fn too_few_rows_bad_points_and_budget() {
         assert_eq!(repo.job_data_count(j).unwrap(), 0, "{j}");
     }
 }
+
+#[test]
+fn expiry_abandonment_and_job_limits() {
+    let mut s = TestServer::start_with(|c| {
+        c.max_open_jobs = 1;
+        c.audience_ttl = std::time::Duration::from_secs(2);
+        c.abandoned_job_ttl = std::time::Duration::from_secs(1);
+        c.cleanup_interval = std::time::Duration::from_millis(500);
+    });
+    let adv = s.principal("acme", "advertiser");
+    let dsp_a = s.principal("dsp-a", "destination");
+    s.import(&synthetic_graph(300));
+    let a = SecretKey::generate(&mut rand::thread_rng());
+
+    // Unknown destination → 422 invalid; bad fingerprint → 400.
+    let r = s.post("/v1/jobs", &adv, json!({"destination": "nope", "kinds": ["email"], "key_fingerprint": a.fingerprint().to_string()}));
+    assert_eq!(error_code(r), (422, "invalid".into()));
+    let r = s.post(
+        "/v1/jobs",
+        &adv,
+        json!({"destination": "dsp-a", "kinds": ["email"], "key_fingerprint": "xyz"}),
+    );
+    assert_eq!(error_code(r), (400, "bad-request".into()));
+
+    let rows: Vec<Record> = (0..150).map(|i| rec("S", vec![e(i)])).collect();
+    let report = s.run_job(&adv, &a, "dsp-a", &rows);
+    let aud = segment(&report, "S")["audience_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        s.get("/v1/audiences", &dsp_a).json::<Value>().unwrap()["audiences"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // One open job at most.
+    let (job, _) = s.create_job_and_pass(&adv, &a, "dsp-a", &["email"]);
+    s.upload(&adv, &job, &a, &rows[..10]);
+    let r = s.post("/v1/jobs", &adv, json!({"destination": "dsp-a", "kinds": ["email"], "key_fingerprint": a.fingerprint().to_string()}));
+    assert_eq!(error_code(r), (429, "too-many-jobs".into()));
+
+    // The abandoned job is failed and its uploads deleted; the audience expires.
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    let status: Value = s.get(&format!("/v1/jobs/{job}"), &adv).json().unwrap();
+    assert_eq!(status["status"], "failed");
+    assert!(
+        s.get("/v1/audiences", &dsp_a).json::<Value>().unwrap()["audiences"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.get(&format!("/v1/audiences/{aud}/members"), &dsp_a)
+            .status(),
+        404
+    );
+    s.stop();
+    let repo = onboard_server::storage::open(&s.data_dir()).unwrap();
+    assert_eq!(repo.job_data_count(&job).unwrap(), 0);
+    assert!(repo.audience(&aud).unwrap().is_none());
+}
+
+#[test]
+fn opt_outs_apply_to_later_graph_versions() {
+    let s = TestServer::start();
+    let adv = s.principal("acme", "advertiser");
+    let dsp_a = s.principal("dsp-a", "destination");
+    s.import(&synthetic_graph(300));
+    let frame = onboard_protocol::wire::DigestBatch {
+        batch_no: 0,
+        entries: vec![onboard_protocol::wire::DigestEntry {
+            person: String::new(),
+            kind: MatchKind::Phone,
+            digest: Digest::of(&phone(11)),
+        }],
+    }
+    .encode()
+    .unwrap();
+    assert_eq!(
+        s.post_bytes("/v1/admin/optouts", &s.admin, frame).status(),
+        200
+    );
+    // Re-import: person 11 comes back with the opted-out phone and is suppressed,
+    // even when matched through its email.
+    s.import(&synthetic_graph(300));
+    let a = SecretKey::generate(&mut rand::thread_rng());
+    let rows: Vec<Record> = (0..150).map(|i| rec("S", vec![e(i)])).collect();
+    let report = s.run_job(&adv, &a, "dsp-a", &rows);
+    let id = segment(&report, "S")["audience_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let members: BTreeSet<String> = s.pull(&dsp_a, &id, 1000, false).into_iter().collect();
+    let mut expected = dsp_a_cookies(0..150);
+    for c in dsp_a_cookies([11]) {
+        expected.remove(&c);
+    }
+    assert_eq!(members, expected);
+}

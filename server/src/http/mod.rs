@@ -140,6 +140,14 @@ fn svc(state: &State) -> Arc<Services> {
 
 /// The route table.
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(
+        web::QueryConfig::default()
+            .error_handler(|e, _| ApiError::BadRequest(format!("query string: {e}")).into()),
+    )
+    .app_data(
+        web::PathConfig::default()
+            .error_handler(|e, _| ApiError::BadRequest(format!("path: {e}")).into()),
+    );
     cfg.route("/healthz", web::get().to(healthz))
         .route("/metrics", web::get().to(metrics_text))
         .route("/v1/openapi.json", web::get().to(openapi))

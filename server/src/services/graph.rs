@@ -9,7 +9,7 @@ use onboard_protocol::wire::DigestBatch;
 use onboard_protocol::{blind, MatchKind, PointBytes};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 
 /// One cookie row of a cookies batch.
@@ -71,15 +71,38 @@ impl Services {
         }
     }
 
-    fn person_number(&self, rec: &mut ImportRecord, person: &str) -> Result<u64, ApiError> {
-        if let Some(n) = self.repo.person_no(rec.version, person)? {
-            return Ok(n);
+    /// Person numbers for `persons`, allocating new ones in `rec`; the new
+    /// mappings are written in one batch.
+    fn person_numbers<'a>(
+        &self,
+        rec: &mut ImportRecord,
+        persons: impl Iterator<Item = &'a str>,
+    ) -> Result<Vec<u64>, ApiError> {
+        let mut local: HashMap<&str, u64> = HashMap::new();
+        let mut new = Vec::new();
+        let mut out = Vec::new();
+        for person in persons {
+            let n = match local.get(person) {
+                Some(n) => *n,
+                None => {
+                    let n = match self.repo.person_no(rec.version, person)? {
+                        Some(n) => n,
+                        None => {
+                            let n = rec.next_person;
+                            rec.next_person += 1;
+                            rec.info.persons += 1;
+                            new.push((person.to_string(), n));
+                            n
+                        }
+                    };
+                    local.insert(person, n);
+                    n
+                }
+            };
+            out.push(n);
         }
-        let n = rec.next_person;
-        rec.next_person += 1;
-        rec.info.persons += 1;
-        self.repo.put_person(rec.version, person, n)?;
-        Ok(n)
+        self.repo.put_persons(rec.version, &new)?;
+        Ok(out)
     }
 
     /// Apply an identifiers batch: compute `b·P(y)`, store it, drop the digests.
@@ -103,28 +126,34 @@ impl Services {
             )));
         }
         let hash: [u8; 32] = Sha256::digest(body).into();
+        let items: Vec<(MatchKind, onboard_protocol::Digest)> =
+            batch.entries.iter().map(|e| (e.kind, e.digest)).collect();
+        let points = blind::hash_and_blind(self.key(), &items);
+        drop(items);
         let _g = lock(&self.import_lock);
         let mut rec = self.open_import(id)?;
         if self.seen_batch(id, b'i', path_batch, &hash)? {
             return Ok(batch.entries.len());
         }
-        let items: Vec<(MatchKind, onboard_protocol::Digest)> =
-            batch.entries.iter().map(|e| (e.kind, e.digest)).collect();
-        let points = blind::hash_and_blind(self.key(), &items);
-        drop(items);
-        for (entry, point) in batch.entries.iter().zip(&points) {
-            let person = self.person_number(&mut rec, &entry.person)?;
-            if self
-                .repo
-                .put_point(rec.version, entry.kind, point, person)?
-            {
+        let persons =
+            self.person_numbers(&mut rec, batch.entries.iter().map(|e| e.person.as_str()))?;
+        let rows: Vec<_> = batch
+            .entries
+            .iter()
+            .zip(&points)
+            .zip(&persons)
+            .map(|((e, p), n)| (e.kind, *p, *n))
+            .collect();
+        let fresh = self.repo.put_points(rec.version, &rows)?;
+        for ((kind, point, person), new) in rows.iter().zip(fresh) {
+            if new {
                 *rec.info
                     .identifiers
-                    .entry(entry.kind.as_str().into())
+                    .entry(kind.as_str().into())
                     .or_default() += 1;
             }
             if self.opted_out(point)? {
-                self.repo.suppress(rec.version, person)?;
+                self.repo.suppress(rec.version, *person)?;
             }
         }
         self.repo.put_import(&rec)?;
@@ -172,8 +201,8 @@ impl Services {
         if self.seen_batch(id, b'c', batch_no, &hash)? {
             return Ok(rows.len());
         }
-        for r in rows {
-            let person = self.person_number(&mut rec, &r.person)?;
+        let persons = self.person_numbers(&mut rec, rows.iter().map(|r| r.person.as_str()))?;
+        for (r, person) in rows.iter().zip(persons) {
             if self
                 .repo
                 .put_cookie(rec.version, &r.destination, person, &r.cookie)?

@@ -52,6 +52,30 @@ fn kind_of(path: &str) -> Result<MatchKind, ApiError> {
         .map_err(|_| ApiError::BadRequest("kind: one of email, phone, maid".into()))
 }
 
+/// Marks a job as finishing while held; a second finish gets `job-not-open`.
+struct FinishGuard<'a> {
+    services: &'a Services,
+    id: String,
+}
+
+impl<'a> FinishGuard<'a> {
+    fn take(services: &'a Services, id: &str) -> Result<Self, ApiError> {
+        if !lock(&services.finishing).insert(id.to_string()) {
+            return Err(ApiError::JobNotOpen("finishing".into()));
+        }
+        Ok(Self {
+            services,
+            id: id.to_string(),
+        })
+    }
+}
+
+impl Drop for FinishGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.services.finishing).remove(&self.id);
+    }
+}
+
 impl Services {
     /// The caller's job, or 404 (also for other advertisers' jobs).
     pub fn own_job(&self, caller: &Caller, id: &str) -> Result<Job, ApiError> {
@@ -383,6 +407,7 @@ impl Services {
         batches: u32,
     ) -> Result<serde_json::Value, ApiError> {
         let job = self.own_open_job(caller, id)?;
+        let _finishing = FinishGuard::take(self, id)?;
         let uploaded: BTreeSet<u32> = self.repo.upload_numbers(id)?.into_iter().collect();
         let missing: Vec<String> = (0..batches)
             .filter(|b| !uploaded.contains(b))

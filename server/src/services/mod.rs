@@ -36,6 +36,8 @@ pub struct Services {
     job_lock: Mutex<()>,
     /// Serialises audience creation and membership changes.
     audience_lock: Mutex<()>,
+    /// Jobs whose finish is running, so a second finish is refused.
+    finishing: Mutex<std::collections::HashSet<String>>,
     /// Serialises audit appends (the chain is linear).
     audit_lock: Mutex<()>,
     /// Identifiers imported since start, for /metrics.
@@ -69,6 +71,7 @@ impl Services {
             import_lock: Mutex::new(()),
             job_lock: Mutex::new(()),
             audience_lock: Mutex::new(()),
+            finishing: Mutex::new(Default::default()),
             audit_lock: Mutex::new(()),
             identifiers_imported: AtomicU64::new(0),
         })

@@ -268,16 +268,14 @@ pub trait GraphRepo {
     fn person_no(&self, version: u64, person: &str) -> StoreResult<Option<u64>>;
     /// Person ID of a person number.
     fn person_id(&self, version: u64, person_no: u64) -> StoreResult<Option<String>>;
-    /// Map a person ID to a number (both directions).
-    fn put_person(&self, version: u64, person: &str, person_no: u64) -> StoreResult<()>;
-    /// Insert `b·P(y)` → person; returns true if the point was new.
-    fn put_point(
+    /// Map person IDs to numbers (both directions), in one batch.
+    fn put_persons(&self, version: u64, persons: &[(String, u64)]) -> StoreResult<()>;
+    /// Insert `b·P(y)` → person for each row, in one batch; per row, true if the point was new.
+    fn put_points(
         &self,
         version: u64,
-        kind: MatchKind,
-        point: &PointBytes,
-        person_no: u64,
-    ) -> StoreResult<bool>;
+        rows: &[(MatchKind, PointBytes, u64)],
+    ) -> StoreResult<Vec<bool>>;
     /// The person owning `b·P(y)`.
     fn point_owner(
         &self,

@@ -294,38 +294,40 @@ impl GraphRepo for SledStore {
             })
             .transpose()
     }
-    fn put_person(&self, version: u64, person: &str, person_no: u64) -> StoreResult<()> {
-        let by_id = key(&[&version.to_be_bytes(), person.as_bytes()]);
-        let by_no = key(&[&version.to_be_bytes(), &person_no.to_be_bytes()]);
-        (&self.g_pid, &self.g_pno)
-            .transaction(|(pid, pno)| {
-                pid.insert(by_id.as_slice(), &person_no.to_be_bytes())?;
-                pno.insert(by_no.as_slice(), person.as_bytes())?;
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(tx_err)
+    fn put_persons(&self, version: u64, persons: &[(String, u64)]) -> StoreResult<()> {
+        let v = version.to_be_bytes();
+        let (mut by_id, mut by_no) = (Batch::default(), Batch::default());
+        for (person, n) in persons {
+            by_id.insert(key(&[&v, person.as_bytes()]), &n.to_be_bytes());
+            by_no.insert(key(&[&v, &n.to_be_bytes()]), person.as_bytes());
+        }
+        // Numbers first: a crash in between leaves an unreachable number, never a dangling ID.
+        self.g_pno.apply_batch(by_no).map_err(be)?;
+        self.g_pid.apply_batch(by_id).map_err(be)?;
+        Ok(())
     }
-    fn put_point(
+    fn put_points(
         &self,
         version: u64,
-        kind: MatchKind,
-        point: &PointBytes,
-        person_no: u64,
-    ) -> StoreResult<bool> {
-        let k = key(&[&version.to_be_bytes(), &[kind.to_byte()], &point.0]);
-        let rev = key(&[
-            &version.to_be_bytes(),
-            &person_no.to_be_bytes(),
-            &[kind.to_byte()],
-            &point.0,
-        ]);
-        (&self.g_point, &self.g_ppoints)
-            .transaction(|(points, by_person)| {
-                let old = points.insert(k.as_slice(), &person_no.to_be_bytes())?;
-                by_person.insert(rev.as_slice(), &[])?;
-                Ok::<_, ConflictableTransactionError<()>>(old.is_none())
-            })
-            .map_err(tx_err)
+        rows: &[(MatchKind, PointBytes, u64)],
+    ) -> StoreResult<Vec<bool>> {
+        let v = version.to_be_bytes();
+        let (mut points, mut revs) = (Batch::default(), Batch::default());
+        let mut fresh = Vec::with_capacity(rows.len());
+        let mut seen = std::collections::HashSet::new();
+        for (kind, point, person) in rows {
+            let k = key(&[&v, &[kind.to_byte()], &point.0]);
+            let new = !self.g_point.contains_key(&k).map_err(be)? && seen.insert(k.clone());
+            fresh.push(new);
+            revs.insert(
+                key(&[&v, &person.to_be_bytes(), &[kind.to_byte()], &point.0]),
+                &[],
+            );
+            points.insert(k, &person.to_be_bytes());
+        }
+        self.g_ppoints.apply_batch(revs).map_err(be)?;
+        self.g_point.apply_batch(points).map_err(be)?;
+        Ok(fresh)
     }
     fn point_owner(
         &self,
