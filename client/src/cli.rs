@@ -40,6 +40,9 @@ pub enum Command {
     Normalize(NormalizeArgs),
     /// Check a CRM export, then match it against the graph for a destination.
     Match(MatchArgs),
+    /// Your match jobs (advertiser key).
+    #[command(subcommand)]
+    Jobs(JobsCommand),
     /// Audiences delivered to you (destination key).
     #[command(subcommand)]
     Audiences(AudiencesCommand),
@@ -115,6 +118,30 @@ pub struct MatchArgs {
     /// Records per uploaded batch.
     #[arg(long, default_value_t = crate::matching::DEFAULT_BATCH_SIZE, hide = true)]
     pub batch_size: usize,
+}
+
+/// `onboard jobs …`.
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List your jobs.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job and its report.
+    Show {
+        /// Job ID.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Abort an open job (its uploads are deleted).
+    Abort {
+        /// Job ID.
+        id: String,
+    },
 }
 
 /// `onboard audiences …`.

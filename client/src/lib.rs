@@ -21,8 +21,10 @@ pub(crate) mod commands;
 pub mod csv_input;
 pub mod destination;
 pub mod error;
+pub mod jobs;
 pub mod matching;
 pub mod progress;
+pub mod render;
 
 pub use admin::{
     audit, create_key, create_principal, create_principal_with_webhook, erase, import_graph,
@@ -32,11 +34,13 @@ pub use admin::{
 pub use api::{ApiClient, ApiError, ErrorCode, RetryPolicy};
 pub use destination::{list_audiences, pull_audience, AudienceInfo};
 pub use error::ClientError;
+pub use jobs::{abort_job, get_job, list_jobs, JobInfo};
 pub use matching::{
     data_quality, run_match, run_match_with, JobReport, MatchOptions, MatchOutcome, QualityReport,
     SegmentReport,
 };
 pub use onboard_protocol::Region;
+pub use render::{render_outcome, render_quality, render_report};
 
 use clap::Parser;
 use std::process::ExitCode;

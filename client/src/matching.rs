@@ -255,21 +255,6 @@ fn text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     })
 }
 
-/// Wall time of each phase, in seconds.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PhaseTimings {
-    /// The local quality pass.
-    pub quality_secs: f64,
-    /// Job creation.
-    pub create_secs: f64,
-    /// The graph pass.
-    pub graph_secs: f64,
-    /// Blinding and upload.
-    pub upload_secs: f64,
-    /// Finish (server-side join) and report.
-    pub finish_secs: f64,
-}
-
 /// What a match run produced.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MatchOutcome {
@@ -289,8 +274,9 @@ pub struct MatchOutcome {
     pub records_uploaded: u64,
     /// Identifiers hashed to the curve and blinded.
     pub identifiers_blinded: u64,
-    /// Wall time per phase.
-    pub timings: PhaseTimings,
+    /// Wall time per phase in seconds, in order: `quality`, `create`,
+    /// `graph-pass`, `upload`, `finish` (only the phases that ran).
+    pub timings: Vec<(&'static str, f64)>,
 }
 
 /// Run the whole match: quality pass, then (unless `dry_run`) the job.
@@ -324,7 +310,9 @@ pub fn run_match_with(
         quality,
         ..MatchOutcome::default()
     };
-    outcome.timings.quality_secs = started.elapsed().as_secs_f64();
+    outcome
+        .timings
+        .push(("quality", started.elapsed().as_secs_f64()));
     let Some(key) = key else { return Ok(outcome) };
     if outcome.quality.rows_to_upload == 0 {
         return Err(ClientError::BadInput {
@@ -344,7 +332,7 @@ pub fn run_match_with(
         })),
     )?;
     outcome.job_id = Some(job.job_id.clone());
-    outcome.timings.create_secs = t.elapsed().as_secs_f64();
+    outcome.timings.push(("create", t.elapsed().as_secs_f64()));
     tracing::info!(job = %job.job_id, graph_version = job.graph_version, "job created");
 
     let result = run_job(api, opts, &key, &job, &selected, progress, &mut outcome);
@@ -381,7 +369,9 @@ fn run_job(
     let (pages, points) = graph_pass(api, key, job, progress)?;
     outcome.graph_pages = pages;
     outcome.graph_points_blinded = points;
-    outcome.timings.graph_secs = t.elapsed().as_secs_f64();
+    outcome
+        .timings
+        .push(("graph-pass", t.elapsed().as_secs_f64()));
 
     let t = Instant::now();
     let (batches, records, ids) = upload(
@@ -396,7 +386,7 @@ fn run_job(
     outcome.batches_uploaded = batches;
     outcome.records_uploaded = records;
     outcome.identifiers_blinded = ids;
-    outcome.timings.upload_secs = t.elapsed().as_secs_f64();
+    outcome.timings.push(("upload", t.elapsed().as_secs_f64()));
 
     let t = Instant::now();
     let report: JobReport = api.call_json(
@@ -404,7 +394,7 @@ fn run_job(
         &format!("/v1/jobs/{}/finish", segment(&job.job_id)),
         &Body::json(&serde_json::json!({ "batches": batches })),
     )?;
-    outcome.timings.finish_secs = t.elapsed().as_secs_f64();
+    outcome.timings.push(("finish", t.elapsed().as_secs_f64()));
     Ok(report)
 }
 

@@ -5,12 +5,14 @@ pub mod progress;
 
 mod admin;
 mod audiences;
+mod jobs;
 mod keygen;
 mod r#match;
 mod normalize;
 
 use crate::api::ApiClient;
 use crate::cli::{Cli, Command};
+pub(crate) use crate::render::table;
 use anyhow::{Context as _, Result};
 
 /// Global options every command may need.
@@ -64,39 +66,10 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Keygen(args) => keygen::run(&ctx, &args),
         Command::Normalize(args) => normalize::run(&args),
         Command::Match(args) => r#match::run(&ctx, &args),
+        Command::Jobs(cmd) => jobs::run(&ctx, cmd),
         Command::Audiences(cmd) => audiences::run(&ctx, cmd),
         Command::Admin(cmd) => admin::run(&ctx, cmd),
     }
-}
-
-/// A plain text table, columns padded to their widest cell.
-pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: Vec<&str>| {
-        let mut l = String::new();
-        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            if i > 0 {
-                l.push_str("  ");
-            }
-            l.push_str(cell);
-            if i + 1 < cells.len() {
-                l.push_str(&" ".repeat(w - cell.chars().count()));
-            }
-        }
-        out.push_str(l.trim_end());
-        out.push('\n');
-    };
-    line(header.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
-    }
-    out
 }
 
 /// A JSON scalar as display text (strings unquoted, null empty).
