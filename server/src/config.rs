@@ -9,7 +9,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 /// The smallest `k` the server accepts; lower values are refused at start.
-pub const K_FLOOR: usize = 50;
+pub const K_FLOOR: u64 = 50;
 
 /// A setting that could not be used. Always names the key.
 #[derive(Debug, Error)]
@@ -46,7 +46,7 @@ pub struct Config {
     /// Address `serve` binds.
     pub listen: SocketAddr,
     /// Minimum distinct persons in a released audience (floor [`K_FLOOR`]).
-    pub k: usize,
+    pub k: u64,
     /// Minimum rows a job must upload before it can finish.
     pub min_job_rows: usize,
     /// How long a released audience stays available.
@@ -331,13 +331,13 @@ mod tests {
         }
 
         #[test]
-        fn k_at_or_above_floor_accepted(k in 50usize..100_000) {
+        fn k_at_or_above_floor_accepted(k in 50u64..100_000) {
             let c = Config::load(None, vec![], &[("k", k.to_string())]).unwrap();
             prop_assert_eq!(c.k, k);
         }
 
         #[test]
-        fn k_below_floor_refused(k in 0usize..50) {
+        fn k_below_floor_refused(k in 0u64..50) {
             prop_assert!(Config::load(None, vec![], &[("k", k.to_string())]).is_err());
         }
     }

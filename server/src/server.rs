@@ -25,20 +25,32 @@ impl ServerHandle {
     /// Stop gracefully: in-flight requests finish, then the store is flushed.
     pub fn stop(mut self) {
         drop(self.handle.stop(true));
+        self.finish();
+    }
+
+    /// Join the server thread, wait for the workers to release the store
+    /// (so the data dir can be reopened at once), flush.
+    fn finish(&mut self) {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while Arc::strong_count(&self.repo) > 1 && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
         if let Err(e) = self.repo.flush() {
             tracing::error!(error = %e, "flushing the store failed");
         }
     }
+}
 
-    /// Block until the server stops by itself (signal) and flush.
-    pub fn wait(mut self) {
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+impl Drop for ServerHandle {
+    /// A handle dropped without `stop` still stops the server (gracefully).
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            drop(self.handle.stop(true));
+            self.finish();
         }
-        let _ = self.repo.flush();
     }
 }
 

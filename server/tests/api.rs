@@ -263,7 +263,13 @@ fn no_identifier_or_digest_is_ever_written_to_disk() {
     let mut s = TestServer::start();
     s.principal("dsp-a", "destination");
     let n = 300;
-    s.import(&synthetic_graph(n));
+    let mut graph = synthetic_graph(n);
+    for p in &mut graph {
+        for (_, c) in &mut p.cookies {
+            *c = format!("cookie-id-{c}-of-{}", p.id);
+        }
+    }
+    s.import(&graph);
     // Opt-outs go through the same path.
     let frame = onboard_protocol::wire::DigestBatch {
         batch_no: 0,
@@ -295,6 +301,12 @@ fn no_identifier_or_digest_is_ever_written_to_disk() {
                 hex::encode_upper(digest).into_bytes(),
             ));
             needles.push((format!("{value} (sha256 raw)"), digest.to_vec()));
+        }
+    }
+    // Cookie IDs are encrypted at rest.
+    for p in &graph {
+        for (_, c) in &p.cookies {
+            needles.push((format!("cookie {c}"), c.clone().into_bytes()));
         }
     }
     let mut by_len: std::collections::HashMap<usize, std::collections::HashMap<Vec<u8>, String>> =

@@ -428,14 +428,14 @@ fn expiry_abandonment_and_job_limits() {
             .is_empty()
     );
     assert_eq!(
-        s.get(&format!("/v1/audiences/{aud}/members"), &dsp_a)
-            .status(),
-        404
+        error_code(s.get(&format!("/v1/audiences/{aud}/members"), &dsp_a)),
+        (410, "expired".into())
     );
     s.stop();
     let repo = onboard_server::storage::open(&s.data_dir()).unwrap();
     assert_eq!(repo.job_data_count(&job).unwrap(), 0);
-    assert!(repo.audience(&aud).unwrap().is_none());
+    assert_eq!(repo.audience(&aud).unwrap().unwrap().size, 0);
+    assert!(repo.members_after(&aud, None, 10).unwrap().is_empty());
 }
 
 #[test]

@@ -8,6 +8,10 @@ use crate::storage::Audience;
 use base64::Engine as _;
 use subtle::ConstantTimeEq;
 
+/// How long an expired audience's record (without members) is kept, so
+/// pulls answer 410 `expired` rather than 404.
+pub const EXPIRED_RECORD_SECS: u64 = 30 * 86_400;
+
 /// Length of the cursor's authentication tag.
 const TAG_LEN: usize = 16;
 
@@ -103,6 +107,14 @@ impl Services {
         let mut rows = self.repo.members_after(id, after.as_deref(), limit + 1)?;
         let more = rows.len() > limit;
         rows.truncate(limit);
+        let cookies = rows
+            .iter()
+            .map(|(_, sealed)| {
+                super::seal::open(self.pepper(), sealed).ok_or_else(|| {
+                    ApiError::Internal("a stored cookie ID failed authentication".into())
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let next = match (more, rows.last()) {
             (true, Some((pos, _))) => Some(encode_cursor(self.pepper(), id, pos)),
             _ => None,
@@ -118,10 +130,7 @@ impl Services {
             id,
             if next.is_none() { "ok:last-page" } else { "ok" },
         )?;
-        Ok(MembersPage {
-            cookies: rows.into_iter().map(|(_, c)| c).collect(),
-            next,
-        })
+        Ok(MembersPage { cookies, next })
     }
 
     /// Remove a person from every audience not yet pulled; returns how many changed.
@@ -148,9 +157,20 @@ impl Services {
             .into_iter()
             .filter(|a| a.expires_unix <= now)
         {
-            self.repo.delete_audience(&a.id)?;
-            self.audit("system", "audience.expire", &a.id, "ok")?;
-            auds += 1;
+            if now >= a.expires_unix.saturating_add(EXPIRED_RECORD_SECS) {
+                // Long expired: forget the record too (pulls answer 404 from now on).
+                self.repo.delete_audience(&a.id)?;
+            } else if a.size > 0 {
+                // Members go at expiry; the record stays a while so pulls answer 410.
+                let _g = lock(&self.audience_lock);
+                self.repo.delete_members(&a.id)?;
+                self.repo.put_audience(&Audience {
+                    size: 0,
+                    ..a.clone()
+                })?;
+                self.audit("system", "audience.expire", &a.id, "ok")?;
+                auds += 1;
+            }
         }
         let mut jobs = 0;
         let ttl = self.config.abandoned_job_ttl.as_secs();

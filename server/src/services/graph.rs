@@ -4,7 +4,8 @@
 use super::{lock, new_id, rfc3339, unix_now, Services};
 use crate::error::ApiError;
 use crate::services::auth::Caller;
-use crate::storage::{GraphInfo, ImportRecord};
+use crate::services::seal;
+use crate::storage::{GraphInfo, ImportRecord, SealedCookie};
 use onboard_protocol::wire::DigestBatch;
 use onboard_protocol::{blind, MatchKind, PointBytes};
 use serde::Deserialize;
@@ -25,6 +26,13 @@ pub struct CookieRow {
 
 /// Most cookie rows per batch.
 pub const MAX_COOKIES_PER_BATCH: usize = 65_536;
+
+fn sealed_cookie(pepper: &[u8; 32], cookie: &str) -> SealedCookie {
+    SealedCookie {
+        tag: seal::cookie_tag(pepper, cookie),
+        sealed: seal::seal(pepper, cookie),
+    }
+}
 
 impl Services {
     /// Open an import session writing a new, not yet current, version.
@@ -115,8 +123,8 @@ impl Services {
         let batch = DigestBatch::decode(body)
             .map_err(|e| ApiError::BadFrame(format!("batch {path_batch}: {e}")))?;
         if batch.batch_no != path_batch {
-            return Err(ApiError::BadRequest(format!(
-                "frame batch_no {} differs from the path's {path_batch}",
+            return Err(ApiError::BadFrame(format!(
+                "batch {path_batch}: the frame says batch_no {}",
                 batch.batch_no
             )));
         }
@@ -203,10 +211,12 @@ impl Services {
         }
         let persons = self.person_numbers(&mut rec, rows.iter().map(|r| r.person.as_str()))?;
         for (r, person) in rows.iter().zip(persons) {
-            if self
-                .repo
-                .put_cookie(rec.version, &r.destination, person, &r.cookie)?
-            {
+            if self.repo.put_cookie(
+                rec.version,
+                &r.destination,
+                person,
+                &sealed_cookie(self.pepper(), &r.cookie),
+            )? {
                 *rec.info.cookies.entry(r.destination.clone()).or_default() += 1;
             }
         }
@@ -343,10 +353,26 @@ impl Services {
         if person.is_empty() || person.len() > 255 {
             return Err(ApiError::BadRequest("person: 1 to 255 bytes".into()));
         }
-        if let Some(g) = self.repo.current_graph()? {
-            if let Some(n) = self.repo.person_no(g.version, person)? {
-                self.repo.suppress(g.version, n)?;
-                self.repo.erase_person(g.version, n)?;
+        {
+            let _g = lock(&self.import_lock);
+            if let Some(mut g) = self.repo.current_graph()? {
+                if let Some(n) = self.repo.person_no(g.version, person)? {
+                    self.repo.suppress(g.version, n)?;
+                    let erased = self.repo.erase_person(g.version, n)?;
+                    if erased.person {
+                        g.persons = g.persons.saturating_sub(1);
+                    }
+                    for (kind, n) in erased.identifiers {
+                        let c = g.identifiers.entry(kind).or_default();
+                        *c = c.saturating_sub(n);
+                    }
+                    for (dest, n) in erased.cookies {
+                        let c = g.cookies.entry(dest).or_default();
+                        *c = c.saturating_sub(n);
+                    }
+                    // Same version: only the counts change.
+                    self.repo.commit_graph(&g)?;
+                }
             }
         }
         let updated = self.remove_from_unpulled(person)?;

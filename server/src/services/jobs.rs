@@ -6,7 +6,7 @@ use super::{lock, new_id, rfc3339, unix_now, Services};
 use crate::error::ApiError;
 use crate::services::auth::Caller;
 use crate::services::privacy::{match_rate, shown_count, symmetric_difference};
-use crate::storage::{Audience, Job, PassInfo, Role};
+use crate::storage::{Audience, Job, PassInfo, Role, SealedCookie};
 use onboard_protocol::wire::{PointPage, RecordBatch};
 use onboard_protocol::{blind, Fingerprint, MatchKind, PointBytes};
 use serde::Deserialize;
@@ -290,8 +290,8 @@ impl Services {
         let batch = RecordBatch::decode(body)
             .map_err(|e| ApiError::BadFrame(format!("batch {batch_no}: {e}")))?;
         if batch.batch_no != batch_no {
-            return Err(ApiError::BadRequest(format!(
-                "frame batch_no {} differs from the path's {batch_no}",
+            return Err(ApiError::BadFrame(format!(
+                "batch {batch_no}: the frame says batch_no {}",
                 batch.batch_no
             )));
         }
@@ -517,6 +517,7 @@ impl Services {
             }
         }
         let k = self.config.k;
+        let k_persons = usize::try_from(k).unwrap_or(usize::MAX);
         let now = unix_now();
         let ttl = self.config.audience_ttl.as_secs();
         let mut segments = Vec::new();
@@ -524,8 +525,8 @@ impl Services {
         for (name, seg_rows) in &rows_per_segment {
             let persons = persons_per_segment.remove(name).unwrap_or_default();
             let shown = shown_count(persons.len() as u64, k, self.config.epsilon);
-            let mut members: Vec<(String, Vec<String>)> = Vec::new();
-            if persons.len() >= k {
+            let mut members: Vec<(String, Vec<SealedCookie>)> = Vec::new();
+            if persons.len() >= k_persons {
                 for p in &persons {
                     let cookies = self.repo.cookies(version, &job.destination, *p)?;
                     if cookies.is_empty() {
@@ -536,11 +537,11 @@ impl Services {
                     }
                 }
             }
-            let reason = if persons.len() < k {
+            let reason = if persons.len() < k_persons {
                 Some("below-minimum-size")
             } else if members.is_empty() {
                 Some("no-cookies-for-destination")
-            } else if members.len() < k {
+            } else if members.len() < k_persons {
                 Some("below-minimum-size")
             } else {
                 let set: BTreeSet<String> = members.iter().map(|(p, _)| p.clone()).collect();
@@ -553,7 +554,7 @@ impl Services {
                     let other: BTreeSet<String> =
                         self.repo.audience_persons(&a.id)?.into_iter().collect();
                     let d = symmetric_difference(&set, &other);
-                    if d > 0 && d < k {
+                    if d > 0 && d < k_persons {
                         too_close = true;
                         break;
                     }

@@ -20,8 +20,8 @@ pub fn two_sided_geometric(epsilon: f64) -> i64 {
 }
 
 /// The shown count: "< k" below k, else noised, rounded to 10, never below k.
-pub fn shown_count(true_count: u64, k: usize, epsilon: f64) -> String {
-    if true_count < k as u64 {
+pub fn shown_count(true_count: u64, k: u64, epsilon: f64) -> String {
+    if true_count < k {
         return format!("< {k}");
     }
     let noisy = true_count as i64 + two_sided_geometric(epsilon);

@@ -42,6 +42,27 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AlreadyExists;
 
+/// A cookie ID encrypted at rest: a keyed tag (for deduplication and
+/// ordering) and the sealed bytes. Storage never sees the plaintext.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedCookie {
+    /// `HMAC(pepper-derived key, cookie)`, truncated.
+    pub tag: [u8; 16],
+    /// `nonce || ciphertext || mac`.
+    pub sealed: Vec<u8>,
+}
+
+/// What an erasure removed, to keep the graph's counts right.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErasedCounts {
+    /// The person's ID mapping existed.
+    pub person: bool,
+    /// Identifiers removed per kind.
+    pub identifiers: BTreeMap<String, u64>,
+    /// Cookies removed per destination.
+    pub cookies: BTreeMap<String, u64>,
+}
+
 /// A principal's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
@@ -297,10 +318,15 @@ pub trait GraphRepo {
         version: u64,
         destination: &str,
         person_no: u64,
-        cookie: &str,
+        cookie: &SealedCookie,
     ) -> StoreResult<bool>;
-    /// Cookies of a person at a destination.
-    fn cookies(&self, version: u64, destination: &str, person_no: u64) -> StoreResult<Vec<String>>;
+    /// Sealed cookies of a person at a destination.
+    fn cookies(
+        &self,
+        version: u64,
+        destination: &str,
+        person_no: u64,
+    ) -> StoreResult<Vec<SealedCookie>>;
     /// Is any cookie stored for this destination in this version?
     fn has_destination(&self, version: u64, destination: &str) -> StoreResult<bool>;
     /// Mark a person suppressed (opt-out).
@@ -308,7 +334,7 @@ pub trait GraphRepo {
     /// Is the person suppressed?
     fn is_suppressed(&self, version: u64, person_no: u64) -> StoreResult<bool>;
     /// Remove a person's points, cookies and ID from a version.
-    fn erase_person(&self, version: u64, person_no: u64) -> StoreResult<()>;
+    fn erase_person(&self, version: u64, person_no: u64) -> StoreResult<ErasedCounts>;
     /// Make `info.version` current in one write.
     fn commit_graph(&self, info: &GraphInfo) -> StoreResult<Option<u64>>;
     /// Delete every record of a version.
@@ -365,7 +391,11 @@ pub trait JobRepo {
 /// Audiences and their members (person ID → cookies).
 pub trait AudienceRepo {
     /// Save an audience with its members, atomically.
-    fn create_audience(&self, a: &Audience, members: &[(String, Vec<String>)]) -> StoreResult<()>;
+    fn create_audience(
+        &self,
+        a: &Audience,
+        members: &[(String, Vec<SealedCookie>)],
+    ) -> StoreResult<()>;
     /// Save audience metadata.
     fn put_audience(&self, a: &Audience) -> StoreResult<()>;
     /// Load one.
@@ -374,15 +404,17 @@ pub trait AudienceRepo {
     fn audiences(&self) -> StoreResult<Vec<Audience>>;
     /// Member persons.
     fn audience_persons(&self, id: &str) -> StoreResult<Vec<String>>;
-    /// Up to `limit` cookies after an opaque position; returns (position, cookie).
+    /// Up to `limit` sealed cookies after an opaque position; returns (position, sealed).
     fn members_after(
         &self,
         id: &str,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> StoreResult<Vec<(Vec<u8>, String)>>;
+    ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>>;
     /// Remove a person; returns true if it was a member.
     fn remove_member(&self, id: &str, person: &str) -> StoreResult<bool>;
+    /// Delete an audience's members, keeping its record.
+    fn delete_members(&self, id: &str) -> StoreResult<()>;
     /// Delete an audience and its members.
     fn delete_audience(&self, id: &str) -> StoreResult<()>;
 }

@@ -373,24 +373,39 @@ impl GraphRepo for SledStore {
         version: u64,
         destination: &str,
         person_no: u64,
-        cookie: &str,
+        cookie: &SealedCookie,
     ) -> StoreResult<bool> {
         let k = key(&[
             &dest_prefix(version, destination),
             &person_no.to_be_bytes(),
-            cookie.as_bytes(),
+            &cookie.tag,
         ]);
-        Ok(self.g_cookie.insert(k, &[]).map_err(be)?.is_none())
+        if self.g_cookie.contains_key(&k).map_err(be)? {
+            return Ok(false);
+        }
+        self.g_cookie
+            .insert(k, cookie.sealed.as_slice())
+            .map_err(be)?;
+        Ok(true)
     }
-    fn cookies(&self, version: u64, destination: &str, person_no: u64) -> StoreResult<Vec<String>> {
+    fn cookies(
+        &self,
+        version: u64,
+        destination: &str,
+        person_no: u64,
+    ) -> StoreResult<Vec<SealedCookie>> {
         let prefix = key(&[&dest_prefix(version, destination), &person_no.to_be_bytes()]);
         self.g_cookie
             .scan_prefix(&prefix)
-            .keys()
-            .map(|k| {
-                let k = k.map_err(be)?;
-                String::from_utf8(k[prefix.len()..].to_vec())
-                    .map_err(|_| StoreError::Corrupt("graph_cookie"))
+            .map(|item| {
+                let (k, v) = item.map_err(be)?;
+                let tag: [u8; 16] = k[prefix.len()..]
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("graph_cookie"))?;
+                Ok(SealedCookie {
+                    tag,
+                    sealed: v.to_vec(),
+                })
             })
             .collect()
     }
@@ -409,7 +424,8 @@ impl GraphRepo for SledStore {
         let k = key(&[&version.to_be_bytes(), &person_no.to_be_bytes()]);
         self.g_supp.contains_key(k).map_err(be)
     }
-    fn erase_person(&self, version: u64, person_no: u64) -> StoreResult<()> {
+    fn erase_person(&self, version: u64, person_no: u64) -> StoreResult<ErasedCounts> {
+        let mut counts = ErasedCounts::default();
         let v = version.to_be_bytes();
         let pno = person_no.to_be_bytes();
         let rev_prefix = key(&[&v, &pno]);
@@ -418,6 +434,15 @@ impl GraphRepo for SledStore {
         for k in self.g_ppoints.scan_prefix(&rev_prefix).keys() {
             let k = k.map_err(be)?;
             point_keys.push(key(&[&v, &k[rev_prefix.len()..]]));
+            if let Some(kind) = k
+                .get(rev_prefix.len())
+                .and_then(|b| MatchKind::from_byte(*b))
+            {
+                *counts
+                    .identifiers
+                    .entry(kind.as_str().to_string())
+                    .or_default() += 1;
+            }
             rev_keys.push(k.to_vec());
         }
         let mut cookie_keys = Vec::new();
@@ -425,6 +450,8 @@ impl GraphRepo for SledStore {
             let k = k.map_err(be)?;
             let dlen = usize::from(*k.get(8).unwrap_or(&0));
             if k.get(9 + dlen..17 + dlen) == Some(&pno[..]) {
+                let dest = String::from_utf8_lossy(&k[9..9 + dlen]).into_owned();
+                *counts.cookies.entry(dest).or_default() += 1;
                 cookie_keys.push(k.to_vec());
             }
         }
@@ -453,7 +480,9 @@ impl GraphRepo for SledStore {
                 pnos.remove(rev_prefix.as_slice())?;
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
-            .map_err(tx_err)
+            .map_err(tx_err)?;
+        counts.person = id_key.is_some();
+        Ok(counts)
     }
     fn commit_graph(&self, info: &GraphInfo) -> StoreResult<Option<u64>> {
         let old = self.meta.insert("graph", json(info)?).map_err(be)?;
@@ -624,13 +653,17 @@ impl JobRepo for SledStore {
 }
 
 impl AudienceRepo for SledStore {
-    fn create_audience(&self, a: &Audience, members: &[(String, Vec<String>)]) -> StoreResult<()> {
+    fn create_audience(
+        &self,
+        a: &Audience,
+        members: &[(String, Vec<SealedCookie>)],
+    ) -> StoreResult<()> {
         let value = json(a)?;
         let mut batch = Batch::default();
         for (person, cookies) in members {
             let prefix = member_prefix(&a.id, Some(person));
             for c in cookies {
-                batch.insert(key(&[&prefix, c.as_bytes()]), &[]);
+                batch.insert(key(&[&prefix, &c.tag]), c.sealed.as_slice());
             }
         }
         (&self.audiences, &self.aud_mem)
@@ -684,7 +717,7 @@ impl AudienceRepo for SledStore {
         id: &str,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> StoreResult<Vec<(Vec<u8>, String)>> {
+    ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
         let prefix = member_prefix(id, None);
         let mut start = prefix.clone();
         if let Some(a) = after {
@@ -692,28 +725,21 @@ impl AudienceRepo for SledStore {
             start.push(0);
         }
         let mut out = Vec::new();
-        for k in self.aud_mem.range(start..).keys() {
-            let k = k.map_err(be)?;
+        for item in self.aud_mem.range(start..) {
+            let (k, v) = item.map_err(be)?;
             if !k.starts_with(&prefix) || out.len() >= limit {
                 break;
             }
-            let rest = &k[prefix.len()..];
-            let len = usize::from(
-                *rest
-                    .first()
-                    .ok_or(StoreError::Corrupt("audience_members"))?,
-            );
-            let cookie = rest
-                .get(1 + len..)
-                .ok_or(StoreError::Corrupt("audience_members"))?;
-            let cookie = String::from_utf8(cookie.to_vec())
-                .map_err(|_| StoreError::Corrupt("audience_members"))?;
-            out.push((rest.to_vec(), cookie));
+            out.push((k[prefix.len()..].to_vec(), v.to_vec()));
         }
         Ok(out)
     }
     fn remove_member(&self, id: &str, person: &str) -> StoreResult<bool> {
         Ok(Self::delete_prefix(&self.aud_mem, &member_prefix(id, Some(person)))? > 0)
+    }
+    fn delete_members(&self, id: &str) -> StoreResult<()> {
+        Self::delete_prefix(&self.aud_mem, &member_prefix(id, None))?;
+        Ok(())
     }
     fn delete_audience(&self, id: &str) -> StoreResult<()> {
         Self::delete_prefix(&self.aud_mem, &member_prefix(id, None))?;
