@@ -252,10 +252,19 @@ impl Services {
                 sent.len() / 32
             )));
         }
-        for (i, p) in page.points.iter().enumerate() {
-            p.decode().map_err(|e| {
-                ApiError::BadPoint(format!("{kind} page {page_no}: point {i}: {e}"))
-            })?;
+        // Strict decoding of every point, in parallel; the first bad index is named.
+        let bad = {
+            use rayon::prelude::*;
+            page.points
+                .par_iter()
+                .enumerate()
+                .filter_map(|(i, p)| p.decode().err().map(|e| (i, e)))
+                .min_by_key(|(i, _)| *i)
+        };
+        if let Some((i, e)) = bad {
+            return Err(ApiError::BadPoint(format!(
+                "{kind} page {page_no}: point {i}: {e}"
+            )));
         }
         let pairs: Vec<(PointBytes, PointBytes)> = sent
             .chunks_exact(32)

@@ -92,7 +92,12 @@ fn member_prefix(id: &str, person: Option<&str>) -> Vec<u8> {
 impl SledStore {
     /// Open (creating) the database at `path`.
     pub fn open(path: &Path) -> StoreResult<Self> {
-        let db = ::sled::Config::new().path(path).open().map_err(be)?;
+        // sled's default page cache is 1 GiB; the server's whole budget is that.
+        let db = ::sled::Config::new()
+            .path(path)
+            .cache_capacity(256 * 1024 * 1024)
+            .open()
+            .map_err(be)?;
         let t = |name: &str| db.open_tree(name).map_err(be);
         Ok(Self {
             meta: t("meta")?,
