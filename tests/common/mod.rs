@@ -1,0 +1,330 @@
+//! Shared helpers of the end-to-end tests: a real `onboard-server` process
+//! over TLS on 127.0.0.1, the real `onboard` command line against it, and
+//! synthetic data with its ground truth (`onboard_suite::synth`).
+//!
+//! Both command lines are reached through the `onboard-suite` binary's hidden
+//! `server` and `client` subcommands, which call the very entry points of
+//! the `onboard-server` and `onboard` binaries.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SUITE: &str = env!("CARGO_BIN_EXE_onboard-suite");
+
+/// A running server with its own temporary data dir.
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub data_dir: PathBuf,
+    pub url: String,
+    pub ca: PathBuf,
+    pub admin_key: String,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+impl TestServer {
+    /// `init --dev-tls` then `serve` with `ONBOARD_*` settings from `env`
+    /// (e.g. `[("K", "50"), ("MIN_JOB_ROWS", "100")]`).
+    pub fn start(env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().join("data");
+        let key_out = dir.path().join("admin.apikey");
+        let out = Command::new(SUITE)
+            .args(["server", "init", "--dev-tls", "--data-dir"])
+            .arg(&data_dir)
+            .arg("--admin-key-out")
+            .arg(&key_out)
+            .output()
+            .expect("run init");
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let admin_key = std::fs::read_to_string(&key_out)
+            .expect("admin key")
+            .trim()
+            .to_string();
+        let mut server = Self {
+            ca: data_dir.join("tls").join("ca.pem"),
+            dir,
+            data_dir,
+            url: String::new(),
+            admin_key,
+            env: env
+                .iter()
+                .map(|(k, v)| (format!("ONBOARD_{k}"), v.to_string()))
+                .collect(),
+            child: None,
+        };
+        server.serve();
+        server
+    }
+
+    /// Start (or restart) the server process on a fresh ephemeral port.
+    pub fn serve(&mut self) {
+        for _attempt in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut child = Command::new(SUITE)
+                .args(["server", "serve", "--data-dir"])
+                .arg(&self.data_dir)
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .envs(self.env.iter().cloned())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn serve");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    self.url = format!("https://127.0.0.1:{port}");
+                    self.child = Some(child);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("wait");
+            eprintln!(
+                "serve did not come up: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        panic!("the server did not start in 5 attempts");
+    }
+
+    /// SIGTERM: the server finishes in-flight requests, flushes and exits.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the server did not stop within 20 s of SIGTERM");
+        }
+    }
+
+    /// SIGKILL the server process (no graceful shutdown).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Run `onboard ARGS…` against this server with `api_key`.
+    pub fn onboard(&self, api_key: &str, args: &[&str]) -> Output {
+        onboard_at(&self.url, &self.ca, api_key, args)
+    }
+
+    /// Run `onboard ARGS…`, assert success, return stdout.
+    pub fn ok(&self, api_key: &str, args: &[&str]) -> String {
+        let out = self.onboard(api_key, args);
+        assert!(
+            out.status.success(),
+            "onboard {args:?} failed ({:?}): {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 stdout")
+    }
+
+    /// `admin <role> create NAME`: the new API key (last line of stdout).
+    pub fn create(&self, role: &str, name: &str) -> String {
+        let out = self.ok(&self.admin_key.clone(), &["admin", role, "create", name]);
+        out.lines().last().expect("a key line").trim().to_string()
+    }
+
+    /// A JSON command's stdout, parsed.
+    pub fn json(&self, api_key: &str, args: &[&str]) -> serde_json::Value {
+        let out = self.ok(api_key, args);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {out}"))
+    }
+
+    /// A path inside the test's temporary directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `onboard-server ARGS…` (e.g. `audit verify`).
+    pub fn server_cmd(&self, args: &[&str]) -> Output {
+        Command::new(SUITE)
+            .arg("server")
+            .args(args)
+            .output()
+            .expect("run onboard-server")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Run `onboard` against any URL (for unreachable-server tests).
+pub fn onboard_at(url: &str, ca: &Path, api_key: &str, args: &[&str]) -> Output {
+    Command::new(SUITE)
+        .arg("client")
+        .arg("--server")
+        .arg(url)
+        .arg("--ca")
+        .arg(ca)
+        .args(args)
+        .env("ONBOARD_API_KEY", api_key)
+        .env_remove("ONBOARD_SERVER")
+        .env_remove("ONBOARD_CA")
+        .output()
+        .expect("run onboard")
+}
+
+/// Every byte of every file under `dir`.
+pub fn all_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                out.push((p, bytes));
+            }
+        }
+    }
+    out
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A plain graph for attack tests: person `p{i}` has `person{i}@example.com`
+/// and the cookie `ck-{i}` at `destination`.
+pub fn simple_graph(server: &TestServer, persons: usize, destination: &str) {
+    let ids = server.path("simple-ids.csv");
+    let cookies = server.path("simple-cookies.csv");
+    let mut id_lines = String::from("person_id,kind,value\n");
+    let mut cookie_lines = String::from("person_id,destination,cookie_id\n");
+    for i in 0..persons {
+        id_lines.push_str(&format!("p{i},email,person{i}@example.com\n"));
+        cookie_lines.push_str(&format!("p{i},{destination},ck-{i}\n"));
+    }
+    std::fs::write(&ids, id_lines).unwrap();
+    std::fs::write(&cookies, cookie_lines).unwrap();
+    server.ok(
+        &server.admin_key.clone(),
+        &[
+            "admin",
+            "graph",
+            "import",
+            "--identifiers",
+            ids.to_str().unwrap(),
+            "--cookies",
+            cookies.to_str().unwrap(),
+        ],
+    );
+}
+
+/// A CRM file `email,segment` with the graph persons `members` plus
+/// `strangers` rows unknown to the graph, all in `segment`.
+pub fn crm_file(
+    server: &TestServer,
+    name: &str,
+    segment: &str,
+    members: impl IntoIterator<Item = usize>,
+    strangers: usize,
+) -> PathBuf {
+    let path = server.path(name);
+    let mut text = String::from("email,segment\n");
+    for i in members {
+        text.push_str(&format!("person{i}@example.com,{segment}\n"));
+    }
+    for j in 0..strangers {
+        text.push_str(&format!(
+            "stranger{j}.{name}@elsewhere.example.org,{segment}\n"
+        ));
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `onboard match --json` of an `email,segment` file; the raw output.
+pub fn match_emails(
+    server: &TestServer,
+    api_key: &str,
+    key_file: &Path,
+    crm: &Path,
+    destination: &str,
+) -> Output {
+    server.onboard(
+        api_key,
+        &[
+            "match",
+            "--input",
+            crm.to_str().unwrap(),
+            "--key",
+            key_file.to_str().unwrap(),
+            "--destination",
+            destination,
+            "--email-col",
+            "email",
+            "--segment-col",
+            "segment",
+            "--json",
+        ],
+    )
+}
+
+/// The segment entry of a report printed by `match --json`.
+pub fn segment_of<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    let segments = report["report"]["segments"]
+        .as_array()
+        .or_else(|| report["segments"].as_array());
+    segments
+        .and_then(|s| s.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("segment {name} not in {report}"))
+}
+
+/// Cookie IDs of every audience `api_key` can pull, by segment name.
+pub fn pull_all(
+    server: &TestServer,
+    api_key: &str,
+) -> Vec<(String, std::collections::BTreeSet<String>)> {
+    let listed = server.json(api_key, &["audiences", "list", "--json"]);
+    let listed = listed
+        .as_array()
+        .or_else(|| listed["audiences"].as_array())
+        .cloned()
+        .unwrap_or_default();
+    listed
+        .iter()
+        .map(|a| {
+            let id = a["id"].as_str().unwrap();
+            let out = server.ok(api_key, &["audiences", "pull", id]);
+            (
+                a["segment"].as_str().unwrap_or_default().to_string(),
+                out.lines().map(str::to_owned).collect(),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,251 @@
+//! Attacks on the privacy rules, each done for real against the real server
+//! through the real client: differencing, probe segments, repeated counts,
+//! opt-out and erasure.
+
+mod common;
+
+use common::{
+    all_files, contains, crm_file, match_emails, pull_all, segment_of, simple_graph, TestServer,
+};
+
+const DSP: &str = "dsp-alpha";
+
+fn parse(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "match failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("match --json prints JSON")
+}
+
+struct Setup {
+    server: TestServer,
+    advertiser: String,
+    destination: String,
+    key: std::path::PathBuf,
+}
+
+fn setup(persons: usize, env: &[(&str, &str)]) -> Setup {
+    let server = TestServer::start(env);
+    let advertiser = server.create("advertiser", "acme");
+    let destination = server.create("destination", DSP);
+    simple_graph(&server, persons, DSP);
+    let key = server.path("acme.key");
+    server.ok(&advertiser, &["keygen", "--out", key.to_str().unwrap()]);
+    Setup {
+        server,
+        advertiser,
+        destination,
+        key,
+    }
+}
+
+#[test]
+fn differencing_a_segment_plus_one_person_is_withheld() {
+    let s = setup(
+        300,
+        &[
+            ("K", "50"),
+            ("MIN_JOB_ROWS", "50"),
+            ("PRIVACY_BUDGET", "100"),
+        ],
+    );
+    let first = crm_file(&s.server, "s.csv", "Target", 0..120, 0);
+    let report = parse(&match_emails(&s.server, &s.advertiser, &s.key, &first, DSP));
+    assert_eq!(
+        segment_of(&report, "Target")["status"],
+        "delivered",
+        "{report}"
+    );
+
+    // S plus one person: the audiences would differ by exactly that person.
+    let second = crm_file(&s.server, "s-plus-one.csv", "Target", 0..121, 0);
+    let report = parse(&match_emails(
+        &s.server,
+        &s.advertiser,
+        &s.key,
+        &second,
+        DSP,
+    ));
+    let seg = segment_of(&report, "Target");
+    assert_eq!(seg["status"], "withheld", "{report}");
+    assert_eq!(seg["reason"], "too-close-to-earlier-audience", "{report}");
+
+    // The destination got the first audience only; person 120 is in none.
+    let pulled = pull_all(&s.server, &s.destination);
+    assert_eq!(pulled.len(), 1, "{pulled:?}");
+    assert!(!pulled[0].1.contains("ck-120"));
+    assert_eq!(pulled[0].1.len(), 120);
+}
+
+#[test]
+fn probe_segment_with_one_target_is_withheld_and_reads_below_k() {
+    let s = setup(100, &[("K", "50"), ("MIN_JOB_ROWS", "50")]);
+    let probe = crm_file(&s.server, "probe.csv", "Probe", [7], 99);
+    let report = parse(&match_emails(&s.server, &s.advertiser, &s.key, &probe, DSP));
+    let seg = segment_of(&report, "Probe");
+    assert_eq!(seg["status"], "withheld", "{report}");
+    assert_eq!(seg["reason"], "below-minimum-size", "{report}");
+    assert_eq!(seg["matched"], "< 50", "{report}");
+    assert!(pull_all(&s.server, &s.destination).is_empty());
+}
+
+#[test]
+fn repeated_counts_hit_the_budget_before_revealing_the_exact_count() {
+    // ε = 0.05 per report: noise of a few tens; budget for 5 reports.
+    let s = setup(
+        400,
+        &[
+            ("K", "50"),
+            ("MIN_JOB_ROWS", "50"),
+            ("EPSILON", "0.05"),
+            ("PRIVACY_BUDGET", "0.26"),
+        ],
+    );
+    let crm = crm_file(&s.server, "same.csv", "Same", 0..237, 0);
+    let mut counts = Vec::new();
+    let mut refused = None;
+    for attempt in 0..10 {
+        let out = match_emails(&s.server, &s.advertiser, &s.key, &crm, DSP);
+        if !out.status.success() {
+            refused = Some((attempt, String::from_utf8_lossy(&out.stderr).to_string()));
+            break;
+        }
+        let report = parse(&out);
+        let matched = segment_of(&report, "Same")["matched"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        counts.push(
+            matched
+                .trim_start_matches(['~', '≈', ' '])
+                .parse::<i64>()
+                .expect("a number above k"),
+        );
+    }
+    let (attempt, message) = refused.expect("the budget must run out within 10 identical jobs");
+    assert_eq!(
+        attempt, 5,
+        "ε 0.05 × 5 fits the 0.26 budget, a sixth does not: {counts:?}"
+    );
+    assert!(message.contains("budget"), "{message}");
+    // The answers are noisy and rounded: they are not all the exact count,
+    // and they spread.
+    assert!(counts.iter().all(|c| c % 10 == 0), "{counts:?}");
+    let distinct: std::collections::BTreeSet<_> = counts.iter().collect();
+    assert!(
+        distinct.len() >= 2,
+        "noisy counts should differ: {counts:?}"
+    );
+    let mean = counts.iter().sum::<i64>() as f64 / counts.len() as f64;
+    assert!(
+        (mean - 237.0).abs() < 150.0,
+        "noise is centred on the truth: {counts:?}"
+    );
+}
+
+#[test]
+fn opted_out_identifier_never_reaches_a_later_audience_and_leaves_unpulled_ones() {
+    let s = setup(
+        200,
+        &[
+            ("K", "50"),
+            ("MIN_JOB_ROWS", "50"),
+            ("PRIVACY_BUDGET", "100"),
+        ],
+    );
+    let crm = crm_file(&s.server, "crm.csv", "Fans", 0..150, 0);
+    parse(&match_emails(&s.server, &s.advertiser, &s.key, &crm, DSP));
+
+    let optouts = s.server.path("optouts.csv");
+    std::fs::write(&optouts, "kind,value\nemail,Person3@Example.com\n").unwrap();
+    s.server.ok(
+        &s.server.admin_key.clone(),
+        &["admin", "optout", "--file", optouts.to_str().unwrap()],
+    );
+
+    // The unpulled audience lost person 3.
+    let pulled = pull_all(&s.server, &s.destination);
+    assert_eq!(pulled.len(), 1);
+    assert!(
+        !pulled[0].1.contains("ck-3") && pulled[0].1.contains("ck-4"),
+        "{pulled:?}"
+    );
+
+    // A later job with a different segment never includes person 3.
+    let later = crm_file(&s.server, "later.csv", "Later", 0..200, 0);
+    parse(&match_emails(&s.server, &s.advertiser, &s.key, &later, DSP));
+    for (segment, cookies) in pull_all(&s.server, &s.destination) {
+        assert!(
+            !cookies.contains("ck-3"),
+            "{segment} contains the opted-out person"
+        );
+    }
+}
+
+#[test]
+fn erased_person_leaves_the_graph_the_audiences_and_the_disk() {
+    let s = setup(200, &[("K", "50"), ("MIN_JOB_ROWS", "50")]);
+    let crm = crm_file(&s.server, "crm.csv", "Fans", 0..150, 0);
+    parse(&match_emails(&s.server, &s.advertiser, &s.key, &crm, DSP));
+    let admin = s.server.admin_key.clone();
+    let before = s.server.json(&admin, &["admin", "stats", "--json"]);
+
+    s.server.ok(&admin, &["admin", "erase", "--person", "p42"]);
+
+    let after = s.server.json(&admin, &["admin", "stats", "--json"]);
+    assert_eq!(
+        after["persons"].as_u64().unwrap() + 1,
+        before["persons"].as_u64().unwrap(),
+        "{after}"
+    );
+    let pulled = pull_all(&s.server, &s.destination);
+    assert!(
+        pulled.iter().all(|(_, c)| !c.contains("ck-42")),
+        "{pulled:?}"
+    );
+    assert!(pulled.iter().any(|(_, c)| c.contains("ck-41")));
+
+    // Nothing of person 42 remains anywhere in the data dir.
+    let email = b"person42@example.com".to_vec();
+    let digest = sha2_digest(&email);
+    let audit = s.server.ok(&admin, &["admin", "audit", "--json"]);
+    assert!(audit.contains("erase"), "erasure is audited");
+    let mut server = s.server;
+    server.stop();
+    let files = all_files(&server.data_dir);
+    // Positive control: the scan reads the store's records (cookie IDs
+    // themselves are sealed at rest, so not even live ones appear).
+    assert!(
+        files.iter().any(|(_, b)| contains(b, DSP.as_bytes())),
+        "the scan reads the store"
+    );
+    assert!(
+        files.iter().all(|(_, b)| !contains(b, b"ck-41")),
+        "cookie IDs are sealed at rest"
+    );
+    for (path, bytes) in &files {
+        for needle in [
+            &email,
+            &digest.to_vec(),
+            &hex(&digest).into_bytes(),
+            &b"ck-42".to_vec(),
+        ] {
+            assert!(
+                !contains(bytes, needle),
+                "{} still holds a trace of the erased person",
+                path.display()
+            );
+        }
+    }
+}
+
+fn sha2_digest(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
