@@ -39,7 +39,7 @@ pub enum Command {
     /// Print each value normalised and its SHA-256, as the match would use it.
     Normalize(NormalizeArgs),
     /// Check a CRM export, then match it against the graph for a destination.
-    Match(MatchArgs),
+    Match(Box<MatchArgs>),
     /// Your match jobs (advertiser key).
     #[command(subcommand)]
     Jobs(JobsCommand),
@@ -115,6 +115,9 @@ pub struct MatchArgs {
     /// Print one JSON object (quality + report) instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Continue an interrupted job from its last acknowledged batch (same file and options).
+    #[arg(long, value_name = "JOB_ID", conflicts_with = "dry_run")]
+    pub resume: Option<String>,
     /// Records per uploaded batch.
     #[arg(long, default_value_t = crate::matching::DEFAULT_BATCH_SIZE, hide = true)]
     pub batch_size: usize,

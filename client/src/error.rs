@@ -81,6 +81,20 @@ pub enum ClientError {
     /// The server answered with an error.
     #[error(transparent)]
     Api(#[from] ApiError),
+    /// The upload stopped on a network failure after some batches were
+    /// acknowledged; the job stays open and can be resumed.
+    #[error(
+        "the upload of job {job_id} was interrupted after {acknowledged_batches} acknowledged batches: {source}; \
+         run the same command again with `--resume {job_id}` to continue from there"
+    )]
+    Interrupted {
+        /// The open job.
+        job_id: String,
+        /// Batches the server has.
+        acknowledged_batches: u32,
+        /// What stopped the upload.
+        source: Box<ClientError>,
+    },
     /// The server answered something this client cannot understand.
     #[error("unexpected answer from the server: {0}")]
     Protocol(String),

@@ -36,8 +36,8 @@ pub use destination::{list_audiences, pull_audience, AudienceInfo};
 pub use error::ClientError;
 pub use jobs::{abort_job, get_job, list_jobs, JobInfo};
 pub use matching::{
-    data_quality, run_match, run_match_with, JobReport, MatchOptions, MatchOutcome, QualityReport,
-    SegmentReport,
+    data_quality, resume_match, run_match, run_match_with, JobReport, MatchOptions, MatchOutcome,
+    QualityReport, SegmentReport,
 };
 pub use onboard_protocol::Region;
 pub use render::{render_outcome, render_quality, render_report};
@@ -63,8 +63,25 @@ pub fn main_with_args<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> Ex
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// An error and its causes on one line, each cause only once (messages
+/// that already quote their cause do not repeat it).
+fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

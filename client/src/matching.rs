@@ -23,7 +23,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 use zeroize::Zeroizing;
@@ -291,36 +291,9 @@ pub fn run_match_with(
     opts: &MatchOptions,
     progress: &dyn ProgressSink,
 ) -> Result<MatchOutcome, ClientError> {
-    if opts.batch_size == 0 || opts.batch_size > MAX_RECORDS_PER_BATCH {
-        return Err(ClientError::Usage(format!(
-            "batch size must be between 1 and {MAX_RECORDS_PER_BATCH}"
-        )));
-    }
-    if opts.destination.trim().is_empty() && !opts.dry_run {
-        return Err(ClientError::Usage("--destination must not be empty".into()));
-    }
-    let key = if opts.dry_run {
-        None
-    } else {
-        Some(load_key(&opts.key_file)?)
+    let Some((key, selected, mut outcome)) = prepare(opts)? else {
+        return dry_outcome(opts);
     };
-    let started = Instant::now();
-    let (quality, selected) = quality_pass(opts)?;
-    let mut outcome = MatchOutcome {
-        quality,
-        ..MatchOutcome::default()
-    };
-    outcome
-        .timings
-        .push(("quality", started.elapsed().as_secs_f64()));
-    let Some(key) = key else { return Ok(outcome) };
-    if outcome.quality.rows_to_upload == 0 {
-        return Err(ClientError::BadInput {
-            path: opts.input.clone(),
-            message: "no row can be uploaded (see the data-quality report)".into(),
-        });
-    }
-
     let t = Instant::now();
     let job: JobCreated = api.call_json(
         Method::POST,
@@ -334,53 +307,154 @@ pub fn run_match_with(
     outcome.job_id = Some(job.job_id.clone());
     outcome.timings.push(("create", t.elapsed().as_secs_f64()));
     tracing::info!(job = %job.job_id, graph_version = job.graph_version, "job created");
-
-    let result = run_job(api, opts, &key, &job, &selected, progress, &mut outcome);
-    match result {
-        Ok(report) => {
-            outcome.report = Some(report);
-            Ok(outcome)
-        }
-        Err(e) => {
-            progress.end();
-            // Best effort: the server deletes the uploads of an aborted job.
-            let _ = api.send(
-                Method::DELETE,
-                &format!("/v1/jobs/{}", segment(&job.job_id)),
-                &[],
-                &Body::Empty,
-                None,
-            );
-            Err(e)
-        }
-    }
+    let acked = AtomicU32::new(0);
+    let result = (|| {
+        let t = Instant::now();
+        let (pages, points) = graph_pass(api, &key, &job, progress)?;
+        outcome.graph_pages = pages;
+        outcome.graph_points_blinded = points;
+        outcome
+            .timings
+            .push(("graph-pass", t.elapsed().as_secs_f64()));
+        upload_and_finish(
+            api,
+            opts,
+            &key,
+            &job.job_id,
+            &selected,
+            0,
+            &acked,
+            progress,
+            &mut outcome,
+        )
+    })();
+    finish_or_keep(api, &job.job_id, result, &acked, progress, outcome)
 }
 
-fn run_job(
+/// Continue an interrupted job: the graph pass is complete once a batch has
+/// been acknowledged, so only the batches after the last acknowledged one
+/// are blinded and sent, then the job is finished. `opts` must describe the
+/// same file and columns as the interrupted run.
+pub fn resume_match(
+    api: &ApiClient,
+    opts: &MatchOptions,
+    job_id: &str,
+    progress: &dyn ProgressSink,
+) -> Result<MatchOutcome, ClientError> {
+    if opts.dry_run {
+        return Err(ClientError::Usage(
+            "--resume and --dry-run exclude each other".into(),
+        ));
+    }
+    let job = crate::jobs::get_job(api, job_id)?;
+    if job.status != "open" {
+        return Err(ClientError::Usage(format!(
+            "job {job_id} is {}; only an open job can be resumed",
+            job.status
+        )));
+    }
+    if !job.destination.is_empty() && job.destination != opts.destination {
+        return Err(ClientError::Usage(format!(
+            "job {job_id} is for destination `{}`, not `{}`",
+            job.destination, opts.destination
+        )));
+    }
+    if job.batches == 0 {
+        return Err(ClientError::Usage(format!(
+            "job {job_id} has no acknowledged batch yet, so its graph pass may be incomplete; \
+             abort it (`onboard jobs abort {job_id}`) and run the match again"
+        )));
+    }
+    let Some((key, selected, mut outcome)) = prepare(opts)? else {
+        unreachable!("not a dry run")
+    };
+    outcome.job_id = Some(job_id.to_owned());
+    let skip = u32::try_from(job.batches).map_err(|_| {
+        ClientError::Protocol(format!("job {job_id} reports {} batches", job.batches))
+    })?;
+    let acked = AtomicU32::new(skip);
+    let result = upload_and_finish(
+        api,
+        opts,
+        &key,
+        job_id,
+        &selected,
+        skip,
+        &acked,
+        progress,
+        &mut outcome,
+    );
+    finish_or_keep(api, job_id, result, &acked, progress, outcome)
+}
+
+/// Key, quality pass and row selection; `None` on a dry run.
+#[allow(clippy::type_complexity)]
+fn prepare(opts: &MatchOptions) -> Result<Option<(SecretKey, RowSet, MatchOutcome)>, ClientError> {
+    if opts.batch_size == 0 || opts.batch_size > MAX_RECORDS_PER_BATCH {
+        return Err(ClientError::Usage(format!(
+            "batch size must be between 1 and {MAX_RECORDS_PER_BATCH}"
+        )));
+    }
+    if opts.dry_run {
+        return Ok(None);
+    }
+    if opts.destination.trim().is_empty() {
+        return Err(ClientError::Usage("--destination must not be empty".into()));
+    }
+    let key = load_key(&opts.key_file)?;
+    let started = Instant::now();
+    let (quality, selected) = quality_pass(opts)?;
+    let mut outcome = MatchOutcome {
+        quality,
+        ..MatchOutcome::default()
+    };
+    outcome
+        .timings
+        .push(("quality", started.elapsed().as_secs_f64()));
+    if outcome.quality.rows_to_upload == 0 {
+        return Err(ClientError::BadInput {
+            path: opts.input.clone(),
+            message: "no row can be uploaded (see the data-quality report)".into(),
+        });
+    }
+    Ok(Some((key, selected, outcome)))
+}
+
+fn dry_outcome(opts: &MatchOptions) -> Result<MatchOutcome, ClientError> {
+    let started = Instant::now();
+    let (quality, _) = quality_pass(opts)?;
+    let mut outcome = MatchOutcome {
+        quality,
+        ..MatchOutcome::default()
+    };
+    outcome
+        .timings
+        .push(("quality", started.elapsed().as_secs_f64()));
+    Ok(outcome)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn upload_and_finish(
     api: &ApiClient,
     opts: &MatchOptions,
     key: &SecretKey,
-    job: &JobCreated,
+    job_id: &str,
     selected: &RowSet,
+    skip: u32,
+    acked: &AtomicU32,
     progress: &dyn ProgressSink,
     outcome: &mut MatchOutcome,
 ) -> Result<JobReport, ClientError> {
-    let t = Instant::now();
-    let (pages, points) = graph_pass(api, key, job, progress)?;
-    outcome.graph_pages = pages;
-    outcome.graph_points_blinded = points;
-    outcome
-        .timings
-        .push(("graph-pass", t.elapsed().as_secs_f64()));
-
     let t = Instant::now();
     let (batches, records, ids) = upload(
         api,
         opts,
         key,
-        &job.job_id,
+        job_id,
         selected,
         outcome.quality.rows_to_upload,
+        skip,
+        acked,
         progress,
     )?;
     outcome.batches_uploaded = batches;
@@ -391,11 +465,52 @@ fn run_job(
     let t = Instant::now();
     let report: JobReport = api.call_json(
         Method::POST,
-        &format!("/v1/jobs/{}/finish", segment(&job.job_id)),
+        &format!("/v1/jobs/{}/finish", segment(job_id)),
         &Body::json(&serde_json::json!({ "batches": batches })),
     )?;
     outcome.timings.push(("finish", t.elapsed().as_secs_f64()));
     Ok(report)
+}
+
+/// On success attach the report. On a network failure after some batches
+/// were acknowledged, keep the job open so that it can be resumed; on any
+/// other failure abort it (the server deletes its uploads).
+fn finish_or_keep(
+    api: &ApiClient,
+    job_id: &str,
+    result: Result<JobReport, ClientError>,
+    acked: &AtomicU32,
+    progress: &dyn ProgressSink,
+    mut outcome: MatchOutcome,
+) -> Result<MatchOutcome, ClientError> {
+    let e = match result {
+        Ok(report) => {
+            outcome.report = Some(report);
+            return Ok(outcome);
+        }
+        Err(e) => e,
+    };
+    progress.end();
+    let acknowledged = acked.load(Ordering::SeqCst);
+    let network = matches!(
+        e,
+        ClientError::Unreachable { .. } | ClientError::Transport { .. }
+    ) || e.api().is_some_and(|a| a.status >= 500);
+    if network && acknowledged > 0 {
+        return Err(ClientError::Interrupted {
+            job_id: job_id.to_owned(),
+            acknowledged_batches: acknowledged,
+            source: Box::new(e),
+        });
+    }
+    let _ = api.send(
+        Method::DELETE,
+        &format!("/v1/jobs/{}", segment(job_id)),
+        &[],
+        &Body::Empty,
+        None,
+    );
+    Err(e)
 }
 
 /// Read and parse the advertiser key file.
@@ -785,7 +900,9 @@ struct BatchAck {
 }
 
 /// Stream the file again: select, normalise, blind, batch, upload; the next
-/// batch is blinded while the previous one is on the wire.
+/// batch is blinded while the previous one is on the wire. Batches below
+/// `skip` were acknowledged by an earlier run: their rows are only counted.
+#[allow(clippy::too_many_arguments)]
 fn upload(
     api: &ApiClient,
     opts: &MatchOptions,
@@ -793,6 +910,8 @@ fn upload(
     job_id: &str,
     selected: &RowSet,
     expected_rows: u64,
+    skip: u32,
+    acked: &AtomicU32,
     progress: &dyn ProgressSink,
 ) -> Result<(u32, u64, u64), ClientError> {
     let mut reader = CsvReader::open(&opts.input)?;
@@ -801,49 +920,80 @@ fn upload(
     let (tx, rx) = mpsc::sync_channel::<Encoded>(1);
     let batch_path = format!("/v1/jobs/{}/batches", segment(job_id));
     let result: Result<(u32, u64, u64), ClientError> = std::thread::scope(|s| {
-        let uploader = s.spawn(move || -> Result<(u32, u64), ClientError> {
-            let mut batches = 0;
+        let uploader = s.spawn(move || -> Result<u64, ClientError> {
             let mut records = 0;
             for batch in rx {
                 put_batch(api, &batch_path, &batch)?;
-                batches = batch.batch_no + 1;
+                acked.store(batch.batch_no + 1, Ordering::SeqCst);
                 records += batch.records;
                 progress.advance(batch.records);
             }
-            Ok((batches, records))
+            Ok(records)
         });
-        let produced = produce_batches(&mut reader, &plan, opts, key, selected, tx);
+        let produced = produce_batches(&mut reader, &plan, opts, key, selected, skip, progress, tx);
         let uploaded = uploader.join().expect("uploader panicked");
         // An upload error explains a producer's closed channel; report it first.
-        let (batches, records) = uploaded?;
-        let ids = produced?;
-        Ok((batches, records, ids))
+        let sent = uploaded?;
+        let p = produced?;
+        Ok((p.batches, sent + p.skipped_records, p.ids))
     });
     progress.end();
     let (batches, records, ids) = result?;
     if records != expected_rows {
         return Err(ClientError::BadInput {
             path: opts.input.clone(),
-            message: format!("the file changed while being uploaded ({expected_rows} rows expected, {records} read)"),
+            message: format!(
+                "the file changed while being uploaded ({expected_rows} rows expected, {records} read)"
+            ),
         });
     }
     Ok((batches, records, ids))
 }
 
+struct Produced {
+    batches: u32,
+    ids: u64,
+    skipped_records: u64,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn produce_batches(
     reader: &mut CsvReader,
     plan: &Plan,
     opts: &MatchOptions,
     key: &SecretKey,
     selected: &RowSet,
+    skip: u32,
+    progress: &dyn ProgressSink,
     tx: mpsc::SyncSender<Encoded>,
-) -> Result<u64, ClientError> {
+) -> Result<Produced, ClientError> {
     let mut ordinal = 0u64;
     let mut batch_no = 0u32;
     let mut record = ByteRecord::new();
     let mut ids_total = 0;
+    let mut skipped_records = 0;
     let mut rng = rand::thread_rng();
     loop {
+        if batch_no < skip {
+            // Acknowledged by an earlier run: count the rows, send nothing.
+            let mut n = 0;
+            while n < opts.batch_size {
+                let Some(_) = reader.next_row(&mut record)? else {
+                    break;
+                };
+                if selected.contains(ordinal) {
+                    n += 1;
+                }
+                ordinal += 1;
+            }
+            if n == 0 {
+                break;
+            }
+            skipped_records += n as u64;
+            progress.advance(n as u64);
+            batch_no += 1;
+            continue;
+        }
         let mut chunk: Vec<(u64, ByteRecord)> = Vec::with_capacity(opts.batch_size);
         while chunk.len() < opts.batch_size {
             let Some(line) = reader.next_row(&mut record)? else {
@@ -920,11 +1070,15 @@ fn produce_batches(
         };
         if tx.send(encoded).is_err() {
             // The uploader stopped; its error is the one to report.
-            return Ok(ids_total);
+            break;
         }
         batch_no += 1;
     }
-    Ok(ids_total)
+    Ok(Produced {
+        batches: batch_no,
+        ids: ids_total,
+        skipped_records,
+    })
 }
 
 /// PUT one batch; the PUT is idempotent, so transport failures are retried
@@ -952,7 +1106,7 @@ fn put_batch(api: &ApiClient, batch_path: &str, batch: &Encoded) -> Result<(), C
                     batch = batch.batch_no,
                     "upload failed, resuming from this batch"
                 );
-                std::thread::sleep(std::time::Duration::from_secs(2 << tries));
+                std::thread::sleep(std::time::Duration::from_secs(1 << tries));
             }
             Err(e) => return Err(e),
         }

@@ -603,3 +603,152 @@ fn optout_and_erase() {
     let out = env.admin(&["admin", "audit", "--json"]);
     assert_ok(&out);
 }
+
+/// A TCP proxy that forwards until the client has sent `limit` bytes, then
+/// cuts every connection and refuses new ones: a network that goes away in
+/// the middle of an upload.
+fn cutting_proxy(target: std::net::SocketAddr, limit: u64) -> u16 {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sent = Arc::new(AtomicU64::new(0));
+    let cut = Arc::new(AtomicBool::new(false));
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            if cut.load(Ordering::SeqCst) {
+                let _ = client.shutdown(Shutdown::Both);
+                continue;
+            }
+            let Ok(server) = TcpStream::connect(target) else {
+                continue;
+            };
+            let pump = |mut from: TcpStream,
+                        mut to: TcpStream,
+                        count: bool,
+                        sent: Arc<AtomicU64>,
+                        cut: Arc<AtomicBool>| {
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    loop {
+                        let n = match from.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if count && sent.fetch_add(n as u64, Ordering::SeqCst) + n as u64 > limit {
+                            cut.store(true, Ordering::SeqCst);
+                        }
+                        if cut.load(Ordering::SeqCst) || to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = from.shutdown(Shutdown::Both);
+                    let _ = to.shutdown(Shutdown::Both);
+                });
+            };
+            pump(
+                client.try_clone().unwrap(),
+                server.try_clone().unwrap(),
+                true,
+                sent.clone(),
+                cut.clone(),
+            );
+            pump(server, client, false, sent.clone(), cut.clone());
+        }
+    });
+    port
+}
+
+#[test]
+fn an_interrupted_upload_resumes_from_the_last_acknowledged_batch() {
+    let env = env();
+    let api_key = env.principal("advertiser", "resumeco");
+    let key = env.keygen("resumeco");
+    let mut crm = String::from("email,phone,segment\n");
+    for i in 0..600 {
+        let _ = writeln!(
+            crm,
+            "{},{},{}",
+            email(i),
+            phone_international(i),
+            if i < 300 { "Gold" } else { "Silver" }
+        );
+    }
+    let crm = write(env.dir.path(), "crm-resume.csv", &crm);
+    // The graph pass sends 3,000 points of 32 bytes; cut some 20 kB into the
+    // ~45 kB of record batches that follow.
+    let addr: std::net::SocketAddr = env.url.trim_start_matches("https://").parse().unwrap();
+    let port = cutting_proxy(addr, 3_000 * 32 + 25_000);
+    let args = |server: &str, resume: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_onboard"));
+        cmd.args([
+            "--server",
+            server,
+            "--ca",
+            s(&env.ca),
+            "--quiet",
+            "--api-key-file",
+            s(&api_key),
+        ])
+        .args([
+            "match",
+            "--input",
+            s(&crm),
+            "--key",
+            s(&key),
+            "--destination",
+            "dsp-a",
+            "--batch-size",
+            "32",
+        ])
+        .args([
+            "--email-col",
+            "email",
+            "--phone-col",
+            "phone",
+            "--segment-col",
+            "segment",
+            "--json",
+        ]);
+        if let Some(job) = resume {
+            cmd.args(["--resume", job]);
+        }
+        cmd.output().unwrap()
+    };
+    let out = args(&format!("https://127.0.0.1:{port}"), None);
+    assert_fails(&out, &["interrupted after", "--resume j-"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let job = stderr
+        .split("--resume ")
+        .nth(1)
+        .unwrap()
+        .split(|c: char| c == '`' || c.is_whitespace())
+        .next()
+        .unwrap()
+        .to_owned();
+    let acked: u32 = stderr
+        .split("interrupted after ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(acked > 0 && acked < 19, "{stderr}");
+
+    let out = args(&env.url, Some(&job));
+    assert_ok(&out);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["report"]["job_id"], job.as_str());
+    assert_eq!(r["report"]["rows_uploaded"], 600);
+    let segs = r["report"]["segments"].as_array().unwrap();
+    assert!(
+        segs.iter()
+            .all(|s| s["status"] == "delivered" && s["rows_uploaded"] == 300),
+        "{r}"
+    );
+}

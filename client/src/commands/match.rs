@@ -3,7 +3,7 @@
 use super::progress::Bars;
 use super::Context;
 use crate::cli::MatchArgs;
-use crate::matching::{run_match_with, MatchOptions};
+use crate::matching::{resume_match, run_match_with, MatchOptions};
 use crate::render::render_outcome;
 use anyhow::Result;
 
@@ -31,7 +31,10 @@ pub(super) fn run(ctx: &Context, args: &MatchArgs) -> Result<()> {
         ctx.api()?
     };
     let bars = Bars::new_sink(!ctx.quiet);
-    let outcome = run_match_with(&api, &opts, bars.as_ref())?;
+    let outcome = match &args.resume {
+        Some(job_id) => resume_match(&api, &opts, job_id, bars.as_ref())?,
+        None => run_match_with(&api, &opts, bars.as_ref())?,
+    };
     if args.json {
         println!(
             "{}",
