@@ -247,9 +247,9 @@ impl ApiClient {
         api_key: &str,
     ) -> Result<Self, ClientError> {
         let base = server.trim().trim_end_matches('/').to_owned();
-        if !(base.starts_with("https://") || base.starts_with("http://")) {
+        if !base.starts_with("https://") && !is_loopback_http(&base) {
             return Err(ClientError::Usage(format!(
-                "--server must be an https:// URL, got `{base}`"
+                "--server must be an https:// URL (plain http only to localhost), got `{base}`"
             )));
         }
         let api_key = api_key.trim().to_owned();
@@ -450,6 +450,20 @@ impl ApiClient {
     }
 }
 
+/// Plain HTTP is accepted only to the loopback interface (tests, local
+/// proxies): an API key never crosses a network in clear text.
+fn is_loopback_http(base: &str) -> bool {
+    let Some(rest) = base.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split('/').next().unwrap_or_default();
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    matches!(host, "127.0.0.1" | "localhost" | "::1")
+}
+
 /// Read a JSON answer.
 pub(crate) fn read_json<T: DeserializeOwned>(resp: Response) -> Result<T, ClientError> {
     let bytes = resp
@@ -548,6 +562,173 @@ mod tests {
     fn path_segments_are_escaped() {
         assert_eq!(segment("a b/c"), "a%20b%2Fc");
         assert_eq!(segment("dsp-a_1.x"), "dsp-a_1.x");
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        assert!(is_loopback_http("http://127.0.0.1:8080"));
+        assert!(is_loopback_http("http://localhost/x"));
+        assert!(is_loopback_http("http://[::1]:80"));
+        assert!(!is_loopback_http("http://example.com"));
+        assert!(!is_loopback_http("http://127.0.0.1.evil.com"));
+        assert!(matches!(
+            ApiClient::new("http://example.com", None, ""),
+            Err(ClientError::Usage(_))
+        ));
+    }
+
+    /// A one-request-per-connection HTTP server answering from a script and
+    /// recording each request's head.
+    fn fake_server(script: Vec<String>) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for answer in script {
+                let (mut conn, _) = listener.accept().unwrap();
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                let mut body = vec![0u8; len];
+                conn.read_exact(&mut body).unwrap();
+                log.lock().unwrap().push(head);
+                conn.write_all(answer.as_bytes()).unwrap();
+            }
+        });
+        (url, seen)
+    }
+
+    fn answer(status: &str, headers: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn fast(url: &str) -> ApiClient {
+        ApiClient::new(url, None, "obk_secret")
+            .unwrap()
+            .with_retry(RetryPolicy {
+                attempts: 3,
+                initial_backoff: Duration::from_millis(10),
+                max_backoff: Duration::from_millis(20),
+            })
+    }
+
+    #[test]
+    fn transient_statuses_are_retried_then_succeed() {
+        let (url, seen) = fake_server(vec![
+            answer("503 Service Unavailable", "", ""),
+            answer("502 Bad Gateway", "", ""),
+            answer(
+                "200 OK",
+                "Content-Type: application/json\r\n",
+                r#"{"status":"ok"}"#,
+            ),
+        ]);
+        let v: serde_json::Value = fast(&url).get_json("/healthz", &[]).unwrap();
+        assert_eq!(v["status"], "ok");
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 3);
+        assert!(seen[0]
+            .to_ascii_lowercase()
+            .contains("authorization: bearer obk_secret"));
+        assert!(
+            !seen[0].lines().next().unwrap().contains("obk_"),
+            "never in the URL"
+        );
+    }
+
+    #[test]
+    fn retries_are_bounded() {
+        let (url, seen) = fake_server(vec![answer("504 Gateway Timeout", "", ""); 3]);
+        let err = fast(&url)
+            .get_json::<serde_json::Value>("/x", &[])
+            .unwrap_err();
+        assert_eq!(err.api().unwrap().status, 504);
+        assert_eq!(seen.lock().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn errors_are_typed_by_code_not_text() {
+        let (url, seen) = fake_server(vec![
+            answer(
+                "401 Unauthorized",
+                "",
+                r#"{"error":{"code":"unauthenticated","message":"key revoked"}}"#,
+            ),
+            answer(
+                "429 Too Many Requests",
+                "",
+                r#"{"error":{"code":"privacy-budget-exhausted","message":"ε budget spent"}}"#,
+            ),
+            answer("413 Payload Too Large", "", "too big"),
+        ]);
+        let api = fast(&url);
+        let e = api.get_json::<serde_json::Value>("/a", &[]).unwrap_err();
+        assert_eq!(e.api().unwrap().code, ErrorCode::Unauthenticated);
+        assert!(e.to_string().contains("key revoked"));
+        let e = api.get_json::<serde_json::Value>("/b", &[]).unwrap_err();
+        assert_eq!(e.api().unwrap().code, ErrorCode::PrivacyBudgetExhausted);
+        assert!(e.to_string().contains("budget"));
+        let e = api.get_json::<serde_json::Value>("/c", &[]).unwrap_err();
+        assert_eq!(e.api().unwrap().code, ErrorCode::TooLarge);
+        assert_eq!(seen.lock().unwrap().len(), 3, "4xx are not retried");
+    }
+
+    #[test]
+    fn members_follow_the_cursor() {
+        let (url, seen) = fake_server(vec![
+            answer(
+                "200 OK",
+                "Content-Type: application/x-ndjson\r\nOnboard-Next-Cursor: cur+1/2\r\n",
+                "{\"cookie\":\"c1\"}\n{\"cookie\":\"c2\"}\n",
+            ),
+            answer("200 OK", "Content-Type: text/csv\r\n", "cookie_id\nc3\n"),
+        ]);
+        let mut out = Vec::new();
+        assert_eq!(
+            crate::destination::pull_audience(&fast(&url), "a-1", &mut out).unwrap(),
+            3
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), "c1\nc2\nc3\n");
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen[0].starts_with("GET /v1/audiences/a-1/members HTTP"),
+            "{}",
+            seen[0]
+        );
+        assert!(
+            seen[1].starts_with("GET /v1/audiences/a-1/members?cursor=cur%2B1%2F2 HTTP"),
+            "{}",
+            seen[1]
+        );
+    }
+
+    #[test]
+    fn unreachable_is_retried_then_reported() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = fast(&format!("http://127.0.0.1:{port}"))
+            .get_json::<serde_json::Value>("/x", &[])
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Unreachable { .. }), "{err:?}");
     }
 
     #[test]

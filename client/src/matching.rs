@@ -291,8 +291,8 @@ pub fn run_match_with(
     opts: &MatchOptions,
     progress: &dyn ProgressSink,
 ) -> Result<MatchOutcome, ClientError> {
-    let Some((key, selected, mut outcome)) = prepare(opts)? else {
-        return dry_outcome(opts);
+    let Some((key, selected, mut outcome)) = prepare(opts, progress)? else {
+        return dry_outcome(opts, progress);
     };
     let t = Instant::now();
     let job: JobCreated = api.call_json(
@@ -365,7 +365,7 @@ pub fn resume_match(
              abort it (`onboard jobs abort {job_id}`) and run the match again"
         )));
     }
-    let Some((key, selected, mut outcome)) = prepare(opts)? else {
+    let Some((key, selected, mut outcome)) = prepare(opts, progress)? else {
         unreachable!("not a dry run")
     };
     outcome.job_id = Some(job_id.to_owned());
@@ -389,7 +389,10 @@ pub fn resume_match(
 
 /// Key, quality pass and row selection; `None` on a dry run.
 #[allow(clippy::type_complexity)]
-fn prepare(opts: &MatchOptions) -> Result<Option<(SecretKey, RowSet, MatchOutcome)>, ClientError> {
+fn prepare(
+    opts: &MatchOptions,
+    progress: &dyn ProgressSink,
+) -> Result<Option<(SecretKey, RowSet, MatchOutcome)>, ClientError> {
     if opts.batch_size == 0 || opts.batch_size > MAX_RECORDS_PER_BATCH {
         return Err(ClientError::Usage(format!(
             "batch size must be between 1 and {MAX_RECORDS_PER_BATCH}"
@@ -403,7 +406,7 @@ fn prepare(opts: &MatchOptions) -> Result<Option<(SecretKey, RowSet, MatchOutcom
     }
     let key = load_key(&opts.key_file)?;
     let started = Instant::now();
-    let (quality, selected) = quality_pass(opts)?;
+    let (quality, selected) = quality_pass_with(opts, progress)?;
     let mut outcome = MatchOutcome {
         quality,
         ..MatchOutcome::default()
@@ -420,9 +423,12 @@ fn prepare(opts: &MatchOptions) -> Result<Option<(SecretKey, RowSet, MatchOutcom
     Ok(Some((key, selected, outcome)))
 }
 
-fn dry_outcome(opts: &MatchOptions) -> Result<MatchOutcome, ClientError> {
+fn dry_outcome(
+    opts: &MatchOptions,
+    progress: &dyn ProgressSink,
+) -> Result<MatchOutcome, ClientError> {
     let started = Instant::now();
-    let (quality, _) = quality_pass(opts)?;
+    let (quality, _) = quality_pass_with(opts, progress)?;
     let mut outcome = MatchOutcome {
         quality,
         ..MatchOutcome::default()
@@ -706,6 +712,13 @@ pub fn data_quality(opts: &MatchOptions) -> Result<QualityReport, ClientError> {
 }
 
 fn quality_pass(opts: &MatchOptions) -> Result<(QualityReport, RowSet), ClientError> {
+    quality_pass_with(opts, &NoProgress)
+}
+
+fn quality_pass_with(
+    opts: &MatchOptions,
+    progress: &dyn ProgressSink,
+) -> Result<(QualityReport, RowSet), ClientError> {
     let mut reader = CsvReader::open(&opts.input)?;
     let plan = Plan::resolve(&reader, opts)?;
     let mut q = QualityReport {
@@ -728,11 +741,13 @@ fn quality_pass(opts: &MatchOptions) -> Result<(QualityReport, RowSet), ClientEr
     let mut seen: HashSet<[u8; 16]> = HashSet::new();
     let mut kinds: BTreeSet<MatchKind> = BTreeSet::new();
     let mut selected = RowSet::default();
+    progress.begin("checking", 0);
     loop {
         let chunk = reader.next_chunk(QUALITY_CHUNK)?;
         if chunk.is_empty() {
             break;
         }
+        progress.advance(chunk.len() as u64);
         let rows: Vec<Row> = chunk
             .par_iter()
             .map(|(line, rec)| plan.classify(*line, rec))
@@ -787,6 +802,7 @@ fn quality_pass(opts: &MatchOptions) -> Result<(QualityReport, RowSet), ClientEr
             selected.push(upload);
         }
     }
+    progress.end();
     q.kinds = kinds.iter().map(|k| k.as_str().to_owned()).collect();
     Ok((q, selected))
 }
