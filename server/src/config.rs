@@ -322,6 +322,27 @@ mod tests {
         assert!(err.to_string().contains("nonsense_key"), "{err}");
     }
 
+    #[test]
+    fn example_file_documents_every_key_with_its_defaults() {
+        let text = include_str!("../onboard.example.toml");
+        let mut c = Config::default();
+        c.apply_toml(text).unwrap();
+        c.validate().unwrap();
+        let d = Config::default();
+        assert_eq!(
+            (c.k, c.min_job_rows, c.audience_ttl, c.page_size),
+            (d.k, d.min_job_rows, d.audience_ttl, d.page_size)
+        );
+        assert_eq!(
+            (c.epsilon, c.privacy_budget, c.max_frame_body),
+            (d.epsilon, d.privacy_budget, d.max_frame_body)
+        );
+        for key in KEYS {
+            let env = format!("ONBOARD_{}", key.to_ascii_uppercase());
+            assert!(text.contains(&env), "{env} not documented");
+        }
+    }
+
     proptest! {
         #[test]
         fn set_never_panics(key in "[a-z_]{0,20}", value in "\\PC{0,30}") {
