@@ -417,6 +417,13 @@ fn expiry_abandonment_and_job_limits() {
     let r = s.post("/v1/jobs", &adv, json!({"destination": "dsp-a", "kinds": ["email"], "key_fingerprint": a.fingerprint().to_string()}));
     assert_eq!(error_code(r), (429, "too-many-jobs".into()));
 
+    // An import left open is abandoned too.
+    let r: Value = s
+        .post("/v1/admin/graph/imports", &s.admin, json!({}))
+        .json()
+        .unwrap();
+    let import = r["import_id"].as_str().unwrap().to_string();
+
     // The abandoned job is failed and its uploads deleted; the audience expires.
     std::thread::sleep(std::time::Duration::from_millis(3500));
     let status: Value = s.get(&format!("/v1/jobs/{job}"), &adv).json().unwrap();
@@ -435,6 +442,8 @@ fn expiry_abandonment_and_job_limits() {
     let repo = onboard_server::storage::open(&s.data_dir()).unwrap();
     assert_eq!(repo.job_data_count(&job).unwrap(), 0);
     assert_eq!(repo.audience(&aud).unwrap().unwrap().size, 0);
+    assert_eq!(repo.import(&import).unwrap().unwrap().status, "retired");
+    assert_eq!(repo.current_graph().unwrap().unwrap().version, 1);
     assert!(repo.members_after(&aud, None, 10).unwrap().is_empty());
 }
 

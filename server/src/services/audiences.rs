@@ -183,6 +183,7 @@ impl Services {
             self.fail_job(&j.id, "system", "job.abandon")?;
             jobs += 1;
         }
+        self.cleanup_graph_versions()?;
         Ok((auds, jobs))
     }
 }

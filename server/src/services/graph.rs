@@ -48,6 +48,7 @@ impl Services {
                 ..GraphInfo::default()
             },
             next_person: 1,
+            touched: unix_now(),
         };
         self.repo.put_import(&rec)?;
         self.audit(&actor.name, "graph.import.create", &rec.id, "ok")?;
@@ -220,6 +221,7 @@ impl Services {
                 *rec.info.cookies.entry(r.destination.clone()).or_default() += 1;
             }
         }
+        rec.touched = unix_now();
         self.repo.put_import(&rec)?;
         self.repo.set_import_batch_hash(id, b'c', batch_no, hash)?;
         Ok(rows.len())
@@ -266,6 +268,38 @@ impl Services {
             "graph version committed"
         );
         Ok(rec.info)
+    }
+
+    /// Delete the data of graph versions that are not current: imports
+    /// abandoned longer than the job abandonment setting, and committed
+    /// versions since replaced (normally deleted at commit; this finishes
+    /// the work if the server stopped half-way). Returns versions deleted.
+    pub fn cleanup_graph_versions(&self) -> Result<usize, ApiError> {
+        let _g = lock(&self.import_lock);
+        let current = self.repo.current_graph()?.map(|g| g.version);
+        let ttl = self.config.abandoned_job_ttl.as_secs();
+        let now = unix_now();
+        let mut n = 0;
+        for mut rec in self.repo.imports()? {
+            let retire = match rec.status.as_str() {
+                "open" => rec.touched.saturating_add(ttl) <= now,
+                "committed" => Some(rec.version) != current,
+                _ => false,
+            };
+            if retire {
+                self.repo.delete_version(rec.version)?;
+                let action = if rec.status == "open" {
+                    "graph.import.abandon"
+                } else {
+                    "graph.version.delete"
+                };
+                rec.status = "retired".into();
+                self.repo.put_import(&rec)?;
+                self.audit("system", action, &rec.id, "ok")?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// The admin statistics.

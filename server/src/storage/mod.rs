@@ -142,6 +142,9 @@ pub struct ImportRecord {
     pub info: GraphInfo,
     /// Next person number to allocate.
     pub next_person: u64,
+    /// Unix seconds of the last batch, for abandonment.
+    #[serde(default)]
+    pub touched: u64,
 }
 
 /// Per-kind size of a job's graph pass.
