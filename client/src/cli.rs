@@ -264,6 +264,17 @@ pub enum KeysCommand {
 /// `onboard admin principals …`.
 #[derive(Debug, Subcommand)]
 pub enum PrincipalsCommand {
+    /// Create a principal of any role (admin included); its API key is printed once, alone on the last line.
+    Create {
+        /// Principal name.
+        name: String,
+        /// admin, advertiser or destination.
+        #[arg(long, value_parser = parse_role)]
+        role: crate::admin::Role,
+        /// URL notified when an audience is delivered (destinations).
+        #[arg(long, value_name = "URL")]
+        webhook_url: Option<String>,
+    },
     /// List principals and their keys.
     List {
         /// Print JSON.
@@ -300,4 +311,8 @@ fn parse_region(s: &str) -> Result<Region, String> {
 fn parse_kind(s: &str) -> Result<IdKind, String> {
     s.parse()
         .map_err(|e: onboard_protocol::normalize::UnknownKind| e.to_string())
+}
+
+fn parse_role(s: &str) -> Result<crate::admin::Role, String> {
+    s.parse()
 }

@@ -377,6 +377,27 @@ fn french_export_with_bom_matches_like_the_international_one() {
     assert!(list["audiences"].as_array().unwrap().len() >= 4);
     assert_fails(&env.run(Some(&api_key), &["audiences", "list"]), &["403"]);
 
+    // The advertiser sees its finished jobs.
+    let out = env.run(Some(&api_key), &["jobs", "list", "--json"]);
+    assert_ok(&out);
+    let jobs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&ra["report"]["job_id"].as_str().unwrap()),
+        "{jobs}"
+    );
+    let out = env.run(
+        Some(&api_key),
+        &["jobs", "show", ra["report"]["job_id"].as_str().unwrap()],
+    );
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("finished"));
+
     // A repeat job uses the server's cache: no graph pass, same members.
     let rc = run_match(
         env,
@@ -572,6 +593,20 @@ fn errors_are_clear() {
         ),
         &["/nonexistent.csv"],
     );
+
+    // A second operator, created with the generic principals command.
+    let out = env.admin(&["admin", "principals", "create", "ops", "--role", "admin"]);
+    assert_ok(&out);
+    let ops = write(
+        env.dir.path(),
+        "ops.apikey",
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    );
+    assert_ok(&env.run(Some(&ops), &["admin", "stats"]));
 
     // Stats and principals as admin work.
     let out = env.admin(&["admin", "stats", "--json"]);

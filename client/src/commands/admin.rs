@@ -55,6 +55,19 @@ pub(super) fn run(ctx: &Context, cmd: AdminCommand) -> Result<()> {
                 (None, None) => unreachable!("clap requires one of them"),
             }
         }
+        AdminCommand::Principals(PrincipalsCommand::Create {
+            name,
+            role,
+            webhook_url,
+        }) => {
+            let p =
+                admin::create_principal_with_webhook(&api, &name, role, webhook_url.as_deref())?;
+            print_new_key(
+                &format!("created {role} `{}`", p.name),
+                &p.key_id,
+                &p.api_key,
+            );
+        }
         AdminCommand::Principals(PrincipalsCommand::List { json }) => {
             let list = admin::list_principals(&api)?;
             if json {

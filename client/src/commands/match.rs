@@ -35,6 +35,20 @@ pub(super) fn run(ctx: &Context, args: &MatchArgs) -> Result<()> {
         Some(job_id) => resume_match(&api, &opts, job_id, bars.as_ref())?,
         None => run_match_with(&api, &opts, bars.as_ref())?,
     };
+    if !outcome.timings.is_empty() && outcome.report.is_some() {
+        let phases: Vec<String> = outcome
+            .timings
+            .iter()
+            .map(|(name, secs)| format!("{name} {secs:.1} s"))
+            .collect();
+        ctx.note(format!(
+            "{} graph points re-blinded, {} identifiers blinded in {} batches; {}",
+            outcome.graph_points_blinded,
+            outcome.identifiers_blinded,
+            outcome.batches_uploaded,
+            phases.join(", ")
+        ));
+    }
     if args.json {
         println!(
             "{}",
