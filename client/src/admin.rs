@@ -21,6 +21,8 @@ use std::sync::mpsc;
 
 /// Digests per graph-import or opt-out frame.
 pub const DIGEST_BATCH_SIZE: usize = MAX_DIGESTS_PER_BATCH;
+/// Largest digest frame sent, in bytes (the server's default limit is 8 MiB).
+pub const DIGEST_FRAME_BYTES: usize = 4 << 20;
 /// Cookies per JSON batch.
 pub const COOKIE_BATCH_SIZE: usize = 50_000;
 
@@ -287,7 +289,6 @@ pub fn import_graph_with(
 
     progress.begin("identifiers", 0);
     let sent = send_digests(
-        api,
         &mut ids,
         id_cols,
         true,
@@ -332,7 +333,6 @@ pub fn import_graph_with(
 /// frames through `send` while the next one is prepared.
 #[allow(clippy::too_many_arguments)]
 fn send_digests(
-    _api: &ApiClient,
     reader: &mut CsvReader,
     cols: [usize; 3],
     with_person: bool,
@@ -407,18 +407,33 @@ fn send_digests(
                         }
                     }
                 }
-                if entries.is_empty() {
-                    continue;
+                // Split by encoded size too: long person IDs must not push a
+                // frame over the server's body limit.
+                let mut rest = entries.into_iter().peekable();
+                while rest.peek().is_some() {
+                    let mut size = 0;
+                    let mut part = Vec::new();
+                    while let Some(e) = rest.next_if(|e| {
+                        part.is_empty() || size + 34 + e.person.len() <= DIGEST_FRAME_BYTES
+                    }) {
+                        size += 34 + e.person.len();
+                        part.push(e);
+                    }
+                    let n = part.len();
+                    summary.identifiers_sent += n as u64;
+                    let bytes = DigestBatch {
+                        batch_no,
+                        entries: part,
+                    }
+                    .encode()
+                    .map_err(|e| {
+                        ClientError::Protocol(format!("building digest batch {batch_no}: {e}"))
+                    })?;
+                    if tx.send((batch_no, n, bytes)).is_err() {
+                        return Ok(());
+                    }
+                    batch_no += 1;
                 }
-                let n = entries.len();
-                summary.identifiers_sent += n as u64;
-                let bytes = DigestBatch { batch_no, entries }.encode().map_err(|e| {
-                    ClientError::Protocol(format!("building digest batch {batch_no}: {e}"))
-                })?;
-                if tx.send((batch_no, n, bytes)).is_err() {
-                    return Ok(());
-                }
-                batch_no += 1;
             }
         })();
         drop(tx);
@@ -517,7 +532,6 @@ pub fn optout(api: &ApiClient, file: &Path, region: Region) -> Result<OptoutSumm
     let mut import = ImportSummary::default();
     let totals = std::sync::Mutex::new((0u64, 0u64));
     send_digests(
-        api,
         &mut reader,
         cols,
         false,

@@ -316,6 +316,10 @@ impl ApiClient {
         accept: Option<&str>,
     ) -> Result<Response, ClientError> {
         let url = format!("{}{}", self.base, path);
+        let idempotent = matches!(
+            method,
+            Method::GET | Method::PUT | Method::DELETE | Method::HEAD
+        );
         let mut backoff = self.retry.initial_backoff;
         let mut attempt = 1;
         loop {
@@ -338,7 +342,7 @@ impl ApiClient {
                     .header(CONTENT_TYPE, "application/octet-stream")
                     .body(bytes.clone()),
             };
-            let retryable = match req.send() {
+            match req.send() {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp)
                     if matches!(
@@ -353,22 +357,23 @@ impl ApiClient {
                         attempt,
                         "transient status, retrying"
                     );
-                    true
                 }
                 Ok(resp) => return Err(api_error(resp).into()),
                 Err(e) => {
                     let err = self.transport_error(&e);
-                    let transient = matches!(err, ClientError::Unreachable { .. })
-                        || (e.is_timeout()
-                            && !matches!(err, ClientError::UntrustedCertificate { .. }));
+                    // Never connected: always safe to retry. Failed mid-way
+                    // (reset, timeout): only idempotent methods are re-sent.
+                    let transient = match err {
+                        ClientError::Unreachable { .. } => true,
+                        ClientError::Transport { .. } => idempotent,
+                        _ => false,
+                    };
                     if !transient || attempt >= self.retry.attempts {
                         return Err(err);
                     }
                     tracing::debug!(attempt, "transport error, retrying");
-                    true
                 }
-            };
-            debug_assert!(retryable);
+            }
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(self.retry.max_backoff);
             attempt += 1;
