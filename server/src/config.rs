@@ -91,7 +91,7 @@ impl Default for Config {
             privacy_budget: 10.0,
             budget_window: Duration::from_secs(30 * 86_400),
             max_json_body: 16 * 1024 * 1024,
-            max_frame_body: 8 * 1024 * 1024,
+            max_frame_body: 48 * 1024 * 1024,
             max_open_jobs: 4,
             page_size: 8192,
             abandoned_job_ttl: Duration::from_secs(86_400),

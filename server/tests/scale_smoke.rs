@@ -18,7 +18,10 @@ fn timing_of_import_graph_pass_upload_and_finish() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
-    let s = TestServer::start_with(|c| c.page_size = 8192);
+    let s = TestServer::start_with(|c| {
+        c.page_size = 8192;
+        c.max_frame_body = 48 << 20;
+    });
     let adv = s.principal("acme", "advertiser");
     s.principal("dsp-a", "destination");
     let t = Instant::now();

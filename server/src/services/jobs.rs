@@ -11,7 +11,7 @@ use onboard_protocol::wire::{PointPage, RecordBatch};
 use onboard_protocol::{blind, Fingerprint, MatchKind, PointBytes};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::str::FromStr;
 
 /// Body of `POST /v1/jobs`.
@@ -50,6 +50,54 @@ fn cache_namespace(advertiser: &str, fingerprint: &str) -> [u8; 16] {
 fn kind_of(path: &str) -> Result<MatchKind, ApiError> {
     MatchKind::from_str(path)
         .map_err(|_| ApiError::BadRequest("kind: one of email, phone, maid".into()))
+}
+
+/// A forward-only cursor over one cache namespace, for merge joins with
+/// the graph's points (both in blinded-value order).
+struct CacheCursor<'a> {
+    services: &'a Services,
+    ns: [u8; 16],
+    buf: Vec<(PointBytes, PointBytes)>,
+    pos: usize,
+    done: bool,
+}
+
+impl<'a> CacheCursor<'a> {
+    fn new(services: &'a Services, ns: [u8; 16]) -> Self {
+        Self {
+            services,
+            ns,
+            buf: Vec::new(),
+            pos: 0,
+            done: false,
+        }
+    }
+
+    /// Is `p` cached? Calls must come in increasing order of `p`.
+    fn contains(&mut self, p: &PointBytes) -> Result<bool, ApiError> {
+        loop {
+            if let Some((c, _)) = self.buf.get(self.pos) {
+                match c.0.cmp(&p.0) {
+                    std::cmp::Ordering::Less => self.pos += 1,
+                    std::cmp::Ordering::Equal => return Ok(true),
+                    std::cmp::Ordering::Greater => return Ok(false),
+                }
+                continue;
+            }
+            if self.done {
+                return Ok(false);
+            }
+            let after = self.buf.last().map(|(c, _)| *c);
+            self.buf = self
+                .services
+                .repo
+                .cache_after(&self.ns, after.as_ref(), 8192)?;
+            self.pos = 0;
+            if self.buf.is_empty() {
+                self.done = true;
+            }
+        }
+    }
 }
 
 /// Marks a job as finishing while held; a second finish gets `job-not-open`.
@@ -145,6 +193,8 @@ impl Services {
             let mut info = PassInfo::default();
             let mut page: Vec<u8> = Vec::with_capacity(page_size * 32);
             let mut after: Option<PointBytes> = None;
+            // Both sequences are in blinded-value order: a merge, no random reads.
+            let mut cached = CacheCursor::new(self, ns);
             loop {
                 let chunk = self
                     .repo
@@ -152,7 +202,7 @@ impl Services {
                 let Some(last) = chunk.last() else { break };
                 after = Some(last.0);
                 for (p, _) in &chunk {
-                    if self.repo.cache_contains(&ns, p)? || self.opted_out(p)? {
+                    if cached.contains(p)? || self.opted_out(p)? {
                         continue;
                     }
                     page.extend_from_slice(&p.0);
@@ -477,6 +527,14 @@ impl Services {
         Ok(report)
     }
 
+    fn stored_batch(&self, job: &str, b: u32) -> Result<RecordBatch, ApiError> {
+        let frame = self
+            .repo
+            .upload(job, b)?
+            .ok_or_else(|| ApiError::Internal("upload vanished".into()))?;
+        RecordBatch::decode(&frame).map_err(|e| ApiError::Internal(format!("stored batch: {e}")))
+    }
+
     fn join_and_release(&self, job: &Job, batches: u32) -> Result<serde_json::Value, ApiError> {
         let graph = self
             .repo
@@ -485,30 +543,41 @@ impl Services {
         let version = graph.version;
         let ns = cache_namespace(&job.advertiser, &job.key_fingerprint);
         let kinds: BTreeSet<&str> = job.kinds.iter().map(String::as_str).collect();
+        // 1. The distinct uploaded b·a·P(x) of the job's kinds.
+        let mut wanted: HashMap<[u8; 32], (MatchKind, Option<u64>)> = HashMap::new();
+        for b in 0..batches {
+            let batch = self.stored_batch(&job.id, b)?;
+            for (kind, point) in batch.kinds().iter().zip(batch.points()) {
+                if kinds.contains(kind.as_str()) {
+                    wanted.entry(point.0).or_insert((*kind, None));
+                }
+            }
+        }
+        // 2. One ordered scan of this key's cache: a·b·P(y) equal to an
+        //    upload gives b·P(y), hence the person (if live).
+        let mut after: Option<PointBytes> = None;
+        loop {
+            let chunk = self.repo.cache_after(&ns, after.as_ref(), 8192)?;
+            let Some(last) = chunk.last() else { break };
+            after = Some(last.0);
+            for (bpy, abpy) in &chunk {
+                if let Some(slot) = wanted.get_mut(&abpy.0) {
+                    slot.1 = self.live_owner(version, slot.0, bpy)?;
+                }
+            }
+        }
+        // 3. Records to persons: a record counts once, via its first matching identifier.
         let mut rows_per_segment: BTreeMap<String, u64> = BTreeMap::new();
         let mut persons_per_segment: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
         let (mut rows, mut matched_rows) = (0u64, 0u64);
         for b in 0..batches {
-            let frame = self
-                .repo
-                .upload(&job.id, b)?
-                .ok_or_else(|| ApiError::Internal("upload vanished".into()))?;
-            let batch = RecordBatch::decode(&frame)
-                .map_err(|e| ApiError::Internal(format!("stored batch: {e}")))?;
+            let batch = self.stored_batch(&job.id, b)?;
             for r in batch.records() {
                 rows += 1;
-                let mut person = None;
-                for (kind, point) in r.kinds.iter().zip(r.points) {
-                    if !kinds.contains(kind.as_str()) {
-                        continue;
-                    }
-                    if let Some(bpy) = self.repo.cache_reverse(&ns, point)? {
-                        if let Some(p) = self.live_owner(version, *kind, &bpy)? {
-                            person = Some(p);
-                            break;
-                        }
-                    }
-                }
+                let person = r
+                    .points
+                    .iter()
+                    .find_map(|p| wanted.get(&p.0).and_then(|(_, person)| *person));
                 for &s in r.segments {
                     let label = batch
                         .labels

@@ -350,8 +350,13 @@ pub trait CacheRepo {
     fn cache_contains(&self, ns: &[u8; 16], bpy: &PointBytes) -> StoreResult<bool>;
     /// Cache pairs `(b·P(y), a·b·P(y))`.
     fn cache_put(&self, ns: &[u8; 16], pairs: &[(PointBytes, PointBytes)]) -> StoreResult<()>;
-    /// `a·b·P(y)` → `b·P(y)`.
-    fn cache_reverse(&self, ns: &[u8; 16], abpy: &PointBytes) -> StoreResult<Option<PointBytes>>;
+    /// Up to `limit` cached pairs `(b·P(y), a·b·P(y))` in `b·P(y)` order, after `after`.
+    fn cache_after(
+        &self,
+        ns: &[u8; 16],
+        after: Option<&PointBytes>,
+        limit: usize,
+    ) -> StoreResult<Vec<(PointBytes, PointBytes)>>;
 }
 
 /// Jobs and their transient data (graph pass, uploads).

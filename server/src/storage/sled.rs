@@ -24,7 +24,6 @@ pub struct SledStore {
     g_cookie: Tree,
     g_supp: Tree,
     cache_fwd: Tree,
-    cache_rev: Tree,
     jobs: Tree,
     job_pages: Tree,
     job_done: Tree,
@@ -96,6 +95,7 @@ impl SledStore {
         let db = ::sled::Config::new()
             .path(path)
             .cache_capacity(256 * 1024 * 1024)
+            .mode(::sled::Mode::HighThroughput)
             .open()
             .map_err(be)?;
         let t = |name: &str| db.open_tree(name).map_err(be);
@@ -113,7 +113,6 @@ impl SledStore {
             g_cookie: t("graph_cookie")?,
             g_supp: t("graph_suppressed")?,
             cache_fwd: t("cache_fwd")?,
-            cache_rev: t("cache_rev")?,
             jobs: t("jobs")?,
             job_pages: t("job_pages")?,
             job_done: t("job_pages_done")?,
@@ -517,24 +516,35 @@ impl CacheRepo for SledStore {
     }
     fn cache_put(&self, ns: &[u8; 16], pairs: &[(PointBytes, PointBytes)]) -> StoreResult<()> {
         let mut fwd = Batch::default();
-        let mut rev = Batch::default();
         for (bpy, abpy) in pairs {
             fwd.insert(key(&[ns, &bpy.0]), &abpy.0[..]);
-            rev.insert(key(&[ns, &abpy.0]), &bpy.0[..]);
         }
-        // Reverse first: a crash in between leaves points that look uncached,
-        // which the next graph pass simply sends again. Two plain batches are
-        // much cheaper than one transaction over thousands of keys.
-        self.cache_rev.apply_batch(rev).map_err(be)?;
         self.cache_fwd.apply_batch(fwd).map_err(be)?;
         Ok(())
     }
-    fn cache_reverse(&self, ns: &[u8; 16], abpy: &PointBytes) -> StoreResult<Option<PointBytes>> {
-        self.cache_rev
-            .get(key(&[ns, &abpy.0]))
-            .map_err(be)?
-            .map(|v| point_of("cache_rev", &v))
-            .transpose()
+    fn cache_after(
+        &self,
+        ns: &[u8; 16],
+        after: Option<&PointBytes>,
+        limit: usize,
+    ) -> StoreResult<Vec<(PointBytes, PointBytes)>> {
+        let mut start = ns.to_vec();
+        if let Some(p) = after {
+            start.extend_from_slice(&p.0);
+            start.push(0);
+        }
+        let mut out = Vec::with_capacity(limit.min(65_536));
+        for item in self.cache_fwd.range(start..) {
+            let (k, v) = item.map_err(be)?;
+            if !k.starts_with(ns) || out.len() >= limit {
+                break;
+            }
+            out.push((
+                point_of("cache_fwd", &k[ns.len()..])?,
+                point_of("cache_fwd", &v)?,
+            ));
+        }
+        Ok(out)
     }
 }
 
