@@ -170,7 +170,7 @@ pub struct QualityReport {
     pub rows_without_consent: u64,
     /// Rows whose consent cell is not a known yes/no value.
     pub bad_consent: RowIssue,
-    /// Rows without any segment.
+    /// Rows (with consent) without any segment.
     pub rows_without_segment: RowIssue,
     /// Rows whose segment cell is unusable (label too long, control characters, too many).
     pub bad_segment: RowIssue,
@@ -1276,6 +1276,46 @@ mod tests {
         assert_eq!(r.segments[0].matched, "2480");
         assert_eq!(r.segments[1].matched, "< 100");
         assert_eq!(r.extra["new_field"], 1);
+    }
+
+    #[test]
+    fn rendered_reports_name_segments_and_never_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let (q, _) = quality_pass(&opts(write(&dir, "crm.csv", FILE))).unwrap();
+        let text = crate::render::render_quality(&q);
+        assert!(
+            text.contains("rows read                               9"),
+            "{text}"
+        );
+        assert!(text.contains("email-shape: 1  (line 3)"), "{text}");
+        assert!(text.contains("(lines 3, 4)"), "{text}");
+        let report = JobReport {
+            job_id: "j-1".into(),
+            status: "finished".into(),
+            match_rate: "50%".into(),
+            k: 100,
+            segments: vec![SegmentReport {
+                name: "Gold".into(),
+                rows_uploaded: 1,
+                matched: "< 100".into(),
+                status: "withheld".into(),
+                reason: Some("below-minimum-size".into()),
+                audience_id: None,
+            }],
+            ..JobReport::default()
+        };
+        let text = crate::render::render_report(&report, &q);
+        let gold = text.lines().find(|l| l.starts_with("Gold")).unwrap();
+        assert!(
+            gold.contains("< 100")
+                && gold.contains("withheld")
+                && gold.contains("below-minimum-size"),
+            "{text}"
+        );
+        assert!(text.contains("overall match rate: 50%"));
+        for value in ["jane", "example.com", "0612"] {
+            assert!(!text.contains(value), "{text}");
+        }
     }
 
     #[test]
