@@ -211,14 +211,21 @@ impl Services {
             return Ok(rows.len());
         }
         let persons = self.person_numbers(&mut rec, rows.iter().map(|r| r.person.as_str()))?;
-        for (r, person) in rows.iter().zip(persons) {
-            if self.repo.put_cookie(
-                rec.version,
-                &r.destination,
-                person,
-                &sealed_cookie(self.pepper(), &r.cookie),
-            )? {
-                *rec.info.cookies.entry(r.destination.clone()).or_default() += 1;
+        let sealed: Vec<(&str, u64, SealedCookie)> = rows
+            .iter()
+            .zip(persons)
+            .map(|(r, person)| {
+                (
+                    r.destination.as_str(),
+                    person,
+                    sealed_cookie(self.pepper(), &r.cookie),
+                )
+            })
+            .collect();
+        let fresh = self.repo.put_cookies(rec.version, &sealed)?;
+        for ((dest, _, _), new) in sealed.iter().zip(fresh) {
+            if new {
+                *rec.info.cookies.entry(dest.to_string()).or_default() += 1;
             }
         }
         rec.touched = unix_now();

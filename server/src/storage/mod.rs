@@ -323,6 +323,12 @@ pub trait GraphRepo {
         person_no: u64,
         cookie: &SealedCookie,
     ) -> StoreResult<bool>;
+    /// Add cookies `(destination, person, cookie)` in one batch; per row, true if new.
+    fn put_cookies(
+        &self,
+        version: u64,
+        rows: &[(&str, u64, SealedCookie)],
+    ) -> StoreResult<Vec<bool>>;
     /// Sealed cookies of a person at a destination.
     fn cookies(
         &self,

@@ -20,7 +20,6 @@ pub struct SledStore {
     g_pid: Tree,
     g_pno: Tree,
     g_point: Tree,
-    g_ppoints: Tree,
     g_cookie: Tree,
     g_supp: Tree,
     cache_fwd: Tree,
@@ -109,7 +108,6 @@ impl SledStore {
             g_pid: t("graph_person_by_id")?,
             g_pno: t("graph_person_by_no")?,
             g_point: t("graph_point")?,
-            g_ppoints: t("graph_person_points")?,
             g_cookie: t("graph_cookie")?,
             g_supp: t("graph_suppressed")?,
             cache_fwd: t("cache_fwd")?,
@@ -316,20 +314,15 @@ impl GraphRepo for SledStore {
         rows: &[(MatchKind, PointBytes, u64)],
     ) -> StoreResult<Vec<bool>> {
         let v = version.to_be_bytes();
-        let (mut points, mut revs) = (Batch::default(), Batch::default());
+        let mut points = Batch::default();
         let mut fresh = Vec::with_capacity(rows.len());
         let mut seen = std::collections::HashSet::new();
         for (kind, point, person) in rows {
             let k = key(&[&v, &[kind.to_byte()], &point.0]);
             let new = !self.g_point.contains_key(&k).map_err(be)? && seen.insert(k.clone());
             fresh.push(new);
-            revs.insert(
-                key(&[&v, &person.to_be_bytes(), &[kind.to_byte()], &point.0]),
-                &[],
-            );
             points.insert(k, &person.to_be_bytes());
         }
-        self.g_ppoints.apply_batch(revs).map_err(be)?;
         self.g_point.apply_batch(points).map_err(be)?;
         Ok(fresh)
     }
@@ -392,6 +385,29 @@ impl GraphRepo for SledStore {
             .map_err(be)?;
         Ok(true)
     }
+    fn put_cookies(
+        &self,
+        version: u64,
+        rows: &[(&str, u64, SealedCookie)],
+    ) -> StoreResult<Vec<bool>> {
+        let mut batch = Batch::default();
+        let mut fresh = Vec::with_capacity(rows.len());
+        let mut seen = std::collections::HashSet::new();
+        for (destination, person_no, cookie) in rows {
+            let k = key(&[
+                &dest_prefix(version, destination),
+                &person_no.to_be_bytes(),
+                &cookie.tag,
+            ]);
+            let new = !self.g_cookie.contains_key(&k).map_err(be)? && seen.insert(k.clone());
+            if new {
+                batch.insert(k, cookie.sealed.as_slice());
+            }
+            fresh.push(new);
+        }
+        self.g_cookie.apply_batch(batch).map_err(be)?;
+        Ok(fresh)
+    }
     fn cookies(
         &self,
         version: u64,
@@ -433,21 +449,20 @@ impl GraphRepo for SledStore {
         let v = version.to_be_bytes();
         let pno = person_no.to_be_bytes();
         let rev_prefix = key(&[&v, &pno]);
+        // No per-person index of points (it would double every import write):
+        // erasure, which is rare, scans the version's points instead.
         let mut point_keys = Vec::new();
-        let mut rev_keys = Vec::new();
-        for k in self.g_ppoints.scan_prefix(&rev_prefix).keys() {
-            let k = k.map_err(be)?;
-            point_keys.push(key(&[&v, &k[rev_prefix.len()..]]));
-            if let Some(kind) = k
-                .get(rev_prefix.len())
-                .and_then(|b| MatchKind::from_byte(*b))
-            {
-                *counts
-                    .identifiers
-                    .entry(kind.as_str().to_string())
-                    .or_default() += 1;
+        for item in self.g_point.scan_prefix(v) {
+            let (k, owner) = item.map_err(be)?;
+            if owner.as_ref() == pno.as_slice() {
+                if let Some(kind) = k.get(8).and_then(|b| MatchKind::from_byte(*b)) {
+                    *counts
+                        .identifiers
+                        .entry(kind.as_str().to_string())
+                        .or_default() += 1;
+                }
+                point_keys.push(k.to_vec());
             }
-            rev_keys.push(k.to_vec());
         }
         let mut cookie_keys = Vec::new();
         for k in self.g_cookie.scan_prefix(v).keys() {
@@ -461,19 +476,10 @@ impl GraphRepo for SledStore {
         }
         let id = self.person_id(version, person_no)?;
         let id_key = id.map(|p| key(&[&v, p.as_bytes()]));
-        (
-            &self.g_point,
-            &self.g_ppoints,
-            &self.g_cookie,
-            &self.g_pid,
-            &self.g_pno,
-        )
-            .transaction(|(points, revs, cookies, pid, pnos)| {
+        (&self.g_point, &self.g_cookie, &self.g_pid, &self.g_pno)
+            .transaction(|(points, cookies, pid, pnos)| {
                 for k in &point_keys {
                     points.remove(k.as_slice())?;
-                }
-                for k in &rev_keys {
-                    revs.remove(k.as_slice())?;
                 }
                 for k in &cookie_keys {
                     cookies.remove(k.as_slice())?;
@@ -500,7 +506,6 @@ impl GraphRepo for SledStore {
             &self.g_pid,
             &self.g_pno,
             &self.g_point,
-            &self.g_ppoints,
             &self.g_cookie,
             &self.g_supp,
         ] {
