@@ -56,6 +56,8 @@ impl Drop for ServerHandle {
 
 /// Start serving on `listener`; returns once it accepts connections.
 pub fn start(config: Config, listener: std::net::TcpListener) -> anyhow::Result<ServerHandle> {
+    // Programmatic configurations get the same checks as loaded ones (k ≥ 50, …).
+    config.validate()?;
     let key = crate::keyfiles::read_server_key(&config.data_dir)?;
     let pepper = crate::keyfiles::read_pepper(&config.data_dir)?;
     let tls_key = config.tls_key_path();

@@ -453,3 +453,25 @@ fn cli_init_and_serve_refuses_open_key_files() {
         .starts_with("obk_"));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("obk_"));
 }
+
+#[test]
+fn start_refuses_a_programmatic_k_below_the_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    onboard_server::init(&onboard_server::InitOptions {
+        data_dir: data.clone(),
+        dev_tls: true,
+        admin_key_out: None,
+    })
+    .unwrap();
+    let config = onboard_server::Config {
+        data_dir: data,
+        k: 10,
+        ..onboard_server::Config::default()
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let err = onboard_server::start(config, listener)
+        .err()
+        .expect("k = 10 must be refused");
+    assert!(err.to_string().contains("`k`"), "{err}");
+}
