@@ -172,55 +172,10 @@ impl Services {
             .repo
             .current_graph()?
             .ok_or_else(|| ApiError::Invalid("no graph version has been imported yet".into()))?;
-        {
-            let _g = lock(&self.job_lock);
-            let open = self
-                .repo
-                .jobs()?
-                .iter()
-                .filter(|j| j.advertiser == caller.name && j.status == "open")
-                .count();
-            if open >= self.config.max_open_jobs {
-                return Err(ApiError::TooManyJobs(open));
-            }
-        }
         let fingerprint = fp.to_string();
         let ns = cache_namespace(&caller.name, &fingerprint);
         let id = new_id("j-");
-        let page_size = self.config.page_size;
-        let mut pass = BTreeMap::new();
-        for kind in &kinds {
-            let mut info = PassInfo::default();
-            let mut page: Vec<u8> = Vec::with_capacity(page_size * 32);
-            let mut after: Option<PointBytes> = None;
-            // Both sequences are in blinded-value order: a merge, no random reads.
-            let mut cached = CacheCursor::new(self, ns);
-            loop {
-                let chunk = self
-                    .repo
-                    .points_after(graph.version, *kind, after.as_ref(), 8192)?;
-                let Some(last) = chunk.last() else { break };
-                after = Some(last.0);
-                for (p, _) in &chunk {
-                    if cached.contains(p)? || self.opted_out(p)? {
-                        continue;
-                    }
-                    page.extend_from_slice(&p.0);
-                    info.points += 1;
-                    if page.len() == page_size * 32 {
-                        self.repo.put_pass_page(&id, *kind, info.pages, &page)?;
-                        info.pages += 1;
-                        page.clear();
-                    }
-                }
-            }
-            if !page.is_empty() {
-                self.repo.put_pass_page(&id, *kind, info.pages, &page)?;
-                info.pages += 1;
-            }
-            pass.insert(kind.as_str().to_string(), info);
-        }
-        let job = Job {
+        let mut job = Job {
             id: id.clone(),
             advertiser: caller.name.clone(),
             destination: req.destination,
@@ -232,14 +187,87 @@ impl Services {
             touched: unix_now(),
             batches: 0,
             records: 0,
-            pass: pass.clone(),
+            pass: BTreeMap::new(),
             report: None,
         };
-        self.repo.put_job(&job)?;
+        {
+            // Count and reserve under one lock, so concurrent creates cannot pass the limit.
+            let _g = lock(&self.job_lock);
+            let open = self
+                .repo
+                .jobs()?
+                .iter()
+                .filter(|j| j.advertiser == caller.name && j.status == "open")
+                .count();
+            if open >= self.config.max_open_jobs {
+                return Err(ApiError::TooManyJobs(open));
+            }
+            self.repo.put_job(&job)?;
+        }
+        match self.build_graph_pass(&id, ns, graph.version, &kinds) {
+            Ok(pass) => {
+                let _g = lock(&self.job_lock);
+                job.pass = pass;
+                job.touched = unix_now();
+                self.repo.put_job(&job)?;
+            }
+            Err(e) => {
+                self.fail_job(&id, &caller.name, "job.fail.graph-pass")?;
+                return Err(e);
+            }
+        }
         self.audit(&caller.name, "job.create", &id, "ok")?;
-        Ok(
-            serde_json::json!({"job_id": id, "graph_version": graph.version, "page_size": page_size, "graph_pass": pass}),
-        )
+        Ok(serde_json::json!({
+            "job_id": id,
+            "graph_version": graph.version,
+            "page_size": self.config.page_size,
+            "graph_pass": job.pass,
+        }))
+    }
+
+    /// Store the job's graph pass: the version's points of each kind, in
+    /// blinded-value order, minus those cached for this key and opted out.
+    fn build_graph_pass(
+        &self,
+        id: &str,
+        ns: [u8; 16],
+        version: u64,
+        kinds: &BTreeSet<MatchKind>,
+    ) -> Result<BTreeMap<String, PassInfo>, ApiError> {
+        let page_size = self.config.page_size;
+        let mut pass = BTreeMap::new();
+        for kind in kinds {
+            let mut info = PassInfo::default();
+            let mut page: Vec<u8> = Vec::with_capacity(page_size * 32);
+            let mut after: Option<PointBytes> = None;
+            // Both sequences are in blinded-value order: a merge, no random reads.
+            let mut cached = CacheCursor::new(self, ns);
+            loop {
+                let chunk = self
+                    .repo
+                    .points_after(version, *kind, after.as_ref(), 8192)?;
+                let Some(last) = chunk.last() else { break };
+                after = Some(last.0);
+                for (p, _) in &chunk {
+                    if cached.contains(p)? || self.opted_out(p)? {
+                        continue;
+                    }
+                    page.extend_from_slice(&p.0);
+                    info.points += 1;
+                    if page.len() == page_size * 32 {
+                        self.repo.put_pass_page(id, *kind, info.pages, &page)?;
+                        info.pages += 1;
+                        page.clear();
+                    }
+                }
+            }
+            if !page.is_empty() {
+                self.repo.put_pass_page(id, *kind, info.pages, &page)?;
+                info.pages += 1;
+            }
+            pass.insert(kind.as_str().to_string(), info);
+        }
+        Ok(pass)
     }
 
     /// A graph-pass page of `b·P(y)`, as a `PointPage` frame.
