@@ -245,6 +245,18 @@ fn graph_import_stats_and_versions() {
         .json()
         .unwrap();
     assert_eq!(h["graph_version"], 3);
+
+    // The replaced version's points are gone from the store; the pending
+    // import's are still there (uncommitted, not current).
+    let mut s = s;
+    s.stop();
+    let repo = onboard_server::storage::open(&s.data_dir()).unwrap();
+    use onboard_protocol::MatchKind::{Email, Phone};
+    assert!(repo.points_after(1, Email, None, 10).unwrap().is_empty());
+    assert!(repo.points_after(1, Phone, None, 10).unwrap().is_empty());
+    assert!(repo.person_id(1, 1).unwrap().is_none());
+    assert_eq!(repo.points_after(2, Email, None, 10).unwrap().len(), 1);
+    assert_eq!(repo.points_after(3, Email, None, 1000).unwrap().len(), 200);
 }
 
 fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
