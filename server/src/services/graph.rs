@@ -27,11 +27,12 @@ pub struct CookieRow {
 /// Most cookie rows per batch.
 pub const MAX_COOKIES_PER_BATCH: usize = 65_536;
 
-fn sealed_cookie(pepper: &[u8; 32], cookie: &str) -> SealedCookie {
-    SealedCookie {
+fn sealed_cookie(pepper: &[u8; 32], cookie: &str) -> Result<SealedCookie, ApiError> {
+    Ok(SealedCookie {
         tag: seal::cookie_tag(pepper, cookie),
-        sealed: seal::seal(pepper, cookie),
-    }
+        sealed: seal::seal(pepper, cookie)
+            .ok_or(ApiError::Internal("cookie encryption failed".into()))?,
+    })
 }
 
 impl Services {
@@ -215,13 +216,13 @@ impl Services {
             .iter()
             .zip(persons)
             .map(|(r, person)| {
-                (
+                Ok((
                     r.destination.as_str(),
                     person,
-                    sealed_cookie(self.pepper(), &r.cookie),
-                )
+                    sealed_cookie(self.pepper(), &r.cookie)?,
+                ))
             })
-            .collect();
+            .collect::<Result<_, ApiError>>()?;
         let fresh = self.repo.put_cookies(rec.version, &sealed)?;
         for ((dest, _, _), new) in sealed.iter().zip(fresh) {
             if new {
