@@ -100,20 +100,10 @@ pub fn run(args: &BenchArgs) -> Result<bool> {
     )?;
     let advertiser = ApiClient::new(&server.url, Some(&server.ca), &advertiser_key)?;
     let options = MatchOptions {
-        input: crm_csv,
-        key_file,
-        destination: "bench-dsp".into(),
         email_cols: vec!["email".into()],
-        phone_cols: vec![],
-        maid_cols: vec![],
-        email_sha256_cols: vec![],
-        phone_sha256_cols: vec![],
-        segment_col: "segment".into(),
-        consent_col: None,
-        region: Region::default(),
-        dry_run: false,
         batch_size: 8192,
         show_progress: !args.json,
+        ..MatchOptions::new(crm_csv, key_file, "bench-dsp", "segment")
     };
     // Only the graph's emails take part in an email-only job.
     let graph_points = args.graph / 2;

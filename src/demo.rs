@@ -126,20 +126,12 @@ pub fn run(args: &DemoArgs) -> Result<bool> {
     let outcome = onboard_client::run_match(
         &advertiser,
         &MatchOptions {
-            input: crm_csv.clone(),
-            key_file: key_file.clone(),
-            destination: DESTINATIONS[0].to_string(),
             email_cols: vec!["email".into()],
             phone_cols: vec!["phone".into()],
             maid_cols: vec!["mobile_ad_id".into()],
-            email_sha256_cols: vec![],
-            phone_sha256_cols: vec![],
-            segment_col: "segment".into(),
             consent_col: Some("consent".into()),
-            region: Region::default(),
-            dry_run: false,
             batch_size: 4096,
-            show_progress: false,
+            ..MatchOptions::new(&crm_csv, &key_file, DESTINATIONS[0], "segment")
         },
     )?;
     step(

@@ -185,20 +185,9 @@ fn summarise(lat: &Mutex<(Vec<f64>, usize)>, seconds: f64) -> Workload {
 
 fn options(input: std::path::PathBuf, key_file: std::path::PathBuf) -> MatchOptions {
     MatchOptions {
-        input,
-        key_file,
-        destination: "dsp-load".into(),
         email_cols: vec!["email".into()],
-        phone_cols: vec![],
-        maid_cols: vec![],
-        email_sha256_cols: vec![],
-        phone_sha256_cols: vec![],
-        segment_col: "segment".into(),
-        consent_col: None,
-        region: Region::default(),
-        dry_run: false,
         batch_size: 1024,
-        show_progress: false,
+        ..MatchOptions::new(input, key_file, "dsp-load", "segment")
     }
 }
 
