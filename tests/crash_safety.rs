@@ -57,12 +57,7 @@ fn check_consistent(server: &mut TestServer, destination: &str) -> serde_json::V
     server.serve();
     let stats = server.json(&server.admin_key.clone(), &["admin", "stats", "--json"]);
     for (segment, cookies) in common::pull_all(server, destination) {
-        let listed = server.json(destination, &["audiences", "list", "--json"]);
-        let listed = listed
-            .as_array()
-            .or_else(|| listed["audiences"].as_array())
-            .cloned()
-            .unwrap_or_default();
+        let listed = server.audiences(destination);
         let size = listed
             .iter()
             .find(|a| a["segment"] == segment.as_str())
@@ -127,16 +122,7 @@ fn killed_during_graph_import_keeps_the_previous_version() {
         );
     }
     // The import can simply be run again.
-    server.ok(
-        &admin,
-        &[
-            "admin",
-            "graph",
-            "import",
-            "--identifiers",
-            ids.to_str().unwrap(),
-        ],
-    );
+    server.import(&ids, None);
     assert_eq!(
         server.json(&admin, &["admin", "stats", "--json"])["persons"],
         150_000

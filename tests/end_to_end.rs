@@ -25,18 +25,7 @@ fn operator_advertiser_and_destination_end_to_end() {
     let cookies = server.path("cookies.csv");
     graph.write_identifiers(&ids).unwrap();
     graph.write_cookies(&cookies).unwrap();
-    server.ok(
-        &admin,
-        &[
-            "admin",
-            "graph",
-            "import",
-            "--identifiers",
-            ids.to_str().unwrap(),
-            "--cookies",
-            cookies.to_str().unwrap(),
-        ],
-    );
+    server.import(&ids, Some(&cookies));
     let stats = server.json(&admin, &["admin", "stats", "--json"]);
     assert_eq!(stats["persons"], 3_000, "{stats}");
     let per_kind = &stats["identifiers"];
@@ -76,12 +65,7 @@ fn operator_advertiser_and_destination_end_to_end() {
     );
 
     // Destination: every audience equals the ground truth; withheld ones are below k.
-    let listed = server.json(&alpha, &["audiences", "list", "--json"]);
-    let listed = listed
-        .as_array()
-        .or_else(|| listed["audiences"].as_array())
-        .expect("a list")
-        .clone();
+    let listed = server.audiences(&alpha);
     for segment in truth.matched.keys() {
         let persons = truth.persons_with_cookies(&graph, segment, DESTINATIONS[0]);
         let audience = listed.iter().find(|a| a["segment"] == segment.as_str());
@@ -127,12 +111,7 @@ fn operator_advertiser_and_destination_end_to_end() {
     assert!(!text.contains("@"), "the report carries no email: {text}");
 
     // The other destination sees nothing of this job and cannot pull it.
-    let other = server.json(&beta, &["audiences", "list", "--json"]);
-    let other = other
-        .as_array()
-        .or_else(|| other["audiences"].as_array())
-        .cloned()
-        .unwrap_or_default();
+    let other = server.audiences(&beta);
     assert!(other.is_empty(), "{other:?}");
     if let Some(id) = listed.first().and_then(|a| a["id"].as_str()) {
         let out = server.onboard(&beta, &["audiences", "pull", id]);

@@ -159,6 +159,31 @@ impl TestServer {
             .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {out}"))
     }
 
+    /// `admin graph import` of an identifiers file (and cookies), as the operator.
+    pub fn import(&self, ids: &Path, cookies: Option<&Path>) {
+        let mut args = vec![
+            "admin",
+            "graph",
+            "import",
+            "--identifiers",
+            ids.to_str().unwrap(),
+        ];
+        if let Some(c) = cookies {
+            args.extend(["--cookies", c.to_str().unwrap()]);
+        }
+        self.ok(&self.admin_key.clone(), &args);
+    }
+
+    /// The audiences `api_key` may list (`audiences list --json`).
+    pub fn audiences(&self, api_key: &str) -> Vec<serde_json::Value> {
+        let listed = self.json(api_key, &["audiences", "list", "--json"]);
+        listed
+            .as_array()
+            .or_else(|| listed["audiences"].as_array())
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// A path inside the test's temporary directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -231,18 +256,7 @@ pub fn simple_graph(server: &TestServer, persons: usize, destination: &str) {
     }
     std::fs::write(&ids, id_lines).unwrap();
     std::fs::write(&cookies, cookie_lines).unwrap();
-    server.ok(
-        &server.admin_key.clone(),
-        &[
-            "admin",
-            "graph",
-            "import",
-            "--identifiers",
-            ids.to_str().unwrap(),
-            "--cookies",
-            cookies.to_str().unwrap(),
-        ],
-    );
+    server.import(&ids, Some(&cookies));
 }
 
 /// A CRM file `email,segment` with the graph persons `members` plus
@@ -310,12 +324,7 @@ pub fn pull_all(
     server: &TestServer,
     api_key: &str,
 ) -> Vec<(String, std::collections::BTreeSet<String>)> {
-    let listed = server.json(api_key, &["audiences", "list", "--json"]);
-    let listed = listed
-        .as_array()
-        .or_else(|| listed["audiences"].as_array())
-        .cloned()
-        .unwrap_or_default();
+    let listed = server.audiences(api_key);
     listed
         .iter()
         .map(|a| {
