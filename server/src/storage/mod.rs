@@ -508,3 +508,257 @@ pub fn open(data_dir: &std::path::Path) -> StoreResult<std::sync::Arc<dyn Repo>>
     }
     Ok(std::sync::Arc::new(store))
 }
+
+/// Whole-store copy for backups and restores: every tree's raw entries. The
+/// backup file format is not storage's business (see `crate::backup`).
+pub trait ExportRepo {
+    /// The names of every tree, in a stable order.
+    fn tree_names(&self) -> StoreResult<Vec<Vec<u8>>>;
+    /// Visit every entry of a tree in key order.
+    fn export_tree(
+        &self,
+        tree: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> StoreResult<()>,
+    ) -> StoreResult<()>;
+    /// Insert entries into a tree (creating it), in one batch.
+    fn import_entries(&self, tree: &[u8], entries: &[(Vec<u8>, Vec<u8>)]) -> StoreResult<()>;
+    /// Does any tree other than `meta` (the schema version) hold an entry?
+    fn has_data(&self) -> StoreResult<bool>;
+}
+
+/// A repository behind a store-wide lock: every mutating call holds it
+/// shared, [`Guarded::snapshot`] holds it exclusively, so a snapshot sees the
+/// store between two writes (what a crash at that instant would leave, which
+/// the services already tolerate), consistent across all trees.
+pub struct Guarded<R> {
+    inner: R,
+    lock: std::sync::RwLock<()>,
+}
+
+impl<R> Guarded<R> {
+    /// Wrap a repository.
+    pub fn new(inner: R) -> Self {
+        Self {
+            inner,
+            lock: std::sync::RwLock::new(()),
+        }
+    }
+
+    /// Run `f` with every writer excluded (readers continue).
+    pub fn snapshot<T>(&self, f: impl FnOnce(&R) -> T) -> T {
+        let _guard = self.lock.write().unwrap_or_else(|p| p.into_inner());
+        f(&self.inner)
+    }
+
+    fn writer(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.lock.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Delegate read-only methods straight through.
+macro_rules! guarded_reads {
+    ($(fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {
+        $(fn $name(&self $(, $arg: $ty)*) -> $ret {
+            self.inner.$name($($arg),*)
+        })*
+    };
+}
+
+/// Delegate mutating methods under the shared side of the store lock.
+macro_rules! guarded_writes {
+    ($(fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {
+        $(fn $name(&self $(, $arg: $ty)*) -> $ret {
+            let _guard = self.writer();
+            self.inner.$name($($arg),*)
+        })*
+    };
+}
+
+impl<R: MetaRepo> MetaRepo for Guarded<R> {
+    guarded_reads! {
+        fn schema_version(&self) -> StoreResult<Option<u32>>;
+        fn flush(&self) -> StoreResult<()>;
+    }
+    guarded_writes! {
+        fn set_schema_version(&self, v: u32) -> StoreResult<()>;
+    }
+}
+
+impl<R: PrincipalRepo> PrincipalRepo for Guarded<R> {
+    guarded_reads! {
+        fn principal(&self, name: &str) -> StoreResult<Option<Principal>>;
+        fn principals(&self) -> StoreResult<Vec<Principal>>;
+        fn key_by_hash(&self, hash: &[u8; 32]) -> StoreResult<Option<ApiKeyRecord>>;
+        fn key(&self, key_id: &str) -> StoreResult<Option<ApiKeyRecord>>;
+        fn keys(&self) -> StoreResult<Vec<ApiKeyRecord>>;
+    }
+    guarded_writes! {
+        fn create_principal(&self, p: &Principal) -> StoreResult<Result<(), AlreadyExists>>;
+        fn insert_key(&self, k: &ApiKeyRecord) -> StoreResult<()>;
+    }
+}
+
+impl<R: GraphRepo> GraphRepo for Guarded<R> {
+    guarded_reads! {
+        fn current_graph(&self) -> StoreResult<Option<GraphInfo>>;
+        fn import(&self, id: &str) -> StoreResult<Option<ImportRecord>>;
+        fn imports(&self) -> StoreResult<Vec<ImportRecord>>;
+        fn import_batch_hash(&self, import: &str, part: u8, batch_no: u32) -> StoreResult<Option<[u8; 32]>>;
+        fn person_no(&self, version: u64, person: &str) -> StoreResult<Option<u64>>;
+        fn person_id(&self, version: u64, person_no: u64) -> StoreResult<Option<String>>;
+        fn point_owner(&self, version: u64, kind: MatchKind, point: &PointBytes) -> StoreResult<Option<u64>>;
+        fn points_after(&self, version: u64, kind: MatchKind, after: Option<&PointBytes>, limit: usize) -> StoreResult<Vec<(PointBytes, u64)>>;
+        fn cookies(&self, version: u64, destination: &str, person_no: u64) -> StoreResult<Vec<SealedCookie>>;
+        fn has_destination(&self, version: u64, destination: &str) -> StoreResult<bool>;
+        fn is_suppressed(&self, version: u64, person_no: u64) -> StoreResult<bool>;
+    }
+    guarded_writes! {
+        fn allocate_version(&self) -> StoreResult<u64>;
+        fn put_import(&self, rec: &ImportRecord) -> StoreResult<()>;
+        fn set_import_batch_hash(&self, import: &str, part: u8, batch_no: u32, hash: [u8; 32]) -> StoreResult<()>;
+        fn put_persons(&self, version: u64, persons: &[(String, u64)]) -> StoreResult<()>;
+        fn put_points(&self, version: u64, rows: &[(MatchKind, PointBytes, u64)]) -> StoreResult<Vec<bool>>;
+        fn put_cookie(&self, version: u64, destination: &str, person_no: u64, cookie: &SealedCookie) -> StoreResult<bool>;
+        fn put_cookies(&self, version: u64, rows: &[(&str, u64, SealedCookie)]) -> StoreResult<Vec<bool>>;
+        fn suppress(&self, version: u64, person_no: u64) -> StoreResult<bool>;
+        fn erase_person(&self, version: u64, person_no: u64) -> StoreResult<ErasedCounts>;
+        fn commit_graph(&self, info: &GraphInfo) -> StoreResult<Option<u64>>;
+        fn delete_version(&self, version: u64) -> StoreResult<()>;
+    }
+}
+
+impl<R: CacheRepo> CacheRepo for Guarded<R> {
+    guarded_reads! {
+        fn cache_contains(&self, ns: &[u8; 16], bpy: &PointBytes) -> StoreResult<bool>;
+        fn cache_after(&self, ns: &[u8; 16], after: Option<&PointBytes>, limit: usize) -> StoreResult<Vec<(PointBytes, PointBytes)>>;
+    }
+    guarded_writes! {
+        fn cache_put(&self, ns: &[u8; 16], pairs: &[(PointBytes, PointBytes)]) -> StoreResult<()>;
+    }
+}
+
+impl<R: JobRepo> JobRepo for Guarded<R> {
+    guarded_reads! {
+        fn job(&self, id: &str) -> StoreResult<Option<Job>>;
+        fn jobs(&self) -> StoreResult<Vec<Job>>;
+        fn pass_page(&self, job: &str, kind: MatchKind, page_no: u32) -> StoreResult<Option<Vec<u8>>>;
+        fn page_done(&self, job: &str, kind: MatchKind, page_no: u32) -> StoreResult<bool>;
+        fn upload_hash(&self, job: &str, batch_no: u32) -> StoreResult<Option<[u8; 32]>>;
+        fn upload(&self, job: &str, batch_no: u32) -> StoreResult<Option<Vec<u8>>>;
+        fn upload_numbers(&self, job: &str) -> StoreResult<Vec<u32>>;
+        fn job_data_count(&self, job: &str) -> StoreResult<usize>;
+    }
+    guarded_writes! {
+        fn put_job(&self, job: &Job) -> StoreResult<()>;
+        fn put_pass_page(&self, job: &str, kind: MatchKind, page_no: u32, points: &[u8]) -> StoreResult<()>;
+        fn mark_page_done(&self, job: &str, kind: MatchKind, page_no: u32) -> StoreResult<()>;
+        fn put_upload(&self, job: &str, batch_no: u32, hash: [u8; 32], frame: &[u8]) -> StoreResult<()>;
+        fn delete_job_data(&self, job: &str) -> StoreResult<()>;
+    }
+}
+
+impl<R: AudienceRepo> AudienceRepo for Guarded<R> {
+    guarded_reads! {
+        fn audience(&self, id: &str) -> StoreResult<Option<Audience>>;
+        fn audiences(&self) -> StoreResult<Vec<Audience>>;
+        fn audience_persons(&self, id: &str) -> StoreResult<Vec<String>>;
+        fn members_after(&self, id: &str, after: Option<&[u8]>, limit: usize) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>>;
+    }
+    guarded_writes! {
+        fn create_audience(&self, a: &Audience, members: &[(String, Vec<SealedCookie>)]) -> StoreResult<()>;
+        fn put_audience(&self, a: &Audience) -> StoreResult<()>;
+        fn remove_member(&self, id: &str, person: &str) -> StoreResult<bool>;
+        fn delete_members(&self, id: &str) -> StoreResult<()>;
+        fn delete_audience(&self, id: &str) -> StoreResult<()>;
+    }
+}
+
+impl<R: OptoutRepo> OptoutRepo for Guarded<R> {
+    guarded_reads! {
+        fn is_opted_out(&self, point: &PointBytes) -> StoreResult<bool>;
+        fn optouts(&self) -> StoreResult<Vec<PointBytes>>;
+    }
+    guarded_writes! {
+        fn add_optouts(&self, points: &[PointBytes]) -> StoreResult<usize>;
+    }
+}
+
+impl<R: AuditRepo> AuditRepo for Guarded<R> {
+    guarded_reads! {
+        fn last_audit(&self) -> StoreResult<Option<AuditEntry>>;
+        fn audit_after(&self, after: u64, limit: usize) -> StoreResult<Vec<AuditEntry>>;
+    }
+    guarded_writes! {
+        fn put_audit(&self, e: &AuditEntry) -> StoreResult<()>;
+    }
+}
+
+impl<R: BudgetRepo> BudgetRepo for Guarded<R> {
+    guarded_reads! {
+        fn spent_since(&self, advertiser: &str, since_unix: u64) -> StoreResult<f64>;
+    }
+    guarded_writes! {
+        fn record_spend(&self, advertiser: &str, unix: u64, job: &str, epsilon: f64) -> StoreResult<()>;
+    }
+}
+
+/// The store a server runs on: the sled backend behind the store-wide lock.
+pub type Store = Guarded<sled::SledStore>;
+
+/// The database directory of a data dir (`<dir>/db/v<SCHEMA_VERSION>`).
+pub fn db_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("db").join(format!("v{SCHEMA_VERSION}"))
+}
+
+/// Open (creating) the store at a database directory, checking the schema;
+/// `Ok(None)` when another process (a running server) holds it.
+pub fn try_open_at(db: &std::path::Path) -> StoreResult<Option<std::sync::Arc<Store>>> {
+    let Some(store) = sled::SledStore::open_unless_locked(db)? else {
+        return Ok(None);
+    };
+    match store.schema_version()? {
+        None => store.set_schema_version(SCHEMA_VERSION)?,
+        Some(v) if v == SCHEMA_VERSION => {}
+        Some(found) => {
+            return Err(StoreError::Schema {
+                found,
+                expected: SCHEMA_VERSION,
+            })
+        }
+    }
+    Ok(Some(std::sync::Arc::new(Guarded::new(store))))
+}
+
+/// Open a data dir's store for serving (lockable for snapshots).
+pub fn open_store(data_dir: &std::path::Path) -> StoreResult<std::sync::Arc<Store>> {
+    let db = db_dir(data_dir);
+    try_open_at(&db)?.ok_or_else(|| {
+        StoreError::Backend(format!(
+            "the database {} is in use by another process (is a server running?)",
+            db.display()
+        ))
+    })
+}
+
+impl<R: ExportRepo> ExportRepo for Guarded<R> {
+    fn tree_names(&self) -> StoreResult<Vec<Vec<u8>>> {
+        self.inner.tree_names()
+    }
+
+    fn export_tree(
+        &self,
+        tree: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> StoreResult<()>,
+    ) -> StoreResult<()> {
+        self.inner.export_tree(tree, visit)
+    }
+
+    fn import_entries(&self, tree: &[u8], entries: &[(Vec<u8>, Vec<u8>)]) -> StoreResult<()> {
+        let _guard = self.writer();
+        self.inner.import_entries(tree, entries)
+    }
+
+    fn has_data(&self) -> StoreResult<bool> {
+        self.inner.has_data()
+    }
+}

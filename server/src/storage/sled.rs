@@ -848,3 +848,63 @@ impl BudgetRepo for SledStore {
         Ok(total)
     }
 }
+
+impl SledStore {
+    /// Open like [`SledStore::open`], but `Ok(None)` when another handle or
+    /// process holds the database's lock (a running server).
+    pub fn open_unless_locked(path: &Path) -> StoreResult<Option<Self>> {
+        match Self::open(path) {
+            Ok(s) => Ok(Some(s)),
+            Err(StoreError::Backend(m)) if m.contains("could not acquire lock") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl ExportRepo for SledStore {
+    fn tree_names(&self) -> StoreResult<Vec<Vec<u8>>> {
+        let mut names: Vec<Vec<u8>> = self
+            .db
+            .tree_names()
+            .into_iter()
+            .map(|n| n.to_vec())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    fn export_tree(
+        &self,
+        tree: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> StoreResult<()>,
+    ) -> StoreResult<()> {
+        let tree = self.db.open_tree(tree).map_err(be)?;
+        for kv in tree.iter() {
+            let (k, v) = kv.map_err(be)?;
+            visit(&k, &v)?;
+        }
+        Ok(())
+    }
+
+    fn import_entries(&self, tree: &[u8], entries: &[(Vec<u8>, Vec<u8>)]) -> StoreResult<()> {
+        let tree = self.db.open_tree(tree).map_err(be)?;
+        let mut batch = Batch::default();
+        for (k, v) in entries {
+            batch.insert(k.as_slice(), v.as_slice());
+        }
+        tree.apply_batch(batch).map_err(be)
+    }
+
+    fn has_data(&self) -> StoreResult<bool> {
+        for name in self.db.tree_names() {
+            if name.as_ref() == b"meta" {
+                continue;
+            }
+            let tree = self.db.open_tree(&name).map_err(be)?;
+            if !tree.is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
