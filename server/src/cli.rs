@@ -1,4 +1,5 @@
-//! The `onboard-server` command line: `init`, `serve`, `audit verify`.
+//! The `onboard-server` command line: `init`, `serve`, `backup`, `restore`,
+//! `audit verify`.
 
 use crate::config::Config;
 use crate::init::{init, InitOptions};
@@ -46,6 +47,36 @@ enum Command {
         /// Minimum rows per job.
         #[arg(long)]
         min_job_rows: Option<usize>,
+    },
+    /// Write a point-in-time copy of the store to FILE (mode 0600), also
+    /// while `serve` runs (through the data dir's owner-only control socket).
+    ///
+    /// The key files server.key and pepper.key are NOT in the backup: back
+    /// them up separately; a restored store needs the same ones.
+    Backup {
+        /// Data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Backup file to write (replaced atomically).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Replace the store of a stopped server's data dir with a backup.
+    ///
+    /// The checksum and versions are verified before anything is written; the
+    /// new store is built beside the old one and swapped in by rename. Key
+    /// files (server.key, pepper.key) are not in backups: copy the source's
+    /// into DIR yourself.
+    Restore {
+        /// Data directory whose store to replace (its server must be stopped).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Backup file made by `backup`.
+        #[arg(long)]
+        from: PathBuf,
+        /// Replace a store that already holds data.
+        #[arg(long)]
+        force: bool,
     },
     /// Audit log tools.
     Audit {
@@ -167,6 +198,42 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             rt.block_on(shutdown_signal())?;
             eprintln!("stopping…");
             handle.stop();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backup { data_dir, out } => {
+            let bytes = crate::backup::backup(&data_dir, &out)?;
+            println!("backup written to {} ({bytes} bytes)", out.display());
+            println!(
+                "note: server.key and pepper.key are not in the backup; back them up separately"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore {
+            data_dir,
+            from,
+            force,
+        } => {
+            let r = crate::backup::restore(&data_dir, &from, force)?;
+            println!(
+                "restored {} entries into {}{}",
+                r.entries,
+                data_dir.display(),
+                if r.replaced {
+                    " (previous store replaced)"
+                } else {
+                    ""
+                }
+            );
+            for f in [
+                crate::keyfiles::SERVER_KEY_FILE,
+                crate::keyfiles::PEPPER_FILE,
+            ] {
+                if !data_dir.join(f).exists() {
+                    println!(
+                        "note: {f} is missing: copy the source data dir's key files before serving"
+                    );
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit {

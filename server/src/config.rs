@@ -73,6 +73,15 @@ pub struct Config {
     pub workers: usize,
     /// Default and maximum members per page of an audience pull.
     pub members_page_limit: usize,
+    /// Time a client has to send a request's head after connecting (or after
+    /// the previous response); slower clients get 408 and are disconnected.
+    pub client_request_timeout: Duration,
+    /// Time a client has to acknowledge the connection's shutdown.
+    pub client_disconnect_timeout: Duration,
+    /// Idle time before a kept-alive connection is closed; zero disables keep-alive.
+    pub keep_alive: Duration,
+    /// Time a client has to finish the TLS handshake.
+    pub tls_handshake_timeout: Duration,
     /// TLS certificate chain (PEM); default `<data_dir>/tls/cert.pem`.
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM); default `<data_dir>/tls/key.pem`.
@@ -98,6 +107,10 @@ impl Default for Config {
             cleanup_interval: Duration::from_secs(300),
             workers: 2,
             members_page_limit: 10_000,
+            client_request_timeout: Duration::from_secs(10),
+            client_disconnect_timeout: Duration::from_secs(5),
+            keep_alive: Duration::from_secs(30),
+            tls_handshake_timeout: Duration::from_secs(5),
             tls_cert: None,
             tls_key: None,
         }
@@ -122,6 +135,10 @@ pub const KEYS: &[&str] = &[
     "cleanup_interval",
     "workers",
     "members_page_limit",
+    "client_request_timeout",
+    "client_disconnect_timeout",
+    "keep_alive",
+    "tls_handshake_timeout",
     "tls_cert",
     "tls_key",
 ];
@@ -204,6 +221,10 @@ impl Config {
             "cleanup_interval" => self.cleanup_interval = duration(key, value)?,
             "workers" => self.workers = parse(key, value)?,
             "members_page_limit" => self.members_page_limit = parse(key, value)?,
+            "client_request_timeout" => self.client_request_timeout = duration(key, value)?,
+            "client_disconnect_timeout" => self.client_disconnect_timeout = duration(key, value)?,
+            "keep_alive" => self.keep_alive = duration(key, value)?,
+            "tls_handshake_timeout" => self.tls_handshake_timeout = duration(key, value)?,
             "tls_cert" => self.tls_cert = Some(PathBuf::from(value)),
             "tls_key" => self.tls_key = Some(PathBuf::from(value)),
             _ => {
@@ -253,9 +274,22 @@ impl Config {
             ("budget_window", self.budget_window),
             ("abandoned_job_ttl", self.abandoned_job_ttl),
             ("cleanup_interval", self.cleanup_interval),
+            ("client_request_timeout", self.client_request_timeout),
+            ("client_disconnect_timeout", self.client_disconnect_timeout),
+            ("tls_handshake_timeout", self.tls_handshake_timeout),
         ] {
             if d.is_zero() {
                 return Err(bad(key, "must be longer than zero"));
+            }
+        }
+        for (key, d) in [
+            ("client_request_timeout", self.client_request_timeout),
+            ("client_disconnect_timeout", self.client_disconnect_timeout),
+            ("keep_alive", self.keep_alive),
+            ("tls_handshake_timeout", self.tls_handshake_timeout),
+        ] {
+            if d > Duration::from_secs(3600) {
+                return Err(bad(key, "must be at most 1 hour"));
             }
         }
         Ok(())

@@ -11,6 +11,7 @@
 //!   file that knows sled, so another backend can be added beside it.
 #![forbid(unsafe_code)]
 
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod error;

@@ -54,6 +54,14 @@ impl Drop for ServerHandle {
     }
 }
 
+/// Connection timeouts from the configuration.
+struct Timeouts {
+    request: std::time::Duration,
+    disconnect: std::time::Duration,
+    keep_alive: actix_web::http::KeepAlive,
+    tls_handshake: std::time::Duration,
+}
+
 /// Start serving on `listener`; returns once it accepts connections.
 pub fn start(config: Config, listener: std::net::TcpListener) -> anyhow::Result<ServerHandle> {
     // Programmatic configurations get the same checks as loaded ones (k ≥ 50, …).
@@ -65,7 +73,17 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> anyhow::Result<
         crate::keyfiles::check_private(&tls_key)?;
     }
     let tls = crate::tls::server_config(&config.tls_cert_path(), &tls_key)?;
-    let repo = crate::storage::open(&config.data_dir).context("cannot open the database")?;
+    let store = crate::storage::open_store(&config.data_dir).context("cannot open the database")?;
+    let repo: Arc<dyn Repo> = store.clone();
+    // Owner-only control socket for online backups; without it the server
+    // still serves (backups then need it stopped).
+    let control = match crate::backup::ControlSocket::bind(&config.data_dir) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(error = %e, "no control socket: online backups are unavailable");
+            None
+        }
+    };
     let services = Arc::new(
         Services::new(repo.clone(), config.clone(), key, pepper)
             .context("cannot load the store")?,
@@ -73,6 +91,16 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> anyhow::Result<
     let addr = listener.local_addr()?;
     let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<actix_web::dev::ServerHandle>>();
     let workers = config.workers;
+    let timeouts = Timeouts {
+        request: config.client_request_timeout,
+        disconnect: config.client_disconnect_timeout,
+        keep_alive: if config.keep_alive.is_zero() {
+            actix_web::http::KeepAlive::Disabled
+        } else {
+            actix_web::http::KeepAlive::Timeout(config.keep_alive)
+        },
+        tls_handshake: config.tls_handshake_timeout,
+    };
     let cleanup_every = config.cleanup_interval;
     let thread = std::thread::Builder::new()
         .name("onboard-http".into())
@@ -104,6 +132,10 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> anyhow::Result<
                         .configure(http::configure)
                 })
                 .workers(workers)
+                .client_request_timeout(timeouts.request)
+                .client_disconnect_timeout(timeouts.disconnect)
+                .keep_alive(timeouts.keep_alive)
+                .tls_handshake_timeout(timeouts.tls_handshake)
                 .disable_signals()
                 .listen_rustls_0_23(listener, tls);
                 let server = match server {
@@ -114,6 +146,11 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> anyhow::Result<
                     }
                 };
                 let _ = tx.send(Ok(server.handle()));
+                if let Some(control) = control {
+                    if let Err(e) = control.serve(store) {
+                        tracing::warn!(error = %e, "control socket not served");
+                    }
+                }
                 let cleaner = services.clone();
                 actix_web::rt::spawn(async move {
                     let mut tick = actix_web::rt::time::interval(cleanup_every);
