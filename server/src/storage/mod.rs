@@ -509,17 +509,16 @@ pub fn open(data_dir: &std::path::Path) -> StoreResult<std::sync::Arc<dyn Repo>>
     Ok(std::sync::Arc::new(store))
 }
 
+/// Called with each `(key, value)` of a tree by [`ExportRepo::export_tree`].
+pub type EntryVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> StoreResult<()> + 'a;
+
 /// Whole-store copy for backups and restores: every tree's raw entries. The
 /// backup file format is not storage's business (see `crate::backup`).
 pub trait ExportRepo {
     /// The names of every tree, in a stable order.
     fn tree_names(&self) -> StoreResult<Vec<Vec<u8>>>;
     /// Visit every entry of a tree in key order.
-    fn export_tree(
-        &self,
-        tree: &[u8],
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> StoreResult<()>,
-    ) -> StoreResult<()>;
+    fn export_tree(&self, tree: &[u8], visit: &mut EntryVisitor<'_>) -> StoreResult<()>;
     /// Insert entries into a tree (creating it), in one batch.
     fn import_entries(&self, tree: &[u8], entries: &[(Vec<u8>, Vec<u8>)]) -> StoreResult<()>;
     /// Does any tree other than `meta` (the schema version) hold an entry?
@@ -745,11 +744,7 @@ impl<R: ExportRepo> ExportRepo for Guarded<R> {
         self.inner.tree_names()
     }
 
-    fn export_tree(
-        &self,
-        tree: &[u8],
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> StoreResult<()>,
-    ) -> StoreResult<()> {
+    fn export_tree(&self, tree: &[u8], visit: &mut EntryVisitor<'_>) -> StoreResult<()> {
         self.inner.export_tree(tree, visit)
     }
 

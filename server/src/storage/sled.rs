@@ -873,11 +873,7 @@ impl ExportRepo for SledStore {
         Ok(names)
     }
 
-    fn export_tree(
-        &self,
-        tree: &[u8],
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> StoreResult<()>,
-    ) -> StoreResult<()> {
+    fn export_tree(&self, tree: &[u8], visit: &mut EntryVisitor<'_>) -> StoreResult<()> {
         let tree = self.db.open_tree(tree).map_err(be)?;
         for kv in tree.iter() {
             let (k, v) = kv.map_err(be)?;
