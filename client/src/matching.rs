@@ -24,7 +24,7 @@ use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::time::Instant;
 use zeroize::Zeroizing;
 
@@ -933,23 +933,78 @@ fn upload(
     let mut reader = CsvReader::open(&opts.input)?;
     let plan = Plan::resolve(&reader, opts)?;
     progress.begin("upload", expected_rows);
-    let (tx, rx) = mpsc::sync_channel::<Encoded>(1);
+    let (tx, rx) = mpsc::sync_channel::<Encoded>(UPLOADERS);
     let batch_path = format!("/v1/jobs/{}/batches", segment(job_id));
+    let rx = Mutex::new(rx);
+    let failed = AtomicBool::new(false);
+    let done = Mutex::new((0u32, BTreeSet::<u32>::new()));
+    let shuffle_key = shuffle_key(key, job_id);
     let result: Result<(u32, u64, u64), ClientError> = std::thread::scope(|s| {
-        let uploader = s.spawn(move || -> Result<u64, ClientError> {
-            let mut records = 0;
-            for batch in rx {
-                put_batch(api, &batch_path, &batch)?;
-                acked.store(batch.batch_no + 1, Ordering::SeqCst);
-                records += batch.records;
-                progress.advance(batch.records);
+        let uploaders: Vec<_> = (0..UPLOADERS)
+            .map(|_| {
+                s.spawn(|| -> Result<u64, ClientError> {
+                    let mut records = 0;
+                    let mut error = None;
+                    // Receive until the producer closes the channel, even
+                    // after a failure: the producer may be blocked on a full
+                    // channel and only stops at its next batch.
+                    loop {
+                        let next = rx.lock().expect("upload queue lock").recv();
+                        let Ok(batch) = next else { break };
+                        if failed.load(Ordering::SeqCst) {
+                            continue;
+                        }
+                        if let Err(e) = put_batch(api, &batch_path, &batch) {
+                            failed.store(true, Ordering::SeqCst);
+                            error = Some(e);
+                            continue;
+                        }
+                        // Acknowledged = the contiguous prefix of batches the
+                        // server confirmed (several are in flight at once).
+                        let mut guard = done.lock().expect("ack lock");
+                        let (prefix, pending) = &mut *guard;
+                        pending.insert(batch.batch_no);
+                        while pending.remove(&(skip + *prefix)) {
+                            *prefix += 1;
+                        }
+                        acked.store(skip + *prefix, Ordering::SeqCst);
+                        drop(guard);
+                        records += batch.records;
+                        progress.advance(batch.records);
+                    }
+                    match error {
+                        Some(e) => Err(e),
+                        None => Ok(records),
+                    }
+                })
+            })
+            .collect();
+        let produced = produce_batches(
+            &mut reader,
+            &plan,
+            opts,
+            key,
+            selected,
+            skip,
+            &shuffle_key,
+            &failed,
+            progress,
+            tx,
+        );
+        let mut sent = 0;
+        let mut upload_error = None;
+        for u in uploaders {
+            match u.join().expect("uploader panicked") {
+                Ok(n) => sent += n,
+                Err(e) => {
+                    upload_error.get_or_insert(e);
+                }
             }
-            Ok(records)
-        });
-        let produced = produce_batches(&mut reader, &plan, opts, key, selected, skip, progress, tx);
-        let uploaded = uploader.join().expect("uploader panicked");
+        }
         // An upload error explains a producer's closed channel; report it first.
-        let sent = uploaded?;
+        if let Some(e) = upload_error {
+            return Err(e);
+        }
         let p = produced?;
         Ok((p.batches, sent + p.skipped_records, p.ids))
     });
@@ -966,6 +1021,33 @@ fn upload(
     Ok((batches, records, ids))
 }
 
+/// Record batches in flight at once.
+const UPLOADERS: usize = 2;
+
+/// Per-job secret for the in-batch shuffle: derived from the advertiser key,
+/// so the server cannot undo the shuffle, and stable across runs of the same
+/// job, so re-sent batches are identical.
+fn shuffle_key(key: &SecretKey, job_id: &str) -> [u8; 32] {
+    let text = key.to_file_string();
+    Sha256::new()
+        .chain_update(b"onboard-client/shuffle-v1\0")
+        .chain_update(text.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(job_id.as_bytes())
+        .finalize()
+        .into()
+}
+
+fn batch_rng(shuffle_key: &[u8; 32], batch_no: u32) -> rand::rngs::StdRng {
+    use rand::SeedableRng;
+    let seed: [u8; 32] = Sha256::new()
+        .chain_update(shuffle_key)
+        .chain_update(batch_no.to_be_bytes())
+        .finalize()
+        .into();
+    rand::rngs::StdRng::from_seed(seed)
+}
+
 struct Produced {
     batches: u32,
     ids: u64,
@@ -980,6 +1062,8 @@ fn produce_batches(
     key: &SecretKey,
     selected: &RowSet,
     skip: u32,
+    shuffle_key: &[u8; 32],
+    failed: &AtomicBool,
     progress: &dyn ProgressSink,
     tx: mpsc::SyncSender<Encoded>,
 ) -> Result<Produced, ClientError> {
@@ -988,8 +1072,10 @@ fn produce_batches(
     let mut record = ByteRecord::new();
     let mut ids_total = 0;
     let mut skipped_records = 0;
-    let mut rng = rand::thread_rng();
     loop {
+        if failed.load(Ordering::SeqCst) {
+            break;
+        }
         if batch_no < skip {
             // Acknowledged by an earlier run: count the rows, send nothing.
             let mut n = 0;
@@ -1034,7 +1120,9 @@ fn produce_batches(
                 message: format!("line {}: the file changed since the quality pass", bad.line),
             });
         }
-        rows.shuffle(&mut rng);
+        // Shuffled with a seed only the advertiser can compute, so that a
+        // batch re-sent after an interruption is byte-identical.
+        rows.shuffle(&mut batch_rng(shuffle_key, batch_no));
         let items: Vec<(MatchKind, Digest)> =
             rows.iter().flat_map(|r| r.ids.iter().copied()).collect();
         let points = blind::hash_and_blind(key, &items);
