@@ -537,3 +537,97 @@ where
 fn one_line(s: &str) -> String {
     s.replace(['\n', '\r'], " ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{MetaRepo as _, PrincipalRepo as _, Role};
+
+    fn principal(name: &str) -> crate::storage::Principal {
+        crate::storage::Principal {
+            name: name.into(),
+            role: Role::Advertiser,
+            created: "2026-01-01T00:00:00Z".into(),
+            webhook_url: None,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let bak = dir.path().join("b.bak");
+        {
+            let store = crate::storage::open_store(&src).unwrap();
+            store.create_principal(&principal("acme")).unwrap().unwrap();
+            write_backup(store.as_ref(), &bak).unwrap();
+            // The store is held: a second open sees it locked.
+            assert!(crate::storage::try_open_at(&crate::storage::db_dir(&src))
+                .unwrap()
+                .is_none());
+            assert!(matches!(
+                restore(&src, &bak, true),
+                Err(BackupError::InUse(_))
+            ));
+        }
+        verify(&bak).unwrap();
+        let dst = dir.path().join("dst");
+        let r = restore(&dst, &bak, false).unwrap();
+        assert!(!r.replaced);
+        {
+            let store = crate::storage::open_store(&dst).unwrap();
+            assert_eq!(store.principals().unwrap().len(), 1);
+            assert_eq!(store.schema_version().unwrap(), Some(SCHEMA_VERSION));
+        }
+        assert!(matches!(
+            restore(&dst, &bak, false),
+            Err(BackupError::NotEmpty(_))
+        ));
+
+        // Another schema version, correctly checksummed, is refused by version.
+        let mut bytes = std::fs::read(&bak).unwrap();
+        let body = bytes.len() - 32;
+        bytes[15] = bytes[15].wrapping_add(1);
+        let digest = Sha256::digest(&bytes[..body]);
+        bytes[body..].copy_from_slice(&digest);
+        let other = dir.path().join("other.bak");
+        std::fs::write(&other, &bytes).unwrap();
+        assert!(matches!(verify(&other), Err(BackupError::Version { .. })));
+        // Cut short.
+        let bytes = std::fs::read(&bak).unwrap();
+        std::fs::write(&other, &bytes[..bytes.len() - 40]).unwrap();
+        assert!(verify(&other).is_err());
+
+        // A restore interrupted between its renames is named, not guessed.
+        let db = crate::storage::db_dir(&dst);
+        std::fs::rename(&db, db.with_file_name("v1.replaced")).unwrap();
+        assert!(matches!(
+            restore(&dst, &bak, true),
+            Err(BackupError::Interrupted(..))
+        ));
+    }
+
+    #[test]
+    fn a_snapshot_holds_writers_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::storage::open_store(dir.path()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        store.snapshot(|_| {
+            let writer = store.clone();
+            std::thread::spawn(move || {
+                writer
+                    .create_principal(&principal("late"))
+                    .unwrap()
+                    .unwrap();
+                let _ = tx.send(());
+            });
+            // The writer cannot land while the snapshot runs.
+            assert!(rx
+                .recv_timeout(std::time::Duration::from_millis(200))
+                .is_err());
+            assert!(store.principal("late").unwrap().is_none());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        assert!(store.principal("late").unwrap().is_some());
+    }
+}
