@@ -354,16 +354,22 @@ pub trait GraphRepo {
 pub trait CacheRepo {
     /// Is `b·P(y)` cached in this namespace?
     fn cache_contains(&self, ns: &[u8; 16], bpy: &PointBytes) -> StoreResult<bool>;
-    /// Cache pairs `(b·P(y), a·b·P(y))`.
+    /// Cache pairs `(b·P(y), a·b·P(y))` (one graph-pass page) as one run.
     fn cache_put(&self, ns: &[u8; 16], pairs: &[(PointBytes, PointBytes)]) -> StoreResult<()>;
-    /// Up to `limit` cached pairs `(b·P(y), a·b·P(y))` in `b·P(y)` order, after `after`.
-    fn cache_after(
+    /// Up to `limit` cached runs of the namespace, in order of their run key,
+    /// after the run keyed `after` (from the start if `None`). A run is a
+    /// `(key, pairs)`: pairs `(b·P(y), a·b·P(y))` sorted by `b·P(y)`, the key
+    /// starting with the run's first `b·P(y)`. Runs may overlap (merge them).
+    fn cache_runs_after(
         &self,
         ns: &[u8; 16],
-        after: Option<&PointBytes>,
+        after: Option<&[u8]>,
         limit: usize,
-    ) -> StoreResult<Vec<(PointBytes, PointBytes)>>;
+    ) -> StoreResult<Vec<CacheRun>>;
 }
+
+/// One cached run: its key and its `(b·P(y), a·b·P(y))` pairs, sorted.
+pub type CacheRun = (Vec<u8>, Vec<(PointBytes, PointBytes)>);
 
 /// Jobs and their transient data (graph pass, uploads).
 pub trait JobRepo {
@@ -629,7 +635,7 @@ impl<R: GraphRepo> GraphRepo for Guarded<R> {
 impl<R: CacheRepo> CacheRepo for Guarded<R> {
     guarded_reads! {
         fn cache_contains(&self, ns: &[u8; 16], bpy: &PointBytes) -> StoreResult<bool>;
-        fn cache_after(&self, ns: &[u8; 16], after: Option<&PointBytes>, limit: usize) -> StoreResult<Vec<(PointBytes, PointBytes)>>;
+        fn cache_runs_after(&self, ns: &[u8; 16], after: Option<&[u8]>, limit: usize) -> StoreResult<Vec<CacheRun>>;
     }
     guarded_writes! {
         fn cache_put(&self, ns: &[u8; 16], pairs: &[(PointBytes, PointBytes)]) -> StoreResult<()>;

@@ -6,6 +6,7 @@
 use super::*;
 use ::sled::transaction::{ConflictableTransactionError, TransactionError};
 use ::sled::{Batch, Db, Transactional, Tree};
+use sha2::{Digest as _, Sha256};
 use std::path::Path;
 
 /// A sled database with one tree per index.
@@ -22,7 +23,7 @@ pub struct SledStore {
     g_point: Tree,
     g_cookie: Tree,
     g_supp: Tree,
-    cache_fwd: Tree,
+    cache_runs: Tree,
     jobs: Tree,
     job_pages: Tree,
     job_done: Tree,
@@ -97,6 +98,8 @@ impl SledStore {
             .mode(::sled::Mode::HighThroughput)
             .open()
             .map_err(be)?;
+        // The per-point cache of earlier builds; the cache is rebuilt on demand.
+        db.drop_tree("cache_fwd").map_err(be)?;
         let t = |name: &str| db.open_tree(name).map_err(be);
         Ok(Self {
             meta: t("meta")?,
@@ -110,7 +113,7 @@ impl SledStore {
             g_point: t("graph_point")?,
             g_cookie: t("graph_cookie")?,
             g_supp: t("graph_suppressed")?,
-            cache_fwd: t("cache_fwd")?,
+            cache_runs: t("cache_runs")?,
             jobs: t("jobs")?,
             job_pages: t("job_pages")?,
             job_done: t("job_pages_done")?,
@@ -517,40 +520,84 @@ impl GraphRepo for SledStore {
 
 impl CacheRepo for SledStore {
     fn cache_contains(&self, ns: &[u8; 16], bpy: &PointBytes) -> StoreResult<bool> {
-        self.cache_fwd.contains_key(key(&[ns, &bpy.0])).map_err(be)
+        // Runs starting at or before `bpy` may hold it (rare call: a scan).
+        let end = key(&[ns, &bpy.0, &[0xff; 8]]);
+        for item in self.cache_runs.range(ns.to_vec()..=end) {
+            let (_, v) = item.map_err(be)?;
+            let n = v.len() / 64;
+            let found = binary_search_run(&v, n, &bpy.0);
+            if found {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
     fn cache_put(&self, ns: &[u8; 16], pairs: &[(PointBytes, PointBytes)]) -> StoreResult<()> {
-        let mut fwd = Batch::default();
-        for (bpy, abpy) in pairs {
-            fwd.insert(key(&[ns, &bpy.0]), &abpy.0[..]);
+        if pairs.is_empty() {
+            return Ok(());
         }
-        self.cache_fwd.apply_batch(fwd).map_err(be)?;
+        let mut sorted = pairs.to_vec();
+        sorted.sort_unstable_by_key(|p| p.0 .0);
+        sorted.dedup_by(|a, b| a.0 == b.0);
+        let mut value = Vec::with_capacity(sorted.len() * 64);
+        for (bpy, abpy) in &sorted {
+            value.extend_from_slice(&bpy.0);
+            value.extend_from_slice(&abpy.0);
+        }
+        // One value per run, keyed by its first point and its content, so a
+        // re-sent page overwrites itself and a different run is kept beside.
+        let tag = Sha256::digest(&value);
+        let k = key(&[ns, &sorted[0].0 .0, &tag[..8]]);
+        self.cache_runs.insert(k, value).map_err(be)?;
         Ok(())
     }
-    fn cache_after(
+    fn cache_runs_after(
         &self,
         ns: &[u8; 16],
-        after: Option<&PointBytes>,
+        after: Option<&[u8]>,
         limit: usize,
-    ) -> StoreResult<Vec<(PointBytes, PointBytes)>> {
+    ) -> StoreResult<Vec<CacheRun>> {
         let mut start = ns.to_vec();
-        if let Some(p) = after {
-            start.extend_from_slice(&p.0);
+        if let Some(a) = after {
+            start.extend_from_slice(a);
             start.push(0);
         }
-        let mut out = Vec::with_capacity(limit.min(65_536));
-        for item in self.cache_fwd.range(start..) {
+        let mut out = Vec::new();
+        for item in self.cache_runs.range(start..) {
             let (k, v) = item.map_err(be)?;
             if !k.starts_with(ns) || out.len() >= limit {
                 break;
             }
-            out.push((
-                point_of("cache_fwd", &k[ns.len()..])?,
-                point_of("cache_fwd", &v)?,
-            ));
+            if k.len() != ns.len() + 40 || v.len() % 64 != 0 {
+                return Err(StoreError::Corrupt("cache_runs"));
+            }
+            let pairs = v
+                .chunks_exact(64)
+                .map(|c| {
+                    Ok((
+                        point_of("cache_runs", &c[..32])?,
+                        point_of("cache_runs", &c[32..])?,
+                    ))
+                })
+                .collect::<StoreResult<Vec<_>>>()?;
+            out.push((k[ns.len()..].to_vec(), pairs));
         }
         Ok(out)
     }
+}
+
+/// Is `p` among the `n` sorted 64-byte `(b·P(y), a·b·P(y))` pairs of `run`?
+fn binary_search_run(run: &[u8], n: usize, p: &[u8; 32]) -> bool {
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        match run[mid * 64..mid * 64 + 32].cmp(&p[..]) {
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+            std::cmp::Ordering::Equal => return true,
+        }
+    }
+    false
 }
 
 fn page_key(job: &str, kind: MatchKind, page_no: u32) -> Vec<u8> {
