@@ -236,7 +236,8 @@ pub enum DestinationCommand {
     Create {
         /// Destination name (as used in `match --destination` and cookies.csv).
         name: String,
-        /// URL notified when an audience is delivered.
+        /// A push URL, recorded for the destination; push delivery is not implemented
+        /// yet, so destinations pull with `audiences pull`.
         #[arg(long, value_name = "URL")]
         webhook_url: Option<String>,
     },
@@ -271,7 +272,8 @@ pub enum PrincipalsCommand {
         /// admin, advertiser or destination.
         #[arg(long, value_parser = parse_role)]
         role: crate::admin::Role,
-        /// URL notified when an audience is delivered (destinations).
+        /// A push URL for a destination, recorded only: push delivery is not
+        /// implemented yet, so destinations pull with `audiences pull`.
         #[arg(long, value_name = "URL")]
         webhook_url: Option<String>,
     },
