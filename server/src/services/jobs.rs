@@ -662,12 +662,26 @@ impl Services {
         }
         // 2. One ordered scan of this key's cache: a·b·P(y) equal to an
         //    upload gives b·P(y), hence the person (if live).
+        let mut hits: Vec<(PointBytes, MatchKind, [u8; 32])> = Vec::new();
         let mut cache = CacheMerge::new(self, ns);
         while let Some((bpy, abpy)) = cache.next_pair()? {
-            if let Some(slot) = wanted.get_mut(&abpy.0) {
-                slot.1 = self.live_owner(version, slot.0, &bpy)?;
+            if let Some(slot) = wanted.get(&abpy.0) {
+                hits.push((bpy, slot.0, abpy.0));
             }
         }
+        // Owner look-ups (opt-out, point, suppression) on all cores.
+        let owners: Vec<Option<u64>> = {
+            use rayon::prelude::*;
+            hits.par_iter()
+                .map(|(bpy, kind, _)| self.live_owner(version, *kind, bpy))
+                .collect::<Result<_, _>>()?
+        };
+        for ((_, _, abpy), owner) in hits.iter().zip(owners) {
+            if let Some(slot) = wanted.get_mut(abpy) {
+                slot.1 = owner;
+            }
+        }
+        drop(hits);
         // 3. Records to persons: a record counts once, via its first matching identifier.
         let mut rows_per_segment: BTreeMap<String, u64> = BTreeMap::new();
         let mut persons_per_segment: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
@@ -707,15 +721,19 @@ impl Services {
             let shown = shown_count(persons.len() as u64, k, self.config.epsilon);
             let mut members: Vec<(String, Vec<SealedCookie>)> = Vec::new();
             if persons.len() >= k_persons {
-                for p in &persons {
-                    let cookies = self.repo.cookies(version, &job.destination, *p)?;
-                    if cookies.is_empty() {
-                        continue;
-                    }
-                    if let Some(pid) = self.repo.person_id(version, *p)? {
-                        members.push((pid, cookies));
-                    }
-                }
+                use rayon::prelude::*;
+                let persons: Vec<u64> = persons.iter().copied().collect();
+                let found: Vec<Option<(String, Vec<SealedCookie>)>> = persons
+                    .par_iter()
+                    .map(|p| -> Result<_, ApiError> {
+                        let cookies = self.repo.cookies(version, &job.destination, *p)?;
+                        if cookies.is_empty() {
+                            return Ok(None);
+                        }
+                        Ok(self.repo.person_id(version, *p)?.map(|pid| (pid, cookies)))
+                    })
+                    .collect::<Result<_, _>>()?;
+                members.extend(found.into_iter().flatten());
             }
             let reason = if persons.len() < k_persons {
                 Some("below-minimum-size")
