@@ -216,9 +216,21 @@ fn print_table(r: &Report) {
     );
 }
 
-/// Single-core unit times of hash-to-point and variable-base multiplication.
+/// Single-core unit times of hash-to-point and variable-base multiplication:
+/// the best of several rounds, so that a busy machine (other builds, the
+/// server's child process starting) does not inflate the bound.
 fn measure_primitives() -> (f64, f64) {
-    const N: u32 = 3000;
+    const ROUNDS: usize = 5;
+    let mut best = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..ROUNDS {
+        let (h, m) = measure_primitives_once();
+        best = (best.0.min(h), best.1.min(m));
+    }
+    best
+}
+
+fn measure_primitives_once() -> (f64, f64) {
+    const N: u32 = 1000;
     let digests: Vec<Digest> = (0..N).map(|i| Digest::of(&i.to_string())).collect();
     let t = Instant::now();
     let points: Vec<_> = digests
