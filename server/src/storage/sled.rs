@@ -88,13 +88,18 @@ fn member_prefix(id: &str, person: Option<&str>) -> Vec<u8> {
     k
 }
 
+/// sled's page cache. sled's resident memory is a multiple of this (its
+/// node representation and write buffers come on top), and the server's
+/// whole budget is 1 GiB at ten million graph identifiers.
+const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 impl SledStore {
     /// Open (creating) the database at `path`.
     pub fn open(path: &Path) -> StoreResult<Self> {
         // sled's default page cache is 1 GiB; the server's whole budget is that.
         let db = ::sled::Config::new()
             .path(path)
-            .cache_capacity(256 * 1024 * 1024)
+            .cache_capacity(SLED_CACHE_BYTES)
             .mode(::sled::Mode::HighThroughput)
             .open()
             .map_err(be)?;
