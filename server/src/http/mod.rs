@@ -436,8 +436,7 @@ async fn list_jobs(state: State, auth: Auth) -> Reply {
 async fn get_job(state: State, auth: Auth, path: web::Path<String>) -> Reply {
     let caller = auth.role(Role::Advertiser)?;
     let s = svc(&state);
-    let j = blocking(move || s.own_job(&caller, &path)).await?;
-    ok(Services::job_view(&j))
+    ok(blocking(move || s.job_detail(&caller, &path)).await?)
 }
 
 async fn abort_job(state: State, auth: Auth, path: web::Path<String>) -> Reply {

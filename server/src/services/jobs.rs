@@ -432,6 +432,8 @@ impl Services {
         self.repo.cache_put(&ns, &pairs)?;
         self.repo.mark_page_done(id, kind, page_no)?;
         self.touch(id)?;
+        // An acknowledged page is durable: a resumed job does not redo it.
+        self.repo.flush()?;
         Ok(pairs.len())
     }
 
@@ -512,11 +514,13 @@ impl Services {
                 )))
             };
         }
-        self.repo.put_upload(id, batch_no, hash, &stored.encode())?;
         job.batches += 1;
         job.records += batch.len() as u64;
         job.touched = unix_now();
-        self.repo.put_job(&job)?;
+        self.repo
+            .put_upload(&job, batch_no, hash, &stored.encode())?;
+        // An acknowledged batch is durable: the client resumes after it.
+        self.repo.flush()?;
         Ok(UploadOutcome {
             records: batch.len(),
             duplicate: false,
@@ -551,6 +555,34 @@ impl Services {
             "graph_version": j.graph_version, "kinds": j.kinds, "batches": j.batches, "records": j.records,
             "report": j.report,
         })
+    }
+
+    /// One job, and for an open job what a resumed client needs: the first
+    /// batch number not yet received (batches may arrive out of order) and
+    /// the graph-pass pages done per kind.
+    pub fn job_detail(&self, caller: &Caller, id: &str) -> Result<serde_json::Value, ApiError> {
+        let j = self.own_job(caller, id)?;
+        let mut view = Self::job_view(&j);
+        if j.status == "open" {
+            let uploaded: std::collections::BTreeSet<u32> =
+                self.repo.upload_numbers(id)?.into_iter().collect();
+            let next_batch = (0..).find(|b| !uploaded.contains(b)).unwrap_or(0);
+            let mut pass = serde_json::Map::new();
+            for (kind_name, info) in &j.pass {
+                let kind = kind_of(kind_name)?;
+                let mut done = 0u32;
+                for page in 0..info.pages {
+                    done += u32::from(self.repo.page_done(id, kind, page)?);
+                }
+                pass.insert(
+                    kind_name.clone(),
+                    serde_json::json!({"pages": info.pages, "points": info.points, "done": done}),
+                );
+            }
+            view["next_batch"] = next_batch.into();
+            view["graph_pass"] = pass.into();
+        }
+        Ok(view)
     }
 
     /// The caller's jobs.
@@ -631,6 +663,8 @@ impl Services {
         }
         self.repo.delete_job_data(id)?;
         self.audit(&caller.name, "job.finish", id, "ok")?;
+        // The report the advertiser receives describes audiences that survive a crash.
+        self.repo.flush()?;
         Ok(report)
     }
 

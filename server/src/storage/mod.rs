@@ -393,8 +393,9 @@ pub trait JobRepo {
     fn mark_page_done(&self, job: &str, kind: MatchKind, page_no: u32) -> StoreResult<()>;
     /// Was the page returned?
     fn page_done(&self, job: &str, kind: MatchKind, page_no: u32) -> StoreResult<bool>;
-    /// Store a re-blinded upload batch: content hash and frame.
-    fn put_upload(&self, job: &str, batch_no: u32, hash: [u8; 32], frame: &[u8])
+    /// Store a re-blinded upload batch (content hash and frame) and the job
+    /// record counting it, atomically: a crash never leaves one without the other.
+    fn put_upload(&self, job: &Job, batch_no: u32, hash: [u8; 32], frame: &[u8])
         -> StoreResult<()>;
     /// Content hash of an upload.
     fn upload_hash(&self, job: &str, batch_no: u32) -> StoreResult<Option<[u8; 32]>>;
@@ -657,7 +658,7 @@ impl<R: JobRepo> JobRepo for Guarded<R> {
         fn put_job(&self, job: &Job) -> StoreResult<()>;
         fn put_pass_page(&self, job: &str, kind: MatchKind, page_no: u32, points: &[u8]) -> StoreResult<()>;
         fn mark_page_done(&self, job: &str, kind: MatchKind, page_no: u32) -> StoreResult<()>;
-        fn put_upload(&self, job: &str, batch_no: u32, hash: [u8; 32], frame: &[u8]) -> StoreResult<()>;
+        fn put_upload(&self, job: &Job, batch_no: u32, hash: [u8; 32], frame: &[u8]) -> StoreResult<()>;
         fn delete_job_data(&self, job: &str) -> StoreResult<()>;
     }
 }
@@ -737,12 +738,22 @@ pub fn try_open_at(db: &std::path::Path) -> StoreResult<Option<std::sync::Arc<St
 /// Open a data dir's store for serving (lockable for snapshots).
 pub fn open_store(data_dir: &std::path::Path) -> StoreResult<std::sync::Arc<Store>> {
     let db = db_dir(data_dir);
-    try_open_at(&db)?.ok_or_else(|| {
-        StoreError::Backend(format!(
-            "the database {} is in use by another process (is a server running?)",
-            db.display()
-        ))
-    })
+    // sled releases its file lock from a background thread after the last
+    // handle drops, so a store closed a moment ago (by `init`, or a server
+    // that just stopped) can still look locked: retry for a bounded while.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        if let Some(store) = try_open_at(&db)? {
+            return Ok(store);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(StoreError::Backend(format!(
+                "the database {} is in use by another process (is a server running?)",
+                db.display()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 impl<R: ExportRepo> ExportRepo for Guarded<R> {

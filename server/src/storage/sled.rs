@@ -658,16 +658,21 @@ impl JobRepo for SledStore {
     }
     fn put_upload(
         &self,
-        job: &str,
+        job: &Job,
         batch_no: u32,
         hash: [u8; 32],
         frame: &[u8],
     ) -> StoreResult<()> {
-        let k = key(&[job.as_bytes(), &[0], &batch_no.to_be_bytes()]);
-        self.job_uploads
-            .insert(k, key(&[&hash, frame]))
-            .map_err(be)?;
-        Ok(())
+        let k = key(&[job.id.as_bytes(), &[0], &batch_no.to_be_bytes()]);
+        let upload = key(&[&hash, frame]);
+        let record = json(job)?;
+        (&self.job_uploads, &self.jobs)
+            .transaction(|(uploads, jobs)| {
+                uploads.insert(k.as_slice(), upload.as_slice())?;
+                jobs.insert(job.id.as_bytes(), record.as_slice())?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(tx_err)
     }
     fn upload_hash(&self, job: &str, batch_no: u32) -> StoreResult<Option<[u8; 32]>> {
         let k = key(&[job.as_bytes(), &[0], &batch_no.to_be_bytes()]);
