@@ -26,12 +26,32 @@ pub struct JobInfo {
     /// Records received.
     #[serde(default)]
     pub records: u64,
+    /// Of an open job: the first batch number the server has not received.
+    #[serde(default)]
+    pub next_batch: Option<u64>,
+    /// Of an open job: graph-pass pages per kind, and how many are done.
+    #[serde(default)]
+    pub graph_pass: std::collections::BTreeMap<String, PassProgress>,
     /// The report of a finished job.
     #[serde(default)]
     pub report: Option<JobReport>,
     /// Fields this client does not know yet.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Graph-pass progress of one kind in an open job.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct PassProgress {
+    /// Pages in the pass.
+    #[serde(default)]
+    pub pages: u32,
+    /// Points in the pass.
+    #[serde(default)]
+    pub points: u64,
+    /// Pages the server has acknowledged.
+    #[serde(default)]
+    pub done: u32,
 }
 
 /// The caller's jobs (advertiser key).

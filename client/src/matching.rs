@@ -331,9 +331,9 @@ pub fn run_match_with(
     finish_or_keep(api, &job.job_id, result, &acked, progress, outcome)
 }
 
-/// Continue an interrupted job: the graph pass is complete once a batch has
-/// been acknowledged, so only the batches after the last acknowledged one
-/// are blinded and sent, then the job is finished. `opts` must describe the
+/// Continue an interrupted job: graph-pass pages the server has not
+/// acknowledged are done again, then the batches from the first one the
+/// server is missing are blinded and sent, then the job is finished. `opts` must describe the
 /// same file and columns as the interrupted run.
 pub fn resume_match(
     api: &ApiClient,
@@ -359,18 +359,42 @@ pub fn resume_match(
             job.destination, opts.destination
         )));
     }
-    if job.batches == 0 {
-        return Err(ClientError::Usage(format!(
-            "job {job_id} has no acknowledged batch yet, so its graph pass may be incomplete; \
-             abort it (`onboard jobs abort {job_id}`) and run the match again"
-        )));
-    }
     let Some((key, selected, mut outcome)) = prepare(opts, progress)? else {
         unreachable!("not a dry run")
     };
     outcome.job_id = Some(job_id.to_owned());
-    let skip = u32::try_from(job.batches).map_err(|_| {
-        ClientError::Protocol(format!("job {job_id} reports {} batches", job.batches))
+    // Pages the server never acknowledged are done again (page uploads are idempotent).
+    if job.graph_pass.values().any(|p| p.done < p.pages) {
+        let pass = JobCreated {
+            job_id: job_id.to_owned(),
+            graph_version: 0,
+            graph_pass: job
+                .graph_pass
+                .iter()
+                .map(|(kind, p)| {
+                    (
+                        kind.clone(),
+                        GraphPassInfo {
+                            pages: p.pages,
+                            points: p.points,
+                        },
+                    )
+                })
+                .collect(),
+        };
+        let t = Instant::now();
+        let (pages, points) = graph_pass(api, &key, &pass, progress)?;
+        outcome.graph_pages = pages;
+        outcome.graph_points_blinded = points;
+        outcome
+            .timings
+            .push(("graph-pass", t.elapsed().as_secs_f64()));
+    }
+    // Batches may have arrived out of order: resume at the first one missing;
+    // re-sent batches are byte-identical and answered as duplicates.
+    let first_missing = job.next_batch.unwrap_or(job.batches);
+    let skip = u32::try_from(first_missing).map_err(|_| {
+        ClientError::Protocol(format!("job {job_id} reports batch {first_missing}"))
     })?;
     let acked = AtomicU32::new(skip);
     let result = upload_and_finish(
