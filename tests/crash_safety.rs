@@ -28,6 +28,44 @@ fn spawn_onboard(server: &TestServer, api_key: &str, args: &[&str]) -> Child {
         .expect("spawn onboard")
 }
 
+/// Reads the advertiser's jobs straight from the API (fast enough to poll).
+struct JobProbe {
+    client: reqwest::blocking::Client,
+    url: String,
+    key: String,
+}
+
+impl JobProbe {
+    fn new(server: &TestServer, key: &str) -> Self {
+        let pem = std::fs::read(&server.ca).unwrap();
+        let client = reqwest::blocking::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        Self {
+            client,
+            url: format!("{}/v1/jobs", server.url),
+            key: key.to_string(),
+        }
+    }
+
+    fn jobs(&self) -> Vec<serde_json::Value> {
+        let Ok(resp) = self.client.get(&self.url).bearer_auth(&self.key).send() else {
+            return Vec::new();
+        };
+        let body: serde_json::Value = resp.json().unwrap_or_default();
+        body["jobs"].as_array().cloned().unwrap_or_default()
+    }
+
+    fn job(&self, id: &str) -> serde_json::Value {
+        self.jobs()
+            .into_iter()
+            .find(|j| j["job_id"] == id)
+            .unwrap_or_default()
+    }
+}
+
 /// Kill the server once `ready()` says the operation is under way (bounded).
 fn kill_when(server: &mut TestServer, mut ready: impl FnMut(&TestServer) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -156,28 +194,37 @@ fn killed_during_upload_and_during_finish_leaves_a_consistent_store() {
         "segment",
     ];
 
-    // Twice: once early (uploads under way), once late (around finish).
-    for delay_ms in [800u64, 2_500] {
+    // Strike twice: early (graph pass or first batches) and late (last
+    // batches or finish). Whatever the job was doing, afterwards it is
+    // finished, failed, or open and resumable.
+    for delay in [Duration::from_millis(800), Duration::from_millis(2_500)] {
         let mut job = spawn_onboard(&server, &advertiser, &args);
         let started = Instant::now();
-        kill_when(&mut server, |_| {
-            started.elapsed() > Duration::from_millis(delay_ms)
-        });
+        kill_when(&mut server, |_| started.elapsed() > delay);
         let _ = job.kill();
         let _ = job.wait();
         check_consistent(&mut server, &destination);
-        let jobs = server.json(&advertiser, &["jobs", "list", "--json"]);
-        let jobs = jobs
-            .as_array()
-            .or_else(|| jobs["jobs"].as_array())
-            .cloned()
-            .unwrap_or_default();
-        for j in &jobs {
-            let status = j["status"].as_str().unwrap_or_default();
+        for after in JobProbe::new(&server, &advertiser).jobs() {
+            let status = after["status"].as_str().unwrap_or_default();
             assert!(
                 ["open", "finished", "failed"].contains(&status),
-                "job in an unknown state: {j}"
+                "{delay:?}: job in an unknown state: {after}"
             );
+            if status == "open" {
+                // Resumable: the same command picks it up where the server's
+                // acknowledged state ends (graph-pass pages and batches).
+                let job_id = after["job_id"].as_str().unwrap_or_default();
+                let mut resume: Vec<&str> = args.to_vec();
+                resume.extend(["--resume", job_id]);
+                let out = server.onboard(&advertiser, &resume);
+                assert!(
+                    out.status.success(),
+                    "{delay:?}: resume failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let resumed = JobProbe::new(&server, &advertiser).job(job_id);
+                assert_eq!(resumed["status"], "finished", "{delay:?}: {resumed}");
+            }
         }
     }
     // After the crashes a full job still runs and delivers.
