@@ -44,7 +44,7 @@ impl ServerProcess {
                     .map(|(k, v)| (format!("ONBOARD_{k}"), v.to_string())),
             )
             // Request logs would drown the benchmark's own output.
-            .env("RUST_LOG", "warn")
+            .env("ONBOARD_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()?;
         let admin_key = std::fs::read_to_string(&key_out)?.trim().to_string();
