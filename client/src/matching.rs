@@ -309,13 +309,7 @@ pub fn run_match_with(
     tracing::info!(job = %job.job_id, graph_version = job.graph_version, "job created");
     let acked = AtomicU32::new(0);
     let result = (|| {
-        let t = Instant::now();
-        let (pages, points) = graph_pass(api, &key, &job, progress)?;
-        outcome.graph_pages = pages;
-        outcome.graph_points_blinded = points;
-        outcome
-            .timings
-            .push(("graph-pass", t.elapsed().as_secs_f64()));
+        timed_graph_pass(api, &key, &job, progress, &mut outcome)?;
         upload_and_finish(
             api,
             opts,
@@ -382,13 +376,7 @@ pub fn resume_match(
                 })
                 .collect(),
         };
-        let t = Instant::now();
-        let (pages, points) = graph_pass(api, &key, &pass, progress)?;
-        outcome.graph_pages = pages;
-        outcome.graph_points_blinded = points;
-        outcome
-            .timings
-            .push(("graph-pass", t.elapsed().as_secs_f64()));
+        timed_graph_pass(api, &key, &pass, progress, &mut outcome)?;
     }
     // Batches may have arrived out of order: resume at the first one missing;
     // re-sent batches are byte-identical and answered as duplicates.
@@ -829,6 +817,24 @@ fn quality_pass_with(
     progress.end();
     q.kinds = kinds.iter().map(|k| k.as_str().to_owned()).collect();
     Ok((q, selected))
+}
+
+/// The graph pass, with its figures recorded in the outcome.
+fn timed_graph_pass(
+    api: &ApiClient,
+    key: &SecretKey,
+    job: &JobCreated,
+    progress: &dyn ProgressSink,
+    outcome: &mut MatchOutcome,
+) -> Result<(), ClientError> {
+    let t = Instant::now();
+    let (pages, points) = graph_pass(api, key, job, progress)?;
+    outcome.graph_pages = pages;
+    outcome.graph_points_blinded = points;
+    outcome
+        .timings
+        .push(("graph-pass", t.elapsed().as_secs_f64()));
+    Ok(())
 }
 
 /// Re-blind every page of the graph pass, a few pages in flight at once.
