@@ -110,7 +110,10 @@ impl<'a> CacheMerge<'a> {
         loop {
             if let Some(first) = self.front_first()? {
                 if self.heap.peek().is_none_or(|Reverse((p, _))| first <= *p) {
-                    let run = self.pending.pop_front().expect("front run");
+                    // front_first just returned Some, so a pending run exists.
+                    let Some(run) = self.pending.pop_front() else {
+                        return Err(ApiError::Internal("cache merge lost its front run".into()));
+                    };
                     let slot = match self.open.iter().position(|(r, _)| r.is_empty()) {
                         Some(i) => {
                             self.open[i] = (run, 0);
