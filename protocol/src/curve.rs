@@ -56,6 +56,25 @@ impl PointBytes {
         Ok(point)
     }
 
+    /// The encoding rules of ristretto255 that need no field arithmetic: a
+    /// canonical (`< 2^255 - 19`), non-negative (even) field element, and
+    /// not the identity. Enough for a point that is only ever compared with
+    /// canonical encodings (a point off the curve can equal none of them);
+    /// a point that enters arithmetic must pass [`PointBytes::decode`].
+    pub fn check_form(&self) -> Result<(), PointError> {
+        let s = &self.0;
+        if s.iter().all(|&b| b == 0) {
+            return Err(PointError::Identity);
+        }
+        // s >= p: the top bit set, or 2^255 - 19 ..= 2^255 - 1.
+        let at_least_p = s[31] & 0x80 != 0
+            || (s[31] == 0x7f && s[1..31].iter().all(|&b| b == 0xff) && s[0] >= 0xed);
+        if at_least_p || s[0] & 1 == 1 {
+            return Err(PointError::Invalid);
+        }
+        Ok(())
+    }
+
     /// Take 32 bytes from a slice of any length, refusing other lengths.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, PointError> {
         let array: [u8; 32] = bytes.try_into().map_err(|_| PointError::WrongLength {
@@ -96,6 +115,29 @@ mod tests {
         assert_ne!(points[0], points[1]);
         assert_ne!(points[1], points[2]);
         assert_ne!(points[0], points[2]);
+    }
+
+    #[test]
+    fn check_form_agrees_with_decode_on_form() {
+        assert!(PointBytes::encode(&RISTRETTO_BASEPOINT_POINT)
+            .check_form()
+            .is_ok());
+        assert_eq!(PointBytes([0; 32]).check_form(), Err(PointError::Identity));
+        assert_eq!(
+            PointBytes([0xff; 32]).check_form(),
+            Err(PointError::Invalid)
+        );
+        // p = 2^255 - 19 and p + 2 are not canonical encodings.
+        let mut p = [0xffu8; 32];
+        p[0] = 0xed;
+        p[31] = 0x7f;
+        assert_eq!(PointBytes(p).check_form(), Err(PointError::Invalid));
+        let mut p_plus_2 = p;
+        p_plus_2[0] = 0xef;
+        assert_eq!(PointBytes(p_plus_2).check_form(), Err(PointError::Invalid));
+        let mut neg = [0u8; 32];
+        neg[0] = 1;
+        assert_eq!(PointBytes(neg).check_form(), Err(PointError::Invalid));
     }
 
     #[test]

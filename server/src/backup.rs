@@ -600,7 +600,11 @@ mod tests {
 
         // A restore interrupted between its renames is named, not guessed.
         let db = crate::storage::db_dir(&dst);
-        std::fs::rename(&db, db.with_file_name("v1.replaced")).unwrap();
+        std::fs::rename(
+            &db,
+            db.with_file_name(format!("v{SCHEMA_VERSION}.replaced")),
+        )
+        .unwrap();
         assert!(matches!(
             restore(&dst, &bak, true),
             Err(BackupError::Interrupted(..))

@@ -5,12 +5,12 @@ use super::{lock, new_id, rfc3339, unix_now, Services};
 use crate::error::ApiError;
 use crate::services::auth::Caller;
 use crate::services::seal;
-use crate::storage::{GraphInfo, ImportRecord, SealedCookie};
+use crate::storage::{GraphInfo, IdentifierRow, ImportRecord, PersonKey, SealedCookie};
 use onboard_protocol::wire::DigestBatch;
-use onboard_protocol::{blind, MatchKind, PointBytes};
+use onboard_protocol::{blind, MatchKind};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 /// One cookie row of a cookies batch.
@@ -81,38 +81,18 @@ impl Services {
         }
     }
 
-    /// Person numbers for `persons`, allocating new ones in `rec`; the new
-    /// mappings are written in one batch.
-    fn person_numbers<'a>(
-        &self,
-        rec: &mut ImportRecord,
-        persons: impl Iterator<Item = &'a str>,
-    ) -> Result<Vec<u64>, ApiError> {
-        let mut local: HashMap<&str, u64> = HashMap::new();
-        let mut new = Vec::new();
-        let mut out = Vec::new();
-        for person in persons {
-            let n = match local.get(person) {
-                Some(n) => *n,
-                None => {
-                    let n = match self.repo.person_no(rec.version, person)? {
-                        Some(n) => n,
-                        None => {
-                            let n = rec.next_person;
-                            rec.next_person += 1;
-                            rec.info.persons += 1;
-                            new.push((person.to_string(), n));
-                            n
-                        }
-                    };
-                    local.insert(person, n);
-                    n
-                }
-            };
-            out.push(n);
-        }
-        self.repo.put_persons(rec.version, &new)?;
-        Ok(out)
+    /// The storage key of a person ID: a keyed pseudonym, the same in every
+    /// graph version, so the ID itself is never stored.
+    pub(crate) fn person_key(&self, person: &str) -> PersonKey {
+        let full = self.hmac(b"person-key", person.as_bytes());
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&full[..16]);
+        key
+    }
+
+    /// How an audience names a member: the hex of its person key.
+    pub(crate) fn member_name(person: &PersonKey) -> String {
+        hex::encode(person)
     }
 
     /// Apply an identifiers batch: compute `b·P(y)`, store it, drop the digests.
@@ -140,32 +120,28 @@ impl Services {
             batch.entries.iter().map(|e| (e.kind, e.digest)).collect();
         let points = blind::hash_and_blind(self.key(), &items);
         drop(items);
+        let rows: Vec<IdentifierRow> = {
+            use rayon::prelude::*;
+            batch
+                .entries
+                .par_iter()
+                .zip(&points)
+                .map(|(e, p)| (e.kind, *p, self.person_key(&e.person)))
+                .collect()
+        };
         let _g = lock(&self.import_lock);
         let mut rec = self.open_import(id)?;
         if self.seen_batch(id, b'i', path_batch, &hash)? {
             return Ok(batch.entries.len());
         }
-        let persons =
-            self.person_numbers(&mut rec, batch.entries.iter().map(|e| e.person.as_str()))?;
-        let rows: Vec<_> = batch
-            .entries
-            .iter()
-            .zip(&points)
-            .zip(&persons)
-            .map(|((e, p), n)| (e.kind, *p, *n))
-            .collect();
-        let fresh = self.repo.put_points(rec.version, &rows)?;
-        for ((kind, point, person), new) in rows.iter().zip(fresh) {
-            if new {
-                *rec.info
-                    .identifiers
-                    .entry(kind.as_str().into())
-                    .or_default() += 1;
-            }
+        for (_, point, person) in &rows {
             if self.opted_out(point)? {
-                self.repo.suppress(rec.version, *person)?;
+                self.repo.suppress(rec.version, person)?;
             }
         }
+        self.repo
+            .put_identifier_run(rec.version, path_batch, rows)?;
+        rec.touched = unix_now();
         self.repo.put_import(&rec)?;
         self.repo
             .set_import_batch_hash(id, b'i', path_batch, hash)?;
@@ -211,24 +187,17 @@ impl Services {
         if self.seen_batch(id, b'c', batch_no, &hash)? {
             return Ok(rows.len());
         }
-        let persons = self.person_numbers(&mut rec, rows.iter().map(|r| r.person.as_str()))?;
-        let sealed: Vec<(&str, u64, SealedCookie)> = rows
+        let sealed = rows
             .iter()
-            .zip(persons)
-            .map(|(r, person)| {
+            .map(|r| {
                 Ok((
-                    r.destination.as_str(),
-                    person,
+                    r.destination.clone(),
+                    self.person_key(&r.person),
                     sealed_cookie(self.pepper(), &r.cookie)?,
                 ))
             })
-            .collect::<Result<_, ApiError>>()?;
-        let fresh = self.repo.put_cookies(rec.version, &sealed)?;
-        for ((dest, _, _), new) in sealed.iter().zip(fresh) {
-            if new {
-                *rec.info.cookies.entry(dest.to_string()).or_default() += 1;
-            }
-        }
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        self.repo.put_cookie_run(rec.version, batch_no, sealed)?;
         rec.touched = unix_now();
         self.repo.put_import(&rec)?;
         self.repo.set_import_batch_hash(id, b'c', batch_no, hash)?;
@@ -263,6 +232,8 @@ impl Services {
                 )));
             }
         }
+        // Merge the staged batches into the version's tables (and count them).
+        rec.info = self.repo.seal_version(rec.version)?;
         rec.status = "committed".into();
         self.repo.put_import(&rec)?;
         let old = self.repo.commit_graph(&rec.info)?;
@@ -372,11 +343,9 @@ impl Services {
         if let Some(g) = self.repo.current_graph()? {
             for (entry, p) in batch.entries.iter().zip(&points) {
                 if let Some(person) = self.repo.point_owner(g.version, entry.kind, p)? {
-                    if self.repo.suppress(g.version, person)? {
+                    if self.repo.suppress(g.version, &person)? {
                         suppressed += 1;
-                        if let Some(pid) = self.repo.person_id(g.version, person)? {
-                            self.remove_from_unpulled(&pid)?;
-                        }
+                        self.remove_from_unpulled(&Self::member_name(&person))?;
                     }
                 }
             }
@@ -395,15 +364,16 @@ impl Services {
         if person.is_empty() || person.len() > 255 {
             return Err(ApiError::BadRequest("person: 1 to 255 bytes".into()));
         }
+        let key = self.person_key(person);
         {
             let _g = lock(&self.import_lock);
             if let Some(mut g) = self.repo.current_graph()? {
-                if let Some(n) = self.repo.person_no(g.version, person)? {
-                    self.repo.suppress(g.version, n)?;
-                    let erased = self.repo.erase_person(g.version, n)?;
-                    if erased.person {
-                        g.persons = g.persons.saturating_sub(1);
-                    }
+                // Suppressed first: a crash during the rewrite still keeps
+                // the person out of every match.
+                self.repo.suppress(g.version, &key)?;
+                let erased = self.repo.erase_person(g.version, &key)?;
+                if erased.person {
+                    g.persons = g.persons.saturating_sub(1);
                     for (kind, n) in erased.identifiers {
                         let c = g.identifiers.entry(kind).or_default();
                         *c = c.saturating_sub(n);
@@ -417,24 +387,8 @@ impl Services {
                 }
             }
         }
-        let updated = self.remove_from_unpulled(person)?;
+        let updated = self.remove_from_unpulled(&Self::member_name(&key))?;
         self.audit(&actor.name, "erase", &self.person_pseudonym(person), "ok")?;
         Ok(updated)
-    }
-
-    /// Is `b·P(y)` of this kind owned by a live (not suppressed) person in `version`?
-    pub(crate) fn live_owner(
-        &self,
-        version: u64,
-        kind: MatchKind,
-        bpy: &PointBytes,
-    ) -> Result<Option<u64>, ApiError> {
-        if self.opted_out(bpy)? {
-            return Ok(None);
-        }
-        match self.repo.point_owner(version, kind, bpy)? {
-            Some(p) if !self.repo.is_suppressed(version, p)? => Ok(Some(p)),
-            _ => Ok(None),
-        }
     }
 }

@@ -6,7 +6,7 @@ use super::{lock, new_id, rfc3339, unix_now, Services};
 use crate::error::ApiError;
 use crate::services::auth::Caller;
 use crate::services::privacy::{match_rate, shown_count, symmetric_difference};
-use crate::storage::{Audience, Job, PassInfo, Role, SealedCookie};
+use crate::storage::{Audience, Job, PassInfo, PersonKey, Role, SealedCookie};
 use onboard_protocol::wire::{PointPage, RecordBatch};
 use onboard_protocol::{blind, Fingerprint, MatchKind, PointBytes};
 use serde::Deserialize;
@@ -52,6 +52,9 @@ fn kind_of(path: &str) -> Result<MatchKind, ApiError> {
     MatchKind::from_str(path)
         .map_err(|_| ApiError::BadRequest("kind: one of email, phone, maid".into()))
 }
+
+/// Graph-pass pages written (and synced) per store call.
+const PAGES_PER_WRITE: usize = 32;
 
 /// Cached runs fetched per store call.
 const RUNS_PER_FETCH: usize = 4;
@@ -321,6 +324,8 @@ impl Services {
         for kind in kinds {
             let mut info = PassInfo::default();
             let mut page: Vec<u8> = Vec::with_capacity(page_size * 32);
+            // Pages are written a few at a time: one sync per group.
+            let mut pending: Vec<Vec<u8>> = Vec::new();
             let mut after: Option<PointBytes> = None;
             // Both sequences are in blinded-value order: a merge, no random reads.
             let mut cached = CacheCursor::new(self, ns);
@@ -337,15 +342,24 @@ impl Services {
                     page.extend_from_slice(&p.0);
                     info.points += 1;
                     if page.len() == page_size * 32 {
-                        self.repo.put_pass_page(id, *kind, info.pages, &page)?;
-                        info.pages += 1;
-                        page.clear();
+                        pending.push(std::mem::replace(
+                            &mut page,
+                            Vec::with_capacity(page_size * 32),
+                        ));
+                        if pending.len() == PAGES_PER_WRITE {
+                            self.repo.put_pass_pages(id, *kind, info.pages, &pending)?;
+                            info.pages += pending.len() as u32;
+                            pending.clear();
+                        }
                     }
                 }
             }
             if !page.is_empty() {
-                self.repo.put_pass_page(id, *kind, info.pages, &page)?;
-                info.pages += 1;
+                pending.push(page);
+            }
+            if !pending.is_empty() {
+                self.repo.put_pass_pages(id, *kind, info.pages, &pending)?;
+                info.pages += pending.len() as u32;
             }
             pass.insert(kind.as_str().to_string(), info);
         }
@@ -412,15 +426,14 @@ impl Services {
                 sent.len() / 32
             )));
         }
-        // Strict decoding of every point, in parallel; the first bad index is named.
-        let bad = {
-            use rayon::prelude::*;
-            page.points
-                .par_iter()
-                .enumerate()
-                .filter_map(|(i, p)| p.decode().err().map(|e| (i, e)))
-                .min_by_key(|(i, _)| *i)
-        };
+        // a·b·P(y) is only compared with the server's canonical b·a·P(x),
+        // never used in arithmetic: the encoding's form is checked (no field
+        // arithmetic), since a point off the curve can match nothing anyway.
+        let bad = page
+            .points
+            .iter()
+            .enumerate()
+            .find_map(|(i, p)| p.check_form().err().map(|e| (i, e)));
         if let Some((i, e)) = bad {
             return Err(ApiError::BadPoint(format!(
                 "{kind} page {page_no}: point {i}: {e}"
@@ -688,7 +701,7 @@ impl Services {
         let ns = cache_namespace(&job.advertiser, &job.key_fingerprint);
         let kinds: BTreeSet<&str> = job.kinds.iter().map(String::as_str).collect();
         // 1. The distinct uploaded b·a·P(x) of the job's kinds.
-        let mut wanted: HashMap<[u8; 32], (MatchKind, Option<u64>)> = HashMap::new();
+        let mut wanted: HashMap<[u8; 32], (MatchKind, Option<PersonKey>)> = HashMap::new();
         for b in 0..batches {
             let batch = self.stored_batch(&job.id, b)?;
             for (kind, point) in batch.kinds().iter().zip(batch.points()) {
@@ -706,22 +719,30 @@ impl Services {
                 hits.push((bpy, slot.0, abpy.0));
             }
         }
-        // Owner look-ups (opt-out, point, suppression) on all cores.
-        let owners: Vec<Option<u64>> = {
-            use rayon::prelude::*;
-            hits.par_iter()
-                .map(|(bpy, kind, _)| self.live_owner(version, *kind, bpy))
-                .collect::<Result<_, _>>()?
-        };
-        for ((_, _, abpy), owner) in hits.iter().zip(owners) {
-            if let Some(slot) = wanted.get_mut(abpy) {
-                slot.1 = owner;
+        // Owners, per kind in one ordered pass over the graph (the hits come
+        // in b·P(y) order); opted-out points and suppressed persons count as none.
+        for kind in MatchKind::ALL {
+            let of_kind: Vec<&(PointBytes, MatchKind, [u8; 32])> =
+                hits.iter().filter(|h| h.1 == kind).collect();
+            if of_kind.is_empty() {
+                continue;
+            }
+            let points: Vec<PointBytes> = of_kind.iter().map(|h| h.0).collect();
+            let owners = self.repo.owners_of_sorted(version, kind, &points)?;
+            for ((bpy, _, abpy), owner) in of_kind.into_iter().zip(owners) {
+                let Some(person) = owner else { continue };
+                if self.opted_out(bpy)? || self.repo.is_suppressed(version, &person)? {
+                    continue;
+                }
+                if let Some(slot) = wanted.get_mut(abpy) {
+                    slot.1 = Some(person);
+                }
             }
         }
         drop(hits);
         // 3. Records to persons: a record counts once, via its first matching identifier.
         let mut rows_per_segment: BTreeMap<String, u64> = BTreeMap::new();
-        let mut persons_per_segment: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+        let mut persons_per_segment: BTreeMap<String, BTreeSet<PersonKey>> = BTreeMap::new();
         let (mut rows, mut matched_rows) = (0u64, 0u64);
         for b in 0..batches {
             let batch = self.stored_batch(&job.id, b)?;
@@ -758,19 +779,16 @@ impl Services {
             let shown = shown_count(persons.len() as u64, k, self.config.epsilon);
             let mut members: Vec<(String, Vec<SealedCookie>)> = Vec::new();
             if persons.len() >= k_persons {
-                use rayon::prelude::*;
-                let persons: Vec<u64> = persons.iter().copied().collect();
-                let found: Vec<Option<(String, Vec<SealedCookie>)>> = persons
-                    .par_iter()
-                    .map(|p| -> Result<_, ApiError> {
-                        let cookies = self.repo.cookies(version, &job.destination, *p)?;
-                        if cookies.is_empty() {
-                            return Ok(None);
-                        }
-                        Ok(self.repo.person_id(version, *p)?.map(|pid| (pid, cookies)))
-                    })
-                    .collect::<Result<_, _>>()?;
-                members.extend(found.into_iter().flatten());
+                // Sorted and distinct already (a BTreeSet): one ordered pass.
+                let persons: Vec<PersonKey> = persons.iter().copied().collect();
+                let found = self
+                    .repo
+                    .cookies_of_sorted(version, &job.destination, &persons)?;
+                members.extend(
+                    found
+                        .into_iter()
+                        .map(|(p, cookies)| (Self::member_name(&p), cookies)),
+                );
             }
             let reason = if persons.len() < k_persons {
                 Some("below-minimum-size")

@@ -6,7 +6,9 @@
 //! Invariant: nothing here ever receives a raw identifier or a plain digest;
 //! the graph holds only `b·P(y)` (compressed, 32 bytes).
 
+pub mod blobs;
 pub mod sled;
+mod sled_graph;
 
 use onboard_protocol::{MatchKind, PointBytes};
 use serde::{Deserialize, Serialize};
@@ -14,7 +16,9 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 
 /// The on-disk schema this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version 2: bulk values in blob files, the graph as sealed chunks keyed
+/// by person pseudonyms (version 1 held them in sled, by person number).
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// A storage failure (I/O, corruption, schema mismatch).
 #[derive(Debug, Error)]
@@ -25,6 +29,9 @@ pub enum StoreError {
     /// A record failed to decode.
     #[error("corrupt record in {0}")]
     Corrupt(&'static str),
+    /// A blob file failed or holds bytes that do not match their pointer.
+    #[error(transparent)]
+    Blob(#[from] blobs::BlobError),
     /// The database was written by a different schema.
     #[error("database schema version {found}, this build needs {expected}")]
     Schema {
@@ -261,7 +268,21 @@ pub trait PrincipalRepo {
     fn keys(&self) -> StoreResult<Vec<ApiKeyRecord>>;
 }
 
-/// The blinded graph, versioned; imports write a new version.
+/// A person as storage knows it: a keyed pseudonym of the onboarder's person
+/// ID (`HMAC(pepper, "person" || id)`, 16 bytes). The same ID gives the same
+/// key in every graph version; the ID itself is never stored.
+pub type PersonKey = [u8; 16];
+
+/// One identifier of an import batch: kind, `b·P(y)`, owner.
+pub type IdentifierRow = (MatchKind, PointBytes, PersonKey);
+
+/// One cookie of an import batch: destination, owner, sealed cookie ID.
+pub type CookieRow = (String, PersonKey, SealedCookie);
+
+/// The blinded graph, versioned. An import stages each batch as a sorted
+/// run; [`GraphRepo::seal_version`] merges the runs into the version's
+/// ordered tables (first row wins on a repeated point or cookie) and counts
+/// them; [`GraphRepo::commit_graph`] then makes the version current.
 pub trait GraphRepo {
     /// The current version, if any import was committed.
     fn current_graph(&self) -> StoreResult<Option<GraphInfo>>;
@@ -288,25 +309,25 @@ pub trait GraphRepo {
         batch_no: u32,
         hash: [u8; 32],
     ) -> StoreResult<()>;
-    /// Person number of a person ID in a version.
-    fn person_no(&self, version: u64, person: &str) -> StoreResult<Option<u64>>;
-    /// Person ID of a person number.
-    fn person_id(&self, version: u64, person_no: u64) -> StoreResult<Option<String>>;
-    /// Map person IDs to numbers (both directions), in one batch.
-    fn put_persons(&self, version: u64, persons: &[(String, u64)]) -> StoreResult<()>;
-    /// Insert `b·P(y)` → person for each row, in one batch; per row, true if the point was new.
-    fn put_points(
+    /// Stage an identifiers batch of a version being imported (durable on return).
+    fn put_identifier_run(
         &self,
         version: u64,
-        rows: &[(MatchKind, PointBytes, u64)],
-    ) -> StoreResult<Vec<bool>>;
+        batch_no: u32,
+        rows: Vec<IdentifierRow>,
+    ) -> StoreResult<()>;
+    /// Stage a cookies batch of a version being imported (durable on return).
+    fn put_cookie_run(&self, version: u64, batch_no: u32, rows: Vec<CookieRow>) -> StoreResult<()>;
+    /// Merge a version's staged runs into its tables and count them. Calling
+    /// it again on a sealed version only recounts.
+    fn seal_version(&self, version: u64) -> StoreResult<GraphInfo>;
     /// The person owning `b·P(y)`.
     fn point_owner(
         &self,
         version: u64,
         kind: MatchKind,
         point: &PointBytes,
-    ) -> StoreResult<Option<u64>>;
+    ) -> StoreResult<Option<PersonKey>>;
     /// Up to `limit` points of a kind in blinded-value order, after `after`.
     fn points_after(
         &self,
@@ -314,36 +335,32 @@ pub trait GraphRepo {
         kind: MatchKind,
         after: Option<&PointBytes>,
         limit: usize,
-    ) -> StoreResult<Vec<(PointBytes, u64)>>;
-    /// Add a cookie; returns true if new.
-    fn put_cookie(
+    ) -> StoreResult<Vec<(PointBytes, PersonKey)>>;
+    /// The owners of sorted `points` of a kind (`None` for a point not in the
+    /// graph), in one ordered pass.
+    fn owners_of_sorted(
+        &self,
+        version: u64,
+        kind: MatchKind,
+        points: &[PointBytes],
+    ) -> StoreResult<Vec<Option<PersonKey>>>;
+    /// The sealed cookies at a destination of sorted, distinct `persons`, in one
+    /// ordered pass; persons without a cookie there are left out.
+    fn cookies_of_sorted(
         &self,
         version: u64,
         destination: &str,
-        person_no: u64,
-        cookie: &SealedCookie,
-    ) -> StoreResult<bool>;
-    /// Add cookies `(destination, person, cookie)` in one batch; per row, true if new.
-    fn put_cookies(
-        &self,
-        version: u64,
-        rows: &[(&str, u64, SealedCookie)],
-    ) -> StoreResult<Vec<bool>>;
-    /// Sealed cookies of a person at a destination.
-    fn cookies(
-        &self,
-        version: u64,
-        destination: &str,
-        person_no: u64,
-    ) -> StoreResult<Vec<SealedCookie>>;
+        persons: &[PersonKey],
+    ) -> StoreResult<Vec<(PersonKey, Vec<SealedCookie>)>>;
     /// Is any cookie stored for this destination in this version?
     fn has_destination(&self, version: u64, destination: &str) -> StoreResult<bool>;
     /// Mark a person suppressed (opt-out).
-    fn suppress(&self, version: u64, person_no: u64) -> StoreResult<bool>;
+    fn suppress(&self, version: u64, person: &PersonKey) -> StoreResult<bool>;
     /// Is the person suppressed?
-    fn is_suppressed(&self, version: u64, person_no: u64) -> StoreResult<bool>;
-    /// Remove a person's points, cookies and ID from a version.
-    fn erase_person(&self, version: u64, person_no: u64) -> StoreResult<ErasedCounts>;
+    fn is_suppressed(&self, version: u64, person: &PersonKey) -> StoreResult<bool>;
+    /// Remove a person's points and cookies from a sealed version, leaving
+    /// no copy of them in the version's files.
+    fn erase_person(&self, version: u64, person: &PersonKey) -> StoreResult<ErasedCounts>;
     /// Make `info.version` current in one write.
     fn commit_graph(&self, info: &GraphInfo) -> StoreResult<Option<u64>>;
     /// Delete every record of a version.
@@ -379,13 +396,14 @@ pub trait JobRepo {
     fn job(&self, id: &str) -> StoreResult<Option<Job>>;
     /// All jobs.
     fn jobs(&self) -> StoreResult<Vec<Job>>;
-    /// Store a graph-pass page (concatenated points).
-    fn put_pass_page(
+    /// Store consecutive graph-pass pages (each concatenated points) from
+    /// `first_page` on, durable on return.
+    fn put_pass_pages(
         &self,
         job: &str,
         kind: MatchKind,
-        page_no: u32,
-        points: &[u8],
+        first_page: u32,
+        pages: &[Vec<u8>],
     ) -> StoreResult<()>;
     /// Load a graph-pass page.
     fn pass_page(&self, job: &str, kind: MatchKind, page_no: u32) -> StoreResult<Option<Vec<u8>>>;
@@ -500,8 +518,26 @@ impl<T> Repo for T where
 {
 }
 
-/// Open the store under a data dir (`<dir>/db/v1`), checking the schema.
+/// Refuse a data dir written by an older schema (there is no migration:
+/// re-initialise and re-import, or restore a backup of this schema).
+fn refuse_older_schema(db: &std::path::Path) -> StoreResult<()> {
+    if db.exists() {
+        return Ok(());
+    }
+    for found in (1..SCHEMA_VERSION).rev() {
+        if db.with_file_name(format!("v{found}")).exists() {
+            return Err(StoreError::Schema {
+                found,
+                expected: SCHEMA_VERSION,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Open the store under a data dir (`<dir>/db/v<SCHEMA_VERSION>`), checking the schema.
 pub fn open(data_dir: &std::path::Path) -> StoreResult<std::sync::Arc<dyn Repo>> {
+    refuse_older_schema(&db_dir(data_dir))?;
     let store = sled::SledStore::open(&data_dir.join("db").join(format!("v{SCHEMA_VERSION}")))?;
     match store.schema_version()? {
         None => store.set_schema_version(SCHEMA_VERSION)?,
@@ -610,24 +646,22 @@ impl<R: GraphRepo> GraphRepo for Guarded<R> {
         fn import(&self, id: &str) -> StoreResult<Option<ImportRecord>>;
         fn imports(&self) -> StoreResult<Vec<ImportRecord>>;
         fn import_batch_hash(&self, import: &str, part: u8, batch_no: u32) -> StoreResult<Option<[u8; 32]>>;
-        fn person_no(&self, version: u64, person: &str) -> StoreResult<Option<u64>>;
-        fn person_id(&self, version: u64, person_no: u64) -> StoreResult<Option<String>>;
-        fn point_owner(&self, version: u64, kind: MatchKind, point: &PointBytes) -> StoreResult<Option<u64>>;
-        fn points_after(&self, version: u64, kind: MatchKind, after: Option<&PointBytes>, limit: usize) -> StoreResult<Vec<(PointBytes, u64)>>;
-        fn cookies(&self, version: u64, destination: &str, person_no: u64) -> StoreResult<Vec<SealedCookie>>;
+        fn point_owner(&self, version: u64, kind: MatchKind, point: &PointBytes) -> StoreResult<Option<PersonKey>>;
+        fn points_after(&self, version: u64, kind: MatchKind, after: Option<&PointBytes>, limit: usize) -> StoreResult<Vec<(PointBytes, PersonKey)>>;
+        fn owners_of_sorted(&self, version: u64, kind: MatchKind, points: &[PointBytes]) -> StoreResult<Vec<Option<PersonKey>>>;
+        fn cookies_of_sorted(&self, version: u64, destination: &str, persons: &[PersonKey]) -> StoreResult<Vec<(PersonKey, Vec<SealedCookie>)>>;
         fn has_destination(&self, version: u64, destination: &str) -> StoreResult<bool>;
-        fn is_suppressed(&self, version: u64, person_no: u64) -> StoreResult<bool>;
+        fn is_suppressed(&self, version: u64, person: &PersonKey) -> StoreResult<bool>;
     }
     guarded_writes! {
         fn allocate_version(&self) -> StoreResult<u64>;
         fn put_import(&self, rec: &ImportRecord) -> StoreResult<()>;
         fn set_import_batch_hash(&self, import: &str, part: u8, batch_no: u32, hash: [u8; 32]) -> StoreResult<()>;
-        fn put_persons(&self, version: u64, persons: &[(String, u64)]) -> StoreResult<()>;
-        fn put_points(&self, version: u64, rows: &[(MatchKind, PointBytes, u64)]) -> StoreResult<Vec<bool>>;
-        fn put_cookie(&self, version: u64, destination: &str, person_no: u64, cookie: &SealedCookie) -> StoreResult<bool>;
-        fn put_cookies(&self, version: u64, rows: &[(&str, u64, SealedCookie)]) -> StoreResult<Vec<bool>>;
-        fn suppress(&self, version: u64, person_no: u64) -> StoreResult<bool>;
-        fn erase_person(&self, version: u64, person_no: u64) -> StoreResult<ErasedCounts>;
+        fn put_identifier_run(&self, version: u64, batch_no: u32, rows: Vec<IdentifierRow>) -> StoreResult<()>;
+        fn put_cookie_run(&self, version: u64, batch_no: u32, rows: Vec<CookieRow>) -> StoreResult<()>;
+        fn seal_version(&self, version: u64) -> StoreResult<GraphInfo>;
+        fn suppress(&self, version: u64, person: &PersonKey) -> StoreResult<bool>;
+        fn erase_person(&self, version: u64, person: &PersonKey) -> StoreResult<ErasedCounts>;
         fn commit_graph(&self, info: &GraphInfo) -> StoreResult<Option<u64>>;
         fn delete_version(&self, version: u64) -> StoreResult<()>;
     }
@@ -656,7 +690,7 @@ impl<R: JobRepo> JobRepo for Guarded<R> {
     }
     guarded_writes! {
         fn put_job(&self, job: &Job) -> StoreResult<()>;
-        fn put_pass_page(&self, job: &str, kind: MatchKind, page_no: u32, points: &[u8]) -> StoreResult<()>;
+        fn put_pass_pages(&self, job: &str, kind: MatchKind, first_page: u32, pages: &[Vec<u8>]) -> StoreResult<()>;
         fn mark_page_done(&self, job: &str, kind: MatchKind, page_no: u32) -> StoreResult<()>;
         fn put_upload(&self, job: &Job, batch_no: u32, hash: [u8; 32], frame: &[u8]) -> StoreResult<()>;
         fn delete_job_data(&self, job: &str) -> StoreResult<()>;
@@ -719,6 +753,7 @@ pub fn db_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
 /// Open (creating) the store at a database directory, checking the schema;
 /// `Ok(None)` when another process (a running server) holds it.
 pub fn try_open_at(db: &std::path::Path) -> StoreResult<Option<std::sync::Arc<Store>>> {
+    refuse_older_schema(db)?;
     let Some(store) = sled::SledStore::open_unless_locked(db)? else {
         return Ok(None);
     };

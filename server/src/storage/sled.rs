@@ -1,8 +1,11 @@
-//! The sled backend: one named tree per index, inverse trees for reverse
-//! look-ups, sled transactions for writes that touch several trees. The only
-//! file in the crate that imports sled. Every call here blocks: callers run
-//! them off the async executor.
+//! The sled backend: one named tree per index, sled transactions for writes
+//! that touch several trees, and bulk values (graph chunks, cache runs,
+//! graph-pass pages, uploads) in blob files with sled holding pointers (see
+//! [`super::blobs`]). With [`super::sled_graph`], the only code in the crate
+//! that imports sled. Every call here blocks: callers run them off the async
+//! executor.
 
+use super::blobs::{BlobRef, Blobs};
 use super::*;
 use ::sled::transaction::{ConflictableTransactionError, TransactionError};
 use ::sled::{Batch, Db, Transactional, Tree};
@@ -11,50 +14,54 @@ use std::path::Path;
 
 /// A sled database with one tree per index.
 pub struct SledStore {
-    db: Db,
-    meta: Tree,
+    pub(super) db: Db,
+    pub(super) blobs: Blobs,
+    pub(super) meta: Tree,
     principals: Tree,
     keys: Tree,
     key_hash: Tree,
-    imports: Tree,
-    import_batches: Tree,
-    g_pid: Tree,
-    g_pno: Tree,
-    g_point: Tree,
-    g_cookie: Tree,
-    g_supp: Tree,
-    cache_runs: Tree,
-    jobs: Tree,
-    job_pages: Tree,
-    job_done: Tree,
-    job_uploads: Tree,
-    audiences: Tree,
-    aud_mem: Tree,
+    pub(super) imports: Tree,
+    pub(super) import_batches: Tree,
+    pub(super) g_runs: Tree,
+    pub(super) g_chunks: Tree,
+    pub(super) g_cookie_chunks: Tree,
+    pub(super) g_sealed: Tree,
+    pub(super) g_supp: Tree,
+    pub(super) cache_runs: Tree,
+    pub(super) jobs: Tree,
+    pub(super) job_pages: Tree,
+    pub(super) job_done: Tree,
+    pub(super) job_uploads: Tree,
+    pub(super) audiences: Tree,
+    pub(super) aud_mem: Tree,
     optouts: Tree,
     audit: Tree,
     budget: Tree,
 }
 
-fn be(e: ::sled::Error) -> StoreError {
+pub(super) fn be(e: ::sled::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-fn tx_err(e: TransactionError<()>) -> StoreError {
+pub(super) fn tx_err(e: TransactionError<()>) -> StoreError {
     match e {
         TransactionError::Storage(e) => be(e),
         TransactionError::Abort(()) => StoreError::Backend("transaction aborted".into()),
     }
 }
 
-fn json<T: Serialize>(v: &T) -> StoreResult<Vec<u8>> {
+pub(super) fn json<T: Serialize>(v: &T) -> StoreResult<Vec<u8>> {
     serde_json::to_vec(v).map_err(|e| StoreError::Backend(e.to_string()))
 }
 
-fn from_json<T: for<'de> Deserialize<'de>>(tree: &'static str, bytes: &[u8]) -> StoreResult<T> {
+pub(super) fn from_json<T: for<'de> Deserialize<'de>>(
+    tree: &'static str,
+    bytes: &[u8],
+) -> StoreResult<T> {
     serde_json::from_slice(bytes).map_err(|_| StoreError::Corrupt(tree))
 }
 
-fn key(parts: &[&[u8]]) -> Vec<u8> {
+pub(super) fn key(parts: &[&[u8]]) -> Vec<u8> {
     let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
     for p in parts {
         out.extend_from_slice(p);
@@ -62,36 +69,105 @@ fn key(parts: &[&[u8]]) -> Vec<u8> {
     out
 }
 
-fn u64_of(tree: &'static str, bytes: &[u8]) -> StoreResult<u64> {
+pub(super) fn u64_of(tree: &'static str, bytes: &[u8]) -> StoreResult<u64> {
     let arr: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt(tree))?;
     Ok(u64::from_be_bytes(arr))
 }
 
-fn point_of(tree: &'static str, bytes: &[u8]) -> StoreResult<PointBytes> {
+pub(super) fn point_of(tree: &'static str, bytes: &[u8]) -> StoreResult<PointBytes> {
     let arr: [u8; 32] = bytes.try_into().map_err(|_| StoreError::Corrupt(tree))?;
     Ok(PointBytes(arr))
 }
 
-fn dest_prefix(version: u64, destination: &str) -> Vec<u8> {
-    let d = destination.as_bytes();
-    let len = [d.len().min(255) as u8];
-    key(&[&version.to_be_bytes(), &len, &d[..d.len().min(255)]])
-}
-
-fn member_prefix(id: &str, person: Option<&str>) -> Vec<u8> {
-    let mut k = key(&[id.as_bytes(), &[0]]);
-    if let Some(p) = person {
-        let p = &p.as_bytes()[..p.len().min(255)];
-        k.push(p.len() as u8);
-        k.extend_from_slice(p);
-    }
-    k
+fn member_prefix(id: &str) -> Vec<u8> {
+    key(&[id.as_bytes(), &[0]])
 }
 
 /// sled's page cache. sled's resident memory is a multiple of this (its
 /// node representation and write buffers come on top), and the server's
 /// whole budget is 1 GiB at ten million graph identifiers.
 const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Tree of cache runs: `ns | first b·P(y) | tag` → blob pointer.
+const CACHE_RUNS: &str = "cache_runs";
+/// Tree of graph-pass pages: `job | 0 | kind | page` → blob pointer.
+const JOB_PAGES: &str = "job_pages";
+/// Tree of uploads: `job | 0 | batch` → content hash | blob pointer.
+const JOB_UPLOADS: &str = "job_uploads";
+
+fn cache_base(ns: &[u8]) -> String {
+    format!("cache-{}", hex::encode(ns))
+}
+
+/// Tree of audience member chunks: `id | 0 | first record key` → blob pointer.
+const AUDIENCE_MEMBERS: &str = "audience_members";
+
+fn audience_base(id: &str) -> String {
+    format!("aud-{id}")
+}
+
+fn job_base(job: &str) -> String {
+    format!("job-{job}")
+}
+
+/// A tree whose values are (an inline prefix and) a blob pointer.
+#[derive(Clone, Copy)]
+struct BlobTree {
+    name: &'static str,
+    /// Bytes kept in sled before the pointer (an upload's content hash).
+    inline: usize,
+}
+
+impl BlobTree {
+    fn of(tree: &[u8]) -> Option<Self> {
+        use super::sled_graph::{GRAPH_CHUNKS, GRAPH_COOKIE_CHUNKS, GRAPH_RUNS};
+        let name = [
+            GRAPH_RUNS,
+            GRAPH_CHUNKS,
+            GRAPH_COOKIE_CHUNKS,
+            CACHE_RUNS,
+            JOB_PAGES,
+            JOB_UPLOADS,
+            AUDIENCE_MEMBERS,
+        ]
+        .into_iter()
+        .find(|n| n.as_bytes() == tree)?;
+        let inline = if name == JOB_UPLOADS { 32 } else { 0 };
+        Some(Self { name, inline })
+    }
+
+    /// The blob base owning the value of `k`.
+    fn base(&self, k: &[u8]) -> String {
+        use super::sled_graph::{graph_base, runs_base, GRAPH_RUNS};
+        let version = || {
+            u64::from_be_bytes(
+                k.get(..8)
+                    .and_then(|v| v.try_into().ok())
+                    .unwrap_or_default(),
+            )
+        };
+        match self.name {
+            GRAPH_RUNS => runs_base(version()),
+            CACHE_RUNS => cache_base(&k[..k.len().min(16)]),
+            JOB_PAGES | JOB_UPLOADS | AUDIENCE_MEMBERS => {
+                let end = k.iter().position(|&b| b == 0).unwrap_or(k.len());
+                let owner = String::from_utf8_lossy(&k[..end]);
+                if self.name == AUDIENCE_MEMBERS {
+                    audience_base(&owner)
+                } else {
+                    job_base(&owner)
+                }
+            }
+            _ => graph_base(version()),
+        }
+    }
+}
+
+/// The blob directory of a database directory: inside it (sled leaves
+/// files it does not know alone), so a restore's directory swap moves both.
+pub(super) fn blob_dir(db: &Path) -> std::path::PathBuf {
+    db.join("onboard-blobs")
+}
 
 impl SledStore {
     /// Open (creating) the database at `path`.
@@ -103,8 +179,10 @@ impl SledStore {
             .mode(::sled::Mode::HighThroughput)
             .open()
             .map_err(be)?;
-        // The per-point cache of earlier builds; the cache is rebuilt on demand.
-        db.drop_tree("cache_fwd").map_err(be)?;
+        // After sled has created the directory.
+        let blobs = Blobs::open(&blob_dir(path)).map_err(|e| {
+            StoreError::Backend(format!("blob directory of {}: {e}", path.display()))
+        })?;
         let t = |name: &str| db.open_tree(name).map_err(be);
         Ok(Self {
             meta: t("meta")?,
@@ -113,33 +191,43 @@ impl SledStore {
             key_hash: t("key_hash")?,
             imports: t("imports")?,
             import_batches: t("import_batches")?,
-            g_pid: t("graph_person_by_id")?,
-            g_pno: t("graph_person_by_no")?,
-            g_point: t("graph_point")?,
-            g_cookie: t("graph_cookie")?,
+            g_runs: t(super::sled_graph::GRAPH_RUNS)?,
+            g_chunks: t(super::sled_graph::GRAPH_CHUNKS)?,
+            g_cookie_chunks: t(super::sled_graph::GRAPH_COOKIE_CHUNKS)?,
+            g_sealed: t("graph_sealed")?,
             g_supp: t("graph_suppressed")?,
-            cache_runs: t("cache_runs")?,
+            cache_runs: t(CACHE_RUNS)?,
             jobs: t("jobs")?,
-            job_pages: t("job_pages")?,
+            job_pages: t(JOB_PAGES)?,
             job_done: t("job_pages_done")?,
-            job_uploads: t("job_uploads")?,
+            job_uploads: t(JOB_UPLOADS)?,
             audiences: t("audiences")?,
-            aud_mem: t("audience_members")?,
+            aud_mem: t(AUDIENCE_MEMBERS)?,
             optouts: t("optouts")?,
             audit: t("audit")?,
             budget: t("budget")?,
             db,
+            blobs,
         })
     }
 
-    fn all<T: for<'de> Deserialize<'de>>(tree: &Tree, name: &'static str) -> StoreResult<Vec<T>> {
+    pub(super) fn all<T: for<'de> Deserialize<'de>>(
+        tree: &Tree,
+        name: &'static str,
+    ) -> StoreResult<Vec<T>> {
         tree.iter()
             .values()
             .map(|v| v.map_err(be).and_then(|v| from_json(name, &v)))
             .collect()
     }
 
-    fn delete_prefix(tree: &Tree, prefix: &[u8]) -> StoreResult<usize> {
+    /// The value a blob pointer stands for.
+    fn blob_value(&self, tree: &'static str, base: &str, pointer: &[u8]) -> StoreResult<Vec<u8>> {
+        let r = BlobRef::decode(pointer).ok_or(StoreError::Corrupt(tree))?;
+        Ok(self.blobs.read(base, &r)?)
+    }
+
+    pub(super) fn delete_prefix(tree: &Tree, prefix: &[u8]) -> StoreResult<usize> {
         let mut batch = Batch::default();
         let mut n = 0;
         for k in tree.scan_prefix(prefix).keys() {
@@ -225,310 +313,13 @@ impl PrincipalRepo for SledStore {
     }
 }
 
-impl GraphRepo for SledStore {
-    fn current_graph(&self) -> StoreResult<Option<GraphInfo>> {
-        self.meta
-            .get("graph")
-            .map_err(be)?
-            .map(|v| from_json("meta", &v))
-            .transpose()
-    }
-    fn allocate_version(&self) -> StoreResult<u64> {
-        let next = self
-            .meta
-            .update_and_fetch("version_counter", |old| {
-                let n = old
-                    .and_then(|o| <[u8; 8]>::try_from(o).ok())
-                    .map(u64::from_be_bytes)
-                    .unwrap_or(0);
-                Some((n + 1).to_be_bytes().to_vec())
-            })
-            .map_err(be)?
-            .ok_or(StoreError::Corrupt("meta"))?;
-        u64_of("meta", &next)
-    }
-    fn put_import(&self, rec: &ImportRecord) -> StoreResult<()> {
-        self.imports
-            .insert(rec.id.as_bytes(), json(rec)?)
-            .map_err(be)?;
-        Ok(())
-    }
-    fn import(&self, id: &str) -> StoreResult<Option<ImportRecord>> {
-        self.imports
-            .get(id)
-            .map_err(be)?
-            .map(|v| from_json("imports", &v))
-            .transpose()
-    }
-    fn imports(&self) -> StoreResult<Vec<ImportRecord>> {
-        Self::all(&self.imports, "imports")
-    }
-    fn import_batch_hash(
-        &self,
-        import: &str,
-        part: u8,
-        batch_no: u32,
-    ) -> StoreResult<Option<[u8; 32]>> {
-        let k = key(&[import.as_bytes(), &[0, part], &batch_no.to_be_bytes()]);
-        match self.import_batches.get(k).map_err(be)? {
-            None => Ok(None),
-            Some(v) => Ok(Some(point_of("import_batches", &v)?.0)),
-        }
-    }
-    fn set_import_batch_hash(
-        &self,
-        import: &str,
-        part: u8,
-        batch_no: u32,
-        hash: [u8; 32],
-    ) -> StoreResult<()> {
-        let k = key(&[import.as_bytes(), &[0, part], &batch_no.to_be_bytes()]);
-        self.import_batches.insert(k, &hash[..]).map_err(be)?;
-        Ok(())
-    }
-    fn person_no(&self, version: u64, person: &str) -> StoreResult<Option<u64>> {
-        let k = key(&[&version.to_be_bytes(), person.as_bytes()]);
-        self.g_pid
-            .get(k)
-            .map_err(be)?
-            .map(|v| u64_of("graph_person_by_id", &v))
-            .transpose()
-    }
-    fn person_id(&self, version: u64, person_no: u64) -> StoreResult<Option<String>> {
-        let k = key(&[&version.to_be_bytes(), &person_no.to_be_bytes()]);
-        self.g_pno
-            .get(k)
-            .map_err(be)?
-            .map(|v| {
-                String::from_utf8(v.to_vec()).map_err(|_| StoreError::Corrupt("graph_person_by_no"))
-            })
-            .transpose()
-    }
-    fn put_persons(&self, version: u64, persons: &[(String, u64)]) -> StoreResult<()> {
-        let v = version.to_be_bytes();
-        let (mut by_id, mut by_no) = (Batch::default(), Batch::default());
-        for (person, n) in persons {
-            by_id.insert(key(&[&v, person.as_bytes()]), &n.to_be_bytes());
-            by_no.insert(key(&[&v, &n.to_be_bytes()]), person.as_bytes());
-        }
-        // Numbers first: a crash in between leaves an unreachable number, never a dangling ID.
-        self.g_pno.apply_batch(by_no).map_err(be)?;
-        self.g_pid.apply_batch(by_id).map_err(be)?;
-        Ok(())
-    }
-    fn put_points(
-        &self,
-        version: u64,
-        rows: &[(MatchKind, PointBytes, u64)],
-    ) -> StoreResult<Vec<bool>> {
-        let v = version.to_be_bytes();
-        let mut points = Batch::default();
-        let mut fresh = Vec::with_capacity(rows.len());
-        let mut seen = std::collections::HashSet::new();
-        for (kind, point, person) in rows {
-            let k = key(&[&v, &[kind.to_byte()], &point.0]);
-            let new = !self.g_point.contains_key(&k).map_err(be)? && seen.insert(k.clone());
-            fresh.push(new);
-            points.insert(k, &person.to_be_bytes());
-        }
-        self.g_point.apply_batch(points).map_err(be)?;
-        Ok(fresh)
-    }
-    fn point_owner(
-        &self,
-        version: u64,
-        kind: MatchKind,
-        point: &PointBytes,
-    ) -> StoreResult<Option<u64>> {
-        let k = key(&[&version.to_be_bytes(), &[kind.to_byte()], &point.0]);
-        self.g_point
-            .get(k)
-            .map_err(be)?
-            .map(|v| u64_of("graph_point", &v))
-            .transpose()
-    }
-    fn points_after(
-        &self,
-        version: u64,
-        kind: MatchKind,
-        after: Option<&PointBytes>,
-        limit: usize,
-    ) -> StoreResult<Vec<(PointBytes, u64)>> {
-        let prefix = key(&[&version.to_be_bytes(), &[kind.to_byte()]]);
-        let mut start = prefix.clone();
-        if let Some(p) = after {
-            start.extend_from_slice(&p.0);
-            start.push(0);
-        }
-        let mut out = Vec::with_capacity(limit.min(65_536));
-        for item in self.g_point.range(start..) {
-            let (k, v) = item.map_err(be)?;
-            if !k.starts_with(&prefix) || out.len() >= limit {
-                break;
-            }
-            out.push((
-                point_of("graph_point", &k[prefix.len()..])?,
-                u64_of("graph_point", &v)?,
-            ));
-        }
-        Ok(out)
-    }
-    fn put_cookie(
-        &self,
-        version: u64,
-        destination: &str,
-        person_no: u64,
-        cookie: &SealedCookie,
-    ) -> StoreResult<bool> {
-        let k = key(&[
-            &dest_prefix(version, destination),
-            &person_no.to_be_bytes(),
-            &cookie.tag,
-        ]);
-        if self.g_cookie.contains_key(&k).map_err(be)? {
-            return Ok(false);
-        }
-        self.g_cookie
-            .insert(k, cookie.sealed.as_slice())
-            .map_err(be)?;
-        Ok(true)
-    }
-    fn put_cookies(
-        &self,
-        version: u64,
-        rows: &[(&str, u64, SealedCookie)],
-    ) -> StoreResult<Vec<bool>> {
-        let mut batch = Batch::default();
-        let mut fresh = Vec::with_capacity(rows.len());
-        let mut seen = std::collections::HashSet::new();
-        for (destination, person_no, cookie) in rows {
-            let k = key(&[
-                &dest_prefix(version, destination),
-                &person_no.to_be_bytes(),
-                &cookie.tag,
-            ]);
-            let new = !self.g_cookie.contains_key(&k).map_err(be)? && seen.insert(k.clone());
-            if new {
-                batch.insert(k, cookie.sealed.as_slice());
-            }
-            fresh.push(new);
-        }
-        self.g_cookie.apply_batch(batch).map_err(be)?;
-        Ok(fresh)
-    }
-    fn cookies(
-        &self,
-        version: u64,
-        destination: &str,
-        person_no: u64,
-    ) -> StoreResult<Vec<SealedCookie>> {
-        let prefix = key(&[&dest_prefix(version, destination), &person_no.to_be_bytes()]);
-        self.g_cookie
-            .scan_prefix(&prefix)
-            .map(|item| {
-                let (k, v) = item.map_err(be)?;
-                let tag: [u8; 16] = k[prefix.len()..]
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("graph_cookie"))?;
-                Ok(SealedCookie {
-                    tag,
-                    sealed: v.to_vec(),
-                })
-            })
-            .collect()
-    }
-    fn has_destination(&self, version: u64, destination: &str) -> StoreResult<bool> {
-        Ok(self
-            .g_cookie
-            .scan_prefix(dest_prefix(version, destination))
-            .next()
-            .is_some())
-    }
-    fn suppress(&self, version: u64, person_no: u64) -> StoreResult<bool> {
-        let k = key(&[&version.to_be_bytes(), &person_no.to_be_bytes()]);
-        Ok(self.g_supp.insert(k, &[]).map_err(be)?.is_none())
-    }
-    fn is_suppressed(&self, version: u64, person_no: u64) -> StoreResult<bool> {
-        let k = key(&[&version.to_be_bytes(), &person_no.to_be_bytes()]);
-        self.g_supp.contains_key(k).map_err(be)
-    }
-    fn erase_person(&self, version: u64, person_no: u64) -> StoreResult<ErasedCounts> {
-        let mut counts = ErasedCounts::default();
-        let v = version.to_be_bytes();
-        let pno = person_no.to_be_bytes();
-        let rev_prefix = key(&[&v, &pno]);
-        // No per-person index of points (it would double every import write):
-        // erasure, which is rare, scans the version's points instead.
-        let mut point_keys = Vec::new();
-        for item in self.g_point.scan_prefix(v) {
-            let (k, owner) = item.map_err(be)?;
-            if owner.as_ref() == pno.as_slice() {
-                if let Some(kind) = k.get(8).and_then(|b| MatchKind::from_byte(*b)) {
-                    *counts
-                        .identifiers
-                        .entry(kind.as_str().to_string())
-                        .or_default() += 1;
-                }
-                point_keys.push(k.to_vec());
-            }
-        }
-        let mut cookie_keys = Vec::new();
-        for k in self.g_cookie.scan_prefix(v).keys() {
-            let k = k.map_err(be)?;
-            let dlen = usize::from(*k.get(8).unwrap_or(&0));
-            if k.get(9 + dlen..17 + dlen) == Some(&pno[..]) {
-                let dest = String::from_utf8_lossy(&k[9..9 + dlen]).into_owned();
-                *counts.cookies.entry(dest).or_default() += 1;
-                cookie_keys.push(k.to_vec());
-            }
-        }
-        let id = self.person_id(version, person_no)?;
-        let id_key = id.map(|p| key(&[&v, p.as_bytes()]));
-        (&self.g_point, &self.g_cookie, &self.g_pid, &self.g_pno)
-            .transaction(|(points, cookies, pid, pnos)| {
-                for k in &point_keys {
-                    points.remove(k.as_slice())?;
-                }
-                for k in &cookie_keys {
-                    cookies.remove(k.as_slice())?;
-                }
-                if let Some(k) = &id_key {
-                    pid.remove(k.as_slice())?;
-                }
-                pnos.remove(rev_prefix.as_slice())?;
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(tx_err)?;
-        counts.person = id_key.is_some();
-        Ok(counts)
-    }
-    fn commit_graph(&self, info: &GraphInfo) -> StoreResult<Option<u64>> {
-        let old = self.meta.insert("graph", json(info)?).map_err(be)?;
-        self.db.flush().map_err(be)?;
-        old.map(|v| from_json::<GraphInfo>("meta", &v).map(|g| g.version))
-            .transpose()
-    }
-    fn delete_version(&self, version: u64) -> StoreResult<()> {
-        let v = version.to_be_bytes();
-        for tree in [
-            &self.g_pid,
-            &self.g_pno,
-            &self.g_point,
-            &self.g_cookie,
-            &self.g_supp,
-        ] {
-            Self::delete_prefix(tree, &v)?;
-        }
-        Ok(())
-    }
-}
-
 impl CacheRepo for SledStore {
     fn cache_contains(&self, ns: &[u8; 16], bpy: &PointBytes) -> StoreResult<bool> {
         // Runs starting at or before `bpy` may hold it (rare call: a scan).
         let end = key(&[ns, &bpy.0, &[0xff; 8]]);
         for item in self.cache_runs.range(ns.to_vec()..=end) {
             let (_, v) = item.map_err(be)?;
+            let v = self.blob_value(CACHE_RUNS, &cache_base(ns), &v)?;
             let n = v.len() / 64;
             let found = binary_search_run(&v, n, &bpy.0);
             if found {
@@ -553,7 +344,8 @@ impl CacheRepo for SledStore {
         // re-sent page overwrites itself and a different run is kept beside.
         let tag = Sha256::digest(&value);
         let k = key(&[ns, &sorted[0].0 .0, &tag[..8]]);
-        self.cache_runs.insert(k, value).map_err(be)?;
+        let r = self.blobs.append(&cache_base(ns), 0, &value)?;
+        self.cache_runs.insert(k, &r.encode()[..]).map_err(be)?;
         Ok(())
     }
     fn cache_runs_after(
@@ -573,6 +365,7 @@ impl CacheRepo for SledStore {
             if !k.starts_with(ns) || out.len() >= limit {
                 break;
             }
+            let v = self.blob_value(CACHE_RUNS, &cache_base(ns), &v)?;
             if k.len() != ns.len() + 40 || v.len() % 64 != 0 {
                 return Err(StoreError::Corrupt("cache_runs"));
             }
@@ -626,24 +419,29 @@ impl JobRepo for SledStore {
     fn jobs(&self) -> StoreResult<Vec<Job>> {
         Self::all(&self.jobs, "jobs")
     }
-    fn put_pass_page(
+    fn put_pass_pages(
         &self,
         job: &str,
         kind: MatchKind,
-        page_no: u32,
-        points: &[u8],
+        first_page: u32,
+        pages: &[Vec<u8>],
     ) -> StoreResult<()> {
-        self.job_pages
-            .insert(page_key(job, kind, page_no), points)
-            .map_err(be)?;
-        Ok(())
+        let base = job_base(job);
+        let mut batch = Batch::default();
+        for (page_no, page) in (first_page..).zip(pages) {
+            let r = self.blobs.append_unsynced(&base, 0, page)?;
+            batch.insert(page_key(job, kind, page_no), &r.encode()[..]);
+        }
+        // One sync for the lot, before any pointer to them exists.
+        self.blobs.sync(&base, 0)?;
+        self.job_pages.apply_batch(batch).map_err(be)
     }
     fn pass_page(&self, job: &str, kind: MatchKind, page_no: u32) -> StoreResult<Option<Vec<u8>>> {
-        Ok(self
-            .job_pages
+        self.job_pages
             .get(page_key(job, kind, page_no))
             .map_err(be)?
-            .map(|v| v.to_vec()))
+            .map(|v| self.blob_value(JOB_PAGES, &job_base(job), &v))
+            .transpose()
     }
     fn mark_page_done(&self, job: &str, kind: MatchKind, page_no: u32) -> StoreResult<()> {
         self.job_done
@@ -664,7 +462,8 @@ impl JobRepo for SledStore {
         frame: &[u8],
     ) -> StoreResult<()> {
         let k = key(&[job.id.as_bytes(), &[0], &batch_no.to_be_bytes()]);
-        let upload = key(&[&hash, frame]);
+        let r = self.blobs.append(&job_base(&job.id), 0, frame)?;
+        let upload = key(&[&hash, &r.encode()]);
         let record = json(job)?;
         (&self.job_uploads, &self.jobs)
             .transaction(|(uploads, jobs)| {
@@ -691,11 +490,11 @@ impl JobRepo for SledStore {
         let k = key(&[job.as_bytes(), &[0], &batch_no.to_be_bytes()]);
         match self.job_uploads.get(k).map_err(be)? {
             None => Ok(None),
-            Some(v) => Ok(Some(
-                v.get(32..)
-                    .ok_or(StoreError::Corrupt("job_uploads"))?
-                    .to_vec(),
-            )),
+            Some(v) => Ok(Some(self.blob_value(
+                JOB_UPLOADS,
+                &job_base(job),
+                v.get(32..).ok_or(StoreError::Corrupt(JOB_UPLOADS))?,
+            )?)),
         }
     }
     fn upload_numbers(&self, job: &str) -> StoreResult<Vec<u32>> {
@@ -717,6 +516,9 @@ impl JobRepo for SledStore {
         for tree in [&self.job_uploads, &self.job_pages, &self.job_done] {
             Self::delete_prefix(tree, &prefix)?;
         }
+        // Pointers first: a crash in between leaves a file without pointers.
+        self.db.flush().map_err(be)?;
+        self.blobs.remove(&job_base(job))?;
         Ok(())
     }
     fn job_data_count(&self, job: &str) -> StoreResult<usize> {
@@ -728,6 +530,89 @@ impl JobRepo for SledStore {
     }
 }
 
+/// Member cookies per audience chunk.
+const MEMBER_CHUNK: usize = 4096;
+
+/// One member record of an audience chunk: its sort key
+/// (`len | person | tag`, also the pull position) and sealed cookie.
+fn member_records(chunk: &[u8]) -> StoreResult<Vec<(&[u8], &[u8])>> {
+    let corrupt = || StoreError::Corrupt(AUDIENCE_MEMBERS);
+    let mut out = Vec::new();
+    let mut rest = chunk;
+    while let Some(&plen) = rest.first() {
+        let key_len = 1 + usize::from(plen) + 16;
+        let len = rest.get(key_len..key_len + 2).ok_or_else(corrupt)?;
+        let total = key_len + 2 + usize::from(u16::from_be_bytes([len[0], len[1]]));
+        let record = rest.get(..total).ok_or_else(corrupt)?;
+        out.push((&record[..key_len], &record[key_len + 2..]));
+        rest = &rest[total..];
+    }
+    Ok(out)
+}
+
+/// The person of a member record's key.
+fn member_person(key: &[u8]) -> &[u8] {
+    &key[1..key.len() - 16]
+}
+
+/// An audience chunk: its sled key, file generation and bytes.
+type MemberChunk = (Vec<u8>, u32, Vec<u8>);
+
+impl SledStore {
+    /// Write sorted member records (key, sealed) as chunks of `id`'s file of
+    /// `generation`, synced; returns each chunk's sled key and pointer.
+    fn write_member_chunks<'r>(
+        &self,
+        id: &str,
+        generation: u32,
+        records: impl Iterator<Item = (&'r [u8], &'r [u8])>,
+    ) -> StoreResult<Vec<(Vec<u8>, [u8; BlobRef::LEN])>> {
+        let base = audience_base(id);
+        let prefix = member_prefix(id);
+        let mut chunks = Vec::new();
+        let mut buf = Vec::new();
+        let mut first: Option<Vec<u8>> = None;
+        let mut n = 0;
+        let mut flush = |buf: &mut Vec<u8>, first: &mut Option<Vec<u8>>| -> StoreResult<()> {
+            if let Some(f) = first.take() {
+                let r = self.blobs.append_unsynced(&base, generation, buf)?;
+                chunks.push((key(&[&prefix, &f]), r.encode()));
+            }
+            buf.clear();
+            Ok(())
+        };
+        for (k, sealed) in records {
+            if n == MEMBER_CHUNK {
+                flush(&mut buf, &mut first)?;
+                n = 0;
+            }
+            let len = u16::try_from(sealed.len())
+                .map_err(|_| StoreError::Backend("sealed cookie too long".into()))?;
+            first.get_or_insert_with(|| k.to_vec());
+            buf.extend_from_slice(k);
+            buf.extend_from_slice(&len.to_be_bytes());
+            buf.extend_from_slice(sealed);
+            n += 1;
+        }
+        flush(&mut buf, &mut first)?;
+        self.blobs.sync(&base, generation)?;
+        Ok(chunks)
+    }
+
+    /// Every chunk of an audience, in order.
+    fn member_chunks(&self, id: &str) -> StoreResult<Vec<MemberChunk>> {
+        let base = audience_base(id);
+        self.aud_mem
+            .scan_prefix(member_prefix(id))
+            .map(|item| {
+                let (k, v) = item.map_err(be)?;
+                let r = BlobRef::decode(&v).ok_or(StoreError::Corrupt(AUDIENCE_MEMBERS))?;
+                Ok((k.to_vec(), r.generation, self.blobs.read(&base, &r)?))
+            })
+            .collect()
+    }
+}
+
 impl AudienceRepo for SledStore {
     fn create_audience(
         &self,
@@ -735,16 +620,26 @@ impl AudienceRepo for SledStore {
         members: &[(String, Vec<SealedCookie>)],
     ) -> StoreResult<()> {
         let value = json(a)?;
-        let mut batch = Batch::default();
-        for (person, cookies) in members {
-            let prefix = member_prefix(&a.id, Some(person));
-            for c in cookies {
-                batch.insert(key(&[&prefix, &c.tag]), c.sealed.as_slice());
-            }
+        let mut records: Vec<(Vec<u8>, &[u8])> = members
+            .iter()
+            .flat_map(|(person, cookies)| {
+                let p = &person.as_bytes()[..person.len().min(255)];
+                cookies
+                    .iter()
+                    .map(move |c| (key(&[&[p.len() as u8], p, &c.tag]), c.sealed.as_slice()))
+            })
+            .collect();
+        records.sort_unstable_by(|x, y| x.0.cmp(&y.0));
+        records.dedup_by(|x, y| x.0 == y.0);
+        let mut chunks = Batch::default();
+        for (k, r) in
+            self.write_member_chunks(&a.id, 0, records.iter().map(|(k, s)| (k.as_slice(), *s)))?
+        {
+            chunks.insert(k, &r[..]);
         }
         (&self.audiences, &self.aud_mem)
             .transaction(|(auds, mem)| {
-                mem.apply_batch(&batch)?;
+                mem.apply_batch(&chunks)?;
                 auds.insert(a.id.as_bytes(), value.clone())?;
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
@@ -767,23 +662,13 @@ impl AudienceRepo for SledStore {
         Self::all(&self.audiences, "audiences")
     }
     fn audience_persons(&self, id: &str) -> StoreResult<Vec<String>> {
-        let prefix = member_prefix(id, None);
         let mut out: Vec<String> = Vec::new();
-        for k in self.aud_mem.scan_prefix(&prefix).keys() {
-            let k = k.map_err(be)?;
-            let rest = &k[prefix.len()..];
-            let len = usize::from(
-                *rest
-                    .first()
-                    .ok_or(StoreError::Corrupt("audience_members"))?,
-            );
-            let p = rest
-                .get(1..1 + len)
-                .ok_or(StoreError::Corrupt("audience_members"))?;
-            let p = String::from_utf8(p.to_vec())
-                .map_err(|_| StoreError::Corrupt("audience_members"))?;
-            if out.last() != Some(&p) {
-                out.push(p);
+        for (_, _, chunk) in self.member_chunks(id)? {
+            for (k, _) in member_records(&chunk)? {
+                let p = String::from_utf8_lossy(member_person(k));
+                if out.last().map(String::as_str) != Some(&p) {
+                    out.push(p.into_owned());
+                }
             }
         }
         Ok(out)
@@ -794,31 +679,77 @@ impl AudienceRepo for SledStore {
         after: Option<&[u8]>,
         limit: usize,
     ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
-        let prefix = member_prefix(id, None);
-        let mut start = prefix.clone();
-        if let Some(a) = after {
-            start.extend_from_slice(a);
-            start.push(0);
-        }
+        let prefix = member_prefix(id);
+        // Positions are record keys, stable when other members are removed.
+        let start = match after {
+            None => prefix.clone(),
+            Some(a) => match self
+                .aud_mem
+                .range(prefix.clone()..=key(&[&prefix, a]))
+                .next_back()
+            {
+                Some(item) => item.map_err(be)?.0.to_vec(),
+                None => prefix.clone(),
+            },
+        };
+        let base = audience_base(id);
         let mut out = Vec::new();
         for item in self.aud_mem.range(start..) {
             let (k, v) = item.map_err(be)?;
             if !k.starts_with(&prefix) || out.len() >= limit {
                 break;
             }
-            out.push((k[prefix.len()..].to_vec(), v.to_vec()));
+            let r = BlobRef::decode(&v).ok_or(StoreError::Corrupt(AUDIENCE_MEMBERS))?;
+            let chunk = self.blobs.read(&base, &r)?;
+            for (pos, sealed) in member_records(&chunk)? {
+                if after.is_some_and(|a| pos <= a) {
+                    continue;
+                }
+                if out.len() >= limit {
+                    break;
+                }
+                out.push((pos.to_vec(), sealed.to_vec()));
+            }
         }
         Ok(out)
     }
     fn remove_member(&self, id: &str, person: &str) -> StoreResult<bool> {
-        Ok(Self::delete_prefix(&self.aud_mem, &member_prefix(id, Some(person)))? > 0)
+        let chunks = self.member_chunks(id)?;
+        let mut records = Vec::new();
+        for (_, _, chunk) in &chunks {
+            records.extend(member_records(chunk)?);
+        }
+        let before = records.len();
+        records.retain(|(k, _)| member_person(k) != person.as_bytes());
+        if records.len() == before {
+            return Ok(false);
+        }
+        // A new file generation without the person, then the old one goes.
+        let generation = chunks.iter().map(|c| c.1).max().unwrap_or(0);
+        let fresh = self.write_member_chunks(id, generation + 1, records.into_iter())?;
+        let mut batch = Batch::default();
+        for (k, _, _) in &chunks {
+            if !fresh.iter().any(|(f, _)| f == k) {
+                batch.remove(k.as_slice());
+            }
+        }
+        for (k, r) in &fresh {
+            batch.insert(k.as_slice(), &r[..]);
+        }
+        self.aud_mem.apply_batch(batch).map_err(be)?;
+        self.db.flush().map_err(be)?;
+        self.blobs
+            .remove_generation(&audience_base(id), generation)?;
+        Ok(true)
     }
     fn delete_members(&self, id: &str) -> StoreResult<()> {
-        Self::delete_prefix(&self.aud_mem, &member_prefix(id, None))?;
+        Self::delete_prefix(&self.aud_mem, &member_prefix(id))?;
+        self.db.flush().map_err(be)?;
+        self.blobs.remove(&audience_base(id))?;
         Ok(())
     }
     fn delete_audience(&self, id: &str) -> StoreResult<()> {
-        Self::delete_prefix(&self.aud_mem, &member_prefix(id, None))?;
+        self.delete_members(id)?;
         self.audiences.remove(id).map_err(be)?;
         Ok(())
     }
@@ -931,19 +862,43 @@ impl ExportRepo for SledStore {
     }
 
     fn export_tree(&self, tree: &[u8], visit: &mut EntryVisitor<'_>) -> StoreResult<()> {
+        let blob_tree = BlobTree::of(tree);
         let tree = self.db.open_tree(tree).map_err(be)?;
         for kv in tree.iter() {
             let (k, v) = kv.map_err(be)?;
-            visit(&k, &v)?;
+            match blob_tree {
+                // Backups carry values, not pointers into this store's files.
+                Some(bt) => {
+                    let (inline, pointer) = v.split_at(bt.inline.min(v.len()));
+                    let r = BlobRef::decode(pointer).ok_or(StoreError::Corrupt(bt.name))?;
+                    let bytes = self.blobs.read(&bt.base(&k), &r)?;
+                    visit(&k, &key(&[inline, &bytes]))?;
+                }
+                None => visit(&k, &v)?,
+            }
         }
         Ok(())
     }
 
     fn import_entries(&self, tree: &[u8], entries: &[(Vec<u8>, Vec<u8>)]) -> StoreResult<()> {
+        let blob_tree = BlobTree::of(tree);
         let tree = self.db.open_tree(tree).map_err(be)?;
         let mut batch = Batch::default();
+        let mut bases = std::collections::BTreeSet::new();
         for (k, v) in entries {
-            batch.insert(k.as_slice(), v.as_slice());
+            match blob_tree {
+                Some(bt) => {
+                    let (inline, bytes) = v.split_at(bt.inline.min(v.len()));
+                    let base = bt.base(k);
+                    let r = self.blobs.append_unsynced(&base, 0, bytes)?;
+                    batch.insert(k.as_slice(), key(&[inline, &r.encode()]));
+                    bases.insert(base);
+                }
+                None => batch.insert(k.as_slice(), v.as_slice()),
+            }
+        }
+        for base in &bases {
+            self.blobs.sync(base, 0)?;
         }
         tree.apply_batch(batch).map_err(be)
     }
@@ -959,5 +914,75 @@ impl ExportRepo for SledStore {
             }
         }
         Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn audience(id: &str) -> Audience {
+        Audience {
+            id: id.into(),
+            segment: "Gold".into(),
+            advertiser: "acme".into(),
+            destination: "dsp".into(),
+            job_id: "j-1".into(),
+            size: 0,
+            created: String::new(),
+            expires: String::new(),
+            expires_unix: 0,
+            pulled: false,
+        }
+    }
+
+    #[test]
+    fn audience_members_page_stably_through_removals() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("db")).unwrap();
+        // Two cookies per person, enough to span several chunks.
+        let members: Vec<(String, Vec<SealedCookie>)> = (0..3000u32)
+            .map(|i| {
+                let cookies = (0..2u8)
+                    .map(|c| SealedCookie {
+                        tag: [c; 16],
+                        sealed: format!("cookie-{i:05}-{c}").into_bytes(),
+                    })
+                    .collect();
+                (format!("person{i:05}"), cookies)
+            })
+            .collect();
+        store.create_audience(&audience("a-1"), &members).unwrap();
+        assert!(store.aud_mem.len() > 1, "several chunks");
+        assert_eq!(store.audience_persons("a-1").unwrap().len(), 3000);
+        let first = store.members_after("a-1", None, 1000).unwrap();
+        assert_eq!(first.len(), 1000);
+        assert_eq!(first[0].1, b"cookie-00000-0");
+        // Remove a person already paged and one ahead: the cursor still holds.
+        assert!(store.remove_member("a-1", "person00010").unwrap());
+        assert!(store.remove_member("a-1", "person02999").unwrap());
+        assert!(!store.remove_member("a-1", "person02999").unwrap());
+        let mut all: Vec<Vec<u8>> = first.iter().map(|m| m.1.clone()).collect();
+        let mut after = first.last().map(|m| m.0.clone());
+        loop {
+            let page = store.members_after("a-1", after.as_deref(), 1000).unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(last.0.clone());
+            all.extend(page.into_iter().map(|m| m.1));
+        }
+        assert_eq!(all.len(), 6000 - 2, "each remaining cookie once");
+        assert_eq!(all[999], b"cookie-00499-1");
+        assert_eq!(all.last().unwrap(), b"cookie-02998-1");
+        let blobs = blob_dir(&dir.path().join("db"));
+        let names: Vec<String> = std::fs::read_dir(&blobs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["aud-a-1.2".to_string()]);
+        let bytes = std::fs::read(blobs.join("aud-a-1.2")).unwrap();
+        assert!(!bytes.windows(11).any(|w| w == b"person02999"));
+        store.delete_audience("a-1").unwrap();
+        assert_eq!(std::fs::read_dir(&blobs).unwrap().count(), 0);
+        assert!(store.audience("a-1").unwrap().is_none());
     }
 }

@@ -1,0 +1,926 @@
+//! The graph on the sled backend. An import stages each batch as a sorted
+//! run in a blob file; sealing merges the runs (a k-way merge, streamed, so
+//! memory does not grow with the graph) into chunks of at most
+//! [`CHUNK_RECORDS`] records, each a blob with a sled pointer keyed by its
+//! first record:
+//! - points: `version | kind | first b·P(y)` → chunk of `b·P(y) | person`
+//!   (48-byte records, sorted);
+//! - cookies: `version | len | destination | first person` → chunk of
+//!   `person | tag | len:u16 | sealed` (sorted; a person never spans two chunks).
+//!
+//! Look-ups find the chunk with the greatest key at or below the probe; the
+//! ordered variants walk chunk pointers alongside sorted probes and read each
+//! chunk at most once.
+
+use super::blobs::{BlobRef, BlobStream};
+use super::sled::{be, from_json, json, key, point_of, tx_err, u64_of, SledStore};
+use super::*;
+use ::sled::transaction::ConflictableTransactionError;
+use ::sled::{Batch, Transactional, Tree};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet};
+
+/// Tree of staged runs: `version | part | batch` → blob pointer.
+pub(super) const GRAPH_RUNS: &str = "graph_runs";
+/// Tree of point chunks.
+pub(super) const GRAPH_CHUNKS: &str = "graph_chunks";
+/// Tree of cookie chunks.
+pub(super) const GRAPH_COOKIE_CHUNKS: &str = "graph_cookie_chunks";
+
+/// Records per chunk (a point chunk is 96 KiB).
+const CHUNK_RECORDS: usize = 2048;
+/// Bytes read at a time from each run while merging.
+const MERGE_WINDOW: usize = 64 * 1024;
+/// `kind | point | person`.
+const RUN_RECORD: usize = 1 + 32 + 16;
+/// `point | person`.
+const POINT_RECORD: usize = 32 + 16;
+
+/// Blob base of a version's chunks.
+pub(super) fn graph_base(version: u64) -> String {
+    format!("graph-{version}")
+}
+
+/// Blob base of a version's staged runs.
+pub(super) fn runs_base(version: u64) -> String {
+    format!("graph-{version}-runs")
+}
+
+fn chunk_prefix(version: u64, kind: MatchKind) -> Vec<u8> {
+    key(&[&version.to_be_bytes(), &[kind.to_byte()]])
+}
+
+fn dest_bytes(destination: &str) -> &[u8] {
+    let d = destination.as_bytes();
+    &d[..d.len().min(255)]
+}
+
+fn cookie_prefix(version: u64, destination: &str) -> Vec<u8> {
+    let d = dest_bytes(destination);
+    key(&[&version.to_be_bytes(), &[d.len() as u8], d])
+}
+
+fn ptr(tree: &'static str, bytes: &[u8]) -> StoreResult<BlobRef> {
+    BlobRef::decode(bytes).ok_or(StoreError::Corrupt(tree))
+}
+
+fn person_of(bytes: &[u8]) -> StoreResult<PersonKey> {
+    bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(GRAPH_CHUNKS))
+}
+
+/// One parsed cookie record of a chunk.
+struct CookieRecord<'a> {
+    person: PersonKey,
+    tag: [u8; 16],
+    sealed: &'a [u8],
+    /// The record's encoded bytes.
+    raw: &'a [u8],
+}
+
+/// Parse a cookie chunk (`person | tag | len | sealed` records).
+fn cookie_records(chunk: &[u8]) -> StoreResult<Vec<CookieRecord<'_>>> {
+    let corrupt = || StoreError::Corrupt(GRAPH_COOKIE_CHUNKS);
+    let mut out = Vec::new();
+    let mut rest = chunk;
+    while !rest.is_empty() {
+        let head = rest.get(..34).ok_or_else(corrupt)?;
+        let len = usize::from(u16::from_be_bytes([head[32], head[33]]));
+        let raw = rest.get(..34 + len).ok_or_else(corrupt)?;
+        out.push(CookieRecord {
+            person: person_of(&raw[..16])?,
+            tag: raw[16..32].try_into().map_err(|_| corrupt())?,
+            sealed: &raw[34..],
+            raw,
+        });
+        rest = &rest[34 + len..];
+    }
+    Ok(out)
+}
+
+/// Writes sorted records as chunks of one version's blob file, collecting
+/// their pointers in a batch applied by the caller.
+struct ChunkWriter<'a> {
+    store: &'a SledStore,
+    base: String,
+    generation: u32,
+    batch: Batch,
+    prefix: Vec<u8>,
+    first: Vec<u8>,
+    buf: Vec<u8>,
+    records: usize,
+}
+
+impl<'a> ChunkWriter<'a> {
+    fn new(store: &'a SledStore, version: u64, generation: u32) -> Self {
+        Self {
+            store,
+            base: graph_base(version),
+            generation,
+            batch: Batch::default(),
+            prefix: Vec::new(),
+            first: Vec::new(),
+            buf: Vec::new(),
+            records: 0,
+        }
+    }
+
+    /// Add a record under `prefix`, keyed by `first` if it opens a chunk; a
+    /// full chunk is closed only where `may_split` allows.
+    fn push(
+        &mut self,
+        prefix: &[u8],
+        first: &[u8],
+        record: &[u8],
+        may_split: bool,
+    ) -> StoreResult<()> {
+        if prefix != self.prefix.as_slice() || (self.records >= CHUNK_RECORDS && may_split) {
+            self.close()?;
+        }
+        if self.records == 0 {
+            self.prefix = prefix.to_vec();
+            self.first = first.to_vec();
+        }
+        self.buf.extend_from_slice(record);
+        self.records += 1;
+        Ok(())
+    }
+
+    fn close(&mut self) -> StoreResult<()> {
+        if self.records > 0 {
+            let r = self
+                .store
+                .blobs
+                .append_unsynced(&self.base, self.generation, &self.buf)?;
+            self.batch
+                .insert(key(&[&self.prefix, &self.first]), &r.encode()[..]);
+        }
+        self.buf.clear();
+        self.records = 0;
+        Ok(())
+    }
+
+    /// Close the last chunk and sync the file; the batch is ready to apply.
+    fn finish(mut self) -> StoreResult<Batch> {
+        self.close()?;
+        self.store.blobs.sync(&self.base, self.generation)?;
+        Ok(self.batch)
+    }
+}
+
+impl SledStore {
+    fn read_chunk(&self, tree: &'static str, version: u64, value: &[u8]) -> StoreResult<Vec<u8>> {
+        Ok(self.blobs.read(&graph_base(version), &ptr(tree, value)?)?)
+    }
+
+    /// The chunk whose key is the greatest at or below `prefix | probe`.
+    fn chunk_at(
+        &self,
+        tree: &Tree,
+        name: &'static str,
+        version: u64,
+        prefix: &[u8],
+        probe: &[u8],
+    ) -> StoreResult<Option<(Vec<u8>, Vec<u8>)>> {
+        let upper = key(&[prefix, probe]);
+        match tree.range(prefix.to_vec()..=upper).next_back() {
+            None => Ok(None),
+            Some(item) => {
+                let (k, v) = item.map_err(be)?;
+                Ok(Some((k.to_vec(), self.read_chunk(name, version, &v)?)))
+            }
+        }
+    }
+
+    /// Streams of a version's staged runs of one part, in batch order.
+    fn run_streams(&self, version: u64, part: u8) -> StoreResult<Vec<BlobStream>> {
+        let prefix = key(&[&version.to_be_bytes(), &[part]]);
+        let base = runs_base(version);
+        self.g_runs
+            .scan_prefix(prefix)
+            .values()
+            .map(|v| {
+                let r = ptr(GRAPH_RUNS, &v.map_err(be)?)?;
+                Ok(self.blobs.stream(&base, &r, MERGE_WINDOW)?)
+            })
+            .collect()
+    }
+
+    fn seal_points(
+        &self,
+        version: u64,
+        info: &mut GraphInfo,
+        persons: &mut HashSet<PersonKey>,
+    ) -> StoreResult<Batch> {
+        let mut streams = self.run_streams(version, b'i')?;
+        // Ties go to the earlier run: the first import of a point wins.
+        let mut heap = BinaryHeap::new();
+        for (i, s) in streams.iter_mut().enumerate() {
+            if s.fill(RUN_RECORD)? {
+                heap.push(Reverse((run_key(s.peek()), i)));
+            }
+        }
+        let mut out = ChunkWriter::new(self, version, 0);
+        let mut last: Option<[u8; 33]> = None;
+        while let Some(Reverse((k, i))) = heap.pop() {
+            let mut record = [0u8; RUN_RECORD];
+            record.copy_from_slice(&streams[i].peek()[..RUN_RECORD]);
+            streams[i].advance(RUN_RECORD);
+            if streams[i].fill(RUN_RECORD)? {
+                heap.push(Reverse((run_key(streams[i].peek()), i)));
+            }
+            if last == Some(k) {
+                continue;
+            }
+            last = Some(k);
+            let kind = MatchKind::from_byte(record[0]).ok_or(StoreError::Corrupt(GRAPH_RUNS))?;
+            persons.insert(person_of(&record[33..])?);
+            *info.identifiers.entry(kind.as_str().into()).or_default() += 1;
+            out.push(
+                &chunk_prefix(version, kind),
+                &record[1..33],
+                &record[1..],
+                true,
+            )?;
+        }
+        out.finish()
+    }
+
+    fn seal_cookies(
+        &self,
+        version: u64,
+        info: &mut GraphInfo,
+        persons: &mut HashSet<PersonKey>,
+    ) -> StoreResult<Batch> {
+        let mut streams = self.run_streams(version, b'c')?;
+        let mut heap = BinaryHeap::new();
+        for (i, s) in streams.iter_mut().enumerate() {
+            if let Some(k) = next_cookie_key(s)? {
+                heap.push(Reverse((k, i)));
+            }
+        }
+        let mut out = ChunkWriter::new(self, version, 0);
+        let mut last: Option<Vec<u8>> = None;
+        let mut last_person: Option<(Vec<u8>, PersonKey)> = None;
+        while let Some(Reverse((k, i))) = heap.pop() {
+            // k = len | destination | person | tag; the record follows with len | sealed.
+            let dlen = usize::from(k[0]);
+            let total = k.len() + 2 + sealed_len(streams[i].peek(), k.len())?;
+            let record = streams[i].peek()[..total].to_vec();
+            streams[i].advance(total);
+            if let Some(next) = next_cookie_key(&mut streams[i])? {
+                heap.push(Reverse((next, i)));
+            }
+            if last.as_ref() == Some(&k) {
+                continue;
+            }
+            let destination = &k[1..1 + dlen];
+            let person = person_of(&k[1 + dlen..17 + dlen])?;
+            persons.insert(person);
+            *info
+                .cookies
+                .entry(String::from_utf8_lossy(destination).into_owned())
+                .or_default() += 1;
+            let prefix = key(&[&version.to_be_bytes(), &k[..1 + dlen]]);
+            let may_split = last_person
+                .as_ref()
+                .is_none_or(|(d, p)| d.as_slice() != destination || *p != person);
+            out.push(&prefix, &person, &record[1 + dlen..], may_split)?;
+            last_person = Some((destination.to_vec(), person));
+            last = Some(k);
+        }
+        out.finish()
+    }
+
+    /// Copy a version's chunks to the next generation without `person`.
+    fn rewrite_without(
+        &self,
+        version: u64,
+        person: &PersonKey,
+        counts: &mut ErasedCounts,
+    ) -> StoreResult<()> {
+        let v = version.to_be_bytes();
+        let Some(generation) = self.generation_of(version)? else {
+            return Ok(());
+        };
+        let next = generation + 1;
+        self.blobs.remove_generation(&graph_base(version), next)?;
+        let mut points = ChunkWriter::new(self, version, next);
+        let mut old_points = Batch::default();
+        for item in self.g_chunks.scan_prefix(v) {
+            let (k, value) = item.map_err(be)?;
+            old_points.remove(k.clone());
+            let chunk = self.read_chunk(GRAPH_CHUNKS, version, &value)?;
+            let kind = k
+                .get(8)
+                .and_then(|b| MatchKind::from_byte(*b))
+                .ok_or(StoreError::Corrupt(GRAPH_CHUNKS))?;
+            for record in chunk.chunks_exact(POINT_RECORD) {
+                if &record[32..] == person {
+                    *counts.identifiers.entry(kind.as_str().into()).or_default() += 1;
+                    continue;
+                }
+                points.push(&k[..9], &record[..32], record, true)?;
+            }
+            points.close()?;
+        }
+        let mut cookies = ChunkWriter::new(self, version, next);
+        let mut old_cookies = Batch::default();
+        for item in self.g_cookie_chunks.scan_prefix(v) {
+            let (k, value) = item.map_err(be)?;
+            old_cookies.remove(k.clone());
+            let prefix = &k[..k.len() - 16];
+            let destination = String::from_utf8_lossy(&prefix[9..]).into_owned();
+            let chunk = self.read_chunk(GRAPH_COOKIE_CHUNKS, version, &value)?;
+            for r in cookie_records(&chunk)? {
+                if &r.person == person {
+                    *counts.cookies.entry(destination.clone()).or_default() += 1;
+                    continue;
+                }
+                cookies.push(prefix, &r.person, r.raw, false)?;
+            }
+            cookies.close()?;
+        }
+        let (new_points, new_cookies) = (points.finish()?, cookies.finish()?);
+        (&self.g_chunks, &self.g_cookie_chunks)
+            .transaction(|(p, c)| {
+                p.apply_batch(&old_points)?;
+                p.apply_batch(&new_points)?;
+                c.apply_batch(&old_cookies)?;
+                c.apply_batch(&new_cookies)?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(tx_err)?;
+        self.db.flush().map_err(be)?;
+        self.blobs
+            .remove_generation(&graph_base(version), generation)?;
+        Ok(())
+    }
+
+    /// Does any point or cookie chunk of the version hold `person`?
+    fn holds_person(&self, version: u64, person: &PersonKey) -> StoreResult<bool> {
+        let v = version.to_be_bytes();
+        for item in self.g_chunks.scan_prefix(v) {
+            let chunk = self.read_chunk(GRAPH_CHUNKS, version, &item.map_err(be)?.1)?;
+            if chunk.chunks_exact(POINT_RECORD).any(|r| &r[32..] == person) {
+                return Ok(true);
+            }
+        }
+        for item in self.g_cookie_chunks.scan_prefix(v) {
+            let chunk = self.read_chunk(GRAPH_COOKIE_CHUNKS, version, &item.map_err(be)?.1)?;
+            if cookie_records(&chunk)?.iter().any(|r| &r.person == person) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The file generation a version's chunks are in (all share one).
+    fn generation_of(&self, version: u64) -> StoreResult<Option<u32>> {
+        let v = version.to_be_bytes();
+        for (tree, name) in [
+            (&self.g_chunks, GRAPH_CHUNKS),
+            (&self.g_cookie_chunks, GRAPH_COOKIE_CHUNKS),
+        ] {
+            if let Some(item) = tree.scan_prefix(v).next() {
+                let (_, value) = item.map_err(be)?;
+                return Ok(Some(ptr(name, &value)?.generation));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Heap key of a run record: `kind | point`.
+fn run_key(record: &[u8]) -> [u8; 33] {
+    let mut k = [0u8; 33];
+    k.copy_from_slice(&record[..33]);
+    k
+}
+
+/// Length of the sealed bytes of the cookie record at the front of `buf`,
+/// whose key part is `key_len` bytes.
+fn sealed_len(buf: &[u8], key_len: usize) -> StoreResult<usize> {
+    buf.get(key_len..key_len + 2)
+        .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+        .ok_or(StoreError::Corrupt(GRAPH_RUNS))
+}
+
+/// Buffer the next cookie run record whole and return its key
+/// (`len | destination | person | tag`), or `None` at the run's end.
+fn next_cookie_key(s: &mut BlobStream) -> StoreResult<Option<Vec<u8>>> {
+    if !s.fill(1)? {
+        return Ok(None);
+    }
+    let key_len = 1 + usize::from(s.peek()[0]) + 32;
+    if !s.fill(key_len + 2)? {
+        return Err(StoreError::Corrupt(GRAPH_RUNS));
+    }
+    let total = key_len + 2 + sealed_len(s.peek(), key_len)?;
+    if !s.fill(total)? {
+        return Err(StoreError::Corrupt(GRAPH_RUNS));
+    }
+    Ok(Some(s.peek()[..key_len].to_vec()))
+}
+
+fn run_key_of(version: u64, part: u8, batch_no: u32) -> Vec<u8> {
+    key(&[&version.to_be_bytes(), &[part], &batch_no.to_be_bytes()])
+}
+
+/// Binary search of 48-byte point records.
+fn find_point(chunk: &[u8], point: &PointBytes) -> Option<PersonKey> {
+    let n = chunk.len() / POINT_RECORD;
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        let rec = &chunk[mid * POINT_RECORD..(mid + 1) * POINT_RECORD];
+        match rec[..32].cmp(&point.0[..]) {
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+            std::cmp::Ordering::Equal => return rec[32..].try_into().ok(),
+        }
+    }
+    None
+}
+
+impl GraphRepo for SledStore {
+    fn current_graph(&self) -> StoreResult<Option<GraphInfo>> {
+        self.meta
+            .get("graph")
+            .map_err(be)?
+            .map(|v| from_json("meta", &v))
+            .transpose()
+    }
+    fn allocate_version(&self) -> StoreResult<u64> {
+        let next = self
+            .meta
+            .update_and_fetch("version_counter", |old| {
+                let n = old
+                    .and_then(|o| <[u8; 8]>::try_from(o).ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                Some((n + 1).to_be_bytes().to_vec())
+            })
+            .map_err(be)?
+            .ok_or(StoreError::Corrupt("meta"))?;
+        u64_of("meta", &next)
+    }
+    fn put_import(&self, rec: &ImportRecord) -> StoreResult<()> {
+        self.imports
+            .insert(rec.id.as_bytes(), json(rec)?)
+            .map_err(be)?;
+        Ok(())
+    }
+    fn import(&self, id: &str) -> StoreResult<Option<ImportRecord>> {
+        self.imports
+            .get(id)
+            .map_err(be)?
+            .map(|v| from_json("imports", &v))
+            .transpose()
+    }
+    fn imports(&self) -> StoreResult<Vec<ImportRecord>> {
+        Self::all(&self.imports, "imports")
+    }
+    fn import_batch_hash(
+        &self,
+        import: &str,
+        part: u8,
+        batch_no: u32,
+    ) -> StoreResult<Option<[u8; 32]>> {
+        let k = key(&[import.as_bytes(), &[0, part], &batch_no.to_be_bytes()]);
+        match self.import_batches.get(k).map_err(be)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(point_of("import_batches", &v)?.0)),
+        }
+    }
+    fn set_import_batch_hash(
+        &self,
+        import: &str,
+        part: u8,
+        batch_no: u32,
+        hash: [u8; 32],
+    ) -> StoreResult<()> {
+        let k = key(&[import.as_bytes(), &[0, part], &batch_no.to_be_bytes()]);
+        self.import_batches.insert(k, &hash[..]).map_err(be)?;
+        Ok(())
+    }
+    fn put_identifier_run(
+        &self,
+        version: u64,
+        batch_no: u32,
+        mut rows: Vec<IdentifierRow>,
+    ) -> StoreResult<()> {
+        rows.sort_unstable_by_key(|r| (r.0.to_byte(), r.1 .0));
+        let mut bytes = Vec::with_capacity(rows.len() * RUN_RECORD);
+        for (kind, point, person) in &rows {
+            bytes.push(kind.to_byte());
+            bytes.extend_from_slice(&point.0);
+            bytes.extend_from_slice(person);
+        }
+        let r = self.blobs.append(&runs_base(version), 0, &bytes)?;
+        self.g_runs
+            .insert(run_key_of(version, b'i', batch_no), &r.encode()[..])
+            .map_err(be)?;
+        Ok(())
+    }
+    fn put_cookie_run(&self, version: u64, batch_no: u32, rows: Vec<CookieRow>) -> StoreResult<()> {
+        let mut records: Vec<Vec<u8>> = rows
+            .iter()
+            .map(|(destination, person, cookie)| {
+                let d = dest_bytes(destination);
+                let len = u16::try_from(cookie.sealed.len())
+                    .map_err(|_| StoreError::Backend("sealed cookie too long".into()))?;
+                Ok(key(&[
+                    &[d.len() as u8],
+                    d,
+                    person,
+                    &cookie.tag,
+                    &len.to_be_bytes(),
+                    &cookie.sealed,
+                ]))
+            })
+            .collect::<StoreResult<_>>()?;
+        // Sorting whole records sorts by destination, person, tag.
+        records.sort_unstable();
+        let r = self
+            .blobs
+            .append(&runs_base(version), 0, &records.concat())?;
+        self.g_runs
+            .insert(run_key_of(version, b'c', batch_no), &r.encode()[..])
+            .map_err(be)?;
+        Ok(())
+    }
+    fn seal_version(&self, version: u64) -> StoreResult<GraphInfo> {
+        let v = version.to_be_bytes();
+        if let Some(info) = self.g_sealed.get(v).map_err(be)? {
+            return from_json("graph_sealed", &info);
+        }
+        // Chunks of an interrupted seal have no pointers: start the file again.
+        self.blobs.remove(&graph_base(version))?;
+        let mut info = GraphInfo {
+            version,
+            ..GraphInfo::default()
+        };
+        let mut persons = HashSet::new();
+        let points = self.seal_points(version, &mut info, &mut persons)?;
+        let cookies = self.seal_cookies(version, &mut info, &mut persons)?;
+        info.persons = persons.len() as u64;
+        drop(persons);
+        let sealed = json(&info)?;
+        (&self.g_chunks, &self.g_cookie_chunks, &self.g_sealed)
+            .transaction(|(p, c, s)| {
+                p.apply_batch(&points)?;
+                c.apply_batch(&cookies)?;
+                s.insert(&v[..], sealed.as_slice())?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(tx_err)?;
+        self.db.flush().map_err(be)?;
+        Self::delete_prefix(&self.g_runs, &v)?;
+        self.blobs.remove(&runs_base(version))?;
+        Ok(info)
+    }
+    fn point_owner(
+        &self,
+        version: u64,
+        kind: MatchKind,
+        point: &PointBytes,
+    ) -> StoreResult<Option<PersonKey>> {
+        let prefix = chunk_prefix(version, kind);
+        Ok(self
+            .chunk_at(&self.g_chunks, GRAPH_CHUNKS, version, &prefix, &point.0)?
+            .and_then(|(_, chunk)| find_point(&chunk, point)))
+    }
+    fn points_after(
+        &self,
+        version: u64,
+        kind: MatchKind,
+        after: Option<&PointBytes>,
+        limit: usize,
+    ) -> StoreResult<Vec<(PointBytes, PersonKey)>> {
+        let prefix = chunk_prefix(version, kind);
+        let start = match after {
+            None => prefix.clone(),
+            Some(p) => {
+                let upper = key(&[&prefix, &p.0]);
+                match self.g_chunks.range(prefix.clone()..=upper).next_back() {
+                    Some(item) => item.map_err(be)?.0.to_vec(),
+                    None => prefix.clone(),
+                }
+            }
+        };
+        let mut out = Vec::with_capacity(limit.min(65_536));
+        for item in self.g_chunks.range(start..) {
+            let (k, value) = item.map_err(be)?;
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            let chunk = self.read_chunk(GRAPH_CHUNKS, version, &value)?;
+            for record in chunk.chunks_exact(POINT_RECORD) {
+                let p = point_of(GRAPH_CHUNKS, &record[..32])?;
+                if after.is_some_and(|a| p.0 <= a.0) {
+                    continue;
+                }
+                if out.len() >= limit {
+                    break;
+                }
+                out.push((p, person_of(&record[32..])?));
+            }
+        }
+        Ok(out)
+    }
+    fn owners_of_sorted(
+        &self,
+        version: u64,
+        kind: MatchKind,
+        points: &[PointBytes],
+    ) -> StoreResult<Vec<Option<PersonKey>>> {
+        let prefix = chunk_prefix(version, kind);
+        let mut chunks = self.g_chunks.scan_prefix(&prefix).peekable();
+        // The chunk pointer covering the current probe, and its bytes once read.
+        let mut covering: Option<::sled::IVec> = None;
+        let mut bytes: Option<Vec<u8>> = None;
+        let mut out = Vec::with_capacity(points.len());
+        for p in points {
+            while let Some(Ok((k, _))) = chunks.peek() {
+                if k[prefix.len()..] > p.0[..] {
+                    break;
+                }
+                if let Some(item) = chunks.next() {
+                    covering = Some(item.map_err(be)?.1);
+                    bytes = None;
+                }
+            }
+            if let Some(Err(_)) = chunks.peek() {
+                if let Some(Err(e)) = chunks.next() {
+                    return Err(be(e));
+                }
+            }
+            let Some(value) = &covering else {
+                out.push(None);
+                continue;
+            };
+            if bytes.is_none() {
+                bytes = Some(self.read_chunk(GRAPH_CHUNKS, version, value)?);
+            }
+            out.push(bytes.as_deref().and_then(|c| find_point(c, p)));
+        }
+        Ok(out)
+    }
+    fn cookies_of_sorted(
+        &self,
+        version: u64,
+        destination: &str,
+        persons: &[PersonKey],
+    ) -> StoreResult<Vec<(PersonKey, Vec<SealedCookie>)>> {
+        let prefix = cookie_prefix(version, destination);
+        let mut out = Vec::new();
+        let mut chunks = self.g_cookie_chunks.scan_prefix(&prefix).peekable();
+        let mut covering: Option<::sled::IVec> = None;
+        let mut bytes: Option<Vec<u8>> = None;
+        for person in persons {
+            while let Some(Ok((k, _))) = chunks.peek() {
+                if k[prefix.len()..] > person[..] {
+                    break;
+                }
+                if let Some(item) = chunks.next() {
+                    covering = Some(item.map_err(be)?.1);
+                    bytes = None;
+                }
+            }
+            if let Some(Err(_)) = chunks.peek() {
+                if let Some(Err(e)) = chunks.next() {
+                    return Err(be(e));
+                }
+            }
+            let Some(value) = &covering else { continue };
+            if bytes.is_none() {
+                bytes = Some(self.read_chunk(GRAPH_COOKIE_CHUNKS, version, value)?);
+            }
+            let records = cookie_records(bytes.as_deref().unwrap_or_default())?;
+            let start = records.partition_point(|r| r.person < *person);
+            let cookies: Vec<SealedCookie> = records[start..]
+                .iter()
+                .take_while(|r| r.person == *person)
+                .map(|r| SealedCookie {
+                    tag: r.tag,
+                    sealed: r.sealed.to_vec(),
+                })
+                .collect();
+            if !cookies.is_empty() {
+                out.push((*person, cookies));
+            }
+        }
+        Ok(out)
+    }
+    fn has_destination(&self, version: u64, destination: &str) -> StoreResult<bool> {
+        Ok(self
+            .g_cookie_chunks
+            .scan_prefix(cookie_prefix(version, destination))
+            .next()
+            .is_some())
+    }
+    fn suppress(&self, version: u64, person: &PersonKey) -> StoreResult<bool> {
+        let k = key(&[&version.to_be_bytes(), person]);
+        Ok(self.g_supp.insert(k, &[]).map_err(be)?.is_none())
+    }
+    fn is_suppressed(&self, version: u64, person: &PersonKey) -> StoreResult<bool> {
+        let k = key(&[&version.to_be_bytes(), person]);
+        self.g_supp.contains_key(k).map_err(be)
+    }
+    fn erase_person(&self, version: u64, person: &PersonKey) -> StoreResult<ErasedCounts> {
+        let mut counts = ErasedCounts::default();
+        // Reading is cheaper than rewriting: rewrite only a person that is there.
+        if self.holds_person(version, person)? {
+            self.rewrite_without(version, person, &mut counts)?;
+        }
+        counts.person = !counts.identifiers.is_empty() || !counts.cookies.is_empty();
+        Ok(counts)
+    }
+    fn commit_graph(&self, info: &GraphInfo) -> StoreResult<Option<u64>> {
+        let old = self.meta.insert("graph", json(info)?).map_err(be)?;
+        self.db.flush().map_err(be)?;
+        old.map(|v| from_json::<GraphInfo>("meta", &v).map(|g| g.version))
+            .transpose()
+    }
+    fn delete_version(&self, version: u64) -> StoreResult<()> {
+        let v = version.to_be_bytes();
+        for tree in [
+            &self.g_runs,
+            &self.g_chunks,
+            &self.g_cookie_chunks,
+            &self.g_supp,
+        ] {
+            Self::delete_prefix(tree, &v)?;
+        }
+        self.g_sealed.remove(v).map_err(be)?;
+        self.db.flush().map_err(be)?;
+        self.blobs.remove(&graph_base(version))?;
+        self.blobs.remove(&runs_base(version))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::sled::blob_dir;
+
+    fn point(i: u32) -> PointBytes {
+        let mut b = [0u8; 32];
+        b[..4].copy_from_slice(&i.to_be_bytes());
+        PointBytes(b)
+    }
+
+    fn person(i: u32) -> PersonKey {
+        let mut p = [0u8; 16];
+        p[12..].copy_from_slice(&i.to_be_bytes());
+        p
+    }
+
+    fn cookie(i: u32) -> SealedCookie {
+        SealedCookie {
+            tag: person(i),
+            sealed: format!("sealed-{i:08}").into_bytes(),
+        }
+    }
+
+    #[test]
+    fn runs_merge_into_chunks_that_answer_look_ups() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("db")).unwrap();
+        let n = 3 * CHUNK_RECORDS as u32 + 17;
+        // Two runs interleaving, the second repeating some points for other persons.
+        let run = |from: u32, step: usize, owner_offset: u32| -> Vec<IdentifierRow> {
+            (from..n)
+                .step_by(step)
+                .map(|i| (MatchKind::Email, point(i), person(i / 2 + owner_offset)))
+                .collect()
+        };
+        store.put_identifier_run(7, 0, run(0, 2, 0)).unwrap();
+        store.put_identifier_run(7, 1, run(1, 2, 0)).unwrap();
+        store
+            .put_identifier_run(7, 2, run(0, 3, 1_000_000))
+            .unwrap();
+        store
+            .put_identifier_run(7, 3, vec![(MatchKind::Phone, point(5), person(2))])
+            .unwrap();
+        let cookies: Vec<CookieRow> = (0..n / 2)
+            .flat_map(|i| {
+                let d = if i % 3 == 0 { "dsp-b" } else { "dsp-a" };
+                [
+                    (d.to_string(), person(i), cookie(i)),
+                    (d.to_string(), person(i), cookie(i + n)),
+                ]
+            })
+            .collect();
+        store.put_cookie_run(7, 0, cookies.clone()).unwrap();
+        store.put_cookie_run(7, 1, cookies[..10].to_vec()).unwrap();
+        let info = store.seal_version(7).unwrap();
+        assert_eq!(info.identifiers["email"], u64::from(n));
+        assert_eq!(info.identifiers["phone"], 1);
+        assert_eq!(info.persons, u64::from(n.div_ceil(2)));
+        assert_eq!(info.cookies.values().sum::<u64>(), u64::from(n / 2) * 2);
+        assert_eq!(
+            store.seal_version(7).unwrap(),
+            info,
+            "sealing twice recounts"
+        );
+        assert_eq!(store.g_runs.len(), 0, "runs are dropped once merged");
+
+        // The first run of a point wins.
+        for i in [0, 1, 6, 2048, n - 1] {
+            assert_eq!(
+                store.point_owner(7, MatchKind::Email, &point(i)).unwrap(),
+                Some(person(i / 2)),
+                "{i}"
+            );
+        }
+        assert_eq!(
+            store.point_owner(7, MatchKind::Email, &point(n)).unwrap(),
+            None
+        );
+        assert_eq!(
+            store.point_owner(7, MatchKind::Maid, &point(1)).unwrap(),
+            None
+        );
+        let all = store
+            .points_after(7, MatchKind::Email, None, usize::MAX)
+            .unwrap();
+        assert_eq!(all.len(), n as usize);
+        assert!(all.windows(2).all(|w| w[0].0 < w[1].0));
+        let tail = store
+            .points_after(7, MatchKind::Email, Some(&point(2047)), 5)
+            .unwrap();
+        assert_eq!(
+            tail.iter().map(|t| t.0).collect::<Vec<_>>(),
+            (2048..2053).map(point).collect::<Vec<_>>()
+        );
+
+        let probes: Vec<PointBytes> = [3, 4, 2500, 6000, n + 5].into_iter().map(point).collect();
+        let owners = store
+            .owners_of_sorted(7, MatchKind::Email, &probes)
+            .unwrap();
+        assert_eq!(
+            owners,
+            vec![
+                Some(person(1)),
+                Some(person(2)),
+                Some(person(1250)),
+                Some(person(3000)),
+                None
+            ]
+        );
+        let who: Vec<PersonKey> = [1, 3, 4, 3000, n].into_iter().map(person).collect();
+        let found = store.cookies_of_sorted(7, "dsp-a", &who).unwrap();
+        assert_eq!(
+            found.iter().map(|f| f.0).collect::<Vec<_>>(),
+            vec![person(1), person(4)]
+        );
+        assert_eq!(found[0].1.len(), 2);
+        assert_eq!(found[0].1[0].sealed, b"sealed-00000001");
+        assert!(store.has_destination(7, "dsp-b").unwrap());
+        assert!(!store.has_destination(7, "dsp-c").unwrap());
+
+        // Erasure rewrites the files without the person.
+        let erased = store.erase_person(7, &person(4)).unwrap();
+        assert!(erased.person);
+        assert_eq!(erased.identifiers["email"], 2);
+        assert_eq!(erased.cookies["dsp-a"], 2);
+        assert_eq!(
+            store.point_owner(7, MatchKind::Email, &point(8)).unwrap(),
+            None
+        );
+        assert_eq!(
+            store.point_owner(7, MatchKind::Email, &point(10)).unwrap(),
+            Some(person(5))
+        );
+        assert!(store
+            .cookies_of_sorted(7, "dsp-a", &[person(4)])
+            .unwrap()
+            .is_empty());
+        let files: Vec<String> = std::fs::read_dir(blob_dir(&dir.path().join("db")))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(files, vec!["graph-7.1".to_string()]);
+        let bytes = std::fs::read(blob_dir(&dir.path().join("db")).join("graph-7.1")).unwrap();
+        assert!(!bytes.windows(15).any(|w| w == b"sealed-00000004"));
+        let erased_record = [&point(8).0[..], &person(4)[..]].concat();
+        assert!(!bytes.windows(48).any(|w| w == erased_record.as_slice()));
+        assert!(bytes.windows(15).any(|w| w == b"sealed-00000005"));
+
+        store.delete_version(7).unwrap();
+        assert!(store
+            .points_after(7, MatchKind::Email, None, 10)
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            std::fs::read_dir(blob_dir(&dir.path().join("db")))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+}
