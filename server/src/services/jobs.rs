@@ -323,6 +323,11 @@ impl Services {
         let mut pass = BTreeMap::new();
         for kind in kinds {
             let mut info = PassInfo::default();
+            // A finished pass of this version for this key: nothing is new.
+            if self.repo.cache_complete(&ns, version, *kind)? {
+                pass.insert(kind.as_str().to_string(), info);
+                continue;
+            }
             let mut page: Vec<u8> = Vec::with_capacity(page_size * 32);
             // Pages are written a few at a time: one sync per group.
             let mut pending: Vec<Vec<u8>> = Vec::new();
@@ -668,6 +673,12 @@ impl Services {
                 return Err(e);
             }
         };
+        // Every page came back: this key now caches the whole version.
+        let ns = cache_namespace(&job.advertiser, &job.key_fingerprint);
+        for kind in job.pass.keys() {
+            self.repo
+                .set_cache_complete(&ns, job.graph_version, kind_of(kind)?)?;
+        }
         self.repo
             .record_spend(&caller.name, unix_now(), id, self.config.epsilon)?;
         {
@@ -700,25 +711,52 @@ impl Services {
         let version = graph.version;
         let ns = cache_namespace(&job.advertiser, &job.key_fingerprint);
         let kinds: BTreeSet<&str> = job.kinds.iter().map(String::as_str).collect();
-        // 1. The distinct uploaded b·a·P(x) of the job's kinds.
-        let mut wanted: HashMap<[u8; 32], (MatchKind, Option<PersonKey>)> = HashMap::new();
-        for b in 0..batches {
-            let batch = self.stored_batch(&job.id, b)?;
-            for (kind, point) in batch.kinds().iter().zip(batch.points()) {
-                if kinds.contains(kind.as_str()) {
-                    wanted.entry(point.0).or_insert((*kind, None));
-                }
-            }
+        // 1. The distinct uploaded b·a·P(x) of the job's kinds (batches
+        //    decoded on all cores).
+        let per_batch: Vec<Vec<([u8; 32], MatchKind)>> = {
+            use rayon::prelude::*;
+            (0..batches)
+                .into_par_iter()
+                .map(|b| -> Result<_, ApiError> {
+                    let batch = self.stored_batch(&job.id, b)?;
+                    Ok(batch
+                        .kinds()
+                        .iter()
+                        .zip(batch.points())
+                        .filter(|(kind, _)| kinds.contains(kind.as_str()))
+                        .map(|(kind, point)| (point.0, *kind))
+                        .collect())
+                })
+                .collect::<Result<_, _>>()?
+        };
+        let mut wanted: HashMap<[u8; 32], (MatchKind, Option<PersonKey>)> =
+            HashMap::with_capacity(per_batch.iter().map(Vec::len).sum());
+        for (point, kind) in per_batch.into_iter().flatten() {
+            wanted.entry(point).or_insert((kind, None));
         }
-        // 2. One ordered scan of this key's cache: a·b·P(y) equal to an
-        //    upload gives b·P(y), hence the person (if live).
-        let mut hits: Vec<(PointBytes, MatchKind, [u8; 32])> = Vec::new();
-        let mut cache = CacheMerge::new(self, ns);
-        while let Some((bpy, abpy)) = cache.next_pair()? {
-            if let Some(slot) = wanted.get(&abpy.0) {
-                hits.push((bpy, slot.0, abpy.0));
-            }
-        }
+        // 2. Every cached run of this key, on all cores: a·b·P(y) equal to an
+        //    upload gives b·P(y), hence the person (if live). Runs may
+        //    overlap, so hits are sorted and deduplicated after.
+        let mut hits: Vec<(PointBytes, MatchKind, [u8; 32])> = {
+            use rayon::prelude::*;
+            let run_keys = self.repo.cache_run_keys(&ns)?;
+            let per_run: Vec<Vec<(PointBytes, MatchKind, [u8; 32])>> = run_keys
+                .par_iter()
+                .map(|k| -> Result<_, ApiError> {
+                    Ok(self
+                        .repo
+                        .cache_run(&ns, k)?
+                        .into_iter()
+                        .filter_map(|(bpy, abpy)| {
+                            wanted.get(&abpy.0).map(|slot| (bpy, slot.0, abpy.0))
+                        })
+                        .collect())
+                })
+                .collect::<Result<_, _>>()?;
+            per_run.into_iter().flatten().collect()
+        };
+        hits.sort_unstable_by_key(|h| h.0 .0);
+        hits.dedup_by_key(|h| h.0 .0);
         // Owners, per kind in one ordered pass over the graph (the hits come
         // in b·P(y) order); opted-out points and suppressed persons count as none.
         for kind in MatchKind::ALL {
@@ -772,6 +810,21 @@ impl Services {
         let k_persons = usize::try_from(k).unwrap_or(usize::MAX);
         let now = unix_now();
         let ttl = self.config.audience_ttl.as_secs();
+        // The destination's cookies of every person in a large enough
+        // segment, in one ordered pass over its cookie table.
+        let wanted_persons: BTreeSet<PersonKey> = persons_per_segment
+            .values()
+            .filter(|p| p.len() >= k_persons)
+            .flatten()
+            .copied()
+            .collect();
+        let wanted_persons: Vec<PersonKey> = wanted_persons.into_iter().collect();
+        let cookies: HashMap<PersonKey, Vec<SealedCookie>> = self
+            .repo
+            .cookies_of_sorted(version, &job.destination, &wanted_persons)?
+            .into_iter()
+            .collect();
+        drop(wanted_persons);
         let mut segments = Vec::new();
         let _g = lock(&self.audience_lock);
         for (name, seg_rows) in &rows_per_segment {
@@ -779,15 +832,10 @@ impl Services {
             let shown = shown_count(persons.len() as u64, k, self.config.epsilon);
             let mut members: Vec<(String, Vec<SealedCookie>)> = Vec::new();
             if persons.len() >= k_persons {
-                // Sorted and distinct already (a BTreeSet): one ordered pass.
-                let persons: Vec<PersonKey> = persons.iter().copied().collect();
-                let found = self
-                    .repo
-                    .cookies_of_sorted(version, &job.destination, &persons)?;
                 members.extend(
-                    found
-                        .into_iter()
-                        .map(|(p, cookies)| (Self::member_name(&p), cookies)),
+                    persons
+                        .iter()
+                        .filter_map(|p| cookies.get(p).map(|c| (Self::member_name(p), c.clone()))),
                 );
             }
             let reason = if persons.len() < k_persons {

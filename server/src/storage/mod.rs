@@ -383,6 +383,19 @@ pub trait CacheRepo {
         after: Option<&[u8]>,
         limit: usize,
     ) -> StoreResult<Vec<CacheRun>>;
+    /// The keys of every cached run of the namespace, in order.
+    fn cache_run_keys(&self, ns: &[u8; 16]) -> StoreResult<Vec<Vec<u8>>>;
+    /// One cached run's pairs (empty if the key is gone).
+    fn cache_run(
+        &self,
+        ns: &[u8; 16],
+        run_key: &[u8],
+    ) -> StoreResult<Vec<(PointBytes, PointBytes)>>;
+    /// Record that the namespace caches every point of a kind in a graph
+    /// version (a job's whole graph pass came back).
+    fn set_cache_complete(&self, ns: &[u8; 16], version: u64, kind: MatchKind) -> StoreResult<()>;
+    /// Was [`CacheRepo::set_cache_complete`] recorded?
+    fn cache_complete(&self, ns: &[u8; 16], version: u64, kind: MatchKind) -> StoreResult<bool>;
 }
 
 /// One cached run: its key and its `(b·P(y), a·b·P(y))` pairs, sorted.
@@ -671,9 +684,13 @@ impl<R: CacheRepo> CacheRepo for Guarded<R> {
     guarded_reads! {
         fn cache_contains(&self, ns: &[u8; 16], bpy: &PointBytes) -> StoreResult<bool>;
         fn cache_runs_after(&self, ns: &[u8; 16], after: Option<&[u8]>, limit: usize) -> StoreResult<Vec<CacheRun>>;
+        fn cache_run_keys(&self, ns: &[u8; 16]) -> StoreResult<Vec<Vec<u8>>>;
+        fn cache_run(&self, ns: &[u8; 16], run_key: &[u8]) -> StoreResult<Vec<(PointBytes, PointBytes)>>;
+        fn cache_complete(&self, ns: &[u8; 16], version: u64, kind: MatchKind) -> StoreResult<bool>;
     }
     guarded_writes! {
         fn cache_put(&self, ns: &[u8; 16], pairs: &[(PointBytes, PointBytes)]) -> StoreResult<()>;
+        fn set_cache_complete(&self, ns: &[u8; 16], version: u64, kind: MatchKind) -> StoreResult<()>;
     }
 }
 

@@ -28,6 +28,7 @@ pub struct SledStore {
     pub(super) g_sealed: Tree,
     pub(super) g_supp: Tree,
     pub(super) cache_runs: Tree,
+    cache_done: Tree,
     pub(super) jobs: Tree,
     pub(super) job_pages: Tree,
     pub(super) job_done: Tree,
@@ -197,6 +198,7 @@ impl SledStore {
             g_sealed: t("graph_sealed")?,
             g_supp: t("graph_suppressed")?,
             cache_runs: t(CACHE_RUNS)?,
+            cache_done: t("cache_complete")?,
             jobs: t("jobs")?,
             job_pages: t(JOB_PAGES)?,
             job_done: t("job_pages_done")?,
@@ -366,22 +368,55 @@ impl CacheRepo for SledStore {
                 break;
             }
             let v = self.blob_value(CACHE_RUNS, &cache_base(ns), &v)?;
-            if k.len() != ns.len() + 40 || v.len() % 64 != 0 {
-                return Err(StoreError::Corrupt("cache_runs"));
+            if k.len() != ns.len() + 40 {
+                return Err(StoreError::Corrupt(CACHE_RUNS));
             }
-            let pairs = v
-                .chunks_exact(64)
-                .map(|c| {
-                    Ok((
-                        point_of("cache_runs", &c[..32])?,
-                        point_of("cache_runs", &c[32..])?,
-                    ))
-                })
-                .collect::<StoreResult<Vec<_>>>()?;
-            out.push((k[ns.len()..].to_vec(), pairs));
+            out.push((k[ns.len()..].to_vec(), decode_pairs(&v)?));
         }
         Ok(out)
     }
+    fn cache_run_keys(&self, ns: &[u8; 16]) -> StoreResult<Vec<Vec<u8>>> {
+        self.cache_runs
+            .scan_prefix(ns)
+            .keys()
+            .map(|k| Ok(k.map_err(be)?[ns.len()..].to_vec()))
+            .collect()
+    }
+    fn cache_run(
+        &self,
+        ns: &[u8; 16],
+        run_key: &[u8],
+    ) -> StoreResult<Vec<(PointBytes, PointBytes)>> {
+        let Some(pointer) = self.cache_runs.get(key(&[ns, run_key])).map_err(be)? else {
+            return Ok(Vec::new());
+        };
+        let v = self.blob_value(CACHE_RUNS, &cache_base(ns), &pointer)?;
+        decode_pairs(&v)
+    }
+    fn set_cache_complete(&self, ns: &[u8; 16], version: u64, kind: MatchKind) -> StoreResult<()> {
+        let k = key(&[ns, &version.to_be_bytes(), &[kind.to_byte()]]);
+        self.cache_done.insert(k, &[]).map_err(be)?;
+        Ok(())
+    }
+    fn cache_complete(&self, ns: &[u8; 16], version: u64, kind: MatchKind) -> StoreResult<bool> {
+        let k = key(&[ns, &version.to_be_bytes(), &[kind.to_byte()]]);
+        self.cache_done.contains_key(k).map_err(be)
+    }
+}
+
+/// A cached run's `(b·P(y), a·b·P(y))` pairs from their 64-byte records.
+fn decode_pairs(v: &[u8]) -> StoreResult<Vec<(PointBytes, PointBytes)>> {
+    if !v.len().is_multiple_of(64) {
+        return Err(StoreError::Corrupt(CACHE_RUNS));
+    }
+    v.chunks_exact(64)
+        .map(|c| {
+            Ok((
+                point_of(CACHE_RUNS, &c[..32])?,
+                point_of(CACHE_RUNS, &c[32..])?,
+            ))
+        })
+        .collect()
 }
 
 /// Is `p` among the `n` sorted 64-byte `(b·P(y), a·b·P(y))` pairs of `run`?
