@@ -293,7 +293,7 @@ pub fn import_graph_with(
         id_cols,
         true,
         region,
-        progress,
+        (progress, "identifiers"),
         &mut summary,
         |batch_no, bytes| {
             let _: serde_json::Value = api.call_json(
@@ -304,13 +304,13 @@ pub fn import_graph_with(
             Ok(())
         },
     );
-    progress.end();
+    progress.end("identifiers");
     sent?;
 
     if let Some((mut reader, cols)) = cookies.take() {
         progress.begin("cookies", 0);
         let r = send_cookies(api, &base, &mut reader, cols, progress, &mut summary);
-        progress.end();
+        progress.end("cookies");
         r?;
     }
 
@@ -337,7 +337,7 @@ fn send_digests(
     cols: [usize; 3],
     with_person: bool,
     region: Region,
-    progress: &dyn ProgressSink,
+    (progress, phase): (&dyn ProgressSink, &str),
     summary: &mut ImportSummary,
     send: impl Fn(u32, Vec<u8>) -> Result<(), ClientError> + Sync,
 ) -> Result<(), ClientError> {
@@ -349,7 +349,7 @@ fn send_digests(
             for (batch_no, n, bytes) in rx {
                 send(batch_no, bytes)?;
                 batches = batch_no + 1;
-                progress.advance(n as u64);
+                progress.advance(phase, n as u64);
             }
             Ok(batches)
         });
@@ -505,7 +505,7 @@ fn send_cookies(
             &Body::json(&serde_json::json!({ "cookies": cookies })),
         )?;
         summary.cookies_sent += n as u64;
-        progress.advance(n as u64);
+        progress.advance("cookies", n as u64);
         batch_no += 1;
     }
     summary.cookie_batches = batch_no;
@@ -536,7 +536,7 @@ pub fn optout(api: &ApiClient, file: &Path, region: Region) -> Result<OptoutSumm
         cols,
         false,
         region,
-        &NoProgress,
+        (&NoProgress, "opt-outs"),
         &mut import,
         |_batch_no, bytes| {
             let v: serde_json::Value =

@@ -36,6 +36,9 @@ pub const DEFAULT_BATCH_SIZE: usize = 8192;
 const QUALITY_CHUNK: usize = 8192;
 /// Graph pages in flight at once (network overlaps crypto).
 const GRAPH_WORKERS: usize = 3;
+/// Progress phase names of the two halves of the exchange.
+const GRAPH_PHASE: &str = "graph pass";
+const UPLOAD_PHASE: &str = "upload";
 
 /// What to match and how.
 #[derive(Debug, Clone)]
@@ -308,21 +311,22 @@ pub fn run_match_with(
     outcome.timings.push(("create", t.elapsed().as_secs_f64()));
     tracing::info!(job = %job.job_id, graph_version = job.graph_version, "job created");
     let acked = AtomicU32::new(0);
-    let result = (|| {
-        timed_graph_pass(api, &key, &job, progress, &mut outcome)?;
-        upload_and_finish(
-            api,
-            opts,
-            &key,
-            &job.job_id,
-            &selected,
-            0,
-            &acked,
-            progress,
-            &mut outcome,
-        )
-    })();
-    finish_or_keep(api, &job.job_id, result, &acked, progress, outcome)
+    let job_id = job.job_id.clone();
+    let result = exchange_and_finish(
+        api,
+        opts,
+        &key,
+        Upload {
+            job_id: &job_id,
+            selected: &selected,
+            skip: 0,
+            acked: &acked,
+        },
+        Some(job),
+        progress,
+        &mut outcome,
+    );
+    finish_or_keep(api, &job_id, result, &acked, progress, outcome)
 }
 
 /// Continue an interrupted job: graph-pass pages the server has not
@@ -358,8 +362,11 @@ pub fn resume_match(
     };
     outcome.job_id = Some(job_id.to_owned());
     // Pages the server never acknowledged are done again (page uploads are idempotent).
-    if job.graph_pass.values().any(|p| p.done < p.pages) {
-        let pass = JobCreated {
+    let pass = job
+        .graph_pass
+        .values()
+        .any(|p| p.done < p.pages)
+        .then(|| JobCreated {
             job_id: job_id.to_owned(),
             graph_version: 0,
             graph_pass: job
@@ -375,9 +382,7 @@ pub fn resume_match(
                     )
                 })
                 .collect(),
-        };
-        timed_graph_pass(api, &key, &pass, progress, &mut outcome)?;
-    }
+        });
     // Batches may have arrived out of order: resume at the first one missing;
     // re-sent batches are byte-identical and answered as duplicates.
     let first_missing = job.next_batch.unwrap_or(job.batches);
@@ -385,14 +390,17 @@ pub fn resume_match(
         ClientError::Protocol(format!("job {job_id} reports batch {first_missing}"))
     })?;
     let acked = AtomicU32::new(skip);
-    let result = upload_and_finish(
+    let result = exchange_and_finish(
         api,
         opts,
         &key,
-        job_id,
-        &selected,
-        skip,
-        &acked,
+        Upload {
+            job_id,
+            selected: &selected,
+            skip,
+            acked: &acked,
+        },
+        pass,
         progress,
         &mut outcome,
     );
@@ -451,39 +459,67 @@ fn dry_outcome(
     Ok(outcome)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn upload_and_finish(
+/// Where the upload of a job stands: batches below `skip` were acknowledged
+/// by an earlier run; `acked` follows the acknowledged prefix.
+#[derive(Clone, Copy)]
+struct Upload<'a> {
+    job_id: &'a str,
+    selected: &'a RowSet,
+    skip: u32,
+    acked: &'a AtomicU32,
+}
+
+/// The graph pass (if `pass` has pages to do) and the upload at the same
+/// time, then finish. The two share no state on either side, and running
+/// them together lets one's network and storage waits be filled with the
+/// other's curve arithmetic. The first failure stops both.
+fn exchange_and_finish(
     api: &ApiClient,
     opts: &MatchOptions,
     key: &SecretKey,
-    job_id: &str,
-    selected: &RowSet,
-    skip: u32,
-    acked: &AtomicU32,
+    up: Upload<'_>,
+    pass: Option<JobCreated>,
     progress: &dyn ProgressSink,
     outcome: &mut MatchOutcome,
 ) -> Result<JobReport, ClientError> {
-    let t = Instant::now();
-    let (batches, records, ids) = upload(
-        api,
-        opts,
-        key,
-        job_id,
-        selected,
-        outcome.quality.rows_to_upload,
-        skip,
-        acked,
-        progress,
-    )?;
+    let stop = AtomicBool::new(false);
+    let rows = outcome.quality.rows_to_upload;
+    let started = Instant::now();
+    let (graph, uploaded) = std::thread::scope(|s| {
+        let graph = pass.as_ref().map(|job| {
+            s.spawn(|| {
+                let r = graph_pass(api, key, job, progress, &stop);
+                if r.is_err() {
+                    stop.store(true, Ordering::SeqCst);
+                }
+                (r, started.elapsed().as_secs_f64())
+            })
+        });
+        let r = upload(api, opts, key, up, rows, progress, &stop);
+        if r.is_err() {
+            stop.store(true, Ordering::SeqCst);
+        }
+        let uploaded = (r, started.elapsed().as_secs_f64());
+        let graph = graph.map(|h| h.join().expect("graph pass panicked"));
+        (graph, uploaded)
+    });
+    // A graph-pass failure stops the upload short, so it is the one to report.
+    if let Some((r, secs)) = graph {
+        let (pages, points) = r?;
+        outcome.graph_pages = pages;
+        outcome.graph_points_blinded = points;
+        outcome.timings.push(("graph-pass", secs));
+    }
+    let ((batches, records, ids), secs) = (uploaded.0?, uploaded.1);
     outcome.batches_uploaded = batches;
     outcome.records_uploaded = records;
     outcome.identifiers_blinded = ids;
-    outcome.timings.push(("upload", t.elapsed().as_secs_f64()));
+    outcome.timings.push(("upload", secs));
 
     let t = Instant::now();
     let report: JobReport = api.call_json(
         Method::POST,
-        &format!("/v1/jobs/{}/finish", segment(job_id)),
+        &format!("/v1/jobs/{}/finish", segment(up.job_id)),
         &Body::json(&serde_json::json!({ "batches": batches })),
     )?;
     outcome.timings.push(("finish", t.elapsed().as_secs_f64()));
@@ -508,7 +544,8 @@ fn finish_or_keep(
         }
         Err(e) => e,
     };
-    progress.end();
+    progress.end(GRAPH_PHASE);
+    progress.end(UPLOAD_PHASE);
     let acknowledged = acked.load(Ordering::SeqCst);
     let network = matches!(
         e,
@@ -759,7 +796,7 @@ fn quality_pass_with(
         if chunk.is_empty() {
             break;
         }
-        progress.advance(chunk.len() as u64);
+        progress.advance("checking", chunk.len() as u64);
         let rows: Vec<Row> = chunk
             .par_iter()
             .map(|(line, rec)| plan.classify(*line, rec))
@@ -814,35 +851,19 @@ fn quality_pass_with(
             selected.push(upload);
         }
     }
-    progress.end();
+    progress.end("checking");
     q.kinds = kinds.iter().map(|k| k.as_str().to_owned()).collect();
     Ok((q, selected))
 }
 
-/// The graph pass, with its figures recorded in the outcome.
-fn timed_graph_pass(
-    api: &ApiClient,
-    key: &SecretKey,
-    job: &JobCreated,
-    progress: &dyn ProgressSink,
-    outcome: &mut MatchOutcome,
-) -> Result<(), ClientError> {
-    let t = Instant::now();
-    let (pages, points) = graph_pass(api, key, job, progress)?;
-    outcome.graph_pages = pages;
-    outcome.graph_points_blinded = points;
-    outcome
-        .timings
-        .push(("graph-pass", t.elapsed().as_secs_f64()));
-    Ok(())
-}
-
-/// Re-blind every page of the graph pass, a few pages in flight at once.
+/// Re-blind every page of the graph pass, a few pages in flight at once,
+/// until done or `stop`.
 fn graph_pass(
     api: &ApiClient,
     key: &SecretKey,
     job: &JobCreated,
     progress: &dyn ProgressSink,
+    stop: &AtomicBool,
 ) -> Result<(u64, u64), ClientError> {
     let mut work: Vec<(MatchKind, u32)> = Vec::new();
     let mut total_points = 0;
@@ -859,9 +880,8 @@ fn graph_pass(
     if work.is_empty() {
         return Ok((0, 0));
     }
-    progress.begin("graph pass", total_points);
+    progress.begin(GRAPH_PHASE, total_points);
     let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
     let done_points = AtomicU64::new(0);
     let job_path = format!("/v1/jobs/{}/graph", segment(&job.job_id));
     let result: Result<(), ClientError> = std::thread::scope(|s| {
@@ -869,7 +889,7 @@ fn graph_pass(
             .map(|_| {
                 s.spawn(|| -> Result<(), ClientError> {
                     loop {
-                        if failed.load(Ordering::Relaxed) {
+                        if stop.load(Ordering::Relaxed) {
                             return Ok(());
                         }
                         let i = next.fetch_add(1, Ordering::Relaxed);
@@ -880,10 +900,10 @@ fn graph_pass(
                         match r {
                             Ok(n) => {
                                 done_points.fetch_add(n, Ordering::Relaxed);
-                                progress.advance(n);
+                                progress.advance(GRAPH_PHASE, n);
                             }
                             Err(e) => {
-                                failed.store(true, Ordering::Relaxed);
+                                stop.store(true, Ordering::Relaxed);
                                 return Err(e);
                             }
                         }
@@ -899,7 +919,7 @@ fn graph_pass(
         }
         first_err.map_or(Ok(()), Err)
     });
-    progress.end();
+    progress.end(GRAPH_PHASE);
     result?;
     Ok((work.len() as u64, done_points.into_inner()))
 }
@@ -948,25 +968,28 @@ struct BatchAck {
 /// Stream the file again: select, normalise, blind, batch, upload; the next
 /// batch is blinded while the previous one is on the wire. Batches below
 /// `skip` were acknowledged by an earlier run: their rows are only counted.
-#[allow(clippy::too_many_arguments)]
+/// Stops early on `stop` (set by a failure here or in the graph pass).
 fn upload(
     api: &ApiClient,
     opts: &MatchOptions,
     key: &SecretKey,
-    job_id: &str,
-    selected: &RowSet,
+    up: Upload<'_>,
     expected_rows: u64,
-    skip: u32,
-    acked: &AtomicU32,
     progress: &dyn ProgressSink,
+    stop: &AtomicBool,
 ) -> Result<(u32, u64, u64), ClientError> {
+    let Upload {
+        job_id,
+        selected,
+        skip,
+        acked,
+    } = up;
     let mut reader = CsvReader::open(&opts.input)?;
     let plan = Plan::resolve(&reader, opts)?;
-    progress.begin("upload", expected_rows);
+    progress.begin(UPLOAD_PHASE, expected_rows);
     let (tx, rx) = mpsc::sync_channel::<Encoded>(UPLOADERS);
     let batch_path = format!("/v1/jobs/{}/batches", segment(job_id));
     let rx = Mutex::new(rx);
-    let failed = AtomicBool::new(false);
     let done = Mutex::new((0u32, BTreeSet::<u32>::new()));
     let shuffle_key = shuffle_key(key, job_id);
     let result: Result<(u32, u64, u64), ClientError> = std::thread::scope(|s| {
@@ -981,11 +1004,11 @@ fn upload(
                     loop {
                         let next = rx.lock().expect("upload queue lock").recv();
                         let Ok(batch) = next else { break };
-                        if failed.load(Ordering::SeqCst) {
+                        if stop.load(Ordering::SeqCst) {
                             continue;
                         }
                         if let Err(e) = put_batch(api, &batch_path, &batch) {
-                            failed.store(true, Ordering::SeqCst);
+                            stop.store(true, Ordering::SeqCst);
                             error = Some(e);
                             continue;
                         }
@@ -1000,7 +1023,7 @@ fn upload(
                         acked.store(skip + *prefix, Ordering::SeqCst);
                         drop(guard);
                         records += batch.records;
-                        progress.advance(batch.records);
+                        progress.advance(UPLOAD_PHASE, batch.records);
                     }
                     match error {
                         Some(e) => Err(e),
@@ -1017,7 +1040,7 @@ fn upload(
             selected,
             skip,
             &shuffle_key,
-            &failed,
+            stop,
             progress,
             tx,
         );
@@ -1038,8 +1061,13 @@ fn upload(
         let p = produced?;
         Ok((p.batches, sent + p.skipped_records, p.ids))
     });
-    progress.end();
+    progress.end(UPLOAD_PHASE);
     let (batches, records, ids) = result?;
+    if stop.load(Ordering::SeqCst) {
+        return Err(ClientError::Protocol(
+            "the upload was stopped by a failure of the graph pass".into(),
+        ));
+    }
     if records != expected_rows {
         return Err(ClientError::BadInput {
             path: opts.input.clone(),
@@ -1122,7 +1150,7 @@ fn produce_batches(
                 break;
             }
             skipped_records += n as u64;
-            progress.advance(n as u64);
+            progress.advance(UPLOAD_PHASE, n as u64);
             batch_no += 1;
             continue;
         }

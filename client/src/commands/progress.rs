@@ -1,14 +1,25 @@
-//! indicatif bars for the library's [`ProgressSink`]: one bar per phase,
-//! hidden when stderr is not a terminal or with `--quiet`.
+//! indicatif bars for the library's [`ProgressSink`]: one bar per phase
+//! (phases that run at once get a bar each), hidden when stderr is not a
+//! terminal or with `--quiet`.
 
 use crate::progress::{NoProgress, ProgressSink};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::Mutex;
 
 /// Terminal progress bars on stderr.
 pub struct Bars {
-    current: Mutex<Option<ProgressBar>>,
+    multi: MultiProgress,
+    running: Mutex<Vec<(String, ProgressBar)>>,
+}
+
+impl Bars {
+    fn with_bar(&self, phase: &str, f: impl FnOnce(&ProgressBar)) {
+        let running = self.running.lock().expect("progress lock");
+        if let Some((_, bar)) = running.iter().find(|(name, _)| name == phase) {
+            f(bar);
+        }
+    }
 }
 
 impl Bars {
@@ -16,7 +27,8 @@ impl Bars {
     pub fn new_sink(show: bool) -> Box<dyn ProgressSink> {
         if show && std::io::stderr().is_terminal() {
             Box::new(Bars {
-                current: Mutex::new(None),
+                multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+                running: Mutex::new(Vec::new()),
             })
         } else {
             Box::new(NoProgress)
@@ -41,20 +53,22 @@ impl ProgressSink for Bars {
             )
         };
         bar.set_message(phase.to_owned());
-        if let Some(old) = self.current.lock().expect("progress lock").replace(bar) {
-            old.finish_and_clear();
+        let bar = self.multi.add(bar);
+        let mut running = self.running.lock().expect("progress lock");
+        if let Some(i) = running.iter().position(|(name, _)| name == phase) {
+            running.remove(i).1.finish_and_clear();
         }
+        running.push((phase.to_owned(), bar));
     }
 
-    fn advance(&self, n: u64) {
-        if let Some(bar) = self.current.lock().expect("progress lock").as_ref() {
-            bar.inc(n);
-        }
+    fn advance(&self, phase: &str, n: u64) {
+        self.with_bar(phase, |bar| bar.inc(n));
     }
 
-    fn end(&self) {
-        if let Some(bar) = self.current.lock().expect("progress lock").take() {
-            bar.finish();
+    fn end(&self, phase: &str) {
+        let mut running = self.running.lock().expect("progress lock");
+        if let Some(i) = running.iter().position(|(name, _)| name == phase) {
+            running.remove(i).1.finish();
         }
     }
 }
