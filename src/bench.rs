@@ -5,9 +5,18 @@
 //!
 //! The bound is what the curve arithmetic alone would cost on all cores:
 //! (hash-to-point calls × t_hash + scalar multiplications × t_mul) ÷ cores,
-//! with both unit times measured on one core in the same run.
+//! with both unit times measured on one core in the same run. These
+//! machines change speed by a third from one minute to the next, so the unit
+//! times are sampled *while the job runs*: once a second a short burst of
+//! each primitive, timed in the sampling thread's own CPU time (so the job's
+//! threads taking the core from it do not count). `ratio` uses the mean of
+//! those samples. The fastest standalone reading (before the import, before
+//! and after each job) gives `ratio_vs_fastest`, which a slow moment of the
+//! machine can only make worse.
+//! The graph pass and the upload run at the same time; their row
+//! `exchange` is timed from their common start to the later end.
 
-use crate::harness::{peak_rss, ServerProcess};
+use crate::harness::{busy_share, cpu_ticks, peak_rss, thread_cpu_seconds, ServerProcess};
 use anyhow::{bail, Result};
 use curve25519_dalek::scalar::Scalar;
 use onboard_client::{ApiClient, MatchOptions, Role};
@@ -16,7 +25,8 @@ use serde::Serialize;
 use std::hint::black_box;
 use std::io::{BufWriter, Write};
 use std::path::Path;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 /// Options of `bench`.
 #[derive(clap::Args)]
@@ -44,28 +54,181 @@ struct Phase {
     rows_per_s: f64,
 }
 
+impl Phase {
+    fn new(name: &'static str, wall_s: f64, bound_s: f64, records: usize) -> Self {
+        Self {
+            name,
+            wall_s,
+            bound_s,
+            ratio: if bound_s > 0.0 {
+                wall_s / bound_s
+            } else {
+                f64::NAN
+            },
+            rows_per_s: records as f64 / wall_s,
+        }
+    }
+}
+
+/// Single-core unit times, in seconds.
+#[derive(Clone, Copy)]
+struct Primitives {
+    hash_s: f64,
+    mul_s: f64,
+}
+
+impl Primitives {
+    /// The fastest of a few standalone rounds (wall time).
+    fn measure() -> Self {
+        let mut p = Self {
+            hash_s: f64::INFINITY,
+            mul_s: f64::INFINITY,
+        };
+        p.remeasure();
+        p
+    }
+
+    /// Measure again and keep the faster of each unit time.
+    fn remeasure(&mut self) {
+        const ROUNDS: usize = 5;
+        for _ in 0..ROUNDS {
+            let once = Self::burst(1000, &|| Instant::now(), &|t: &Instant| {
+                t.elapsed().as_secs_f64()
+            });
+            self.hash_s = self.hash_s.min(once.hash_s);
+            self.mul_s = self.mul_s.min(once.mul_s);
+        }
+    }
+
+    /// `n` hash-to-point calls then `n` multiplications, each timed by
+    /// `start`/`elapsed`.
+    fn burst<T>(n: u32, start: &dyn Fn() -> T, elapsed: &dyn Fn(&T) -> f64) -> Self {
+        let digests: Vec<Digest> = (0..n).map(|i| Digest::of(&i.to_string())).collect();
+        let t = start();
+        let points: Vec<_> = digests
+            .iter()
+            .map(|d| curve::hash_to_point(MatchKind::Email, d))
+            .collect();
+        let hash_s = elapsed(&t) / f64::from(n);
+        let s = Scalar::from(0x0123_4567_89ab_cdefu64) * Scalar::from(0xfedc_ba98_7654_3210u64);
+        let t = start();
+        for p in &points {
+            black_box(s * black_box(p));
+        }
+        let mul_s = elapsed(&t) / f64::from(n);
+        Self { hash_s, mul_s }
+    }
+
+    /// The mean of samples (`None` if there are none).
+    fn mean(samples: &[Self]) -> Option<Self> {
+        let n = samples.len() as f64;
+        (!samples.is_empty()).then(|| Self {
+            hash_s: samples.iter().map(|p| p.hash_s).sum::<f64>() / n,
+            mul_s: samples.iter().map(|p| p.mul_s).sum::<f64>() / n,
+        })
+    }
+}
+
+/// One job with the primitives sampled while it runs.
+struct TimedJob {
+    outcome: onboard_client::MatchOutcome,
+    wall_s: f64,
+    cpu_busy: f64,
+    /// Mean in-job unit times.
+    during: Primitives,
+    samples: usize,
+}
+
+fn timed_job(advertiser: &ApiClient, options: &MatchOptions) -> Result<TimedJob> {
+    let stop = AtomicBool::new(false);
+    let cpu_before = cpu_ticks()?;
+    let t = Instant::now();
+    let (outcome, samples) = std::thread::scope(|s| {
+        let sampler = s.spawn(|| sample_primitives(&stop));
+        let outcome = onboard_client::run_match(advertiser, options);
+        stop.store(true, Ordering::SeqCst);
+        (outcome, sampler.join().expect("sampler panicked"))
+    });
+    let wall_s = t.elapsed().as_secs_f64();
+    let cpu_busy = busy_share(cpu_before, cpu_ticks()?);
+    let outcome = outcome?;
+    if outcome.report.is_none() {
+        bail!("the benchmark job returned no report");
+    }
+    // A job too short for a sample still gets one, taken now.
+    let during = Primitives::mean(&samples).unwrap_or_else(Primitives::measure);
+    Ok(TimedJob {
+        outcome,
+        wall_s,
+        cpu_busy,
+        during,
+        samples: samples.len(),
+    })
+}
+
+/// Until `stop`: every second, a burst of each primitive timed in this
+/// thread's CPU time (about 1% of one core).
+fn sample_primitives(stop: &AtomicBool) -> Vec<Primitives> {
+    const BURST: u32 = 100;
+    let mut samples = Vec::new();
+    // Bounded by the job: the caller sets `stop` when `run_match` returns.
+    while !stop.load(Ordering::SeqCst) {
+        samples.push(Primitives::burst(
+            BURST,
+            &thread_cpu_seconds,
+            &|t0: &f64| thread_cpu_seconds() - t0,
+        ));
+        for _ in 0..10 {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    samples
+}
+
 #[derive(Serialize)]
 struct Report {
     records: usize,
     graph: usize,
     cores: usize,
+    /// Mean unit times sampled during the job: the bound's.
     t_hash_to_point_us: f64,
     t_scalar_mul_us: f64,
+    primitive_samples: usize,
+    /// Fastest standalone unit times of the run.
+    fastest_t_hash_to_point_us: f64,
+    fastest_t_scalar_mul_us: f64,
     import_wall_s: f64,
     wall_s: f64,
     bound_s: f64,
     ratio: f64,
+    ratio_vs_fastest: f64,
     rows_per_s: f64,
+    /// Share of the machine's CPU time that was busy during the job.
+    cpu_busy: f64,
     phases: Vec<Phase>,
-    repeat: Option<Phase>,
+    repeat: Option<RepeatReport>,
     server_peak_rss_bytes: u64,
     client_peak_rss_bytes: u64,
+}
+
+/// The second job with the same key: its graph pass is served by the cache.
+#[derive(Serialize)]
+struct RepeatReport {
+    job: Phase,
+    ratio_vs_fastest: f64,
+    t_hash_to_point_us: f64,
+    t_scalar_mul_us: f64,
+    cpu_busy: f64,
+    phases: Vec<Phase>,
 }
 
 /// Run the benchmark; `Ok(true)` when it completed.
 pub fn run(args: &BenchArgs) -> Result<bool> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (t_hash, t_mul) = measure_primitives();
+    let mut prims = Primitives::measure();
     let dir = tempfile::tempdir()?;
     let work = dir.path();
     let ids_csv = work.join("ids.csv");
@@ -105,71 +268,73 @@ pub fn run(args: &BenchArgs) -> Result<bool> {
         show_progress: !args.json,
         ..MatchOptions::new(crm_csv, key_file, "bench-dsp", "segment")
     };
-    // Only the graph's emails take part in an email-only job.
-    let graph_points = args.graph / 2;
-    let bound =
-        |hashes: usize, muls: usize| (hashes as f64 * t_hash + muls as f64 * t_mul) / cores as f64;
 
-    let t = Instant::now();
-    let outcome = onboard_client::run_match(&advertiser, &options)?;
-    let wall_s = t.elapsed().as_secs_f64();
-    // Client: hash + a·P(x) per row, a·(b·P(y)) per graph point; server: b·(a·P(x)) per row.
-    let bound_s = bound(args.records, 2 * args.records + graph_points);
-    if outcome.report.is_none() {
-        bail!("the benchmark job returned no report");
-    }
-    let phases = outcome
-        .timings
-        .iter()
-        .map(|(name, secs)| {
-            let phase_bound = match *name {
-                "graph-pass" => bound(0, graph_points),
-                "upload" => bound(args.records, 2 * args.records),
-                _ => 0.0,
-            };
-            Phase {
-                name,
-                wall_s: *secs,
-                bound_s: phase_bound,
-                ratio: if phase_bound > 0.0 {
-                    secs / phase_bound
-                } else {
-                    f64::NAN
-                },
-                rows_per_s: args.records as f64 / secs,
-            }
-        })
-        .collect();
-
+    prims.remeasure();
+    let job = timed_job(&advertiser, &options)?;
+    prims.remeasure();
     let repeat = if args.repeat {
-        let t = Instant::now();
-        onboard_client::run_match(&advertiser, &options)?;
-        let secs = t.elapsed().as_secs_f64();
-        let b = bound(args.records, 2 * args.records);
-        Some(Phase {
-            name: "repeat-job",
-            wall_s: secs,
-            bound_s: b,
-            ratio: secs / b,
-            rows_per_s: args.records as f64 / secs,
-        })
+        let r = timed_job(&advertiser, &options)?;
+        prims.remeasure();
+        Some(r)
     } else {
         None
     };
+
+    // Only the graph's emails take part in an email-only job.
+    let work = Work {
+        records: args.records,
+        graph_points: args.graph / 2,
+    };
+    let bound_with = |p: Primitives, hashes: usize, muls: usize| {
+        (hashes as f64 * p.hash_s + muls as f64 * p.mul_s) / cores as f64
+    };
+    let bounds = |p: Primitives| {
+        (
+            work.upload(&|h, m| bound_with(p, h, m)),
+            work.graph_pass(&|h, m| bound_with(p, h, m)),
+        )
+    };
+    let (upload_bound, graph_bound) = bounds(job.during);
+    let bound_s = upload_bound + graph_bound;
+    let fastest_bound_s = {
+        let (u, g) = bounds(prims);
+        u + g
+    };
+    let repeat_report = repeat.map(|r| {
+        let (upload_bound, _) = bounds(r.during);
+        RepeatReport {
+            job: Phase::new("repeat-job", r.wall_s, upload_bound, args.records),
+            ratio_vs_fastest: r.wall_s / bounds(prims).0,
+            t_hash_to_point_us: r.during.hash_s * 1e6,
+            t_scalar_mul_us: r.during.mul_s * 1e6,
+            cpu_busy: r.cpu_busy,
+            phases: phases(&r.outcome.timings, args.records, upload_bound, 0.0),
+        }
+    });
 
     let report = Report {
         records: args.records,
         graph: args.graph,
         cores,
-        t_hash_to_point_us: t_hash * 1e6,
-        t_scalar_mul_us: t_mul * 1e6,
+        t_hash_to_point_us: job.during.hash_s * 1e6,
+        t_scalar_mul_us: job.during.mul_s * 1e6,
+        primitive_samples: job.samples,
+        fastest_t_hash_to_point_us: prims.hash_s * 1e6,
+        fastest_t_scalar_mul_us: prims.mul_s * 1e6,
         import_wall_s,
-        wall_s,
+        wall_s: job.wall_s,
         bound_s,
-        ratio: wall_s / bound_s,
-        rows_per_s: args.records as f64 / wall_s,
-        phases,
-        repeat,
+        ratio: job.wall_s / bound_s,
+        ratio_vs_fastest: job.wall_s / fastest_bound_s,
+        rows_per_s: args.records as f64 / job.wall_s,
+        cpu_busy: job.cpu_busy,
+        phases: phases(
+            &job.outcome.timings,
+            args.records,
+            upload_bound,
+            graph_bound,
+        ),
+        repeat: repeat_report,
         server_peak_rss_bytes: server.peak_rss()?,
         client_peak_rss_bytes: peak_rss(std::process::id())?,
     };
@@ -182,14 +347,77 @@ pub fn run(args: &BenchArgs) -> Result<bool> {
     Ok(true)
 }
 
+/// The curve work of an email-only job.
+struct Work {
+    records: usize,
+    graph_points: usize,
+}
+
+impl Work {
+    /// Client: hash + a·P(x) per row; server: b·(a·P(x)) per row.
+    fn upload(&self, bound: &dyn Fn(usize, usize) -> f64) -> f64 {
+        bound(self.records, 2 * self.records)
+    }
+
+    /// Client: a·(b·P(y)) per graph point.
+    fn graph_pass(&self, bound: &dyn Fn(usize, usize) -> f64) -> f64 {
+        bound(0, self.graph_points)
+    }
+}
+
+/// The client's phases, and `exchange` for the graph pass and the upload,
+/// which run at the same time (each alone has no bound of its own then).
+fn phases(
+    timings: &[(&'static str, f64)],
+    records: usize,
+    upload_bound: f64,
+    graph_bound: f64,
+) -> Vec<Phase> {
+    let mut out = Vec::new();
+    let mut exchange: Option<f64> = None;
+    for &(name, secs) in timings {
+        match name {
+            "graph-pass" | "upload" => {
+                out.push(Phase::new(name, secs, 0.0, records));
+                exchange = Some(exchange.map_or(secs, |e| e.max(secs)));
+            }
+            _ => {
+                if let Some(e) = exchange.take() {
+                    out.push(Phase::new(
+                        "exchange",
+                        e,
+                        upload_bound + graph_bound,
+                        records,
+                    ));
+                }
+                out.push(Phase::new(name, secs, 0.0, records));
+            }
+        }
+    }
+    if let Some(e) = exchange {
+        out.push(Phase::new(
+            "exchange",
+            e,
+            upload_bound + graph_bound,
+            records,
+        ));
+    }
+    out
+}
+
 fn print_table(r: &Report) {
     println!(
         "scale benchmark: N = {} CRM rows, M = {} graph identifiers, {} cores",
         r.records, r.graph, r.cores
     );
     println!(
-        "primitives (1 core): hash-to-point {:.2} µs, variable-base mul {:.2} µs",
-        r.t_hash_to_point_us, r.t_scalar_mul_us
+        "primitives (1 core), mean of {} samples during the job: hash-to-point {:.2} µs, \
+         variable-base mul {:.2} µs (fastest standalone: {:.2} µs, {:.2} µs)",
+        r.primitive_samples,
+        r.t_hash_to_point_us,
+        r.t_scalar_mul_us,
+        r.fastest_t_hash_to_point_us,
+        r.fastest_t_scalar_mul_us
     );
     println!(
         "graph import (not in the match timing): {:.1} s",
@@ -199,16 +427,30 @@ fn print_table(r: &Report) {
         "{:<14} {:>10} {:>10} {:>7} {:>12}",
         "phase", "wall s", "bound s", "ratio", "rows/s"
     );
-    for p in r.phases.iter().chain(&r.repeat) {
+    for p in &r.phases {
+        print_phase(p);
+    }
+    print_phase(&Phase::new("whole job", r.wall_s, r.bound_s, r.records));
+    println!(
+        "ratio with the fastest standalone unit times: {:.2}; CPU busy during the job: {:.1}%",
+        r.ratio_vs_fastest,
+        r.cpu_busy * 100.0
+    );
+    if let Some(rep) = &r.repeat {
         println!(
-            "{:<14} {:>10.2} {:>10.2} {:>7.2} {:>12.0}",
-            p.name, p.wall_s, p.bound_s, p.ratio, p.rows_per_s
+            "repeat job (cache), unit times during it: {:.2} µs, {:.2} µs",
+            rep.t_hash_to_point_us, rep.t_scalar_mul_us
+        );
+        for p in &rep.phases {
+            print_phase(p);
+        }
+        print_phase(&rep.job);
+        println!(
+            "ratio with the fastest standalone unit times: {:.2}; CPU busy: {:.1}%",
+            rep.ratio_vs_fastest,
+            rep.cpu_busy * 100.0
         );
     }
-    println!(
-        "{:<14} {:>10.2} {:>10.2} {:>7.2} {:>12.0}",
-        "whole job", r.wall_s, r.bound_s, r.ratio, r.rows_per_s
-    );
     println!(
         "peak RSS: server {:.0} MiB, client {:.0} MiB",
         r.server_peak_rss_bytes as f64 / 1048576.0,
@@ -216,35 +458,16 @@ fn print_table(r: &Report) {
     );
 }
 
-/// Single-core unit times of hash-to-point and variable-base multiplication:
-/// the best of several rounds, so that a busy machine (other builds, the
-/// server's child process starting) does not inflate the bound.
-fn measure_primitives() -> (f64, f64) {
-    const ROUNDS: usize = 5;
-    let mut best = (f64::INFINITY, f64::INFINITY);
-    for _ in 0..ROUNDS {
-        let (h, m) = measure_primitives_once();
-        best = (best.0.min(h), best.1.min(m));
-    }
-    best
-}
-
-fn measure_primitives_once() -> (f64, f64) {
-    const N: u32 = 1000;
-    let digests: Vec<Digest> = (0..N).map(|i| Digest::of(&i.to_string())).collect();
-    let t = Instant::now();
-    let points: Vec<_> = digests
-        .iter()
-        .map(|d| curve::hash_to_point(MatchKind::Email, d))
-        .collect();
-    let t_hash = t.elapsed().as_secs_f64() / f64::from(N);
-    let s = Scalar::from(0x0123_4567_89ab_cdefu64) * Scalar::from(0xfedc_ba98_7654_3210u64);
-    let t = Instant::now();
-    for p in &points {
-        black_box(s * black_box(p));
-    }
-    let t_mul = t.elapsed().as_secs_f64() / f64::from(N);
-    (t_hash, t_mul)
+fn print_phase(p: &Phase) {
+    let (bound, ratio) = if p.bound_s > 0.0 {
+        (format!("{:.2}", p.bound_s), format!("{:.2}", p.ratio))
+    } else {
+        ("-".to_owned(), "-".to_owned())
+    };
+    println!(
+        "{:<14} {:>10.2} {:>10} {:>7} {:>12.0}",
+        p.name, p.wall_s, bound, ratio, p.rows_per_s
+    );
 }
 
 /// `M` identifiers: `M/2` persons with an email and a phone, one cookie each.

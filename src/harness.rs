@@ -93,3 +93,46 @@ pub fn peak_rss(pid: u32) -> Result<u64> {
         .context("VmHWM not found in /proc status")?;
     Ok(kib * 1024)
 }
+
+/// Machine-wide CPU time from `/proc/stat`, in clock ticks: `(busy, total)`,
+/// where idle and I/O wait are the part not busy. The difference of two
+/// readings tells how much of a phase's wall time the cores were working.
+pub fn cpu_ticks() -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .context("no cpu line in /proc/stat")?
+        .split_whitespace()
+        .map(|f| f.parse().context("a /proc/stat field is not a number"))
+        .collect::<Result<_>>()?;
+    // user nice system idle iowait irq softirq steal (guest is inside user).
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    Ok((total - idle, total))
+}
+
+/// The busy share of the cores between two [`cpu_ticks`] readings.
+pub fn busy_share(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let total = after.1.saturating_sub(before.1);
+    if total == 0 {
+        return 0.0;
+    }
+    after.0.saturating_sub(before.0) as f64 / total as f64
+}
+
+/// CPU time this thread has run, in seconds (`CLOCK_THREAD_CPUTIME_ID`):
+/// unlike wall time, it does not grow while other threads hold the core.
+pub fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant
+    // every Linux kernel knows. On failure `ts` stays zero.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts);
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
