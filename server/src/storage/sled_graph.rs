@@ -678,7 +678,8 @@ impl GraphRepo for SledStore {
         let mut out = Vec::new();
         let mut chunks = self.g_cookie_chunks.scan_prefix(&prefix).peekable();
         let mut covering: Option<::sled::IVec> = None;
-        let mut bytes: Option<Vec<u8>> = None;
+        // The covering chunk's records, parsed once when first needed.
+        let mut records: Option<Vec<(PersonKey, SealedCookie)>> = None;
         for person in persons {
             while let Some(Ok((k, _))) = chunks.peek() {
                 if k[prefix.len()..] > person[..] {
@@ -686,7 +687,7 @@ impl GraphRepo for SledStore {
                 }
                 if let Some(item) = chunks.next() {
                     covering = Some(item.map_err(be)?.1);
-                    bytes = None;
+                    records = None;
                 }
             }
             if let Some(Err(_)) = chunks.peek() {
@@ -695,18 +696,26 @@ impl GraphRepo for SledStore {
                 }
             }
             let Some(value) = &covering else { continue };
-            if bytes.is_none() {
-                bytes = Some(self.read_chunk(GRAPH_COOKIE_CHUNKS, version, value)?);
+            if records.is_none() {
+                let bytes = self.read_chunk(GRAPH_COOKIE_CHUNKS, version, value)?;
+                let parsed = cookie_records(&bytes)?
+                    .into_iter()
+                    .map(|r| {
+                        let cookie = SealedCookie {
+                            tag: r.tag,
+                            sealed: r.sealed.to_vec(),
+                        };
+                        (r.person, cookie)
+                    })
+                    .collect();
+                records = Some(parsed);
             }
-            let records = cookie_records(bytes.as_deref().unwrap_or_default())?;
-            let start = records.partition_point(|r| r.person < *person);
+            let records = records.as_deref().unwrap_or_default();
+            let start = records.partition_point(|r| r.0 < *person);
             let cookies: Vec<SealedCookie> = records[start..]
                 .iter()
-                .take_while(|r| r.person == *person)
-                .map(|r| SealedCookie {
-                    tag: r.tag,
-                    sealed: r.sealed.to_vec(),
-                })
+                .take_while(|r| r.0 == *person)
+                .map(|r| r.1.clone())
                 .collect();
             if !cookies.is_empty() {
                 out.push((*person, cookies));
