@@ -233,6 +233,28 @@ fn full_job_releases_exactly_the_expected_audiences() {
 }
 
 #[test]
+fn segments_of_one_job_are_checked_against_each_other() {
+    let s = TestServer::start();
+    let adv = s.principal("acme", "advertiser");
+    s.principal("dsp-a", "destination");
+    s.import(&synthetic_graph(600));
+    let a = SecretKey::generate(&mut rand::thread_rng());
+    // A: persons 0..200; B: 0..201 (one person more than A); C: 300..500.
+    let mut records: Vec<Record> = (0..200).map(|i| rec("A", vec![e(i)])).collect();
+    records.extend((0..201).map(|i| rec("B", vec![e(i)])));
+    records.extend((300..500).map(|i| rec("C", vec![e(i)])));
+    let report = s.run_job(&adv, &a, "dsp-a", &records);
+    assert_eq!(segment(&report, "A")["status"], "delivered", "{report}");
+    // B alone would pass, but with A released it would single out person 200.
+    assert_eq!(segment(&report, "B")["status"], "withheld", "{report}");
+    assert_eq!(
+        segment(&report, "B")["reason"],
+        "too-close-to-earlier-audience"
+    );
+    assert_eq!(segment(&report, "C")["status"], "delivered", "{report}");
+}
+
+#[test]
 fn difference_check_and_opt_out_and_erase() {
     let s = TestServer::start();
     let adv = s.principal("acme", "advertiser");

@@ -55,6 +55,9 @@ fn kind_of(path: &str) -> Result<MatchKind, ApiError> {
 
 /// Graph-pass pages written (and synced) per store call.
 const PAGES_PER_WRITE: usize = 32;
+/// Sorted look-ups (owners, cookies) per parallel task at finish: each task
+/// walks its own stretch of the graph in order.
+const LOOKUP_STRETCH: usize = 32_768;
 
 /// Cached runs fetched per store call.
 const RUNS_PER_FETCH: usize = 4;
@@ -757,52 +760,56 @@ impl Services {
         };
         hits.sort_unstable_by_key(|h| h.0 .0);
         hits.dedup_by_key(|h| h.0 .0);
-        // Owners, per kind in one ordered pass over the graph (the hits come
-        // in b·P(y) order); opted-out points and suppressed persons count as none.
+        // Owners, per kind in ordered passes over the graph (the hits come
+        // in b·P(y) order; each core takes a sorted stretch); opted-out points
+        // and suppressed persons count as none.
         for kind in MatchKind::ALL {
             let of_kind: Vec<&(PointBytes, MatchKind, [u8; 32])> =
                 hits.iter().filter(|h| h.1 == kind).collect();
             if of_kind.is_empty() {
                 continue;
             }
-            let points: Vec<PointBytes> = of_kind.iter().map(|h| h.0).collect();
-            let owners = self.repo.owners_of_sorted(version, kind, &points)?;
-            for ((bpy, _, abpy), owner) in of_kind.into_iter().zip(owners) {
-                let Some(person) = owner else { continue };
-                if self.opted_out(bpy)? || self.repo.is_suppressed(version, &person)? {
-                    continue;
-                }
-                if let Some(slot) = wanted.get_mut(abpy) {
+            let owned: Vec<Vec<([u8; 32], PersonKey)>> = {
+                use rayon::prelude::*;
+                of_kind
+                    .par_chunks(LOOKUP_STRETCH)
+                    .map(|stretch| self.live_owners(version, kind, stretch))
+                    .collect::<Result<_, _>>()?
+            };
+            for (abpy, person) in owned.into_iter().flatten() {
+                if let Some(slot) = wanted.get_mut(&abpy) {
                     slot.1 = Some(person);
                 }
             }
         }
         drop(hits);
-        // 3. Records to persons: a record counts once, via its first matching identifier.
+        // 3. Records to persons: a record counts once, via its first matching
+        //    identifier (batches tallied on all cores, then merged).
+        let tallies: Vec<BatchTally> = {
+            use rayon::prelude::*;
+            (0..batches)
+                .into_par_iter()
+                .map(|b| -> Result<_, ApiError> {
+                    Ok(BatchTally::of(&self.stored_batch(&job.id, b)?, &wanted))
+                })
+                .collect::<Result<_, _>>()?
+        };
         let mut rows_per_segment: BTreeMap<String, u64> = BTreeMap::new();
         let mut persons_per_segment: BTreeMap<String, BTreeSet<PersonKey>> = BTreeMap::new();
         let (mut rows, mut matched_rows) = (0u64, 0u64);
-        for b in 0..batches {
-            let batch = self.stored_batch(&job.id, b)?;
-            for r in batch.records() {
-                rows += 1;
-                let person = r
-                    .points
-                    .iter()
-                    .find_map(|p| wanted.get(&p.0).and_then(|(_, person)| *person));
-                for &s in r.segments {
-                    let label = batch
-                        .labels
-                        .get(usize::from(s))
-                        .cloned()
-                        .unwrap_or_default();
-                    *rows_per_segment.entry(label.clone()).or_default() += 1;
-                    if let Some(p) = person {
-                        persons_per_segment.entry(label).or_default().insert(p);
-                    }
+        for t in tallies {
+            rows += t.rows;
+            matched_rows += t.matched;
+            for (label, (n, persons)) in t.labels.into_iter().zip(t.per_label) {
+                if n == 0 {
+                    continue;
                 }
-                if person.is_some() {
-                    matched_rows += 1;
+                *rows_per_segment.entry(label.clone()).or_default() += n;
+                if !persons.is_empty() {
+                    persons_per_segment
+                        .entry(label)
+                        .or_default()
+                        .extend(persons);
                 }
             }
         }
@@ -819,73 +826,63 @@ impl Services {
             .copied()
             .collect();
         let wanted_persons: Vec<PersonKey> = wanted_persons.into_iter().collect();
-        let cookies: HashMap<PersonKey, Vec<SealedCookie>> = self
-            .repo
-            .cookies_of_sorted(version, &job.destination, &wanted_persons)?
-            .into_iter()
-            .collect();
+        let cookies: HashMap<PersonKey, Vec<SealedCookie>> = {
+            use rayon::prelude::*;
+            let found: Vec<Vec<(PersonKey, Vec<SealedCookie>)>> = wanted_persons
+                .par_chunks(LOOKUP_STRETCH)
+                .map(|stretch| {
+                    self.repo
+                        .cookies_of_sorted(version, &job.destination, stretch)
+                })
+                .collect::<Result<_, _>>()?;
+            found.into_iter().flatten().collect()
+        };
         drop(wanted_persons);
-        let mut segments = Vec::new();
+        // Per segment (on all cores): its members, and why it is withheld if it is.
+        let segments_in: Vec<(String, u64, BTreeSet<PersonKey>)> = rows_per_segment
+            .into_iter()
+            .map(|(name, rows)| {
+                let persons = persons_per_segment.remove(&name).unwrap_or_default();
+                (name, rows, persons)
+            })
+            .collect();
+        let candidates: Vec<Candidate> = {
+            use rayon::prelude::*;
+            segments_in
+                .into_par_iter()
+                .map(|(name, rows, persons)| self.candidate(name, rows, &persons, &cookies))
+                .collect()
+        };
+        drop(cookies);
+        let mut candidates = candidates;
         let _g = lock(&self.audience_lock);
-        for (name, seg_rows) in &rows_per_segment {
-            let persons = persons_per_segment.remove(name).unwrap_or_default();
-            let shown = shown_count(persons.len() as u64, k, self.config.epsilon);
-            let mut members: Vec<(String, Vec<SealedCookie>)> = Vec::new();
-            if persons.len() >= k_persons {
-                members.extend(
-                    persons
-                        .iter()
-                        .filter_map(|p| cookies.get(p).map(|c| (Self::member_name(p), c.clone()))),
-                );
-            }
-            let reason = if persons.len() < k_persons {
-                Some("below-minimum-size")
-            } else if members.is_empty() {
-                Some("no-cookies-for-destination")
-            } else if members.len() < k_persons {
-                Some("below-minimum-size")
-            } else {
-                let set: BTreeSet<String> = members.iter().map(|(p, _)| p.clone()).collect();
-                let mut too_close = false;
-                for a in self.repo.audiences()?.iter().filter(|a| {
-                    a.advertiser == job.advertiser
-                        && a.destination == job.destination
-                        && a.expires_unix > now
-                }) {
-                    let other: BTreeSet<String> =
-                        self.repo.audience_persons(&a.id)?.into_iter().collect();
-                    let d = symmetric_difference(&set, &other);
-                    if d > 0 && d < k_persons {
-                        too_close = true;
-                        break;
-                    }
-                }
-                too_close.then_some("too-close-to-earlier-audience")
-            };
-            let audience_id = if reason.is_none() {
+        self.difference_check(job, now, k_persons, &mut candidates)?;
+        let mut segments = Vec::new();
+        for c in candidates {
+            let audience_id = if c.reason.is_none() {
                 let a = Audience {
                     id: new_id("a-"),
-                    segment: name.clone(),
+                    segment: c.name.clone(),
                     advertiser: job.advertiser.clone(),
                     destination: job.destination.clone(),
                     job_id: job.id.clone(),
-                    size: members.len() as u64,
+                    size: c.members.len() as u64,
                     created: rfc3339(now),
                     expires: rfc3339(now + ttl),
                     expires_unix: now + ttl,
                     pulled: false,
                 };
-                self.repo.create_audience(&a, &members)?;
+                self.repo.create_audience(&a, &c.members)?;
                 Some(a.id)
             } else {
                 None
             };
             segments.push(serde_json::json!({
-                "name": name,
-                "rows_uploaded": seg_rows,
-                "matched": shown,
-                "status": if reason.is_none() { "delivered" } else { "withheld" },
-                "reason": reason,
+                "name": c.name,
+                "rows_uploaded": c.rows,
+                "matched": c.shown,
+                "status": if c.reason.is_none() { "delivered" } else { "withheld" },
+                "reason": c.reason,
                 "audience_id": audience_id,
             }));
         }
@@ -901,6 +898,170 @@ impl Services {
             "segments": segments,
         }))
     }
+
+    /// The live owners of a sorted stretch of hits: `(a·b·P(y), person)` for
+    /// each hit whose point is not opted out and whose person is not suppressed.
+    fn live_owners(
+        &self,
+        version: u64,
+        kind: MatchKind,
+        stretch: &[&(PointBytes, MatchKind, [u8; 32])],
+    ) -> Result<Vec<([u8; 32], PersonKey)>, ApiError> {
+        let points: Vec<PointBytes> = stretch.iter().map(|h| h.0).collect();
+        let owners = self.repo.owners_of_sorted(version, kind, &points)?;
+        let mut out = Vec::with_capacity(stretch.len());
+        for ((bpy, _, abpy), owner) in stretch.iter().copied().zip(owners) {
+            let Some(person) = owner else { continue };
+            if self.opted_out(bpy)? || self.repo.is_suppressed(version, &person)? {
+                continue;
+            }
+            out.push((*abpy, person));
+        }
+        Ok(out)
+    }
+
+    /// One segment's members (the destination's cookies of its persons) and
+    /// the size rule's verdict; the difference check comes after.
+    fn candidate(
+        &self,
+        name: String,
+        rows: u64,
+        persons: &BTreeSet<PersonKey>,
+        cookies: &HashMap<PersonKey, Vec<SealedCookie>>,
+    ) -> Candidate {
+        let k = self.config.k;
+        let k_persons = usize::try_from(k).unwrap_or(usize::MAX);
+        let shown = shown_count(persons.len() as u64, k, self.config.epsilon);
+        let mut members: Vec<(String, Vec<SealedCookie>)> = Vec::new();
+        if persons.len() >= k_persons {
+            members.extend(
+                persons
+                    .iter()
+                    .filter_map(|p| cookies.get(p).map(|c| (Self::member_name(p), c.clone()))),
+            );
+        }
+        let reason = if persons.len() < k_persons {
+            Some("below-minimum-size")
+        } else if members.is_empty() {
+            Some("no-cookies-for-destination")
+        } else if members.len() < k_persons {
+            Some("below-minimum-size")
+        } else {
+            None
+        };
+        let names = match reason {
+            None => members.iter().map(|(p, _)| p.clone()).collect(),
+            Some(_) => BTreeSet::new(),
+        };
+        Candidate {
+            name,
+            rows,
+            shown,
+            members,
+            names,
+            reason,
+        }
+    }
+
+    /// Withhold every candidate whose symmetric difference with a live
+    /// audience of the same advertiser and destination is non-empty and
+    /// below `k`: earlier audiences (each read once, one at a time, so memory
+    /// does not grow with their number), then the candidates released before
+    /// it in this job, in segment order.
+    fn difference_check(
+        &self,
+        job: &Job,
+        now: u64,
+        k: usize,
+        candidates: &mut [Candidate],
+    ) -> Result<(), ApiError> {
+        let too_close = |a: &BTreeSet<String>, b: &BTreeSet<String>| {
+            let d = symmetric_difference(a, b);
+            d > 0 && d < k
+        };
+        for earlier in self.repo.audiences()?.iter().filter(|a| {
+            a.advertiser == job.advertiser
+                && a.destination == job.destination
+                && a.expires_unix > now
+        }) {
+            let other: BTreeSet<String> = self
+                .repo
+                .audience_persons(&earlier.id)?
+                .into_iter()
+                .collect();
+            for c in candidates.iter_mut().filter(|c| c.reason.is_none()) {
+                if too_close(&c.names, &other) {
+                    c.reason = Some("too-close-to-earlier-audience");
+                }
+            }
+        }
+        for i in 0..candidates.len() {
+            if candidates[i].reason.is_some() {
+                continue;
+            }
+            let (released, rest) = candidates.split_at_mut(i);
+            let c = &mut rest[0];
+            if released
+                .iter()
+                .any(|r| r.reason.is_none() && too_close(&c.names, &r.names))
+            {
+                c.reason = Some("too-close-to-earlier-audience");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One stored batch's share of the join: rows and matched persons per label.
+struct BatchTally {
+    rows: u64,
+    matched: u64,
+    labels: Vec<String>,
+    /// Per label (same order): rows, and the persons of its matched rows.
+    per_label: Vec<(u64, Vec<PersonKey>)>,
+}
+
+impl BatchTally {
+    fn of(batch: &RecordBatch, wanted: &HashMap<[u8; 32], (MatchKind, Option<PersonKey>)>) -> Self {
+        // A label index past the table (never in a decoded frame) counts as "".
+        let mut labels = batch.labels.clone();
+        labels.push(String::new());
+        let unknown = labels.len() - 1;
+        let mut per_label = vec![(0u64, Vec::new()); labels.len()];
+        let (mut rows, mut matched) = (0, 0);
+        for r in batch.records() {
+            rows += 1;
+            let person = r
+                .points
+                .iter()
+                .find_map(|p| wanted.get(&p.0).and_then(|(_, person)| *person));
+            for &s in r.segments {
+                let slot = &mut per_label[usize::from(s).min(unknown)];
+                slot.0 += 1;
+                if let Some(p) = person {
+                    slot.1.push(p);
+                }
+            }
+            matched += u64::from(person.is_some());
+        }
+        Self {
+            rows,
+            matched,
+            labels,
+            per_label,
+        }
+    }
+}
+
+/// A segment of a finishing job on its way to becoming an audience.
+struct Candidate {
+    name: String,
+    rows: u64,
+    shown: String,
+    members: Vec<(String, Vec<SealedCookie>)>,
+    /// The members' names, for the difference check (empty when withheld by size).
+    names: BTreeSet<String>,
+    reason: Option<&'static str>,
 }
 
 #[cfg(test)]
