@@ -730,6 +730,71 @@ impl Row {
     }
 }
 
+/// Count one classified row in the report and choose whether it is uploaded
+/// (the first of identical rows is). `fingerprint` is set for uploadable rows.
+fn tally_row(
+    q: &mut QualityReport,
+    seen: &mut HashSet<[u8; 16]>,
+    kinds: &mut BTreeSet<MatchKind>,
+    selected: &mut RowSet,
+    row: Row,
+    fingerprint: Option<[u8; 16]>,
+) {
+    q.rows_read += 1;
+    let mut upload = false;
+    match row.state {
+        RowState::NoConsent => q.rows_without_consent += 1,
+        RowState::BadConsent => q.bad_consent.add(row.line),
+        RowState::Ok => {
+            for &col in &row.valid_cols {
+                q.columns[col].valid += 1;
+            }
+            for &col in &row.empty_cols {
+                q.columns[col].empty += 1;
+            }
+            for &(col, err) in &row.invalid {
+                let code = err.map(|e| e.code()).unwrap_or("not-utf8");
+                q.columns[col]
+                    .invalid
+                    .entry(code.to_owned())
+                    .or_default()
+                    .add(row.line);
+            }
+            if row.segments_bad {
+                q.bad_segment.add(row.line);
+            } else if row.segments.is_empty() {
+                q.rows_without_segment.add(row.line);
+            } else if row.ids.is_empty() {
+                q.rows_without_identifier.add(row.line);
+            } else if fingerprint.is_some_and(|f| !seen.insert(f)) {
+                q.duplicate_rows.add(row.line);
+            } else {
+                debug_assert!(row.uploadable());
+                upload = true;
+                q.rows_to_upload += 1;
+                q.identifiers_to_upload += row.ids.len() as u64;
+                kinds.extend(row.ids.iter().map(|(k, _)| *k));
+            }
+        }
+    }
+    let count = |e: &mut SegmentQuality| {
+        e.rows += 1;
+        if upload {
+            e.rows_to_upload += 1;
+        } else {
+            e.rows_rejected += 1;
+        }
+    };
+    for s in &row.segments {
+        // Look up before inserting: most rows name segments already seen.
+        match q.segments.get_mut(s) {
+            Some(e) => count(e),
+            None => count(q.segments.entry(s.clone()).or_default()),
+        }
+    }
+    selected.push(upload);
+}
+
 /// The rows (by ordinal among data rows) chosen for upload.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct RowSet {
@@ -791,66 +856,45 @@ fn quality_pass_with(
     let mut kinds: BTreeSet<MatchKind> = BTreeSet::new();
     let mut selected = RowSet::default();
     progress.begin("checking", 0);
-    loop {
-        let chunk = reader.next_chunk(QUALITY_CHUNK)?;
-        if chunk.is_empty() {
-            break;
-        }
-        progress.advance("checking", chunk.len() as u64);
-        let rows: Vec<Row> = chunk
-            .par_iter()
-            .map(|(line, rec)| plan.classify(*line, rec))
-            .collect();
-        for row in rows {
-            q.rows_read += 1;
-            let mut upload = false;
-            match row.state {
-                RowState::NoConsent => q.rows_without_consent += 1,
-                RowState::BadConsent => q.bad_consent.add(row.line),
-                RowState::Ok => {
-                    for &col in &row.valid_cols {
-                        q.columns[col].valid += 1;
-                    }
-                    for &col in &row.empty_cols {
-                        q.columns[col].empty += 1;
-                    }
-                    for &(col, err) in &row.invalid {
-                        let code = err.map(|e| e.code()).unwrap_or("not-utf8");
-                        q.columns[col]
-                            .invalid
-                            .entry(code.to_owned())
-                            .or_default()
-                            .add(row.line);
-                    }
-                    if row.segments_bad {
-                        q.bad_segment.add(row.line);
-                    } else if row.segments.is_empty() {
-                        q.rows_without_segment.add(row.line);
-                    } else if row.ids.is_empty() {
-                        q.rows_without_identifier.add(row.line);
-                    } else if !seen.insert(row.fingerprint()) {
-                        q.duplicate_rows.add(row.line);
-                    } else {
-                        debug_assert!(row.uploadable());
-                        upload = true;
-                        q.rows_to_upload += 1;
-                        q.identifiers_to_upload += row.ids.len() as u64;
-                        kinds.extend(row.ids.iter().map(|(k, _)| *k));
-                    }
-                }
+    let (tx, rx) = mpsc::sync_channel::<Result<Vec<(u64, ByteRecord)>, ClientError>>(2);
+    let reader = &mut reader;
+    std::thread::scope(|s| -> Result<(), ClientError> {
+        // Parsing the CSV is sequential: it runs a chunk or two ahead of the
+        // parallel classification instead of between its rounds.
+        s.spawn(move || loop {
+            let chunk = reader.next_chunk(QUALITY_CHUNK);
+            let last = chunk.as_ref().map_or(true, Vec::is_empty);
+            if tx.send(chunk).is_err() || last {
+                break;
             }
-            for s in &row.segments {
-                let e = q.segments.entry(s.clone()).or_default();
-                e.rows += 1;
-                if upload {
-                    e.rows_to_upload += 1;
-                } else {
-                    e.rows_rejected += 1;
-                }
+        });
+        for chunk in rx {
+            let chunk = chunk?;
+            if chunk.is_empty() {
+                break;
             }
-            selected.push(upload);
+            progress.advance("checking", chunk.len() as u64);
+            let rows: Vec<(Row, Option<[u8; 16]>)> = chunk
+                .par_iter()
+                .map(|(line, rec)| {
+                    let row = plan.classify(*line, rec);
+                    let fingerprint = row.uploadable().then(|| row.fingerprint());
+                    (row, fingerprint)
+                })
+                .collect();
+            for (row, fingerprint) in rows {
+                tally_row(
+                    &mut q,
+                    &mut seen,
+                    &mut kinds,
+                    &mut selected,
+                    row,
+                    fingerprint,
+                );
+            }
         }
-    }
+        Ok(())
+    })?;
     progress.end("checking");
     q.kinds = kinds.iter().map(|k| k.as_str().to_owned()).collect();
     Ok((q, selected))
