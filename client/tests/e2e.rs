@@ -36,7 +36,19 @@ fn email(i: usize) -> String {
 fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
     ENV.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
+        // A static is never dropped, so its directory would outlive the run:
+        // it lives under cargo's test scratch space, and an earlier run's is
+        // removed first.
+        let scratch = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        for old in std::fs::read_dir(scratch).into_iter().flatten().flatten() {
+            if old.file_name().to_string_lossy().starts_with("client-e2e-") {
+                let _ = std::fs::remove_dir_all(old.path());
+            }
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("client-e2e-")
+            .tempdir_in(scratch)
+            .unwrap();
         let data = dir.path().join("data");
         let init = onboard_server::init(&InitOptions {
             data_dir: data.clone(),
