@@ -6,13 +6,15 @@ use super::{lock, new_id, rfc3339, unix_now, Services};
 use crate::error::ApiError;
 use crate::services::auth::Caller;
 use crate::services::privacy::{match_rate, shown_count, symmetric_difference};
+use crate::services::uniform::{self, UniformMap, UniformSet};
 use crate::storage::{Audience, Job, PassInfo, PersonKey, Role, SealedCookie};
 use onboard_protocol::wire::{PointPage, RecordBatch};
 use onboard_protocol::{blind, Fingerprint, MatchKind, PointBytes};
+use rayon::prelude::*;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::str::FromStr;
 
 /// Body of `POST /v1/jobs`.
@@ -343,8 +345,10 @@ impl Services {
                     .points_after(version, *kind, after.as_ref(), 8192)?;
                 let Some(last) = chunk.last() else { break };
                 after = Some(last.0);
-                for (p, _) in &chunk {
-                    if cached.contains(p)? || self.opted_out(p)? {
+                let points: Vec<PointBytes> = chunk.iter().map(|(p, _)| *p).collect();
+                let opted_out = self.opted_out_each(&points)?;
+                for (p, opted_out) in points.iter().zip(opted_out) {
+                    if opted_out || cached.contains(p)? {
                         continue;
                     }
                     page.extend_from_slice(&p.0);
@@ -712,149 +716,27 @@ impl Services {
             .current_graph()?
             .ok_or_else(|| ApiError::Internal("graph vanished".into()))?;
         let version = graph.version;
-        let ns = cache_namespace(&job.advertiser, &job.key_fingerprint);
-        let kinds: BTreeSet<&str> = job.kinds.iter().map(String::as_str).collect();
-        // 1. The distinct uploaded b·a·P(x) of the job's kinds (batches
-        //    decoded on all cores).
-        let per_batch: Vec<Vec<([u8; 32], MatchKind)>> = {
-            use rayon::prelude::*;
-            (0..batches)
-                .into_par_iter()
-                .map(|b| -> Result<_, ApiError> {
-                    let batch = self.stored_batch(&job.id, b)?;
-                    Ok(batch
-                        .kinds()
-                        .iter()
-                        .zip(batch.points())
-                        .filter(|(kind, _)| kinds.contains(kind.as_str()))
-                        .map(|(kind, point)| (point.0, *kind))
-                        .collect())
-                })
-                .collect::<Result<_, _>>()?
-        };
-        let mut wanted: HashMap<[u8; 32], (MatchKind, Option<PersonKey>)> =
-            HashMap::with_capacity(per_batch.iter().map(Vec::len).sum());
-        for (point, kind) in per_batch.into_iter().flatten() {
-            wanted.entry(point).or_insert((kind, None));
-        }
-        // 2. Every cached run of this key, on all cores: a·b·P(y) equal to an
-        //    upload gives b·P(y), hence the person (if live). Runs may
-        //    overlap, so hits are sorted and deduplicated after.
-        let mut hits: Vec<(PointBytes, MatchKind, [u8; 32])> = {
-            use rayon::prelude::*;
-            let run_keys = self.repo.cache_run_keys(&ns)?;
-            let per_run: Vec<Vec<(PointBytes, MatchKind, [u8; 32])>> = run_keys
-                .par_iter()
-                .map(|k| -> Result<_, ApiError> {
-                    Ok(self
-                        .repo
-                        .cache_run(&ns, k)?
-                        .into_iter()
-                        .filter_map(|(bpy, abpy)| {
-                            wanted.get(&abpy.0).map(|slot| (bpy, slot.0, abpy.0))
-                        })
-                        .collect())
-                })
-                .collect::<Result<_, _>>()?;
-            per_run.into_iter().flatten().collect()
-        };
-        hits.sort_unstable_by_key(|h| h.0 .0);
-        hits.dedup_by_key(|h| h.0 .0);
-        // Owners, per kind in ordered passes over the graph (the hits come
-        // in b·P(y) order; each core takes a sorted stretch); opted-out points
-        // and suppressed persons count as none.
-        for kind in MatchKind::ALL {
-            let of_kind: Vec<&(PointBytes, MatchKind, [u8; 32])> =
-                hits.iter().filter(|h| h.1 == kind).collect();
-            if of_kind.is_empty() {
-                continue;
-            }
-            let owned: Vec<Vec<([u8; 32], PersonKey)>> = {
-                use rayon::prelude::*;
-                of_kind
-                    .par_chunks(LOOKUP_STRETCH)
-                    .map(|stretch| self.live_owners(version, kind, stretch))
-                    .collect::<Result<_, _>>()?
-            };
-            for (abpy, person) in owned.into_iter().flatten() {
-                if let Some(slot) = wanted.get_mut(&abpy) {
-                    slot.1 = Some(person);
-                }
-            }
-        }
+        let mut wanted = self.uploaded_points(job, batches)?;
+        let hits = self.cached_hits(job, &wanted)?;
+        self.resolve_owners(version, &hits, &mut wanted)?;
         drop(hits);
-        // 3. Records to persons: a record counts once, via its first matching
-        //    identifier (batches tallied on all cores, then merged).
-        let tallies: Vec<BatchTally> = {
-            use rayon::prelude::*;
-            (0..batches)
-                .into_par_iter()
-                .map(|b| -> Result<_, ApiError> {
-                    Ok(BatchTally::of(&self.stored_batch(&job.id, b)?, &wanted))
-                })
-                .collect::<Result<_, _>>()?
-        };
-        let mut rows_per_segment: BTreeMap<String, u64> = BTreeMap::new();
-        let mut persons_per_segment: BTreeMap<String, BTreeSet<PersonKey>> = BTreeMap::new();
-        let (mut rows, mut matched_rows) = (0u64, 0u64);
-        for t in tallies {
-            rows += t.rows;
-            matched_rows += t.matched;
-            for (label, (n, persons)) in t.labels.into_iter().zip(t.per_label) {
-                if n == 0 {
-                    continue;
-                }
-                *rows_per_segment.entry(label.clone()).or_default() += n;
-                if !persons.is_empty() {
-                    persons_per_segment
-                        .entry(label)
-                        .or_default()
-                        .extend(persons);
-                }
-            }
-        }
+        let Joined {
+            rows,
+            matched_rows,
+            segments: joined,
+        } = self.tally_segments(job, batches, &wanted)?;
+        drop(wanted);
         let k = self.config.k;
         let k_persons = usize::try_from(k).unwrap_or(usize::MAX);
         let now = unix_now();
         let ttl = self.config.audience_ttl.as_secs();
-        // The destination's cookies of every person in a large enough
-        // segment, in one ordered pass over its cookie table.
-        let wanted_persons: BTreeSet<PersonKey> = persons_per_segment
-            .values()
-            .filter(|p| p.len() >= k_persons)
-            .flatten()
-            .copied()
-            .collect();
-        let wanted_persons: Vec<PersonKey> = wanted_persons.into_iter().collect();
-        let cookies: HashMap<PersonKey, Vec<SealedCookie>> = {
-            use rayon::prelude::*;
-            let found: Vec<Vec<(PersonKey, Vec<SealedCookie>)>> = wanted_persons
-                .par_chunks(LOOKUP_STRETCH)
-                .map(|stretch| {
-                    self.repo
-                        .cookies_of_sorted(version, &job.destination, stretch)
-                })
-                .collect::<Result<_, _>>()?;
-            found.into_iter().flatten().collect()
-        };
-        drop(wanted_persons);
+        let cookies =
+            self.cookies_of_large_segments(version, &job.destination, &joined, k_persons)?;
         // Per segment (on all cores): its members, and why it is withheld if it is.
-        let segments_in: Vec<(String, u64, BTreeSet<PersonKey>)> = rows_per_segment
-            .into_iter()
-            .map(|(name, rows)| {
-                let persons = persons_per_segment.remove(&name).unwrap_or_default();
-                (name, rows, persons)
-            })
+        let mut candidates: Vec<Candidate> = joined
+            .par_iter()
+            .map(|segment| self.candidate(segment, &cookies, k_persons))
             .collect();
-        let candidates: Vec<Candidate> = {
-            use rayon::prelude::*;
-            segments_in
-                .into_par_iter()
-                .map(|(name, rows, persons)| self.candidate(name, rows, &persons, &cookies))
-                .collect()
-        };
-        drop(cookies);
-        let mut candidates = candidates;
         let _g = lock(&self.audience_lock);
         self.difference_check(job, now, k_persons, &mut candidates)?;
         let mut segments = Vec::new();
@@ -899,66 +781,215 @@ impl Services {
         }))
     }
 
+    /// Join, step 1: the distinct uploaded `b·a·P(x)` of the job's kinds
+    /// (batches decoded on all cores).
+    fn uploaded_points(&self, job: &Job, batches: u32) -> Result<Wanted, ApiError> {
+        let kinds: Vec<MatchKind> = job
+            .kinds
+            .iter()
+            .map(|k| kind_of(k))
+            .collect::<Result<_, _>>()?;
+        let per_batch: Vec<Vec<([u8; 32], MatchKind)>> = (0..batches)
+            .into_par_iter()
+            .map(|b| -> Result<_, ApiError> {
+                let batch = self.stored_batch(&job.id, b)?;
+                Ok(batch
+                    .kinds()
+                    .iter()
+                    .zip(batch.points())
+                    .filter(|(kind, _)| kinds.contains(kind))
+                    .map(|(kind, point)| (point.0, *kind))
+                    .collect())
+            })
+            .collect::<Result<_, _>>()?;
+        let mut wanted = uniform::map_with_capacity(per_batch.iter().map(Vec::len).sum());
+        for (point, kind) in per_batch.into_iter().flatten() {
+            wanted.entry(point).or_insert((kind, None));
+        }
+        Ok(wanted)
+    }
+
+    /// Join, step 2: every cached run of this key, on all cores: an
+    /// `a·b·P(y)` equal to an upload gives `b·P(y)`, hence the person. Runs
+    /// may overlap, so the hits are sorted by `b·P(y)` and deduplicated.
+    fn cached_hits(&self, job: &Job, wanted: &Wanted) -> Result<Vec<Hit>, ApiError> {
+        let ns = cache_namespace(&job.advertiser, &job.key_fingerprint);
+        let run_keys = self.repo.cache_run_keys(&ns)?;
+        let per_run: Vec<Vec<Hit>> = run_keys
+            .par_iter()
+            .map(|k| -> Result<_, ApiError> {
+                Ok(self
+                    .repo
+                    .cache_run(&ns, k)?
+                    .into_iter()
+                    .filter_map(|(bpy, abpy)| wanted.get(&abpy.0).map(|slot| (bpy, slot.0, abpy.0)))
+                    .collect())
+            })
+            .collect::<Result<_, _>>()?;
+        let mut hits: Vec<Hit> = per_run.into_iter().flatten().collect();
+        hits.par_sort_unstable_by_key(|h| h.0 .0);
+        hits.dedup_by_key(|h| h.0 .0);
+        Ok(hits)
+    }
+
+    /// Join, step 3: the owner of each hit, per kind in ordered passes over
+    /// the graph (each core takes a sorted stretch of hits); opted-out points
+    /// and suppressed persons count as none.
+    fn resolve_owners(
+        &self,
+        version: u64,
+        hits: &[Hit],
+        wanted: &mut Wanted,
+    ) -> Result<(), ApiError> {
+        let suppressed: UniformSet<PersonKey> =
+            self.repo.suppressed_persons(version)?.into_iter().collect();
+        for kind in MatchKind::ALL {
+            let of_kind: Vec<&Hit> = hits.iter().filter(|h| h.1 == kind).collect();
+            if of_kind.is_empty() {
+                continue;
+            }
+            let owned: Vec<Vec<([u8; 32], PersonKey)>> = of_kind
+                .par_chunks(LOOKUP_STRETCH)
+                .map(|stretch| self.live_owners(version, kind, stretch, &suppressed))
+                .collect::<Result<_, _>>()?;
+            for (abpy, person) in owned.into_iter().flatten() {
+                if let Some(slot) = wanted.get_mut(&abpy) {
+                    slot.1 = Some(person);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The live owners of a sorted stretch of hits: `(a·b·P(y), person)` for
     /// each hit whose point is not opted out and whose person is not suppressed.
     fn live_owners(
         &self,
         version: u64,
         kind: MatchKind,
-        stretch: &[&(PointBytes, MatchKind, [u8; 32])],
+        stretch: &[&Hit],
+        suppressed: &UniformSet<PersonKey>,
     ) -> Result<Vec<([u8; 32], PersonKey)>, ApiError> {
         let points: Vec<PointBytes> = stretch.iter().map(|h| h.0).collect();
         let owners = self.repo.owners_of_sorted(version, kind, &points)?;
-        let mut out = Vec::with_capacity(stretch.len());
-        for ((bpy, _, abpy), owner) in stretch.iter().copied().zip(owners) {
-            let Some(person) = owner else { continue };
-            if self.opted_out(bpy)? || self.repo.is_suppressed(version, &person)? {
-                continue;
+        let opted_out = self.opted_out_each(&points)?;
+        Ok(stretch
+            .iter()
+            .zip(owners)
+            .zip(opted_out)
+            .filter_map(|((hit, owner), opted_out)| {
+                let person = owner?;
+                (!opted_out && !suppressed.contains(&person)).then_some((hit.2, person))
+            })
+            .collect())
+    }
+
+    /// Join, step 4: records to persons. A record counts once, via its first
+    /// matching identifier (batches tallied on all cores, then merged; each
+    /// segment's persons sorted and deduplicated on all cores).
+    fn tally_segments(&self, job: &Job, batches: u32, wanted: &Wanted) -> Result<Joined, ApiError> {
+        let tallies: Vec<BatchTally> = (0..batches)
+            .into_par_iter()
+            .map(|b| -> Result<_, ApiError> {
+                Ok(BatchTally::of(&self.stored_batch(&job.id, b)?, wanted))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut per_segment: BTreeMap<String, (u64, Vec<PersonKey>)> = BTreeMap::new();
+        let (mut rows, mut matched_rows) = (0u64, 0u64);
+        for t in tallies {
+            rows += t.rows;
+            matched_rows += t.matched;
+            for (label, (n, persons)) in t.labels.into_iter().zip(t.per_label) {
+                if n == 0 {
+                    continue;
+                }
+                let segment = per_segment.entry(label).or_default();
+                segment.0 += n;
+                segment.1.extend(persons);
             }
-            out.push((*abpy, person));
         }
-        Ok(out)
+        let segments = per_segment
+            .into_iter()
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|(name, (rows, mut persons))| {
+                persons.sort_unstable();
+                persons.dedup();
+                JoinedSegment {
+                    name,
+                    rows,
+                    persons,
+                }
+            })
+            .collect();
+        Ok(Joined {
+            rows,
+            matched_rows,
+            segments,
+        })
+    }
+
+    /// The destination's cookies of every person in a segment of at least
+    /// `k` persons, sorted by person, in ordered passes over its cookie table.
+    fn cookies_of_large_segments(
+        &self,
+        version: u64,
+        destination: &str,
+        segments: &[JoinedSegment],
+        k: usize,
+    ) -> Result<Vec<(PersonKey, Vec<SealedCookie>)>, ApiError> {
+        let mut persons: Vec<PersonKey> = segments
+            .iter()
+            .filter(|s| s.persons.len() >= k)
+            .flat_map(|s| s.persons.iter().copied())
+            .collect();
+        persons.par_sort_unstable();
+        persons.dedup();
+        let found: Vec<Vec<(PersonKey, Vec<SealedCookie>)>> = persons
+            .par_chunks(LOOKUP_STRETCH)
+            .map(|stretch| self.repo.cookies_of_sorted(version, destination, stretch))
+            .collect::<Result<_, _>>()?;
+        Ok(found.into_iter().flatten().collect())
     }
 
     /// One segment's members (the destination's cookies of its persons) and
     /// the size rule's verdict; the difference check comes after.
-    fn candidate(
+    fn candidate<'c>(
         &self,
-        name: String,
-        rows: u64,
-        persons: &BTreeSet<PersonKey>,
-        cookies: &HashMap<PersonKey, Vec<SealedCookie>>,
-    ) -> Candidate {
-        let k = self.config.k;
-        let k_persons = usize::try_from(k).unwrap_or(usize::MAX);
-        let shown = shown_count(persons.len() as u64, k, self.config.epsilon);
-        let mut members: Vec<(String, Vec<SealedCookie>)> = Vec::new();
-        if persons.len() >= k_persons {
-            members.extend(
-                persons
-                    .iter()
-                    .filter_map(|p| cookies.get(p).map(|c| (Self::member_name(p), c.clone()))),
-            );
+        segment: &JoinedSegment,
+        cookies: &'c [(PersonKey, Vec<SealedCookie>)],
+        k: usize,
+    ) -> Candidate<'c> {
+        let persons = &segment.persons;
+        let shown = shown_count(persons.len() as u64, self.config.k, self.config.epsilon);
+        let mut members: Vec<(String, &'c [SealedCookie])> = Vec::new();
+        if persons.len() >= k {
+            // Both sorted by person: one merge. Member names (hex) keep that order.
+            let mut rest = cookies;
+            for p in persons {
+                let skip = rest.partition_point(|(c, _)| c < p);
+                rest = &rest[skip..];
+                if let Some((c, sealed)) = rest.first() {
+                    if c == p {
+                        members.push((Self::member_name(p), sealed.as_slice()));
+                    }
+                }
+            }
         }
-        let reason = if persons.len() < k_persons {
+        let reason = if persons.len() < k {
             Some("below-minimum-size")
         } else if members.is_empty() {
             Some("no-cookies-for-destination")
-        } else if members.len() < k_persons {
+        } else if members.len() < k {
             Some("below-minimum-size")
         } else {
             None
         };
-        let names = match reason {
-            None => members.iter().map(|(p, _)| p.clone()).collect(),
-            Some(_) => BTreeSet::new(),
-        };
         Candidate {
-            name,
-            rows,
+            name: segment.name.clone(),
+            rows: segment.rows,
             shown,
             members,
-            names,
             reason,
         }
     }
@@ -975,22 +1006,18 @@ impl Services {
         k: usize,
         candidates: &mut [Candidate],
     ) -> Result<(), ApiError> {
-        let too_close = |a: &BTreeSet<String>, b: &BTreeSet<String>| {
-            let d = symmetric_difference(a, b);
-            d > 0 && d < k
-        };
+        let too_close = |difference: usize| difference > 0 && difference < k;
         for earlier in self.repo.audiences()?.iter().filter(|a| {
             a.advertiser == job.advertiser
                 && a.destination == job.destination
                 && a.expires_unix > now
         }) {
-            let other: BTreeSet<String> = self
-                .repo
-                .audience_persons(&earlier.id)?
-                .into_iter()
-                .collect();
+            // The merge below wants sorted, distinct names.
+            let mut other = self.repo.audience_persons(&earlier.id)?;
+            other.sort_unstable();
+            other.dedup();
             for c in candidates.iter_mut().filter(|c| c.reason.is_none()) {
-                if too_close(&c.names, &other) {
+                if too_close(symmetric_difference(c.names(), &other)) {
                     c.reason = Some("too-close-to-earlier-audience");
                 }
             }
@@ -1001,15 +1028,37 @@ impl Services {
             }
             let (released, rest) = candidates.split_at_mut(i);
             let c = &mut rest[0];
-            if released
-                .iter()
-                .any(|r| r.reason.is_none() && too_close(&c.names, &r.names))
-            {
+            if released.iter().any(|r| {
+                r.reason.is_none() && too_close(symmetric_difference(c.names(), r.names()))
+            }) {
                 c.reason = Some("too-close-to-earlier-audience");
             }
         }
         Ok(())
     }
+}
+
+/// The job's distinct uploaded `b·a·P(x)`: kind, and the live person behind
+/// it once the join has found one.
+type Wanted = UniformMap<[u8; 32], (MatchKind, Option<PersonKey>)>;
+
+/// A cached `a·b·P(y)` equal to an upload: `(b·P(y), kind, a·b·P(y))`.
+type Hit = (PointBytes, MatchKind, [u8; 32]);
+
+/// What the join found, before the release rules.
+struct Joined {
+    rows: u64,
+    matched_rows: u64,
+    /// In segment-name order.
+    segments: Vec<JoinedSegment>,
+}
+
+/// One segment after the join.
+struct JoinedSegment {
+    name: String,
+    rows: u64,
+    /// The persons of its matched rows: sorted, distinct.
+    persons: Vec<PersonKey>,
 }
 
 /// One stored batch's share of the join: rows and matched persons per label.
@@ -1022,7 +1071,7 @@ struct BatchTally {
 }
 
 impl BatchTally {
-    fn of(batch: &RecordBatch, wanted: &HashMap<[u8; 32], (MatchKind, Option<PersonKey>)>) -> Self {
+    fn of(batch: &RecordBatch, wanted: &Wanted) -> Self {
         // A label index past the table (never in a decoded frame) counts as "".
         let mut labels = batch.labels.clone();
         labels.push(String::new());
@@ -1054,14 +1103,19 @@ impl BatchTally {
 }
 
 /// A segment of a finishing job on its way to becoming an audience.
-struct Candidate {
+struct Candidate<'c> {
     name: String,
     rows: u64,
     shown: String,
-    members: Vec<(String, Vec<SealedCookie>)>,
-    /// The members' names, for the difference check (empty when withheld by size).
-    names: BTreeSet<String>,
+    /// Member names (sorted) with their sealed cookies.
+    members: Vec<(String, &'c [SealedCookie])>,
     reason: Option<&'static str>,
+}
+
+impl Candidate<'_> {
+    fn names(&self) -> impl Iterator<Item = &String> {
+        self.members.iter().map(|(name, _)| name)
+    }
 }
 
 #[cfg(test)]

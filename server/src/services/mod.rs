@@ -9,6 +9,7 @@ pub mod graph;
 pub mod jobs;
 pub mod privacy;
 pub mod seal;
+pub mod uniform;
 
 use crate::config::Config;
 use crate::storage::Repo;
@@ -92,6 +93,28 @@ impl Services {
             return Ok(false);
         }
         self.repo.is_opted_out(p)
+    }
+
+    /// [`Self::opted_out`] for each of `points`, taking the filter's lock once.
+    pub(crate) fn opted_out_each(
+        &self,
+        points: &[PointBytes],
+    ) -> Result<Vec<bool>, crate::storage::StoreError> {
+        let maybe: Vec<bool> = {
+            let bloom = lock(&self.optout_bloom);
+            points.iter().map(|p| bloom.check(&p.0)).collect()
+        };
+        points
+            .iter()
+            .zip(maybe)
+            .map(|(p, maybe)| {
+                if maybe {
+                    self.repo.is_opted_out(p)
+                } else {
+                    Ok(false)
+                }
+            })
+            .collect()
     }
 }
 

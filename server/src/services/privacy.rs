@@ -4,7 +4,7 @@
 use super::{unix_now, Services};
 use crate::error::ApiError;
 use rand::Rng;
-use std::collections::BTreeSet;
+use std::cmp::Ordering;
 
 /// Two-sided geometric noise with parameter `alpha = exp(-epsilon)`, drawn
 /// from the OS CSPRNG.
@@ -42,9 +42,31 @@ pub fn match_rate(matched: u64, rows: u64) -> String {
     }
 }
 
-/// Size of the symmetric difference of two sorted sets.
-pub fn symmetric_difference(a: &BTreeSet<String>, b: &BTreeSet<String>) -> usize {
-    a.symmetric_difference(b).count()
+/// Size of the symmetric difference of two sorted, duplicate-free
+/// sequences, in one merge (audiences are stored in member order).
+pub fn symmetric_difference<'a, T: Ord + 'a>(
+    a: impl IntoIterator<Item = &'a T>,
+    b: impl IntoIterator<Item = &'a T>,
+) -> usize {
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    let mut different = 0;
+    while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
+        match x.cmp(y) {
+            Ordering::Less => {
+                different += 1;
+                a.next();
+            }
+            Ordering::Greater => {
+                different += 1;
+                b.next();
+            }
+            Ordering::Equal => {
+                a.next();
+                b.next();
+            }
+        }
+    }
+    different + a.count() + b.count()
 }
 
 impl Services {
@@ -65,6 +87,22 @@ impl Services {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn symmetric_difference_of_sorted_sequences_matches_sets(
+            a in proptest::collection::btree_set(0u16..400, 0..200),
+            b in proptest::collection::btree_set(0u16..400, 0..200),
+        ) {
+            let a_vec: Vec<u16> = a.iter().copied().collect();
+            let b_vec: Vec<u16> = b.iter().copied().collect();
+            prop_assert_eq!(
+                symmetric_difference(&a_vec, &b_vec),
+                a.symmetric_difference(&b).count()
+            );
+        }
+    }
 
     #[test]
     fn counts_below_k_are_hidden_and_others_rounded() {

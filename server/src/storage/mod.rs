@@ -358,6 +358,8 @@ pub trait GraphRepo {
     fn suppress(&self, version: u64, person: &PersonKey) -> StoreResult<bool>;
     /// Is the person suppressed?
     fn is_suppressed(&self, version: u64, person: &PersonKey) -> StoreResult<bool>;
+    /// Every suppressed person of a version (one scan, for a whole join).
+    fn suppressed_persons(&self, version: u64) -> StoreResult<Vec<PersonKey>>;
     /// Remove a person's points and cookies from a sealed version, leaving
     /// no copy of them in the version's files.
     fn erase_person(&self, version: u64, person: &PersonKey) -> StoreResult<ErasedCounts>;
@@ -446,7 +448,7 @@ pub trait AudienceRepo {
     fn create_audience(
         &self,
         a: &Audience,
-        members: &[(String, Vec<SealedCookie>)],
+        members: &[(String, &[SealedCookie])],
     ) -> StoreResult<()>;
     /// Save audience metadata.
     fn put_audience(&self, a: &Audience) -> StoreResult<()>;
@@ -665,6 +667,7 @@ impl<R: GraphRepo> GraphRepo for Guarded<R> {
         fn cookies_of_sorted(&self, version: u64, destination: &str, persons: &[PersonKey]) -> StoreResult<Vec<(PersonKey, Vec<SealedCookie>)>>;
         fn has_destination(&self, version: u64, destination: &str) -> StoreResult<bool>;
         fn is_suppressed(&self, version: u64, person: &PersonKey) -> StoreResult<bool>;
+        fn suppressed_persons(&self, version: u64) -> StoreResult<Vec<PersonKey>>;
     }
     guarded_writes! {
         fn allocate_version(&self) -> StoreResult<u64>;
@@ -722,7 +725,7 @@ impl<R: AudienceRepo> AudienceRepo for Guarded<R> {
         fn members_after(&self, id: &str, after: Option<&[u8]>, limit: usize) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>>;
     }
     guarded_writes! {
-        fn create_audience(&self, a: &Audience, members: &[(String, Vec<SealedCookie>)]) -> StoreResult<()>;
+        fn create_audience(&self, a: &Audience, members: &[(String, &[SealedCookie])]) -> StoreResult<()>;
         fn put_audience(&self, a: &Audience) -> StoreResult<()>;
         fn remove_member(&self, id: &str, person: &str) -> StoreResult<bool>;
         fn delete_members(&self, id: &str) -> StoreResult<()>;

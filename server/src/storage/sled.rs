@@ -652,7 +652,7 @@ impl AudienceRepo for SledStore {
     fn create_audience(
         &self,
         a: &Audience,
-        members: &[(String, Vec<SealedCookie>)],
+        members: &[(String, &[SealedCookie])],
     ) -> StoreResult<()> {
         let value = json(a)?;
         let mut records: Vec<(Vec<u8>, &[u8])> = members
@@ -987,7 +987,11 @@ mod tests {
                 (format!("person{i:05}"), cookies)
             })
             .collect();
-        store.create_audience(&audience("a-1"), &members).unwrap();
+        let borrowed: Vec<(String, &[SealedCookie])> = members
+            .iter()
+            .map(|(p, c)| (p.clone(), c.as_slice()))
+            .collect();
+        store.create_audience(&audience("a-1"), &borrowed).unwrap();
         assert!(store.aud_mem.len() > 1, "several chunks");
         assert_eq!(store.audience_persons("a-1").unwrap().len(), 3000);
         let first = store.members_after("a-1", None, 1000).unwrap();

@@ -738,6 +738,18 @@ impl GraphRepo for SledStore {
         let k = key(&[&version.to_be_bytes(), person]);
         self.g_supp.contains_key(k).map_err(be)
     }
+    fn suppressed_persons(&self, version: u64) -> StoreResult<Vec<PersonKey>> {
+        self.g_supp
+            .scan_prefix(version.to_be_bytes())
+            .keys()
+            .map(|k| {
+                let k = k.map_err(be)?;
+                k.get(8..)
+                    .and_then(|p| PersonKey::try_from(p).ok())
+                    .ok_or(StoreError::Corrupt("graph_suppressed"))
+            })
+            .collect()
+    }
     fn erase_person(&self, version: u64, person: &PersonKey) -> StoreResult<ErasedCounts> {
         let mut counts = ErasedCounts::default();
         // Reading is cheaper than rewriting: rewrite only a person that is there.
