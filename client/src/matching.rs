@@ -22,6 +22,7 @@ use reqwest::Method;
 use serde::{Deserialize, Deserializer, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex};
@@ -633,34 +634,34 @@ impl Plan {
     }
 
     fn classify(&self, line: u64, record: &ByteRecord) -> Row {
-        let mut row = Row {
-            line,
-            ..Row::default()
+        let mut row = Row::default();
+        self.classify_into(&mut row, line, record);
+        row
+    }
+
+    /// [`Plan::classify`] into a recycled `row`, reusing its buffers.
+    fn classify_into(&self, row: &mut Row, line: u64, record: &ByteRecord) {
+        row.line = line;
+        row.state = match self.consent {
+            None => RowState::Ok,
+            Some(c) => match field(record, c).ok().and_then(parse_consent) {
+                Some(true) => RowState::Ok,
+                Some(false) => RowState::NoConsent,
+                None => RowState::BadConsent,
+            },
         };
-        if let Some(c) = self.consent {
-            match field(record, c).ok().and_then(parse_consent) {
-                Some(true) => {}
-                Some(false) => row.state = RowState::NoConsent,
-                None => row.state = RowState::BadConsent,
-            }
-        }
-        match field(record, self.segment) {
-            Ok(cell) => {
-                let segs = split_segments(cell);
-                if segs.len() > MAX_SEGMENTS_PER_RECORD
-                    || segs
-                        .iter()
-                        .any(|s| s.len() > MAX_LABEL_BYTES || s.chars().any(char::is_control))
-                {
-                    row.segments_bad = true;
-                } else {
-                    row.segments = segs.into_iter().map(str::to_owned).collect();
-                }
-            }
-            Err(_) => row.segments_bad = true,
-        }
+        let segs = field(record, self.segment)
+            .ok()
+            .map(split_segments)
+            .filter(|segs| segments_usable(segs));
+        row.segments_bad = segs.is_none();
+        row.set_segments(segs.as_deref().unwrap_or_default());
+        row.ids.clear();
+        row.valid_cols.clear();
+        row.empty_cols.clear();
+        row.invalid.clear();
         if row.state != RowState::Ok {
-            return row; // Never look at the identifiers of rows without consent.
+            return; // Never look at the identifiers of rows without consent.
         }
         for (col_no, &(index, kind)) in self.ids.iter().enumerate() {
             match field(record, index) {
@@ -677,8 +678,16 @@ impl Plan {
                 Err(_) => row.invalid.push((col_no, None)),
             }
         }
-        row
     }
+}
+
+/// Whether a row's segments can be uploaded (within the wire's limits, no
+/// control characters).
+fn segments_usable(segs: &[&str]) -> bool {
+    segs.len() <= MAX_SEGMENTS_PER_RECORD
+        && segs
+            .iter()
+            .all(|s| s.len() <= MAX_LABEL_BYTES && !s.chars().any(char::is_control))
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -709,90 +718,184 @@ impl Row {
             && !self.ids.is_empty()
     }
 
+    /// Replace the segments, reusing the buffers of the strings already there.
+    fn set_segments(&mut self, segs: &[&str]) {
+        self.segments.truncate(segs.len());
+        for (i, s) in segs.iter().enumerate() {
+            match self.segments.get_mut(i) {
+                Some(kept) => {
+                    kept.clear();
+                    kept.push_str(s);
+                }
+                None => self.segments.push((*s).to_owned()),
+            }
+        }
+    }
+
     /// Identity of the row for duplicate detection: its digest set and segments.
-    fn fingerprint(&self) -> [u8; 16] {
-        let mut ids = self.ids.clone();
-        ids.sort();
-        let mut segs: Vec<&str> = self.segments.iter().map(String::as_str).collect();
-        segs.sort_unstable();
+    fn fingerprint(&self) -> Fingerprint {
         let mut h = Sha256::new();
-        for (k, d) in &ids {
+        for (k, d) in sorted(&self.ids) {
             h.update([k.to_byte()]);
             h.update(d.as_bytes());
         }
-        for s in segs {
+        for s in sorted(&self.segments) {
             h.update((s.len() as u32).to_be_bytes());
             h.update(s.as_bytes());
         }
         let mut out = [0u8; 16];
         out.copy_from_slice(&h.finalize()[..16]);
-        out
+        Fingerprint(out)
     }
 }
 
-/// Count one classified row in the report and choose whether it is uploaded
-/// (the first of identical rows is). `fingerprint` is set for uploadable rows.
-fn tally_row(
-    q: &mut QualityReport,
-    seen: &mut HashSet<[u8; 16]>,
-    kinds: &mut BTreeSet<MatchKind>,
-    selected: &mut RowSet,
-    row: Row,
-    fingerprint: Option<[u8; 16]>,
-) {
-    q.rows_read += 1;
-    let mut upload = false;
-    match row.state {
-        RowState::NoConsent => q.rows_without_consent += 1,
-        RowState::BadConsent => q.bad_consent.add(row.line),
-        RowState::Ok => {
-            for &col in &row.valid_cols {
-                q.columns[col].valid += 1;
+/// The most items [`sorted`] sorts: a row's ids or segments (the wire's limits).
+const MAX_SORTED: usize = if MAX_IDS_PER_RECORD > MAX_SEGMENTS_PER_RECORD {
+    MAX_IDS_PER_RECORD
+} else {
+    MAX_SEGMENTS_PER_RECORD
+};
+
+/// `items` in sorted order, without allocating: their indices are sorted on
+/// the stack (at most [`MAX_SORTED`] of them).
+fn sorted<T: Ord>(items: &[T]) -> impl Iterator<Item = &T> {
+    let mut order = [0u8; MAX_SORTED];
+    let n = items.len();
+    for (i, slot) in order[..n].iter_mut().enumerate() {
+        *slot = i as u8;
+    }
+    order[..n].sort_unstable_by_key(|&i| &items[usize::from(i)]);
+    order
+        .into_iter()
+        .take(n)
+        .map(move |i| &items[usize::from(i)])
+}
+
+/// A row's identity: the first 16 bytes of a SHA-256 of its content.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Fingerprint([u8; 16]);
+
+impl Hash for Fingerprint {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write(&self.0);
+    }
+}
+
+/// Hashes a [`Fingerprint`] to its first 8 bytes. Safe because fingerprints
+/// are SHA-256 outputs: uniformly distributed, and rows cannot be chosen to
+/// collide in the table short of brute-forcing SHA-256 (nor would anyone
+/// attack their own file), so SipHash's protection buys nothing here.
+#[derive(Default)]
+struct FingerprintHasher(u64);
+
+impl Hasher for FingerprintHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut first = [0u8; 8];
+        let n = bytes.len().min(8);
+        first[..n].copy_from_slice(&bytes[..n]);
+        self.0 = u64::from_le_bytes(first);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FingerprintSet = HashSet<Fingerprint, BuildHasherDefault<FingerprintHasher>>;
+
+/// The sequential part of the quality pass: counts classified rows in file
+/// order, which decides the line numbers reported and which of identical
+/// rows is uploaded (the first).
+struct Tally {
+    q: QualityReport,
+    seen: FingerprintSet,
+    kinds: BTreeSet<MatchKind>,
+    selected: RowSet,
+}
+
+impl Tally {
+    fn new(q: QualityReport) -> Self {
+        Self {
+            q,
+            // Sized for a chunk, then grown with the file: sized for the
+            // whole file up front it peaks lower in memory but measured
+            // slower, as every insert then misses the cache.
+            seen: FingerprintSet::with_capacity_and_hasher(QUALITY_CHUNK, Default::default()),
+            kinds: BTreeSet::new(),
+            selected: RowSet::default(),
+        }
+    }
+
+    /// Count the next rows of the file (see [`Tally::row`]).
+    fn rows(&mut self, rows: &[(Row, Option<Fingerprint>)]) {
+        for (row, fingerprint) in rows {
+            self.row(row, *fingerprint);
+        }
+    }
+
+    /// Count one classified row in the report and choose whether it is
+    /// uploaded. `fingerprint` is set for uploadable rows.
+    fn row(&mut self, row: &Row, fingerprint: Option<Fingerprint>) {
+        let q = &mut self.q;
+        q.rows_read += 1;
+        let mut upload = false;
+        match row.state {
+            RowState::NoConsent => q.rows_without_consent += 1,
+            RowState::BadConsent => q.bad_consent.add(row.line),
+            RowState::Ok => {
+                for &col in &row.valid_cols {
+                    q.columns[col].valid += 1;
+                }
+                for &col in &row.empty_cols {
+                    q.columns[col].empty += 1;
+                }
+                for &(col, err) in &row.invalid {
+                    let code = err.map(|e| e.code()).unwrap_or("not-utf8");
+                    q.columns[col]
+                        .invalid
+                        .entry(code.to_owned())
+                        .or_default()
+                        .add(row.line);
+                }
+                if row.segments_bad {
+                    q.bad_segment.add(row.line);
+                } else if row.segments.is_empty() {
+                    q.rows_without_segment.add(row.line);
+                } else if row.ids.is_empty() {
+                    q.rows_without_identifier.add(row.line);
+                } else if fingerprint.is_some_and(|f| !self.seen.insert(f)) {
+                    q.duplicate_rows.add(row.line);
+                } else {
+                    debug_assert!(row.uploadable());
+                    upload = true;
+                    q.rows_to_upload += 1;
+                    q.identifiers_to_upload += row.ids.len() as u64;
+                    self.kinds.extend(row.ids.iter().map(|(k, _)| *k));
+                }
             }
-            for &col in &row.empty_cols {
-                q.columns[col].empty += 1;
-            }
-            for &(col, err) in &row.invalid {
-                let code = err.map(|e| e.code()).unwrap_or("not-utf8");
-                q.columns[col]
-                    .invalid
-                    .entry(code.to_owned())
-                    .or_default()
-                    .add(row.line);
-            }
-            if row.segments_bad {
-                q.bad_segment.add(row.line);
-            } else if row.segments.is_empty() {
-                q.rows_without_segment.add(row.line);
-            } else if row.ids.is_empty() {
-                q.rows_without_identifier.add(row.line);
-            } else if fingerprint.is_some_and(|f| !seen.insert(f)) {
-                q.duplicate_rows.add(row.line);
+        }
+        let count = |e: &mut SegmentQuality| {
+            e.rows += 1;
+            if upload {
+                e.rows_to_upload += 1;
             } else {
-                debug_assert!(row.uploadable());
-                upload = true;
-                q.rows_to_upload += 1;
-                q.identifiers_to_upload += row.ids.len() as u64;
-                kinds.extend(row.ids.iter().map(|(k, _)| *k));
+                e.rows_rejected += 1;
+            }
+        };
+        for s in &row.segments {
+            // Look up before inserting: most rows name segments already seen.
+            match q.segments.get_mut(s) {
+                Some(e) => count(e),
+                None => count(q.segments.entry(s.clone()).or_default()),
             }
         }
+        self.selected.push(upload);
     }
-    let count = |e: &mut SegmentQuality| {
-        e.rows += 1;
-        if upload {
-            e.rows_to_upload += 1;
-        } else {
-            e.rows_rejected += 1;
-        }
-    };
-    for s in &row.segments {
-        // Look up before inserting: most rows name segments already seen.
-        match q.segments.get_mut(s) {
-            Some(e) => count(e),
-            None => count(q.segments.entry(s.clone()).or_default()),
-        }
+
+    fn finish(mut self) -> (QualityReport, RowSet) {
+        self.q.kinds = self.kinds.iter().map(|k| k.as_str().to_owned()).collect();
+        (self.q, self.selected)
     }
-    selected.push(upload);
 }
 
 /// The rows (by ordinal among data rows) chosen for upload.
@@ -852,52 +955,91 @@ fn quality_pass_with(
             ..ColumnQuality::default()
         })
         .collect();
-    let mut seen: HashSet<[u8; 16]> = HashSet::new();
-    let mut kinds: BTreeSet<MatchKind> = BTreeSet::new();
-    let mut selected = RowSet::default();
+    let mut tally = Tally::new(q);
     progress.begin("checking", 0);
-    let (tx, rx) = mpsc::sync_channel::<Result<Vec<(u64, ByteRecord)>, ClientError>>(2);
+    let (tx, rx) = mpsc::sync_channel::<Result<Chunk, ClientError>>(2);
+    let (spare_tx, spare_rx) = mpsc::channel::<Chunk>();
     let reader = &mut reader;
     std::thread::scope(|s| -> Result<(), ClientError> {
         // Parsing the CSV is sequential: it runs a chunk or two ahead of the
         // parallel classification instead of between its rounds.
-        s.spawn(move || loop {
-            let chunk = reader.next_chunk(QUALITY_CHUNK);
-            let last = chunk.as_ref().map_or(true, Vec::is_empty);
-            if tx.send(chunk).is_err() || last {
-                break;
-            }
-        });
+        s.spawn(move || parse_ahead(reader, tx, spare_rx));
+        // Rows classified and waiting for the tally; the buffer for the next.
+        let mut classified = Vec::new();
+        let mut next = Vec::new();
         for chunk in rx {
             let chunk = chunk?;
             if chunk.is_empty() {
                 break;
             }
             progress.advance("checking", chunk.len() as u64);
-            let rows: Vec<(Row, Option<[u8; 16]>)> = chunk
-                .par_iter()
-                .map(|(line, rec)| {
-                    let row = plan.classify(*line, rec);
-                    let fingerprint = row.uploadable().then(|| row.fingerprint());
-                    (row, fingerprint)
-                })
-                .collect();
-            for (row, fingerprint) in rows {
-                tally_row(
-                    &mut q,
-                    &mut seen,
-                    &mut kinds,
-                    &mut selected,
-                    row,
-                    fingerprint,
-                );
-            }
+            // The tally runs in file order (it keeps the first of identical
+            // rows and the first line numbers): it counts the previous chunk
+            // while this one is classified.
+            rayon::join(
+                || classify_chunk(&plan, &chunk, &mut next),
+                || tally.rows(&classified),
+            );
+            let _ = spare_tx.send(chunk); // Refilled by the parser.
+            std::mem::swap(&mut classified, &mut next);
         }
+        tally.rows(&classified);
         Ok(())
     })?;
     progress.end("checking");
-    q.kinds = kinds.iter().map(|k| k.as_str().to_owned()).collect();
-    Ok((q, selected))
+    Ok(tally.finish())
+}
+
+/// Rows of the file with their line numbers.
+type Chunk = Vec<(u64, ByteRecord)>;
+
+/// Parse chunks of rows for the quality pass until the end of the file or
+/// an error. Chunks sent back on `spare` are refilled: their records'
+/// buffers are reused rather than allocated for every row.
+fn parse_ahead(
+    reader: &mut CsvReader,
+    tx: mpsc::SyncSender<Result<Chunk, ClientError>>,
+    spare: mpsc::Receiver<Chunk>,
+) {
+    loop {
+        let mut chunk = spare.try_recv().unwrap_or_default();
+        let read = refill(reader, &mut chunk, QUALITY_CHUNK).map(|()| chunk);
+        let last = read.as_ref().map_or(true, Vec::is_empty);
+        if tx.send(read).is_err() || last {
+            break;
+        }
+    }
+}
+
+/// Read up to `max` rows into `chunk` (empty at the end of the file),
+/// reusing the records already there.
+fn refill(reader: &mut CsvReader, chunk: &mut Chunk, max: usize) -> Result<(), ClientError> {
+    let mut n = 0;
+    while n < max {
+        if n == chunk.len() {
+            chunk.push((0, ByteRecord::new()));
+        }
+        let (line, record) = &mut chunk[n];
+        let Some(read) = reader.next_row(record)? else {
+            break;
+        };
+        *line = read;
+        n += 1;
+    }
+    chunk.truncate(n);
+    Ok(())
+}
+
+/// Classify a chunk on all cores into `rows` (recycled: its rows' buffers
+/// are reused), with the fingerprints of uploadable rows.
+fn classify_chunk(plan: &Plan, chunk: &Chunk, rows: &mut Vec<(Row, Option<Fingerprint>)>) {
+    rows.resize_with(chunk.len(), Default::default);
+    rows.par_iter_mut()
+        .zip(chunk)
+        .for_each(|((row, fingerprint), (line, record))| {
+            plan.classify_into(row, *line, record);
+            *fingerprint = row.uploadable().then(|| row.fingerprint());
+        });
 }
 
 /// Re-blind every page of the graph pass, a few pages in flight at once,
@@ -1506,6 +1648,37 @@ mod tests {
         for value in ["jane", "example.com", "0612"] {
             assert!(!text.contains(value), "{text}");
         }
+    }
+
+    #[test]
+    fn duplicates_across_chunks_keep_file_order() {
+        // Over three chunks: rows repeat every 10,000 (segments in another
+        // order), so most duplicates are of rows in earlier chunks, tallied
+        // while later chunks were being classified.
+        let rows = 2 * QUALITY_CHUNK + 10_000;
+        let mut text = String::from("email,segment\n");
+        for i in 0..rows {
+            let segs = if i % 2 == 0 {
+                "Gold|Silver"
+            } else {
+                "Silver|Gold"
+            };
+            text.push_str(&format!("u{}@example.com,{segs}\n", i % 10_000));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = MatchOptions::new(write(&dir, "crm.csv", &text), "unused.key", "d", "segment");
+        o.email_cols = vec!["email".into()];
+        let (q, selected) = quality_pass(&o).unwrap();
+        assert_eq!(q.rows_read, rows as u64);
+        assert_eq!(q.rows_to_upload, 10_000);
+        assert_eq!(
+            q.duplicate_rows,
+            RowIssue {
+                count: rows as u64 - 10_000,
+                first_rows: (10_002..10_007).collect(),
+            }
+        );
+        assert!((0..rows as u64).all(|i| selected.contains(i) == (i < 10_000)));
     }
 
     #[test]
