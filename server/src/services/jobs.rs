@@ -739,9 +739,13 @@ impl Services {
             .collect();
         let _g = lock(&self.audience_lock);
         self.difference_check(job, now, k_persons, &mut candidates)?;
-        let mut segments = Vec::new();
-        for c in candidates {
-            let audience_id = if c.reason.is_none() {
+        // Each audience is its own atomic write to its own files: on all cores.
+        let audience_ids: Vec<Option<String>> = candidates
+            .par_iter()
+            .map(|c| -> Result<_, ApiError> {
+                if c.reason.is_some() {
+                    return Ok(None);
+                }
                 let a = Audience {
                     id: new_id("a-"),
                     segment: c.name.clone(),
@@ -755,10 +759,11 @@ impl Services {
                     pulled: false,
                 };
                 self.repo.create_audience(&a, &c.members)?;
-                Some(a.id)
-            } else {
-                None
-            };
+                Ok(Some(a.id))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut segments = Vec::new();
+        for (c, audience_id) in candidates.into_iter().zip(audience_ids) {
             segments.push(serde_json::json!({
                 "name": c.name,
                 "rows_uploaded": c.rows,
