@@ -633,13 +633,7 @@ impl Plan {
         })
     }
 
-    fn classify(&self, line: u64, record: &ByteRecord) -> Row {
-        let mut row = Row::default();
-        self.classify_into(&mut row, line, record);
-        row
-    }
-
-    /// [`Plan::classify`] into a recycled `row`, reusing its buffers.
+    /// Classify one CSV record into a recycled `row`, reusing its buffers.
     fn classify_into(&self, row: &mut Row, line: u64, record: &ByteRecord) {
         row.line = line;
         row.state = match self.consent {
@@ -1314,6 +1308,8 @@ fn produce_batches(
     let mut ordinal = 0u64;
     let mut batch_no = 0u32;
     let mut record = ByteRecord::new();
+    let mut chunk: Vec<(u64, ByteRecord)> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     let mut ids_total = 0;
     let mut skipped_records = 0;
     loop {
@@ -1340,24 +1336,30 @@ fn produce_batches(
             batch_no += 1;
             continue;
         }
-        let mut chunk: Vec<(u64, ByteRecord)> = Vec::with_capacity(opts.batch_size);
-        while chunk.len() < opts.batch_size {
-            let Some(line) = reader.next_row(&mut record)? else {
+        // The batch's selected rows, read into (and classified into) the
+        // buffers of the previous batch.
+        let mut n = 0;
+        while n < opts.batch_size {
+            if n == chunk.len() {
+                chunk.push((0, ByteRecord::new()));
+            }
+            let (line, record) = &mut chunk[n];
+            let Some(read) = reader.next_row(record)? else {
                 break;
             };
             if selected.contains(ordinal) {
-                chunk.push((line, std::mem::take(&mut record)));
+                *line = read;
+                n += 1;
             }
             ordinal += 1;
         }
-        if chunk.is_empty() {
+        if n == 0 {
             break;
         }
-        let mut rows: Vec<Row> = chunk
-            .par_iter()
-            .map(|(line, rec)| plan.classify(*line, rec))
-            .collect();
-        drop(chunk);
+        rows.resize_with(n, Row::default);
+        rows.par_iter_mut()
+            .zip(&chunk[..n])
+            .for_each(|(row, (line, record))| plan.classify_into(row, *line, record));
         if let Some(bad) = rows.iter().find(|r| !r.uploadable()) {
             return Err(ClientError::BadInput {
                 path: opts.input.clone(),
