@@ -16,7 +16,9 @@
 //! The graph pass and the upload run at the same time; their row
 //! `exchange` is timed from their common start to the later end.
 
-use crate::harness::{busy_share, cpu_ticks, peak_rss, thread_cpu_seconds, ServerProcess};
+use crate::harness::{
+    busy_share, cpu_ticks, peak_rss, steal_share, thread_cpu_seconds, ServerProcess,
+};
 use anyhow::{bail, Result};
 use curve25519_dalek::scalar::Scalar;
 use onboard_client::{ApiClient, MatchOptions, Role};
@@ -134,6 +136,7 @@ struct TimedJob {
     outcome: onboard_client::MatchOutcome,
     wall_s: f64,
     cpu_busy: f64,
+    cpu_steal: f64,
     /// Mean in-job unit times.
     during: Primitives,
     samples: usize,
@@ -150,7 +153,9 @@ fn timed_job(advertiser: &ApiClient, options: &MatchOptions) -> Result<TimedJob>
         (outcome, sampler.join().expect("sampler panicked"))
     });
     let wall_s = t.elapsed().as_secs_f64();
-    let cpu_busy = busy_share(cpu_before, cpu_ticks()?);
+    let cpu_after = cpu_ticks()?;
+    let cpu_busy = busy_share(cpu_before, cpu_after);
+    let cpu_steal = steal_share(cpu_before, cpu_after);
     let outcome = outcome?;
     if outcome.report.is_none() {
         bail!("the benchmark job returned no report");
@@ -161,6 +166,7 @@ fn timed_job(advertiser: &ApiClient, options: &MatchOptions) -> Result<TimedJob>
         outcome,
         wall_s,
         cpu_busy,
+        cpu_steal,
         during,
         samples: samples.len(),
     })
@@ -208,6 +214,9 @@ struct Report {
     rows_per_s: f64,
     /// Share of the machine's CPU time that was busy during the job.
     cpu_busy: f64,
+    /// Share of it the hypervisor gave to others (wall time in which no
+    /// thread of ours, nor the unit-time sampler, ran).
+    cpu_steal: f64,
     phases: Vec<Phase>,
     repeat: Option<RepeatReport>,
     server_peak_rss_bytes: u64,
@@ -222,6 +231,7 @@ struct RepeatReport {
     t_hash_to_point_us: f64,
     t_scalar_mul_us: f64,
     cpu_busy: f64,
+    cpu_steal: f64,
     phases: Vec<Phase>,
 }
 
@@ -308,6 +318,7 @@ pub fn run(args: &BenchArgs) -> Result<bool> {
             t_hash_to_point_us: r.during.hash_s * 1e6,
             t_scalar_mul_us: r.during.mul_s * 1e6,
             cpu_busy: r.cpu_busy,
+            cpu_steal: r.cpu_steal,
             phases: phases(&r.outcome.timings, args.records, upload_bound, 0.0),
         }
     });
@@ -328,6 +339,7 @@ pub fn run(args: &BenchArgs) -> Result<bool> {
         ratio_vs_fastest: job.wall_s / fastest_bound_s,
         rows_per_s: args.records as f64 / job.wall_s,
         cpu_busy: job.cpu_busy,
+        cpu_steal: job.cpu_steal,
         phases: phases(
             &job.outcome.timings,
             args.records,
@@ -432,9 +444,11 @@ fn print_table(r: &Report) {
     }
     print_phase(&Phase::new("whole job", r.wall_s, r.bound_s, r.records));
     println!(
-        "ratio with the fastest standalone unit times: {:.2}; CPU busy during the job: {:.1}%",
+        "ratio with the fastest standalone unit times: {:.2}; CPU busy during the job: {:.1}% \
+         (stolen by the hypervisor: {:.1}%)",
         r.ratio_vs_fastest,
-        r.cpu_busy * 100.0
+        r.cpu_busy * 100.0,
+        r.cpu_steal * 100.0
     );
     if let Some(rep) = &r.repeat {
         println!(
@@ -446,9 +460,11 @@ fn print_table(r: &Report) {
         }
         print_phase(&rep.job);
         println!(
-            "ratio with the fastest standalone unit times: {:.2}; CPU busy: {:.1}%",
+            "ratio with the fastest standalone unit times: {:.2}; CPU busy: {:.1}% \
+             (stolen: {:.1}%)",
             rep.ratio_vs_fastest,
-            rep.cpu_busy * 100.0
+            rep.cpu_busy * 100.0,
+            rep.cpu_steal * 100.0
         );
     }
     println!(

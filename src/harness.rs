@@ -94,10 +94,19 @@ pub fn peak_rss(pid: u32) -> Result<u64> {
     Ok(kib * 1024)
 }
 
-/// Machine-wide CPU time from `/proc/stat`, in clock ticks: `(busy, total)`,
-/// where idle and I/O wait are the part not busy. The difference of two
-/// readings tells how much of a phase's wall time the cores were working.
-pub fn cpu_ticks() -> Result<(u64, u64)> {
+/// Machine-wide CPU ticks from `/proc/stat`, all cores together.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuTicks {
+    /// Ticks not idle (steal included: the cores were taken, not free).
+    pub busy: u64,
+    /// Ticks the hypervisor ran something else on our cores.
+    pub steal: u64,
+    /// All ticks.
+    pub total: u64,
+}
+
+/// Read the machine's CPU ticks.
+pub fn cpu_ticks() -> Result<CpuTicks> {
     let stat = std::fs::read_to_string("/proc/stat")?;
     let fields: Vec<u64> = stat
         .lines()
@@ -108,18 +117,38 @@ pub fn cpu_ticks() -> Result<(u64, u64)> {
         .map(|f| f.parse().context("a /proc/stat field is not a number"))
         .collect::<Result<_>>()?;
     // user nice system idle iowait irq softirq steal (guest is inside user).
+    let field = |i: usize| fields.get(i).copied().unwrap_or(0);
     let total: u64 = fields.iter().take(8).sum();
-    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
-    Ok((total - idle, total))
+    Ok(CpuTicks {
+        busy: total - field(3) - field(4),
+        steal: field(7),
+        total,
+    })
 }
 
-/// The busy share of the cores between two [`cpu_ticks`] readings.
-pub fn busy_share(before: (u64, u64), after: (u64, u64)) -> f64 {
-    let total = after.1.saturating_sub(before.1);
+/// The busy share of the cores between two readings.
+pub fn busy_share(before: CpuTicks, after: CpuTicks) -> f64 {
+    share(
+        after.busy.saturating_sub(before.busy),
+        after.total.saturating_sub(before.total),
+    )
+}
+
+/// The share of the cores' time taken by the hypervisor between two
+/// readings: wall time passes, but no thread of ours (nor the bench's
+/// sampler, whose CPU clock stops) runs.
+pub fn steal_share(before: CpuTicks, after: CpuTicks) -> f64 {
+    share(
+        after.steal.saturating_sub(before.steal),
+        after.total.saturating_sub(before.total),
+    )
+}
+
+fn share(part: u64, total: u64) -> f64 {
     if total == 0 {
         return 0.0;
     }
-    after.0.saturating_sub(before.0) as f64 / total as f64
+    part as f64 / total as f64
 }
 
 /// CPU time this thread has run, in seconds (`CLOCK_THREAD_CPUTIME_ID`):
