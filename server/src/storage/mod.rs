@@ -356,8 +356,6 @@ pub trait GraphRepo {
     fn has_destination(&self, version: u64, destination: &str) -> StoreResult<bool>;
     /// Mark a person suppressed (opt-out).
     fn suppress(&self, version: u64, person: &PersonKey) -> StoreResult<bool>;
-    /// Is the person suppressed?
-    fn is_suppressed(&self, version: u64, person: &PersonKey) -> StoreResult<bool>;
     /// Every suppressed person of a version (one scan, for a whole join).
     fn suppressed_persons(&self, version: u64) -> StoreResult<Vec<PersonKey>>;
     /// Remove a person's points and cookies from a sealed version, leaving
@@ -666,7 +664,6 @@ impl<R: GraphRepo> GraphRepo for Guarded<R> {
         fn owners_of_sorted(&self, version: u64, kind: MatchKind, points: &[PointBytes]) -> StoreResult<Vec<Option<PersonKey>>>;
         fn cookies_of_sorted(&self, version: u64, destination: &str, persons: &[PersonKey]) -> StoreResult<Vec<(PersonKey, Vec<SealedCookie>)>>;
         fn has_destination(&self, version: u64, destination: &str) -> StoreResult<bool>;
-        fn is_suppressed(&self, version: u64, person: &PersonKey) -> StoreResult<bool>;
         fn suppressed_persons(&self, version: u64) -> StoreResult<Vec<PersonKey>>;
     }
     guarded_writes! {

@@ -734,10 +734,6 @@ impl GraphRepo for SledStore {
         let k = key(&[&version.to_be_bytes(), person]);
         Ok(self.g_supp.insert(k, &[]).map_err(be)?.is_none())
     }
-    fn is_suppressed(&self, version: u64, person: &PersonKey) -> StoreResult<bool> {
-        let k = key(&[&version.to_be_bytes(), person]);
-        self.g_supp.contains_key(k).map_err(be)
-    }
     fn suppressed_persons(&self, version: u64) -> StoreResult<Vec<PersonKey>> {
         self.g_supp
             .scan_prefix(version.to_be_bytes())
