@@ -146,14 +146,18 @@ fn timed_job(advertiser: &ApiClient, options: &MatchOptions) -> Result<TimedJob>
     let stop = AtomicBool::new(false);
     let cpu_before = cpu_ticks()?;
     let t = Instant::now();
-    let (outcome, samples) = std::thread::scope(|s| {
+    let (outcome, wall_s, cpu_after, samples) = std::thread::scope(|s| {
         let sampler = s.spawn(|| sample_primitives(&stop));
         let outcome = onboard_client::run_match(advertiser, options);
+        // Timed before the sampler is joined: it may be asleep for up to
+        // one of its ticks.
+        let wall_s = t.elapsed().as_secs_f64();
+        let cpu_after = cpu_ticks();
         stop.store(true, Ordering::SeqCst);
-        (outcome, sampler.join().expect("sampler panicked"))
+        let samples = sampler.join().expect("sampler panicked");
+        (outcome, wall_s, cpu_after, samples)
     });
-    let wall_s = t.elapsed().as_secs_f64();
-    let cpu_after = cpu_ticks()?;
+    let cpu_after = cpu_after?;
     let cpu_busy = busy_share(cpu_before, cpu_after);
     let cpu_steal = steal_share(cpu_before, cpu_after);
     let outcome = outcome?;
