@@ -43,8 +43,13 @@ impl ServerProcess {
                 env.iter()
                     .map(|(k, v)| (format!("ONBOARD_{k}"), v.to_string())),
             )
-            // Request logs would drown the benchmark's own output.
-            .env("ONBOARD_LOG", "warn")
+            // Request logs would drown the benchmark's own output; an
+            // `ONBOARD_LOG` of the caller's (e.g. `warn,onboard_server=debug`
+            // for the finish's step timings) is passed on.
+            .env(
+                "ONBOARD_LOG",
+                std::env::var("ONBOARD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .spawn()?;
         let admin_key = std::fs::read_to_string(&key_out)?.trim().to_string();

@@ -16,6 +16,7 @@ use sha2::{Digest as _, Sha256};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::str::FromStr;
+use std::time::Instant;
 
 /// Body of `POST /v1/jobs`.
 #[derive(Debug, Deserialize)]
@@ -672,7 +673,9 @@ impl Services {
             self.fail_job(id, &caller.name, "job.fail.privacy-budget")?;
             return Err(e);
         }
-        let result = self.join_and_release(&job, batches);
+        let result = timed(id, "join and release", || {
+            self.join_and_release(&job, batches)
+        });
         let report = match result {
             Ok(r) => r,
             Err(e) => {
@@ -695,10 +698,10 @@ impl Services {
             j.report = Some(report.clone());
             self.repo.put_job(&j)?;
         }
-        self.repo.delete_job_data(id)?;
+        timed(id, "delete job data", || self.repo.delete_job_data(id))?;
         self.audit(&caller.name, "job.finish", id, "ok")?;
         // The report the advertiser receives describes audiences that survive a crash.
-        self.repo.flush()?;
+        timed(id, "flush", || self.repo.flush())?;
         Ok(report)
     }
 
@@ -716,29 +719,41 @@ impl Services {
             .current_graph()?
             .ok_or_else(|| ApiError::Internal("graph vanished".into()))?;
         let version = graph.version;
-        let mut wanted = self.uploaded_points(job, batches)?;
-        let hits = self.cached_hits(job, &wanted)?;
-        self.resolve_owners(version, &hits, &mut wanted)?;
+        let mut wanted = timed(&job.id, "uploaded points", || {
+            self.uploaded_points(job, batches)
+        })?;
+        let hits = timed(&job.id, "cached hits", || self.cached_hits(job, &wanted))?;
+        timed(&job.id, "owners", || {
+            self.resolve_owners(version, &hits, &mut wanted)
+        })?;
         drop(hits);
         let Joined {
             rows,
             matched_rows,
             segments: joined,
-        } = self.tally_segments(job, batches, &wanted)?;
+        } = timed(&job.id, "segments", || {
+            self.tally_segments(job, batches, &wanted)
+        })?;
         drop(wanted);
         let k = self.config.k;
         let k_persons = usize::try_from(k).unwrap_or(usize::MAX);
         let now = unix_now();
         let ttl = self.config.audience_ttl.as_secs();
-        let cookies =
-            self.cookies_of_large_segments(version, &job.destination, &joined, k_persons)?;
+        let cookies = timed(&job.id, "cookies", || {
+            self.cookies_of_large_segments(version, &job.destination, &joined, k_persons)
+        })?;
         // Per segment (on all cores): its members, and why it is withheld if it is.
-        let mut candidates: Vec<Candidate> = joined
-            .par_iter()
-            .map(|segment| self.candidate(segment, &cookies, k_persons))
-            .collect();
+        let mut candidates: Vec<Candidate> = timed(&job.id, "members", || {
+            joined
+                .par_iter()
+                .map(|segment| self.candidate(segment, &cookies, k_persons))
+                .collect()
+        });
         let _g = lock(&self.audience_lock);
-        self.difference_check(job, now, k_persons, &mut candidates)?;
+        timed(&job.id, "difference check", || {
+            self.difference_check(job, now, k_persons, &mut candidates)
+        })?;
+        let audiences_started = Instant::now();
         // Each audience is its own atomic write to its own files: on all cores.
         let audience_ids: Vec<Option<String>> = candidates
             .par_iter()
@@ -762,6 +777,7 @@ impl Services {
                 Ok(Some(a.id))
             })
             .collect::<Result<_, _>>()?;
+        log_step(&job.id, "audiences", audiences_started);
         let mut segments = Vec::new();
         for (c, audience_id) in candidates.into_iter().zip(audience_ids) {
             segments.push(serde_json::json!({
@@ -1041,6 +1057,20 @@ impl Services {
         }
         Ok(())
     }
+}
+
+/// Run one step of the finish and log how long it took (debug level: for
+/// an operator sizing the finish of large jobs; job ids only, no data).
+fn timed<T>(job: &str, step: &'static str, f: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let out = f();
+    log_step(job, step, started);
+    out
+}
+
+fn log_step(job: &str, step: &'static str, started: Instant) {
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    tracing::debug!(job, step, ms = format!("{ms:.1}"), "finish step");
 }
 
 /// The job's distinct uploaded `b·a·P(x)`: kind, and the live person behind
