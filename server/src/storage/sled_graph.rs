@@ -678,47 +678,41 @@ impl GraphRepo for SledStore {
         let mut out = Vec::new();
         let mut chunks = self.g_cookie_chunks.scan_prefix(&prefix).peekable();
         let mut covering: Option<::sled::IVec> = None;
-        // The covering chunk's records, parsed once when first needed.
-        let mut records: Option<Vec<(PersonKey, SealedCookie)>> = None;
-        for person in persons {
-            while let Some(Ok((k, _))) = chunks.peek() {
-                if k[prefix.len()..] > person[..] {
-                    break;
-                }
-                if let Some(item) = chunks.next() {
-                    covering = Some(item.map_err(be)?.1);
-                    records = None;
-                }
+        let mut rest = persons;
+        // One group of persons per covering chunk: the chunk is read and
+        // parsed once, and only the cookies of persons asked for are copied.
+        while let Some(first) = rest.first() {
+            // The covering chunk is the last one starting at or below `first`.
+            while let Some(item) = chunks.next_if(|item| {
+                item.as_ref()
+                    .map_or(true, |(k, _)| k[prefix.len()..] <= first[..])
+            }) {
+                covering = Some(item.map_err(be)?.1);
             }
-            if let Some(Err(_)) = chunks.peek() {
-                if let Some(Err(e)) = chunks.next() {
-                    return Err(be(e));
-                }
-            }
+            // It covers every person below the next chunk's first key (at
+            // least `first`, since that key is above it).
+            let covered = match chunks.peek() {
+                Some(Ok((next, _))) => rest.partition_point(|p| p[..] < next[prefix.len()..]),
+                _ => rest.len(),
+            };
+            let (group, after) = rest.split_at(covered);
+            rest = after;
             let Some(value) = &covering else { continue };
-            if records.is_none() {
-                let bytes = self.read_chunk(GRAPH_COOKIE_CHUNKS, version, value)?;
-                let parsed = cookie_records(&bytes)?
-                    .into_iter()
-                    .map(|r| {
-                        let cookie = SealedCookie {
-                            tag: r.tag,
-                            sealed: r.sealed.to_vec(),
-                        };
-                        (r.person, cookie)
+            let bytes = self.read_chunk(GRAPH_COOKIE_CHUNKS, version, value)?;
+            let records = cookie_records(&bytes)?;
+            for person in group {
+                let start = records.partition_point(|r| r.person < *person);
+                let cookies: Vec<SealedCookie> = records[start..]
+                    .iter()
+                    .take_while(|r| r.person == *person)
+                    .map(|r| SealedCookie {
+                        tag: r.tag,
+                        sealed: r.sealed.to_vec(),
                     })
                     .collect();
-                records = Some(parsed);
-            }
-            let records = records.as_deref().unwrap_or_default();
-            let start = records.partition_point(|r| r.0 < *person);
-            let cookies: Vec<SealedCookie> = records[start..]
-                .iter()
-                .take_while(|r| r.0 == *person)
-                .map(|r| r.1.clone())
-                .collect();
-            if !cookies.is_empty() {
-                out.push((*person, cookies));
+                if !cookies.is_empty() {
+                    out.push((*person, cookies));
+                }
             }
         }
         Ok(out)
@@ -897,6 +891,22 @@ mod tests {
         );
         assert_eq!(found[0].1.len(), 2);
         assert_eq!(found[0].1[0].sealed, b"sealed-00000001");
+        // Everyone at once, across chunk edges: exactly the dsp-a persons,
+        // each with both cookies.
+        let everyone: Vec<PersonKey> = (0..n / 2 + 3).map(person).collect();
+        let found = store.cookies_of_sorted(7, "dsp-a", &everyone).unwrap();
+        let expected: Vec<PersonKey> = (0..n / 2).filter(|i| i % 3 != 0).map(person).collect();
+        assert!(
+            expected.len() > 2 * CHUNK_RECORDS / 2,
+            "spans several chunks"
+        );
+        assert_eq!(found.iter().map(|f| f.0).collect::<Vec<_>>(), expected);
+        for (p, cookies) in &found {
+            let i = u32::from_be_bytes(p[12..].try_into().unwrap());
+            let mut sealed: Vec<&[u8]> = cookies.iter().map(|c| c.sealed.as_slice()).collect();
+            sealed.sort_unstable();
+            assert_eq!(sealed, [&cookie(i).sealed[..], &cookie(i + n).sealed[..]]);
+        }
         assert!(store.has_destination(7, "dsp-b").unwrap());
         assert!(!store.has_destination(7, "dsp-c").unwrap());
 
