@@ -20,9 +20,11 @@ use crate::harness::{
     busy_share, cpu_ticks, peak_rss, steal_share, thread_cpu_seconds, ServerProcess,
 };
 use anyhow::{bail, Result};
+use curve25519_dalek::ristretto::RistrettoPoint;
 use curve25519_dalek::scalar::Scalar;
 use onboard_client::{ApiClient, MatchOptions, Role};
 use onboard_protocol::{curve, Digest, MatchKind, Region, SecretKey};
+use rayon::prelude::*;
 use serde::Serialize;
 use std::hint::black_box;
 use std::io::{BufWriter, Write};
@@ -45,6 +47,11 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Instead of the flow: time scalar multiplications alone on all cores
+    /// (a million unless a number is given) against their bound: the floor
+    /// of the ratio's ruler.
+    #[arg(long, value_name = "MULS", num_args = 0..=1, default_missing_value = "1000000")]
+    pub calibrate: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -131,49 +138,109 @@ impl Primitives {
     }
 }
 
-/// One job with the primitives sampled while it runs.
-struct TimedJob {
-    outcome: onboard_client::MatchOutcome,
+/// Wall time, the machine's CPU shares and the unit times sampled while
+/// some work ran.
+struct Timing {
     wall_s: f64,
     cpu_busy: f64,
     cpu_steal: f64,
-    /// Mean in-job unit times.
+    /// Mean unit times during the work.
     during: Primitives,
     samples: usize,
 }
 
-fn timed_job(advertiser: &ApiClient, options: &MatchOptions) -> Result<TimedJob> {
+/// Run `work` with the primitives sampled beside it.
+fn sampled<T>(work: impl FnOnce() -> T) -> Result<(T, Timing)> {
     let stop = AtomicBool::new(false);
     let cpu_before = cpu_ticks()?;
     let t = Instant::now();
-    let (outcome, wall_s, cpu_after, samples) = std::thread::scope(|s| {
+    let (out, wall_s, cpu_after, samples) = std::thread::scope(|s| {
         let sampler = s.spawn(|| sample_primitives(&stop));
-        let outcome = onboard_client::run_match(advertiser, options);
+        let out = work();
         // Timed before the sampler is joined: it may be asleep for up to
         // one of its ticks.
         let wall_s = t.elapsed().as_secs_f64();
         let cpu_after = cpu_ticks();
         stop.store(true, Ordering::SeqCst);
         let samples = sampler.join().expect("sampler panicked");
-        (outcome, wall_s, cpu_after, samples)
+        (out, wall_s, cpu_after, samples)
     });
     let cpu_after = cpu_after?;
-    let cpu_busy = busy_share(cpu_before, cpu_after);
-    let cpu_steal = steal_share(cpu_before, cpu_after);
+    Ok((
+        out,
+        Timing {
+            wall_s,
+            cpu_busy: busy_share(cpu_before, cpu_after),
+            cpu_steal: steal_share(cpu_before, cpu_after),
+            // Work too short for a sample still gets one, taken now.
+            during: Primitives::mean(&samples).unwrap_or_else(Primitives::measure),
+            samples: samples.len(),
+        },
+    ))
+}
+
+/// One job with the primitives sampled while it runs.
+struct TimedJob {
+    outcome: onboard_client::MatchOutcome,
+    timing: Timing,
+}
+
+fn timed_job(advertiser: &ApiClient, options: &MatchOptions) -> Result<TimedJob> {
+    let (outcome, timing) = sampled(|| onboard_client::run_match(advertiser, options))?;
     let outcome = outcome?;
     if outcome.report.is_none() {
         bail!("the benchmark job returned no report");
     }
-    // A job too short for a sample still gets one, taken now.
-    let during = Primitives::mean(&samples).unwrap_or_else(Primitives::measure);
-    Ok(TimedJob {
-        outcome,
-        wall_s,
-        cpu_busy,
-        cpu_steal,
-        during,
-        samples: samples.len(),
-    })
+    Ok(TimedJob { outcome, timing })
+}
+
+/// `--calibrate` (a million multiplications take about 20 s on two cores of
+/// this kind): nothing but the bound's own work (variable-base
+/// multiplications on all cores, with rayon like the job's), timed and
+/// bounded exactly like a job. Its ratio is the floor of the ruler on this
+/// machine at this moment: about 1.0 when the in-run unit times are a fair
+/// price of the work.
+fn calibrate(muls: usize, cores: usize, json: bool) -> Result<bool> {
+    if muls == 0 {
+        bail!("--calibrate needs at least one multiplication");
+    }
+    let points: Vec<RistrettoPoint> = (0..1024u32)
+        .map(|i| curve::hash_to_point(MatchKind::Email, &Digest::of(&i.to_string())))
+        .collect();
+    let k = Scalar::from(0x0123_4567_89ab_cdefu64) * Scalar::from(0x1357_9bdf_2468_ace0u64);
+    let ((), timing) = sampled(|| {
+        (0..muls).into_par_iter().with_min_len(64).for_each(|i| {
+            black_box(k * black_box(&points[i % points.len()]));
+        });
+    })?;
+    let bound_s = muls as f64 * timing.during.mul_s / cores as f64;
+    let ratio = timing.wall_s / bound_s;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "calibration_muls": muls,
+                "cores": cores,
+                "t_scalar_mul_us": timing.during.mul_s * 1e6,
+                "primitive_samples": timing.samples,
+                "wall_s": timing.wall_s,
+                "bound_s": bound_s,
+                "ratio": ratio,
+                "cpu_busy": timing.cpu_busy,
+            })
+        );
+    } else {
+        println!(
+            "calibration: {muls} multiplications alone on {cores} cores: \
+             wall {:.2} s, bound {bound_s:.2} s (mul {:.2} µs, mean of {} samples), \
+             ratio {ratio:.3}; CPU busy {:.1}%",
+            timing.wall_s,
+            timing.during.mul_s * 1e6,
+            timing.samples,
+            timing.cpu_busy * 100.0
+        );
+    }
+    Ok(true)
 }
 
 /// Until `stop`: every second, a burst of each primitive timed in this
@@ -242,6 +309,9 @@ struct RepeatReport {
 /// Run the benchmark; `Ok(true)` when it completed.
 pub fn run(args: &BenchArgs) -> Result<bool> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if let Some(muls) = args.calibrate {
+        return calibrate(muls, cores, args.json);
+    }
     let mut prims = Primitives::measure();
     let dir = tempfile::tempdir()?;
     let work = dir.path();
@@ -308,21 +378,21 @@ pub fn run(args: &BenchArgs) -> Result<bool> {
             work.graph_pass(&|h, m| bound_with(p, h, m)),
         )
     };
-    let (upload_bound, graph_bound) = bounds(job.during);
+    let (upload_bound, graph_bound) = bounds(job.timing.during);
     let bound_s = upload_bound + graph_bound;
     let fastest_bound_s = {
         let (u, g) = bounds(prims);
         u + g
     };
     let repeat_report = repeat.map(|r| {
-        let (upload_bound, _) = bounds(r.during);
+        let (upload_bound, _) = bounds(r.timing.during);
         RepeatReport {
-            job: Phase::new("repeat-job", r.wall_s, upload_bound, args.records),
-            ratio_vs_fastest: r.wall_s / bounds(prims).0,
-            t_hash_to_point_us: r.during.hash_s * 1e6,
-            t_scalar_mul_us: r.during.mul_s * 1e6,
-            cpu_busy: r.cpu_busy,
-            cpu_steal: r.cpu_steal,
+            job: Phase::new("repeat-job", r.timing.wall_s, upload_bound, args.records),
+            ratio_vs_fastest: r.timing.wall_s / bounds(prims).0,
+            t_hash_to_point_us: r.timing.during.hash_s * 1e6,
+            t_scalar_mul_us: r.timing.during.mul_s * 1e6,
+            cpu_busy: r.timing.cpu_busy,
+            cpu_steal: r.timing.cpu_steal,
             phases: phases(&r.outcome.timings, args.records, upload_bound, 0.0),
         }
     });
@@ -331,19 +401,19 @@ pub fn run(args: &BenchArgs) -> Result<bool> {
         records: args.records,
         graph: args.graph,
         cores,
-        t_hash_to_point_us: job.during.hash_s * 1e6,
-        t_scalar_mul_us: job.during.mul_s * 1e6,
-        primitive_samples: job.samples,
+        t_hash_to_point_us: job.timing.during.hash_s * 1e6,
+        t_scalar_mul_us: job.timing.during.mul_s * 1e6,
+        primitive_samples: job.timing.samples,
         fastest_t_hash_to_point_us: prims.hash_s * 1e6,
         fastest_t_scalar_mul_us: prims.mul_s * 1e6,
         import_wall_s,
-        wall_s: job.wall_s,
+        wall_s: job.timing.wall_s,
         bound_s,
-        ratio: job.wall_s / bound_s,
-        ratio_vs_fastest: job.wall_s / fastest_bound_s,
-        rows_per_s: args.records as f64 / job.wall_s,
-        cpu_busy: job.cpu_busy,
-        cpu_steal: job.cpu_steal,
+        ratio: job.timing.wall_s / bound_s,
+        ratio_vs_fastest: job.timing.wall_s / fastest_bound_s,
+        rows_per_s: args.records as f64 / job.timing.wall_s,
+        cpu_busy: job.timing.cpu_busy,
+        cpu_steal: job.timing.cpu_steal,
         phases: phases(
             &job.outcome.timings,
             args.records,
