@@ -2,10 +2,11 @@
 //! has the fields the design and its users rely on, and its ratios are the
 //! wall times over the bounds it reports (never a check on the times).
 
+mod common;
+
+use common::SUITE;
 use serde_json::Value;
 use std::process::Command;
-
-const SUITE: &str = env!("CARGO_BIN_EXE_onboard-suite");
 
 fn bench_json(args: &[&str]) -> Value {
     let out = Command::new(SUITE)
