@@ -753,31 +753,31 @@ impl Services {
         timed(&job.id, "difference check", || {
             self.difference_check(job, now, k_persons, &mut candidates)
         })?;
-        let audiences_started = Instant::now();
         // Each audience is its own atomic write to its own files: on all cores.
-        let audience_ids: Vec<Option<String>> = candidates
-            .par_iter()
-            .map(|c| -> Result<_, ApiError> {
-                if c.reason.is_some() {
-                    return Ok(None);
-                }
-                let a = Audience {
-                    id: new_id("a-"),
-                    segment: c.name.clone(),
-                    advertiser: job.advertiser.clone(),
-                    destination: job.destination.clone(),
-                    job_id: job.id.clone(),
-                    size: c.members.len() as u64,
-                    created: rfc3339(now),
-                    expires: rfc3339(now + ttl),
-                    expires_unix: now + ttl,
-                    pulled: false,
-                };
-                self.repo.create_audience(&a, &c.members)?;
-                Ok(Some(a.id))
-            })
-            .collect::<Result<_, _>>()?;
-        log_step(&job.id, "audiences", audiences_started);
+        let audience_ids: Vec<Option<String>> = timed(&job.id, "audiences", || {
+            candidates
+                .par_iter()
+                .map(|c| -> Result<_, ApiError> {
+                    if c.reason.is_some() {
+                        return Ok(None);
+                    }
+                    let a = Audience {
+                        id: new_id("a-"),
+                        segment: c.name.clone(),
+                        advertiser: job.advertiser.clone(),
+                        destination: job.destination.clone(),
+                        job_id: job.id.clone(),
+                        size: c.members.len() as u64,
+                        created: rfc3339(now),
+                        expires: rfc3339(now + ttl),
+                        expires_unix: now + ttl,
+                        pulled: false,
+                    };
+                    self.repo.create_audience(&a, &c.members)?;
+                    Ok(Some(a.id))
+                })
+                .collect::<Result<_, _>>()
+        })?;
         let mut segments = Vec::new();
         for (c, audience_id) in candidates.into_iter().zip(audience_ids) {
             segments.push(serde_json::json!({
@@ -1064,13 +1064,9 @@ impl Services {
 fn timed<T>(job: &str, step: &'static str, f: impl FnOnce() -> T) -> T {
     let started = Instant::now();
     let out = f();
-    log_step(job, step, started);
-    out
-}
-
-fn log_step(job: &str, step: &'static str, started: Instant) {
     let ms = started.elapsed().as_secs_f64() * 1e3;
     tracing::debug!(job, step, ms = format!("{ms:.1}"), "finish step");
+    out
 }
 
 /// The job's distinct uploaded `b·a·P(x)`: kind, and the live person behind
