@@ -5,7 +5,6 @@ use crate::digest::Digest;
 use crate::error::PointError;
 use crate::normalize::MatchKind;
 use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoPoint};
-use curve25519_dalek::traits::IsIdentity;
 use sha2::{Digest as _, Sha512};
 use std::fmt;
 
@@ -47,13 +46,15 @@ impl PointBytes {
 
     /// Decode strictly: canonical encoding, not the identity.
     pub fn decode(&self) -> Result<RistrettoPoint, PointError> {
-        let point = CompressedRistretto(self.0)
-            .decompress()
-            .ok_or(PointError::Invalid)?;
-        if point.is_identity() {
+        // Encodings are canonical, so the identity is exactly the all-zero
+        // string: a byte test here spares a projective comparison (four
+        // field multiplications and two reductions) per decoded point.
+        if self.0 == [0; 32] {
             return Err(PointError::Identity);
         }
-        Ok(point)
+        CompressedRistretto(self.0)
+            .decompress()
+            .ok_or(PointError::Invalid)
     }
 
     /// The encoding rules of ristretto255 that need no field arithmetic: a
@@ -153,6 +154,12 @@ mod tests {
             Err(PointError::WrongLength { actual: 33 })
         );
         assert_eq!(PointBytes([0u8; 32]).decode(), Err(PointError::Identity));
+        // `decode` tests bytes for the identity: its only encoding is zero.
+        use curve25519_dalek::traits::Identity;
+        assert_eq!(
+            PointBytes::encode(&RistrettoPoint::identity()),
+            PointBytes([0; 32])
+        );
         // All-ones is not a canonical field element encoding.
         assert_eq!(PointBytes([0xff; 32]).decode(), Err(PointError::Invalid));
         // A negative field element (low bit set) is never canonical ristretto.
