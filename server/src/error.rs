@@ -47,10 +47,10 @@ pub enum ApiError {
     /// Wrong Content-Type.
     #[error("{0}")]
     UnsupportedMediaType(String),
-    /// A job below the minimum number of rows.
-    #[error("the job has {rows} rows, the minimum is {min}")]
+    /// A job below the minimum number of distinct identifiers.
+    #[error("the job has {rows} distinct identifiers, the minimum is {min}")]
     TooFewRows {
-        /// Rows uploaded.
+        /// Distinct blinded identifiers uploaded.
         rows: u64,
         /// The configured minimum.
         min: usize,

@@ -662,10 +662,16 @@ impl Services {
                 }
             }
         }
-        if job.records < self.config.min_job_rows as u64 {
+        // Distinct identifiers, not rows: one email on 1,000 rows under
+        // 1,000 labels is one identifier. Uploads are deterministic per
+        // advertiser key, so equal identifiers are equal points here.
+        let wanted = timed(id, "uploaded points", || {
+            self.uploaded_points(&job, batches)
+        })?;
+        if wanted.len() < self.config.min_job_rows {
             self.fail_job(id, &caller.name, "job.fail.too-few-rows")?;
             return Err(ApiError::TooFewRows {
-                rows: job.records,
+                rows: wanted.len() as u64,
                 min: self.config.min_job_rows,
             });
         }
@@ -674,7 +680,7 @@ impl Services {
             return Err(e);
         }
         let result = timed(id, "join and release", || {
-            self.join_and_release(&job, batches)
+            self.join_and_release(&job, batches, wanted)
         });
         let report = match result {
             Ok(r) => r,
@@ -713,23 +719,29 @@ impl Services {
         RecordBatch::decode(&frame).map_err(|e| ApiError::Internal(format!("stored batch: {e}")))
     }
 
-    fn join_and_release(&self, job: &Job, batches: u32) -> Result<serde_json::Value, ApiError> {
+    fn join_and_release(
+        &self,
+        job: &Job,
+        batches: u32,
+        mut wanted: Wanted,
+    ) -> Result<serde_json::Value, ApiError> {
         let graph = self
             .repo
             .current_graph()?
             .ok_or_else(|| ApiError::Internal("graph vanished".into()))?;
         let version = graph.version;
-        let mut wanted = timed(&job.id, "uploaded points", || {
-            self.uploaded_points(job, batches)
-        })?;
         let hits = timed(&job.id, "cached hits", || self.cached_hits(job, &wanted))?;
         timed(&job.id, "owners", || {
             self.resolve_owners(version, &hits, &mut wanted)
         })?;
         drop(hits);
+        let identifiers = wanted.len() as u64;
+        let matched_identifiers = wanted
+            .values()
+            .filter(|(_, person)| person.is_some())
+            .count() as u64;
         let Joined {
             rows,
-            matched_rows,
             segments: joined,
         } = timed(&job.id, "segments", || {
             self.tally_segments(job, batches, &wanted)
@@ -767,7 +779,11 @@ impl Services {
                         advertiser: job.advertiser.clone(),
                         destination: job.destination.clone(),
                         job_id: job.id.clone(),
-                        size: c.members.len() as u64,
+                        size: c
+                            .members
+                            .iter()
+                            .map(|(_, cookies)| cookies.len() as u64)
+                            .sum(),
                         created: rfc3339(now),
                         expires: rfc3339(now + ttl),
                         expires_unix: now + ttl,
@@ -795,7 +811,8 @@ impl Services {
             "graph_version": version,
             "destination": job.destination,
             "rows_uploaded": rows,
-            "match_rate": match_rate(matched_rows, rows),
+            "identifiers": identifiers,
+            "match_rate": match_rate(matched_identifiers, identifiers),
             "k": k,
             "epsilon_spent": self.config.epsilon,
             "segments": segments,
@@ -916,10 +933,9 @@ impl Services {
             })
             .collect::<Result<_, _>>()?;
         let mut per_segment: BTreeMap<String, (u64, Vec<PersonKey>)> = BTreeMap::new();
-        let (mut rows, mut matched_rows) = (0u64, 0u64);
+        let mut rows = 0u64;
         for t in tallies {
             rows += t.rows;
-            matched_rows += t.matched;
             for (label, (n, persons)) in t.labels.into_iter().zip(t.per_label) {
                 if n == 0 {
                     continue;
@@ -943,11 +959,7 @@ impl Services {
                 }
             })
             .collect();
-        Ok(Joined {
-            rows,
-            matched_rows,
-            segments,
-        })
+        Ok(Joined { rows, segments })
     }
 
     /// The destination's cookies of every person in a segment of at least
@@ -1015,11 +1027,17 @@ impl Services {
         }
     }
 
-    /// Withhold every candidate whose symmetric difference with a live
-    /// audience of the same advertiser and destination is non-empty and
-    /// below `k`: earlier audiences (each read once, one at a time, so memory
-    /// does not grow with their number), then the candidates released before
-    /// it in this job, in segment order.
+    /// Withhold every candidate whose person set differs from a live
+    /// audience of the same advertiser and destination by fewer than `k`
+    /// persons, **zero included**: earlier audiences (each read once, one at
+    /// a time, so memory does not grow with their number), then the
+    /// candidates released before it in this job, in segment order.
+    ///
+    /// Zero counts as too close because otherwise `Base` and `Base+target`
+    /// would come back "delivered, withheld" when the target is in the graph
+    /// and "delivered, delivered" (identical sets) when it is not. With zero
+    /// included, the status and the reason are the same whatever the size of
+    /// the difference below `k`, so they say nothing about one person.
     fn difference_check(
         &self,
         job: &Job,
@@ -1027,7 +1045,7 @@ impl Services {
         k: usize,
         candidates: &mut [Candidate],
     ) -> Result<(), ApiError> {
-        let too_close = |difference: usize| difference > 0 && difference < k;
+        let too_close = |difference: usize| difference < k;
         for earlier in self.repo.audiences()?.iter().filter(|a| {
             a.advertiser == job.advertiser
                 && a.destination == job.destination
@@ -1079,7 +1097,6 @@ type Hit = (PointBytes, MatchKind, [u8; 32]);
 /// What the join found, before the release rules.
 struct Joined {
     rows: u64,
-    matched_rows: u64,
     /// In segment-name order.
     segments: Vec<JoinedSegment>,
 }
@@ -1095,7 +1112,6 @@ struct JoinedSegment {
 /// One stored batch's share of the join: rows and matched persons per label.
 struct BatchTally {
     rows: u64,
-    matched: u64,
     labels: Vec<String>,
     /// Per label (same order): rows, and the persons of its matched rows.
     per_label: Vec<(u64, Vec<PersonKey>)>,
@@ -1108,7 +1124,7 @@ impl BatchTally {
         labels.push(String::new());
         let unknown = labels.len() - 1;
         let mut per_label = vec![(0u64, Vec::new()); labels.len()];
-        let (mut rows, mut matched) = (0, 0);
+        let mut rows = 0;
         for r in batch.records() {
             rows += 1;
             let person = r
@@ -1122,11 +1138,9 @@ impl BatchTally {
                     slot.1.push(p);
                 }
             }
-            matched += u64::from(person.is_some());
         }
         Self {
             rows,
-            matched,
             labels,
             per_label,
         }

@@ -3,10 +3,11 @@
 //! segments. XChaCha20-Poly1305 (RustCrypto's `chacha20poly1305`) under a
 //! key derived from the server pepper, with a random 24-byte nonce per
 //! value. Cookies are deduplicated by a keyed tag (`HMAC(k_tag, cookie)`),
-//! never by their plaintext.
+//! never by their plaintext. The same construction, under its own derived
+//! key, makes the opaque members cursors (see `audiences.rs`).
 
 use crate::services::auth::hmac_with;
-use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng};
+use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
 /// Nonce length of XChaCha20-Poly1305.
@@ -20,30 +21,69 @@ pub fn cookie_tag(pepper: &[u8; 32], cookie: &str) -> [u8; 16] {
     out
 }
 
-fn cipher(pepper: &[u8; 32]) -> XChaCha20Poly1305 {
-    let key = hmac_with(pepper, b"cookie-aead", b"");
+fn cipher(pepper: &[u8; 32], label: &[u8]) -> XChaCha20Poly1305 {
+    let key = hmac_with(pepper, label, b"");
     XChaCha20Poly1305::new(&key.into())
 }
 
+/// Key label of sealed cookie IDs.
+const COOKIE_LABEL: &[u8] = b"cookie-aead";
+
 /// Encrypt a cookie ID: `nonce || ciphertext || tag`.
 pub fn seal(pepper: &[u8; 32], cookie: &str) -> Option<Vec<u8>> {
+    seal_bytes(pepper, COOKIE_LABEL, b"", cookie.as_bytes())
+}
+
+/// Decrypt a sealed cookie ID; `None` if it was altered or is not one.
+pub fn open(pepper: &[u8; 32], sealed: &[u8]) -> Option<String> {
+    String::from_utf8(open_bytes(pepper, COOKIE_LABEL, b"", sealed)?).ok()
+}
+
+/// Encrypt `plain` under the key derived for `label`, bound to `context`
+/// (authenticated, not encrypted): `nonce || ciphertext || tag`. The random
+/// nonce makes two seals of the same bytes unlinkable.
+pub fn seal_bytes(
+    pepper: &[u8; 32],
+    label: &[u8],
+    context: &[u8],
+    plain: &[u8],
+) -> Option<Vec<u8>> {
     let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
-    let ciphertext = cipher(pepper).encrypt(&nonce, cookie.as_bytes()).ok()?;
+    let ciphertext = cipher(pepper, label)
+        .encrypt(
+            &nonce,
+            Payload {
+                msg: plain,
+                aad: context,
+            },
+        )
+        .ok()?;
     let mut out = nonce.to_vec();
     out.extend_from_slice(&ciphertext);
     Some(out)
 }
 
-/// Decrypt a sealed cookie ID; `None` if it was altered or is not one.
-pub fn open(pepper: &[u8; 32], sealed: &[u8]) -> Option<String> {
+/// Decrypt what [`seal_bytes`] made with the same label and context; `None`
+/// if anything was altered or differs.
+pub fn open_bytes(
+    pepper: &[u8; 32],
+    label: &[u8],
+    context: &[u8],
+    sealed: &[u8],
+) -> Option<Vec<u8>> {
     if sealed.len() < NONCE {
         return None;
     }
     let (nonce, ciphertext) = sealed.split_at(NONCE);
-    let plain = cipher(pepper)
-        .decrypt(XNonce::from_slice(nonce), ciphertext)
-        .ok()?;
-    String::from_utf8(plain).ok()
+    cipher(pepper, label)
+        .decrypt(
+            XNonce::from_slice(nonce),
+            Payload {
+                msg: ciphertext,
+                aad: context,
+            },
+        )
+        .ok()
 }
 
 #[cfg(test)]

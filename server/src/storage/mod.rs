@@ -207,7 +207,9 @@ pub struct Audience {
     pub destination: String,
     /// The job that made it.
     pub job_id: String,
-    /// Distinct persons.
+    /// Cookie IDs (members), not persons: the count a destination could
+    /// make itself from the list, so it reveals nothing about how many
+    /// persons stand behind the cookies.
     pub size: u64,
     /// Created (RFC 3339).
     pub created: String,
@@ -463,8 +465,9 @@ pub trait AudienceRepo {
         after: Option<&[u8]>,
         limit: usize,
     ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>>;
-    /// Remove a person; returns true if it was a member.
-    fn remove_member(&self, id: &str, person: &str) -> StoreResult<bool>;
+    /// Remove a person; returns how many of its cookies were members (0 if
+    /// it was not a member).
+    fn remove_member(&self, id: &str, person: &str) -> StoreResult<usize>;
     /// Delete an audience's members, keeping its record.
     fn delete_members(&self, id: &str) -> StoreResult<()>;
     /// Delete an audience and its members.
@@ -724,7 +727,7 @@ impl<R: AudienceRepo> AudienceRepo for Guarded<R> {
     guarded_writes! {
         fn create_audience(&self, a: &Audience, members: &[(String, &[SealedCookie])]) -> StoreResult<()>;
         fn put_audience(&self, a: &Audience) -> StoreResult<()>;
-        fn remove_member(&self, id: &str, person: &str) -> StoreResult<bool>;
+        fn remove_member(&self, id: &str, person: &str) -> StoreResult<usize>;
         fn delete_members(&self, id: &str) -> StoreResult<()>;
         fn delete_audience(&self, id: &str) -> StoreResult<()>;
     }

@@ -748,7 +748,7 @@ impl AudienceRepo for SledStore {
         }
         Ok(out)
     }
-    fn remove_member(&self, id: &str, person: &str) -> StoreResult<bool> {
+    fn remove_member(&self, id: &str, person: &str) -> StoreResult<usize> {
         let chunks = self.member_chunks(id)?;
         let mut records = Vec::new();
         for (_, _, chunk) in &chunks {
@@ -756,8 +756,9 @@ impl AudienceRepo for SledStore {
         }
         let before = records.len();
         records.retain(|(k, _)| member_person(k) != person.as_bytes());
-        if records.len() == before {
-            return Ok(false);
+        let removed = before - records.len();
+        if removed == 0 {
+            return Ok(0);
         }
         // A new file generation without the person, then the old one goes.
         let generation = chunks.iter().map(|c| c.1).max().unwrap_or(0);
@@ -775,7 +776,7 @@ impl AudienceRepo for SledStore {
         self.db.flush().map_err(be)?;
         self.blobs
             .remove_generation(&audience_base(id), generation)?;
-        Ok(true)
+        Ok(removed)
     }
     fn delete_members(&self, id: &str) -> StoreResult<()> {
         Self::delete_prefix(&self.aud_mem, &member_prefix(id))?;
@@ -998,9 +999,9 @@ mod tests {
         assert_eq!(first.len(), 1000);
         assert_eq!(first[0].1, b"cookie-00000-0");
         // Remove a person already paged and one ahead: the cursor still holds.
-        assert!(store.remove_member("a-1", "person00010").unwrap());
-        assert!(store.remove_member("a-1", "person02999").unwrap());
-        assert!(!store.remove_member("a-1", "person02999").unwrap());
+        assert_eq!(store.remove_member("a-1", "person00010").unwrap(), 2);
+        assert_eq!(store.remove_member("a-1", "person02999").unwrap(), 2);
+        assert_eq!(store.remove_member("a-1", "person02999").unwrap(), 0);
         let mut all: Vec<Vec<u8>> = first.iter().map(|m| m.1.clone()).collect();
         let mut after = first.last().map(|m| m.0.clone());
         loop {
