@@ -2,7 +2,6 @@
 //! and status, a request-duration histogram, imported identifiers, jobs by
 //! status. Labels are route patterns, never concrete paths or identifiers.
 
-use crate::storage::Job;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -39,7 +38,7 @@ impl Metrics {
     }
 
     /// The exposition text.
-    pub fn render(&self, identifiers_imported: u64, jobs: &[Job]) -> String {
+    pub fn render(&self, identifiers_imported: u64, job_counts: &BTreeMap<String, u64>) -> String {
         let m = crate::services::lock(&self.inner);
         let mut out = String::new();
         let _ = writeln!(
@@ -91,9 +90,9 @@ impl Metrics {
             "onboard_graph_identifiers_imported_total {identifiers_imported}"
         );
         let mut by_status = BTreeMap::from([("open", 0u64), ("finished", 0), ("failed", 0)]);
-        for j in jobs {
-            if let Some(n) = by_status.get_mut(j.status.as_str()) {
-                *n += 1;
+        for (status, n) in job_counts {
+            if let Some(count) = by_status.get_mut(status.as_str()) {
+                *count = *n;
             }
         }
         let _ = writeln!(out, "# HELP onboard_jobs_total Jobs by status.");

@@ -221,7 +221,7 @@ async fn healthz(state: State) -> Reply {
 
 async fn metrics_text(state: State, metrics: web::Data<Metrics>) -> HttpResponse {
     let s = svc(&state);
-    let jobs = blocking(move || Ok(s.repo.jobs()?))
+    let job_counts = blocking(move || Ok(s.repo.job_counts()?))
         .await
         .unwrap_or_default();
     let imported = state
@@ -229,7 +229,7 @@ async fn metrics_text(state: State, metrics: web::Data<Metrics>) -> HttpResponse
         .load(std::sync::atomic::Ordering::Relaxed);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(metrics.render(imported, &jobs))
+        .body(metrics.render(imported, &job_counts))
 }
 
 async fn openapi() -> HttpResponse {

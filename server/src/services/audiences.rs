@@ -7,6 +7,9 @@ use crate::services::auth::Caller;
 use crate::storage::Audience;
 use base64::Engine as _;
 
+/// Jobs handled per index look-up of a clean-up pass.
+const CLEANUP_PAGE: usize = 1000;
+
 /// How long an expired audience's record (without members) is kept, so
 /// pulls answer 410 `expired` rather than 404.
 pub const EXPIRED_RECORD_SECS: u64 = 30 * 86_400;
@@ -69,9 +72,9 @@ impl Services {
         let now = unix_now();
         let list: Vec<_> = self
             .repo
-            .audiences()?
+            .audiences_for_destination(&caller.name)?
             .iter()
-            .filter(|a| a.destination == caller.name && a.expires_unix > now)
+            .filter(|a| a.expires_unix > now)
             .map(view)
             .collect();
         Ok(serde_json::json!({ "audiences": list }))
@@ -135,7 +138,7 @@ impl Services {
     pub fn remove_from_unpulled(&self, person: &str) -> Result<usize, ApiError> {
         let _g = lock(&self.audience_lock);
         let mut n = 0;
-        for mut a in self.repo.audiences()?.into_iter().filter(|a| !a.pulled) {
+        for mut a in self.repo.unpulled_audiences()? {
             let removed = self.repo.remove_member(&a.id, person)?;
             if removed > 0 {
                 a.size = a.size.saturating_sub(removed as u64);
@@ -150,12 +153,7 @@ impl Services {
     pub fn cleanup(&self) -> Result<(usize, usize), ApiError> {
         let now = unix_now();
         let mut auds = 0;
-        for a in self
-            .repo
-            .audiences()?
-            .into_iter()
-            .filter(|a| a.expires_unix <= now)
-        {
+        for a in self.repo.audiences_expiring_by(now)? {
             if now >= a.expires_unix.saturating_add(EXPIRED_RECORD_SECS) {
                 // Long expired: forget the record too (pulls answer 404 from now on).
                 self.repo.delete_audience(&a.id)?;
@@ -173,14 +171,17 @@ impl Services {
         }
         let mut jobs = 0;
         let ttl = self.config.abandoned_job_ttl.as_secs();
-        for j in self
-            .repo
-            .jobs()?
-            .into_iter()
-            .filter(|j| j.status == "open" && j.touched + ttl <= now)
-        {
-            self.fail_job(&j.id, "system", "job.abandon")?;
-            jobs += 1;
+        loop {
+            let abandoned =
+                self.repo
+                    .jobs_touched_before("open", now.saturating_sub(ttl), CLEANUP_PAGE)?;
+            for j in &abandoned {
+                self.fail_job(&j.id, "system", "job.abandon")?;
+                jobs += 1;
+            }
+            if abandoned.len() < CLEANUP_PAGE {
+                break;
+            }
         }
         self.cleanup_graph_versions()?;
         Ok((auds, jobs))

@@ -289,18 +289,12 @@ impl Services {
             *roles.entry(p.role.as_str()).or_default() += 1;
         }
         let mut jobs = BTreeMap::from([("open", 0u64), ("finished", 0), ("failed", 0)]);
-        for j in self.repo.jobs()? {
-            if let Some(n) = jobs.get_mut(j.status.as_str()) {
-                *n += 1;
+        for (status, n) in self.repo.job_counts()? {
+            if let Some(count) = jobs.get_mut(status.as_str()) {
+                *count = n;
             }
         }
-        let now = unix_now();
-        let audiences = self
-            .repo
-            .audiences()?
-            .iter()
-            .filter(|a| a.expires_unix > now)
-            .count();
+        let audiences = self.repo.live_audience_count(unix_now())?;
         let mut identifiers = BTreeMap::new();
         for k in MatchKind::ALL {
             identifiers.insert(

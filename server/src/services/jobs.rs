@@ -286,9 +286,9 @@ impl Services {
             let _g = lock(&self.job_lock);
             let open = self
                 .repo
-                .jobs()?
+                .jobs_of(&caller.name)?
                 .iter()
-                .filter(|j| j.advertiser == caller.name && j.status == "open")
+                .filter(|j| j.status == "open")
                 .count();
             if open >= self.config.max_open_jobs {
                 return Err(ApiError::TooManyJobs(open));
@@ -618,9 +618,8 @@ impl Services {
     pub fn list_jobs(&self, caller: &Caller) -> Result<serde_json::Value, ApiError> {
         let jobs: Vec<_> = self
             .repo
-            .jobs()?
+            .jobs_of(&caller.name)?
             .iter()
-            .filter(|j| j.advertiser == caller.name)
             .map(Self::job_view)
             .collect();
         Ok(serde_json::json!({ "jobs": jobs }))
@@ -1046,11 +1045,12 @@ impl Services {
         candidates: &mut [Candidate],
     ) -> Result<(), ApiError> {
         let too_close = |difference: usize| difference < k;
-        for earlier in self.repo.audiences()?.iter().filter(|a| {
-            a.advertiser == job.advertiser
-                && a.destination == job.destination
-                && a.expires_unix > now
-        }) {
+        for earlier in self
+            .repo
+            .audiences_of(&job.advertiser, &job.destination)?
+            .iter()
+            .filter(|a| a.expires_unix > now)
+        {
             // The merge below wants sorted, distinct names.
             let mut other = self.repo.audience_persons(&earlier.id)?;
             other.sort_unstable();

@@ -9,6 +9,7 @@
 pub mod blobs;
 pub mod sled;
 mod sled_graph;
+mod sled_index;
 
 use onboard_protocol::{MatchKind, PointBytes};
 use serde::{Deserialize, Serialize};
@@ -409,8 +410,20 @@ pub trait JobRepo {
     fn put_job(&self, job: &Job) -> StoreResult<()>;
     /// Load a job.
     fn job(&self, id: &str) -> StoreResult<Option<Job>>;
-    /// All jobs.
-    fn jobs(&self) -> StoreResult<Vec<Job>>;
+    /// An advertiser's jobs (by index: no scan of other advertisers').
+    fn jobs_of(&self, advertiser: &str) -> StoreResult<Vec<Job>>;
+    /// Up to `limit` jobs in `status` last touched at or before
+    /// `before_unix`, oldest first (by index).
+    fn jobs_touched_before(
+        &self,
+        status: &str,
+        before_unix: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<Job>>;
+    /// How many jobs are in each status (index entries only).
+    fn job_counts(&self) -> StoreResult<BTreeMap<String, u64>>;
+    /// Forget a job record (its transient data must be gone already).
+    fn delete_job(&self, id: &str) -> StoreResult<()>;
     /// Store consecutive graph-pass pages (each concatenated points) from
     /// `first_page` on, durable on return.
     fn put_pass_pages(
@@ -454,8 +467,16 @@ pub trait AudienceRepo {
     fn put_audience(&self, a: &Audience) -> StoreResult<()>;
     /// Load one.
     fn audience(&self, id: &str) -> StoreResult<Option<Audience>>;
-    /// All audiences.
-    fn audiences(&self) -> StoreResult<Vec<Audience>>;
+    /// A destination's audiences (by index).
+    fn audiences_for_destination(&self, destination: &str) -> StoreResult<Vec<Audience>>;
+    /// The audiences an advertiser sent to a destination (by index).
+    fn audiences_of(&self, advertiser: &str, destination: &str) -> StoreResult<Vec<Audience>>;
+    /// Audiences whose last page has not been served (by index).
+    fn unpulled_audiences(&self) -> StoreResult<Vec<Audience>>;
+    /// Audiences expiring at or before `unix` (by index).
+    fn audiences_expiring_by(&self, unix: u64) -> StoreResult<Vec<Audience>>;
+    /// How many audiences expire after `now` (index entries only).
+    fn live_audience_count(&self, now: u64) -> StoreResult<u64>;
     /// Member persons.
     fn audience_persons(&self, id: &str) -> StoreResult<Vec<String>>;
     /// Up to `limit` sealed cookies after an opaque position; returns (position, sealed).
@@ -700,7 +721,9 @@ impl<R: CacheRepo> CacheRepo for Guarded<R> {
 impl<R: JobRepo> JobRepo for Guarded<R> {
     guarded_reads! {
         fn job(&self, id: &str) -> StoreResult<Option<Job>>;
-        fn jobs(&self) -> StoreResult<Vec<Job>>;
+        fn jobs_of(&self, advertiser: &str) -> StoreResult<Vec<Job>>;
+        fn jobs_touched_before(&self, status: &str, before_unix: u64, limit: usize) -> StoreResult<Vec<Job>>;
+        fn job_counts(&self) -> StoreResult<BTreeMap<String, u64>>;
         fn pass_page(&self, job: &str, kind: MatchKind, page_no: u32) -> StoreResult<Option<Vec<u8>>>;
         fn page_done(&self, job: &str, kind: MatchKind, page_no: u32) -> StoreResult<bool>;
         fn upload_hash(&self, job: &str, batch_no: u32) -> StoreResult<Option<[u8; 32]>>;
@@ -714,13 +737,18 @@ impl<R: JobRepo> JobRepo for Guarded<R> {
         fn mark_page_done(&self, job: &str, kind: MatchKind, page_no: u32) -> StoreResult<()>;
         fn put_upload(&self, job: &Job, batch_no: u32, hash: [u8; 32], frame: &[u8]) -> StoreResult<()>;
         fn delete_job_data(&self, job: &str) -> StoreResult<()>;
+        fn delete_job(&self, id: &str) -> StoreResult<()>;
     }
 }
 
 impl<R: AudienceRepo> AudienceRepo for Guarded<R> {
     guarded_reads! {
         fn audience(&self, id: &str) -> StoreResult<Option<Audience>>;
-        fn audiences(&self) -> StoreResult<Vec<Audience>>;
+        fn audiences_for_destination(&self, destination: &str) -> StoreResult<Vec<Audience>>;
+        fn audiences_of(&self, advertiser: &str, destination: &str) -> StoreResult<Vec<Audience>>;
+        fn unpulled_audiences(&self) -> StoreResult<Vec<Audience>>;
+        fn audiences_expiring_by(&self, unix: u64) -> StoreResult<Vec<Audience>>;
+        fn live_audience_count(&self, now: u64) -> StoreResult<u64>;
         fn audience_persons(&self, id: &str) -> StoreResult<Vec<String>>;
         fn members_after(&self, id: &str, after: Option<&[u8]>, limit: usize) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>>;
     }

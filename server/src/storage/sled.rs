@@ -6,6 +6,9 @@
 //! executor.
 
 use super::blobs::{BlobRef, Blobs};
+use super::sled_index::{
+    audience_keys, ids_under, job_keys, load, put_indexed, remove_indexed, time_of,
+};
 use super::*;
 use ::sled::transaction::{ConflictableTransactionError, TransactionError};
 use ::sled::{Batch, Db, Transactional, Tree};
@@ -35,6 +38,8 @@ pub struct SledStore {
     pub(super) job_uploads: Tree,
     pub(super) audiences: Tree,
     pub(super) aud_mem: Tree,
+    pub(super) job_index: Tree,
+    pub(super) audience_index: Tree,
     optouts: Tree,
     audit: Tree,
     budget: Tree,
@@ -185,7 +190,7 @@ impl SledStore {
             StoreError::Backend(format!("blob directory of {}: {e}", path.display()))
         })?;
         let t = |name: &str| db.open_tree(name).map_err(be);
-        Ok(Self {
+        let store = Self {
             meta: t("meta")?,
             principals: t("principals")?,
             keys: t("keys")?,
@@ -205,12 +210,16 @@ impl SledStore {
             job_uploads: t(JOB_UPLOADS)?,
             audiences: t("audiences")?,
             aud_mem: t(AUDIENCE_MEMBERS)?,
+            job_index: t("job_index")?,
+            audience_index: t("audience_index")?,
             optouts: t("optouts")?,
             audit: t("audit")?,
             budget: t("budget")?,
             db,
             blobs,
-        })
+        };
+        store.rebuild_indexes()?;
+        Ok(store)
     }
 
     pub(super) fn all<T: for<'de> Deserialize<'de>>(
@@ -439,10 +448,11 @@ fn page_key(job: &str, kind: MatchKind, page_no: u32) -> Vec<u8> {
 
 impl JobRepo for SledStore {
     fn put_job(&self, job: &Job) -> StoreResult<()> {
-        self.jobs
-            .insert(job.id.as_bytes(), json(job)?)
-            .map_err(be)?;
-        Ok(())
+        let record = json(job)?;
+        let keys = job_keys(job);
+        (&self.jobs, &self.job_index)
+            .transaction(|(jobs, idx)| put_indexed(jobs, idx, &job.id, &record, &keys, job_keys))
+            .map_err(tx_err)
     }
     fn job(&self, id: &str) -> StoreResult<Option<Job>> {
         self.jobs
@@ -451,8 +461,43 @@ impl JobRepo for SledStore {
             .map(|v| from_json("jobs", &v))
             .transpose()
     }
-    fn jobs(&self) -> StoreResult<Vec<Job>> {
-        Self::all(&self.jobs, "jobs")
+    fn jobs_of(&self, advertiser: &str) -> StoreResult<Vec<Job>> {
+        let prefix = key(&[b"a\0", advertiser.as_bytes(), b"\0"]);
+        load(
+            &self.jobs,
+            "jobs",
+            ids_under(&self.job_index, &prefix, 0, |_| false)?,
+        )
+    }
+    fn jobs_touched_before(
+        &self,
+        status: &str,
+        before_unix: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<Job>> {
+        let prefix = key(&[b"s\0", status.as_bytes(), b"\0"]);
+        let mut n = 0;
+        let ids = ids_under(&self.job_index, &prefix, 8, |rest| {
+            n += 1;
+            n > limit || time_of(rest) > before_unix
+        })?;
+        load(&self.jobs, "jobs", ids)
+    }
+    fn job_counts(&self) -> StoreResult<BTreeMap<String, u64>> {
+        let mut counts = BTreeMap::new();
+        for k in self.job_index.scan_prefix(b"s\0").keys() {
+            let k = k.map_err(be)?;
+            let status = k[2..].split(|&b| b == 0).next().unwrap_or_default();
+            *counts
+                .entry(String::from_utf8_lossy(status).into_owned())
+                .or_default() += 1;
+        }
+        Ok(counts)
+    }
+    fn delete_job(&self, id: &str) -> StoreResult<()> {
+        (&self.jobs, &self.job_index)
+            .transaction(|(jobs, idx)| remove_indexed(jobs, idx, id, job_keys))
+            .map_err(tx_err)
     }
     fn put_pass_pages(
         &self,
@@ -500,11 +545,11 @@ impl JobRepo for SledStore {
         let r = self.blobs.append(&job_base(&job.id), 0, frame)?;
         let upload = key(&[&hash, &r.encode()]);
         let record = json(job)?;
-        (&self.job_uploads, &self.jobs)
-            .transaction(|(uploads, jobs)| {
+        let keys = job_keys(job);
+        (&self.job_uploads, &self.jobs, &self.job_index)
+            .transaction(|(uploads, jobs, idx)| {
                 uploads.insert(k.as_slice(), upload.as_slice())?;
-                jobs.insert(job.id.as_bytes(), record.as_slice())?;
-                Ok::<_, ConflictableTransactionError<()>>(())
+                put_indexed(jobs, idx, &job.id, &record, &keys, job_keys)
             })
             .map_err(tx_err)
     }
@@ -672,19 +717,20 @@ impl AudienceRepo for SledStore {
         {
             chunks.insert(k, &r[..]);
         }
-        (&self.audiences, &self.aud_mem)
-            .transaction(|(auds, mem)| {
+        let keys = audience_keys(a);
+        (&self.audiences, &self.aud_mem, &self.audience_index)
+            .transaction(|(auds, mem, idx)| {
                 mem.apply_batch(&chunks)?;
-                auds.insert(a.id.as_bytes(), value.clone())?;
-                Ok::<_, ConflictableTransactionError<()>>(())
+                put_indexed(auds, idx, &a.id, &value, &keys, audience_keys)
             })
             .map_err(tx_err)
     }
     fn put_audience(&self, a: &Audience) -> StoreResult<()> {
-        self.audiences
-            .insert(a.id.as_bytes(), json(a)?)
-            .map_err(be)?;
-        Ok(())
+        let value = json(a)?;
+        let keys = audience_keys(a);
+        (&self.audiences, &self.audience_index)
+            .transaction(|(auds, idx)| put_indexed(auds, idx, &a.id, &value, &keys, audience_keys))
+            .map_err(tx_err)
     }
     fn audience(&self, id: &str) -> StoreResult<Option<Audience>> {
         self.audiences
@@ -693,8 +739,38 @@ impl AudienceRepo for SledStore {
             .map(|v| from_json("audiences", &v))
             .transpose()
     }
-    fn audiences(&self) -> StoreResult<Vec<Audience>> {
-        Self::all(&self.audiences, "audiences")
+    fn audiences_for_destination(&self, destination: &str) -> StoreResult<Vec<Audience>> {
+        let prefix = key(&[b"d\0", destination.as_bytes(), b"\0"]);
+        let ids = ids_under(&self.audience_index, &prefix, 0, |_| false)?;
+        load(&self.audiences, "audiences", ids)
+    }
+    fn audiences_of(&self, advertiser: &str, destination: &str) -> StoreResult<Vec<Audience>> {
+        let prefix = key(&[
+            b"p\0",
+            advertiser.as_bytes(),
+            b"\0",
+            destination.as_bytes(),
+            b"\0",
+        ]);
+        let ids = ids_under(&self.audience_index, &prefix, 0, |_| false)?;
+        load(&self.audiences, "audiences", ids)
+    }
+    fn unpulled_audiences(&self) -> StoreResult<Vec<Audience>> {
+        let ids = ids_under(&self.audience_index, b"u\0", 0, |_| false)?;
+        load(&self.audiences, "audiences", ids)
+    }
+    fn audiences_expiring_by(&self, unix: u64) -> StoreResult<Vec<Audience>> {
+        let ids = ids_under(&self.audience_index, b"e\0", 8, |rest| time_of(rest) > unix)?;
+        load(&self.audiences, "audiences", ids)
+    }
+    fn live_audience_count(&self, now: u64) -> StoreResult<u64> {
+        let start = key(&[b"e\0", &now.saturating_add(1).to_be_bytes()]);
+        let mut n = 0;
+        for k in self.audience_index.range(start..b"e\x01".to_vec()).keys() {
+            k.map_err(be)?;
+            n += 1;
+        }
+        Ok(n)
     }
     fn audience_persons(&self, id: &str) -> StoreResult<Vec<String>> {
         let mut out: Vec<String> = Vec::new();
@@ -786,8 +862,9 @@ impl AudienceRepo for SledStore {
     }
     fn delete_audience(&self, id: &str) -> StoreResult<()> {
         self.delete_members(id)?;
-        self.audiences.remove(id).map_err(be)?;
-        Ok(())
+        (&self.audiences, &self.audience_index)
+            .transaction(|(auds, idx)| remove_indexed(auds, idx, id, audience_keys))
+            .map_err(tx_err)
     }
 }
 
