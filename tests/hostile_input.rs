@@ -367,10 +367,11 @@ fn bad_cursor_and_expired_audience() {
     let server = TestServer::start(&[("K", "50"), ("MIN_JOB_ROWS", "50"), ("AUDIENCE_TTL", "4s")]);
     let advertiser = server.create("advertiser", "acme");
     let destination = server.create("destination", "dsp-alpha");
-    simple_graph(&server, 80, "dsp-alpha");
+    simple_graph(&server, 130, "dsp-alpha");
     let key = server.path("acme.key");
     server.ok(&advertiser, &["keygen", "--out", key.to_str().unwrap()]);
-    let crm = common::crm_file(&server, "crm.csv", "Gold", 0..70, 0);
+    // 120 persons: clear of k = 50 plus the release margin (28 at ε = 0.5).
+    let crm = common::crm_file(&server, "crm.csv", "Gold", 0..120, 0);
     let out = common::match_emails(&server, &advertiser, &key, &crm, "dsp-alpha");
     assert!(
         out.status.success(),

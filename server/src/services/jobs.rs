@@ -5,7 +5,8 @@
 use super::{lock, new_id, rfc3339, unix_now, Services};
 use crate::error::ApiError;
 use crate::services::auth::Caller;
-use crate::services::privacy::{match_rate, shown_count, symmetric_difference};
+use crate::services::privacy::{match_rate, symmetric_difference, two_sided_geometric};
+use crate::services::release;
 use crate::services::uniform::{self, UniformMap, UniformSet};
 use crate::storage::{Audience, Job, PassInfo, PersonKey, Role, SealedCookie};
 use onboard_protocol::wire::{PointPage, RecordBatch};
@@ -747,22 +748,22 @@ impl Services {
         })?;
         drop(wanted);
         let k = self.config.k;
-        let k_persons = usize::try_from(k).unwrap_or(usize::MAX);
+        let margin = release::release_margin(self.config.epsilon);
         let now = unix_now();
         let ttl = self.config.audience_ttl.as_secs();
         let cookies = timed(&job.id, "cookies", || {
-            self.cookies_of_large_segments(version, &job.destination, &joined, k_persons)
+            self.cookies_of_segments(version, &job.destination, &joined)
         })?;
         // Per segment (on all cores): its members, and why it is withheld if it is.
         let mut candidates: Vec<Candidate> = timed(&job.id, "members", || {
             joined
                 .par_iter()
-                .map(|segment| self.candidate(segment, &cookies, k_persons))
+                .map(|segment| self.candidate(segment, &cookies, margin))
                 .collect()
         });
         let _g = lock(&self.audience_lock);
         timed(&job.id, "difference check", || {
-            self.difference_check(job, now, k_persons, &mut candidates)
+            self.difference_check(job, now, margin, &mut candidates)
         })?;
         // Each audience is its own atomic write to its own files: on all cores.
         let audience_ids: Vec<Option<String>> = timed(&job.id, "audiences", || {
@@ -961,18 +962,17 @@ impl Services {
         Ok(Joined { rows, segments })
     }
 
-    /// The destination's cookies of every person in a segment of at least
-    /// `k` persons, sorted by person, in ordered passes over its cookie table.
-    fn cookies_of_large_segments(
+    /// The destination's cookies of every person of every segment, sorted by
+    /// person, in ordered passes over its cookie table. Small segments are
+    /// looked up too: their reachable persons are noised and shown like any.
+    fn cookies_of_segments(
         &self,
         version: u64,
         destination: &str,
         segments: &[JoinedSegment],
-        k: usize,
     ) -> Result<Vec<(PersonKey, Vec<SealedCookie>)>, ApiError> {
         let mut persons: Vec<PersonKey> = segments
             .iter()
-            .filter(|s| s.persons.len() >= k)
             .flat_map(|s| s.persons.iter().copied())
             .collect();
         persons.par_sort_unstable();
@@ -984,67 +984,61 @@ impl Services {
         Ok(found.into_iter().flatten().collect())
     }
 
-    /// One segment's members (the destination's cookies of its persons) and
-    /// the size rule's verdict; the difference check comes after.
+    /// One segment's members (the destination's cookies of its persons), its
+    /// noisy size as shown, and the size rule's verdict on that noisy size;
+    /// the difference check comes after.
     fn candidate<'c>(
         &self,
         segment: &JoinedSegment,
         cookies: &'c [(PersonKey, Vec<SealedCookie>)],
-        k: usize,
+        margin: u64,
     ) -> Candidate<'c> {
-        let persons = &segment.persons;
-        let shown = shown_count(persons.len() as u64, self.config.k, self.config.epsilon);
+        // Both sorted by person: one merge. Member names (hex) keep that order.
         let mut members: Vec<(String, &'c [SealedCookie])> = Vec::new();
-        if persons.len() >= k {
-            // Both sorted by person: one merge. Member names (hex) keep that order.
-            let mut rest = cookies;
-            for p in persons {
-                let skip = rest.partition_point(|(c, _)| c < p);
-                rest = &rest[skip..];
-                if let Some((c, sealed)) = rest.first() {
-                    if c == p {
-                        members.push((Self::member_name(p), sealed.as_slice()));
-                    }
+        let mut rest = cookies;
+        for p in &segment.persons {
+            let skip = rest.partition_point(|(c, _)| c < p);
+            rest = &rest[skip..];
+            if let Some((c, sealed)) = rest.first() {
+                if c == p {
+                    members.push((Self::member_name(p), sealed.as_slice()));
                 }
             }
         }
-        let reason = if persons.len() < k {
-            Some("below-minimum-size")
-        } else if members.is_empty() {
-            Some("no-cookies-for-destination")
-        } else if members.len() < k {
-            Some("below-minimum-size")
-        } else {
-            None
-        };
+        let k = self.config.k;
+        let noisy = members.len() as i64 + two_sided_geometric(self.config.epsilon);
         Candidate {
             name: segment.name.clone(),
             rows: segment.rows,
-            shown,
+            shown: release::shown_count(noisy, k),
+            reason: release::size_withheld(members.len(), noisy, k, margin),
             members,
-            reason,
         }
     }
 
     /// Withhold every candidate whose person set differs from a live
     /// audience of the same advertiser and destination by fewer than `k`
-    /// persons, **zero included**: earlier audiences (each read once, one at
-    /// a time, so memory does not grow with their number), then the
-    /// candidates released before it in this job, in segment order.
+    /// persons, **zero included**, or whose smallest such difference, noised,
+    /// does not clear `k` by the release margin (see `release.rs`): earlier
+    /// audiences (each read once, one at a time, so memory does not grow
+    /// with their number), then the candidates released before it in this
+    /// job, in segment order.
     ///
     /// Zero counts as too close because otherwise `Base` and `Base+target`
     /// would come back "delivered, withheld" when the target is in the graph
-    /// and "delivered, delivered" (identical sets) when it is not. With zero
-    /// included, the status and the reason are the same whatever the size of
-    /// the difference below `k`, so they say nothing about one person.
+    /// and "delivered, delivered" (identical sets) when it is not; the noise
+    /// keeps nested segments from finding the exact row at which a
+    /// difference reaches `k`.
     fn difference_check(
         &self,
         job: &Job,
         now: u64,
-        k: usize,
+        margin: u64,
         candidates: &mut [Candidate],
     ) -> Result<(), ApiError> {
-        let too_close = |difference: usize| difference < k;
+        let k = self.config.k;
+        // Per candidate: its smallest difference from an earlier audience.
+        let mut closest: Vec<Option<usize>> = vec![None; candidates.len()];
         for earlier in self
             .repo
             .audiences_of(&job.advertiser, &job.destination)?
@@ -1055,9 +1049,10 @@ impl Services {
             let mut other = self.repo.audience_persons(&earlier.id)?;
             other.sort_unstable();
             other.dedup();
-            for c in candidates.iter_mut().filter(|c| c.reason.is_none()) {
-                if too_close(symmetric_difference(c.names(), &other)) {
-                    c.reason = Some("too-close-to-earlier-audience");
+            for (c, best) in candidates.iter().zip(closest.iter_mut()) {
+                if c.reason.is_none() {
+                    let d = symmetric_difference(c.names(), &other);
+                    *best = Some(best.map_or(d, |b| b.min(d)));
                 }
             }
         }
@@ -1067,9 +1062,19 @@ impl Services {
             }
             let (released, rest) = candidates.split_at_mut(i);
             let c = &mut rest[0];
-            if released.iter().any(|r| {
-                r.reason.is_none() && too_close(symmetric_difference(c.names(), r.names()))
-            }) {
+            let in_job = released
+                .iter()
+                .filter(|r| r.reason.is_none())
+                .map(|r| symmetric_difference(c.names(), r.names()))
+                .min();
+            let smallest = match (closest[i], in_job) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            // No earlier audience (which the advertiser knows): nothing to compare.
+            let Some(d) = smallest else { continue };
+            let noisy = d as i64 + two_sided_geometric(self.config.epsilon);
+            if release::too_close(d, noisy, k, margin) {
                 c.reason = Some("too-close-to-earlier-audience");
             }
         }

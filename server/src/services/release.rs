@@ -1,0 +1,98 @@
+//! The release rules of a finishing job's segments, decided on noisy values
+//! so that no status, reason or count an advertiser sees depends on whether
+//! one person is in the graph (review hole 3).
+//!
+//! A deterministic threshold is an exact oracle: with nested segments
+//! `S₁ ⊂ S₂ ⊂ …` (one CRM row more each), the first segment to reach `k`
+//! persons, or to differ from a released audience by `k`, names a row that
+//! is in the graph. So each segment's size and its smallest difference from
+//! the audiences released before it are compared with `k` only after noise
+//! (two-sided geometric, the job's ε each), and must clear `k` by a margin
+//! `T` chosen so that noise reaches `T` with probability at most δ. The hard
+//! floors (never fewer than `k` persons, never a difference below `k`) stay,
+//! but decide a status only in that δ event.
+
+/// `ln(1/δ)` for δ = 10⁻⁶: how unlikely it is that a hard floor, rather than
+/// a noisy value, decides a status.
+const LN_ONE_OVER_DELTA: f64 = 13.815_510_557_964_274;
+
+/// The margin `T` by which a noisy value must clear `k`: two-sided geometric
+/// noise of parameter ε is at least `T` with probability at most
+/// `exp(−εT) ≤ δ`.
+pub fn release_margin(epsilon: f64) -> u64 {
+    // ε is validated positive at start; the guard keeps a bad value finite.
+    (LN_ONE_OVER_DELTA / epsilon.max(1e-9)).ceil().min(1e12) as u64
+}
+
+/// The count an advertiser is shown for a segment: "< k" when the noisy
+/// value is below `k`, else the noisy value rounded to 10 (never below `k`).
+pub fn shown_count(noisy: i64, k: u64) -> String {
+    let k_signed = i64::try_from(k).unwrap_or(i64::MAX);
+    if noisy < k_signed {
+        return format!("< {k}");
+    }
+    (((noisy + 5) / 10) * 10).max(k_signed).to_string()
+}
+
+/// Why a segment of `persons` reachable persons (noisy: `noisy`) is
+/// withheld by the size rule, if it is.
+pub fn size_withheld(persons: usize, noisy: i64, k: u64, margin: u64) -> Option<&'static str> {
+    if !clears(noisy, k, margin) || (persons as u64) < k {
+        Some("below-minimum-size")
+    } else {
+        None
+    }
+}
+
+/// Is a candidate too close to the audiences released before it, given its
+/// smallest difference in persons `difference` and that value noised?
+pub fn too_close(difference: usize, noisy: i64, k: u64, margin: u64) -> bool {
+    !clears(noisy, k, margin) || (difference as u64) < k
+}
+
+fn clears(noisy: i64, k: u64, margin: u64) -> bool {
+    i128::from(noisy) >= i128::from(k) + i128::from(margin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn margin_bounds_the_chance_that_noise_clears_it() {
+        for epsilon in [0.05, 0.5, 1.0, 5.0] {
+            let t = release_margin(epsilon);
+            // P(X ≥ T) = αᵀ / (1 + α) with α = e^(−ε).
+            let alpha = (-epsilon).exp();
+            let p = alpha.powf(t as f64) / (1.0 + alpha);
+            assert!(p <= 1e-6, "ε {epsilon}: T {t}, P {p}");
+            // And not needlessly large: one less would exceed δ·(1+α)·e^ε.
+            let p_less = alpha.powf((t - 1) as f64);
+            assert!(p_less > 1e-6 * alpha, "ε {epsilon}: T {t} is not tight");
+        }
+        assert_eq!(release_margin(0.5), 28);
+    }
+
+    #[test]
+    fn shown_counts_hide_small_values_and_round_the_rest() {
+        assert_eq!(shown_count(49, 50), "< 50");
+        assert_eq!(shown_count(-3, 50), "< 50");
+        assert_eq!(shown_count(50, 50), "50");
+        assert_eq!(shown_count(54, 50), "50");
+        assert_eq!(shown_count(55, 50), "60");
+        assert_eq!(shown_count(1234, 100), "1230");
+    }
+
+    #[test]
+    fn statuses_need_the_noisy_value_and_the_true_one_to_clear_k() {
+        let (k, t) = (100, 28);
+        assert_eq!(size_withheld(500, 128, k, t), None);
+        assert_eq!(size_withheld(500, 127, k, t), Some("below-minimum-size"));
+        // The hard floor: a noisy value far off cannot release a small segment.
+        assert_eq!(size_withheld(99, 10_000, k, t), Some("below-minimum-size"));
+        assert!(!too_close(500, 128, k, t));
+        assert!(too_close(500, 127, k, t));
+        assert!(too_close(0, 10_000, k, t));
+        assert!(too_close(99, 10_000, k, t));
+    }
+}
