@@ -61,7 +61,7 @@ fn env() -> &'static Env {
             k: 50,
             min_job_rows: 10,
             page_size: 500,
-            privacy_budget: 1000.0,
+            privacy_budget_micro: 1_000_000_000,
             max_open_jobs: 16,
             ..Config::default()
         };

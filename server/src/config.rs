@@ -3,13 +3,44 @@
 //! variable is `ONBOARD_` + the upper-cased key (e.g. `k` → `ONBOARD_K`).
 //! Invalid values are refused at start with an error naming the key.
 
+use serde::{Serialize, Serializer};
+use std::cmp::Ordering;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 use thiserror::Error;
 
 /// The smallest `k` the server accepts; lower values are refused at start.
 pub const K_FLOOR: u64 = 50;
+
+/// Micro-ε per ε: the privacy budget is kept in whole micro-ε (integers, so
+/// sums never drift).
+pub const MICRO_PER_EPSILON: u64 = 1_000_000;
+
+/// The smallest ε accepted, 1/1000: the noise's standard deviation is then
+/// about 1,400, so reports would be meaningless (the sampler itself takes the
+/// same expected time at every ε).
+pub const EPSILON_MIN: Epsilon = Epsilon { num: 1, den: 1000 };
+
+/// The largest ε accepted, 2: the noise is still non-zero in about a quarter
+/// of the draws (`2e^-ε / (1 + e^-ε)`). Above it the noise is almost always
+/// zero, which switches the protection off while looking configured.
+pub const EPSILON_MAX: Epsilon = Epsilon { num: 2, den: 1 };
+
+/// The largest denominator of ε (after reduction): six decimal places, or a
+/// fraction such as `1/3`. Keeps the sampler's integers small.
+pub const EPSILON_MAX_DENOMINATOR: u64 = MICRO_PER_EPSILON;
+
+/// The largest privacy budget accepted, 1000 ε; more is no limit at all.
+pub const PRIVACY_BUDGET_MAX_MICRO: u64 = 1000 * MICRO_PER_EPSILON;
+
+/// The shortest budget window accepted.
+pub const BUDGET_WINDOW_MIN: Duration = Duration::from_secs(86_400);
+
+/// The longest budget window accepted (storage keeps charges this long).
+pub const BUDGET_WINDOW_MAX: Duration = Duration::from_secs(crate::storage::BUDGET_HISTORY_SECS);
 
 /// A setting that could not be used. Always names the key.
 #[derive(Debug, Error)]
@@ -38,6 +69,180 @@ pub enum ConfigError {
     },
 }
 
+/// An amount of ε as an exact fraction `num/den` in lowest terms (so equal
+/// amounts have equal fields). Parsed from `"1/2"` or a decimal such as
+/// `"0.05"` (exactly 1/20); the noise sampler uses `num` and `den` directly,
+/// with no floating point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Epsilon {
+    num: u64,
+    den: u64,
+}
+
+impl Epsilon {
+    /// `num/den` reduced; `None` when `den` is zero.
+    pub fn new(num: u64, den: u64) -> Option<Self> {
+        if den == 0 {
+            return None;
+        }
+        let g = gcd(num, den);
+        Some(Self {
+            num: num / g,
+            den: den / g,
+        })
+    }
+
+    /// `micro` millionths of ε.
+    pub fn from_micro(micro: u64) -> Self {
+        let g = gcd(micro, MICRO_PER_EPSILON);
+        Self {
+            num: micro / g,
+            den: MICRO_PER_EPSILON / g,
+        }
+    }
+
+    /// The numerator (lowest terms).
+    pub fn num(self) -> u64 {
+        self.num
+    }
+
+    /// The denominator (lowest terms, never zero).
+    pub fn den(self) -> u64 {
+        self.den
+    }
+
+    /// In micro-ε, rounded up: charging `1/3` costs 333,334 micro-ε, so the
+    /// budget never counts less than was spent.
+    pub fn micro_ceil(self) -> u64 {
+        let micro =
+            (u128::from(self.num) * u128::from(MICRO_PER_EPSILON)).div_ceil(u128::from(self.den));
+        u64::try_from(micro).unwrap_or(u64::MAX)
+    }
+
+    /// Whether this is a whole number of micro-ε (its denominator divides 10⁶).
+    pub fn is_whole_micro(self) -> bool {
+        MICRO_PER_EPSILON.is_multiple_of(self.den)
+    }
+}
+
+impl Ord for Epsilon {
+    fn cmp(&self, other: &Self) -> Ordering {
+        let left = u128::from(self.num) * u128::from(other.den);
+        let right = u128::from(other.num) * u128::from(self.den);
+        left.cmp(&right)
+    }
+}
+
+impl PartialOrd for Epsilon {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// A decimal when the amount has one with at most six places, else `num/den`.
+impl fmt::Display for Epsilon {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_whole_micro() {
+            let micro = (self.num % self.den) * (MICRO_PER_EPSILON / self.den);
+            write_decimal(f, self.num / self.den, micro)
+        } else {
+            write!(f, "{}/{}", self.num, self.den)
+        }
+    }
+}
+
+/// `whole.micro` without trailing zeros (`25.5`, `20`, `0.001`).
+fn write_decimal(f: &mut fmt::Formatter<'_>, whole: u64, micro: u64) -> fmt::Result {
+    if micro == 0 {
+        return write!(f, "{whole}");
+    }
+    let places = format!("{micro:06}");
+    write!(f, "{whole}.{}", places.trim_end_matches('0'))
+}
+
+/// As a JSON number, for reports (display only; nothing computes with it).
+impl Serialize for Epsilon {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_f64(self.num as f64 / self.den as f64)
+    }
+}
+
+/// Why a text is not an amount of ε.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ParseEpsilonError {
+    /// Neither `digits/digits` nor a plain decimal.
+    #[error("`{0}` is not a decimal (0.05) or a fraction (1/20)")]
+    Syntax(String),
+    /// Too many digits for 64-bit integers.
+    #[error("`{0}` has too many digits")]
+    TooLong(String),
+    /// `n/0`.
+    #[error("`{0}` has a zero denominator")]
+    ZeroDenominator(String),
+}
+
+impl FromStr for Epsilon {
+    type Err = ParseEpsilonError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        let (num, den) = match text.split_once('/') {
+            Some((n, d)) => (whole(n.trim(), text)?, whole(d.trim(), text)?),
+            None => decimal(text)?,
+        };
+        Epsilon::new(num, den).ok_or_else(|| ParseEpsilonError::ZeroDenominator(text.into()))
+    }
+}
+
+/// A decimal `int.frac` as `(int·10^f + frac, 10^f)`, exactly.
+fn decimal(text: &str) -> Result<(u64, u64), ParseEpsilonError> {
+    let (int, frac) = text.split_once('.').unwrap_or((text, ""));
+    if int.is_empty() && frac.is_empty() {
+        return Err(ParseEpsilonError::Syntax(text.into()));
+    }
+    let too_long = || ParseEpsilonError::TooLong(text.into());
+    let places = u32::try_from(frac.len()).map_err(|_| too_long())?;
+    let scale = 10u64.checked_pow(places).ok_or_else(too_long)?;
+    let int = if int.is_empty() { 0 } else { whole(int, text)? };
+    let frac = if frac.is_empty() {
+        0
+    } else {
+        whole(frac, text)?
+    };
+    let num = int
+        .checked_mul(scale)
+        .and_then(|n| n.checked_add(frac))
+        .ok_or_else(too_long)?;
+    Ok((num, scale))
+}
+
+/// A run of ASCII digits (no sign, no exponent, no separators).
+fn whole(digits: &str, text: &str) -> Result<u64, ParseEpsilonError> {
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ParseEpsilonError::Syntax(text.into()));
+    }
+    digits
+        .parse()
+        .map_err(|_| ParseEpsilonError::TooLong(text.into()))
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a.max(1)
+}
+
+/// A whole number of micro-ε, shown as a decimal amount of ε (`25.5`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MicroEpsilon(pub u64);
+
+impl fmt::Display for MicroEpsilon {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_decimal(f, self.0 / MICRO_PER_EPSILON, self.0 % MICRO_PER_EPSILON)
+    }
+}
+
 /// All server settings. `Default` gives the design's defaults.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -51,12 +256,14 @@ pub struct Config {
     pub min_job_rows: usize,
     /// How long a released audience stays available.
     pub audience_ttl: Duration,
-    /// ε spent by one noisy report.
-    pub epsilon: f64,
-    /// Total ε an advertiser may spend per budget window.
-    pub privacy_budget: f64,
+    /// ε of the noise on one released value, and what releasing it costs.
+    pub epsilon: Epsilon,
+    /// Total ε an advertiser may spend per budget window, in micro-ε.
+    pub privacy_budget_micro: u64,
     /// The privacy budget window (30 days).
     pub budget_window: Duration,
+    /// Most distinct segments one job may report on (each is a released value).
+    pub max_segments_per_job: usize,
     /// Largest JSON body accepted.
     pub max_json_body: usize,
     /// Largest binary frame accepted.
@@ -96,9 +303,10 @@ impl Default for Config {
             k: 100,
             min_job_rows: 1000,
             audience_ttl: Duration::from_secs(30 * 86_400),
-            epsilon: 0.5,
-            privacy_budget: 10.0,
+            epsilon: Epsilon { num: 1, den: 2 },
+            privacy_budget_micro: 20 * MICRO_PER_EPSILON,
             budget_window: Duration::from_secs(30 * 86_400),
+            max_segments_per_job: 50,
             max_json_body: 16 * 1024 * 1024,
             max_frame_body: 48 * 1024 * 1024,
             max_open_jobs: 4,
@@ -127,6 +335,7 @@ pub const KEYS: &[&str] = &[
     "epsilon",
     "privacy_budget",
     "budget_window",
+    "max_segments_per_job",
     "max_json_body",
     "max_frame_body",
     "max_open_jobs",
@@ -211,8 +420,9 @@ impl Config {
             "min_job_rows" => self.min_job_rows = parse(key, value)?,
             "audience_ttl" => self.audience_ttl = duration(key, value)?,
             "epsilon" => self.epsilon = parse(key, value)?,
-            "privacy_budget" => self.privacy_budget = parse(key, value)?,
+            "privacy_budget" => self.privacy_budget_micro = whole_micro(key, value)?,
             "budget_window" => self.budget_window = duration(key, value)?,
+            "max_segments_per_job" => self.max_segments_per_job = parse(key, value)?,
             "max_json_body" => self.max_json_body = parse(key, value)?,
             "max_frame_body" => self.max_frame_body = parse(key, value)?,
             "max_open_jobs" => self.max_open_jobs = parse(key, value)?,
@@ -245,12 +455,7 @@ impl Config {
         if self.k < K_FLOOR {
             return Err(bad("k", &format!("must be at least {K_FLOOR}")));
         }
-        if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
-            return Err(bad("epsilon", "must be a positive number"));
-        }
-        if !(self.privacy_budget.is_finite() && self.privacy_budget > 0.0) {
-            return Err(bad("privacy_budget", "must be a positive number"));
-        }
+        self.validate_privacy()?;
         if self.page_size == 0 || self.page_size > onboard_protocol::wire::MAX_POINTS_PER_PAGE {
             return Err(bad("page_size", "must be between 1 and 65536"));
         }
@@ -295,6 +500,49 @@ impl Config {
         Ok(())
     }
 
+    /// ε, the budget, its window and the segment cap within their bounds.
+    fn validate_privacy(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: String| ConfigError::Invalid {
+            key: key.into(),
+            reason,
+        };
+        let eps = self.epsilon;
+        if eps < EPSILON_MIN || eps > EPSILON_MAX || eps.den() > EPSILON_MAX_DENOMINATOR {
+            return Err(bad(
+                "epsilon",
+                format!(
+                    "must be between {EPSILON_MIN} and {EPSILON_MAX} with a denominator of at \
+                     most {EPSILON_MAX_DENOMINATOR} (got {eps})"
+                ),
+            ));
+        }
+        let budget = self.privacy_budget_micro;
+        if budget < eps.micro_ceil() || budget > PRIVACY_BUDGET_MAX_MICRO {
+            return Err(bad(
+                "privacy_budget",
+                format!(
+                    "must be at least epsilon ({eps}) and at most {} (got {})",
+                    MicroEpsilon(PRIVACY_BUDGET_MAX_MICRO),
+                    MicroEpsilon(budget)
+                ),
+            ));
+        }
+        if self.budget_window < BUDGET_WINDOW_MIN || self.budget_window > BUDGET_WINDOW_MAX {
+            return Err(bad(
+                "budget_window",
+                "must be between 1 day and 366 days".into(),
+            ));
+        }
+        let max = onboard_protocol::wire::MAX_SEGMENTS_PER_RECORD;
+        if self.max_segments_per_job == 0 || self.max_segments_per_job > max {
+            return Err(bad(
+                "max_segments_per_job",
+                format!("must be between 1 and {max}"),
+            ));
+        }
+        Ok(())
+    }
+
     /// The TLS certificate chain in use.
     pub fn tls_cert_path(&self) -> PathBuf {
         self.tls_cert
@@ -320,6 +568,19 @@ where
     })
 }
 
+/// An amount of ε given as a decimal or fraction, which must be a whole
+/// number of micro-ε; in micro-ε.
+fn whole_micro(key: &str, value: &str) -> Result<u64, ConfigError> {
+    let amount: Epsilon = parse(key, value)?;
+    if !amount.is_whole_micro() {
+        return Err(ConfigError::Invalid {
+            key: key.into(),
+            reason: "must be a whole number of micro-ε (at most 6 decimal places)".into(),
+        });
+    }
+    Ok(amount.micro_ceil())
+}
+
 fn duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(value).map_err(|e| ConfigError::Invalid {
         key: key.into(),
@@ -343,7 +604,7 @@ mod tests {
         ];
         let c = Config::load(Some(&file), env, &[("min_job_rows", "5".into())]).unwrap();
         assert_eq!(c.k, 300);
-        assert_eq!(c.epsilon, 1.0);
+        assert_eq!(c.epsilon, Epsilon::new(1, 1).unwrap());
         assert_eq!(c.min_job_rows, 5);
         assert_eq!(c.audience_ttl, Duration::from_secs(7 * 86_400));
         let err = Config::load(None, vec![], &[("k", "49".into())]).unwrap_err();
@@ -368,16 +629,182 @@ mod tests {
             (d.k, d.min_job_rows, d.audience_ttl, d.page_size)
         );
         assert_eq!(
-            (c.epsilon, c.privacy_budget, c.max_frame_body),
-            (d.epsilon, d.privacy_budget, d.max_frame_body)
+            (c.epsilon, c.privacy_budget_micro, c.max_frame_body),
+            (d.epsilon, d.privacy_budget_micro, d.max_frame_body)
         );
+        assert_eq!(
+            (c.budget_window, c.max_segments_per_job),
+            (d.budget_window, d.max_segments_per_job)
+        );
+        assert_eq!(d.epsilon, Epsilon::new(1, 2).unwrap());
+        assert_eq!(d.privacy_budget_micro, 20_000_000);
         for key in KEYS {
             let env = format!("ONBOARD_{}", key.to_ascii_uppercase());
             assert!(text.contains(&env), "{env} not documented");
         }
     }
 
+    /// Load with one flag; the error's text when refused.
+    fn load_one(key: &str, value: &str) -> Result<Config, String> {
+        Config::load(None, vec![], &[(key, value.into())]).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn epsilon_within_its_bounds_is_accepted_exactly() {
+        for (text, num, den) in [
+            ("0.001", 1, 1000),
+            ("1/1000", 1, 1000),
+            ("0.5", 1, 2),
+            ("1/2", 1, 2),
+            (" 2/4 ", 1, 2),
+            ("0.05", 1, 20),
+            (".25", 1, 4),
+            ("1/3", 1, 3),
+            ("2", 2, 1),
+            ("2.000000", 2, 1),
+            ("1999999/1000000", 1_999_999, 1_000_000),
+        ] {
+            let c = load_one("epsilon", text).unwrap();
+            assert_eq!((c.epsilon.num(), c.epsilon.den()), (num, den), "{text}");
+        }
+    }
+
+    #[test]
+    fn epsilon_outside_its_bounds_or_malformed_is_refused_naming_the_key() {
+        for text in [
+            "0",
+            "0.000999",
+            "1/1001",
+            "2.000001",
+            "3",
+            "1e-3",
+            "-0.5",
+            "+0.5",
+            "0.5.1",
+            "1/0",
+            "/2",
+            "1/",
+            ".",
+            "",
+            "abc",
+            "0,5",
+            "1_000",
+            "999999/1000001",
+            "99999999999999999999",
+        ] {
+            let err = load_one("epsilon", text).unwrap_err();
+            assert!(err.contains("`epsilon`"), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn epsilon_from_toml_floats_and_strings_is_exact() {
+        let mut c = Config::default();
+        c.apply_toml("epsilon = 0.05\n").unwrap();
+        assert_eq!(c.epsilon, Epsilon::new(1, 20).unwrap());
+        c.apply_toml("epsilon = \"1/3\"\n").unwrap();
+        assert_eq!(c.epsilon, Epsilon::new(1, 3).unwrap());
+        c.apply_toml("epsilon = 1\n").unwrap();
+        assert_eq!(c.epsilon, Epsilon::new(1, 1).unwrap());
+    }
+
+    #[test]
+    fn budget_window_and_segment_cap_bounds() {
+        let budget = |v: &str| load_one("privacy_budget", v).map(|c| c.privacy_budget_micro);
+        assert_eq!(budget("20"), Ok(20_000_000));
+        assert_eq!(budget("0.5"), Ok(500_000));
+        assert_eq!(budget("1/2"), Ok(500_000));
+        assert_eq!(budget("1000"), Ok(1_000_000_000));
+        for refused in [
+            "0",
+            "0.499999",
+            "1000.000001",
+            "0.0000001",
+            "1/3",
+            "-1",
+            "x",
+        ] {
+            let err = budget(refused).unwrap_err();
+            assert!(err.contains("`privacy_budget`"), "{refused}: {err}");
+        }
+        // The budget must pay for at least one value at the configured ε.
+        let err = Config::load(
+            None,
+            vec![],
+            &[("epsilon", "2".into()), ("privacy_budget", "1.5".into())],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("`privacy_budget`"), "{err}");
+        for ok in ["1day", "30days", "366days"] {
+            assert!(load_one("budget_window", ok).is_ok(), "{ok}");
+        }
+        for refused in ["0s", "23h 59m", "367days"] {
+            let err = load_one("budget_window", refused).unwrap_err();
+            assert!(err.contains("`budget_window`"), "{refused}: {err}");
+        }
+        for ok in [1, 50, 64] {
+            let c = load_one("max_segments_per_job", &ok.to_string()).unwrap();
+            assert_eq!(c.max_segments_per_job, ok);
+        }
+        for refused in ["0", "65", "-1"] {
+            let err = load_one("max_segments_per_job", refused).unwrap_err();
+            assert!(err.contains("`max_segments_per_job`"), "{refused}: {err}");
+        }
+    }
+
+    #[test]
+    fn amounts_display_as_decimals_or_fractions() {
+        assert_eq!(MicroEpsilon(25_500_000).to_string(), "25.5");
+        assert_eq!(MicroEpsilon(1_000).to_string(), "0.001");
+        assert_eq!(MicroEpsilon(20_000_000).to_string(), "20");
+        assert_eq!(MicroEpsilon(0).to_string(), "0");
+        assert_eq!(Epsilon::new(1, 2).unwrap().to_string(), "0.5");
+        assert_eq!(Epsilon::new(2, 6).unwrap().to_string(), "1/3");
+        assert_eq!(Epsilon::new(1, 3).unwrap().micro_ceil(), 333_334);
+        assert_eq!(Epsilon::new(1, 2).unwrap().micro_ceil(), 500_000);
+        assert_eq!(
+            Epsilon::from_micro(25_500_000),
+            Epsilon::new(51, 2).unwrap()
+        );
+    }
+
+    fn gcd_u128(mut a: u128, mut b: u128) -> u128 {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    }
+
     proptest! {
+        #[test]
+        fn decimals_convert_to_the_exact_reduced_fraction(
+            int in 0u64..5,
+            frac in "[0-9]{0,12}",
+        ) {
+            let text = format!("{int}.{frac}");
+            let scale = 10u128.pow(frac.len() as u32);
+            let value = u128::from(int) * scale + frac.parse::<u128>().unwrap_or(0);
+            let e: Epsilon = text.parse().unwrap();
+            // Same value (cross-multiplied), in lowest terms.
+            prop_assert_eq!(u128::from(e.num()) * scale, value * u128::from(e.den()));
+            prop_assert_eq!(gcd_u128(e.num().into(), e.den().into()), 1);
+            // Accepted exactly when within the documented bounds.
+            let in_range = value * 1000 >= scale
+                && value <= 2 * scale
+                && scale / gcd_u128(value, scale).max(1) <= 1_000_000;
+            prop_assert_eq!(load_one("epsilon", &text).is_ok(), in_range, "{}", text);
+            // Its display reads back as the same amount.
+            prop_assert_eq!(e.to_string().parse::<Epsilon>().unwrap(), e);
+        }
+
+        #[test]
+        fn fractions_convert_to_the_reduced_fraction(a in any::<u64>(), b in 1u64..) {
+            let e: Epsilon = format!("{a}/{b}").parse().unwrap();
+            prop_assert_eq!(u128::from(e.num()) * u128::from(b), u128::from(a) * u128::from(e.den()));
+            prop_assert_eq!(gcd_u128(e.num().into(), e.den().into()), 1);
+            prop_assert_eq!(e.to_string().parse::<Epsilon>().unwrap(), e);
+        }
+
         #[test]
         fn set_never_panics(key in "[a-z_]{0,20}", value in "\\PC{0,30}") {
             let mut c = Config::default();

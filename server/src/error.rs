@@ -2,6 +2,7 @@
 //! mapping lives in exactly one place, `http/error.rs`. Messages never carry
 //! identifiers or keys; `Internal` details go to the log only.
 
+use crate::config::MicroEpsilon;
 use crate::storage::StoreError;
 use thiserror::Error;
 
@@ -58,13 +59,15 @@ pub enum ApiError {
     /// Well-formed but not acceptable.
     #[error("{0}")]
     Invalid(String),
-    /// The advertiser's ε budget is spent.
-    #[error("the privacy budget of this advertiser is exhausted for the current window ({spent:.2} of {budget:.2} spent)")]
+    /// The advertiser's ε budget cannot pay for the job's released values.
+    #[error("the privacy budget of this advertiser is exhausted for the current window: {spent} of {budget} ε spent, this job needs {needed} ε")]
     BudgetExhausted {
         /// ε spent in the window.
-        spent: f64,
+        spent: MicroEpsilon,
+        /// ε the job's released values would cost.
+        needed: MicroEpsilon,
         /// The budget.
-        budget: f64,
+        budget: MicroEpsilon,
     },
     /// Too many open jobs.
     #[error("the advertiser already has {0} open jobs, the maximum")]

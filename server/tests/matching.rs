@@ -333,8 +333,8 @@ fn difference_check_and_opt_out_and_erase() {
 #[test]
 fn too_few_rows_bad_points_and_budget() {
     let mut s = TestServer::start_with(|c| {
-        c.epsilon = 1.0;
-        c.privacy_budget = 1.0;
+        c.epsilon = onboard_server::config::Epsilon::new(1, 1).unwrap();
+        c.privacy_budget_micro = 1_000_000;
     });
     let adv = s.principal("acme", "advertiser");
     s.principal("dsp-a", "destination");
@@ -387,9 +387,14 @@ fn too_few_rows_bad_points_and_budget() {
     s.run_job(&adv, &a, "dsp-a", &rows);
     let (job3, _) = s.create_job_and_pass(&adv, &a, "dsp-a", &["email"]);
     let n = s.upload(&adv, &job3, &a, &rows);
-    assert_eq!(
-        error_code(s.finish(&adv, &job3, n)),
-        (429, "privacy-budget-exhausted".into())
+    let refused = s.finish(&adv, &job3, n);
+    assert_eq!(refused.status(), 429);
+    let v: Value = refused.json().unwrap();
+    assert_eq!(v["error"]["code"], "privacy-budget-exhausted");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("1 of 1 ε spent, this job needs 1 ε"),
+        "{message}"
     );
 
     s.stop();

@@ -675,7 +675,7 @@ impl Services {
                 min: self.config.min_job_rows,
             });
         }
-        if let Err(e) = self.check_budget(&caller.name) {
+        if let Err(e) = self.spend_budget(&caller.name, id, 1) {
             self.fail_job(id, &caller.name, "job.fail.privacy-budget")?;
             return Err(e);
         }
@@ -695,8 +695,6 @@ impl Services {
             self.repo
                 .set_cache_complete(&ns, job.graph_version, kind_of(kind)?)?;
         }
-        self.repo
-            .record_spend(&caller.name, unix_now(), id, self.config.epsilon)?;
         {
             let _g = lock(&self.job_lock);
             let mut j = self.repo.job(id)?.ok_or(ApiError::NotFound("job"))?;

@@ -515,13 +515,53 @@ pub trait AuditRepo {
     fn audit_after(&self, after: u64, limit: usize) -> StoreResult<Vec<AuditEntry>>;
 }
 
-/// ε spent per advertiser.
+/// How long budget charges are kept, in seconds: the longest budget window
+/// the configuration accepts (366 days), so lengthening the window never
+/// forgets charges that fall inside it.
+pub const BUDGET_HISTORY_SECS: u64 = 366 * 86_400;
+
+/// A job's charge against its advertiser's budget, made now or found made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetCharge {
+    /// The job's charge, in micro-ε (an earlier charge when the job was already charged).
+    pub charged_micro: u64,
+    /// The advertiser's total in the window after it, in micro-ε.
+    pub spent_micro: u64,
+}
+
+/// A charge refused: it would take the window's total past the budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetExhausted {
+    /// The advertiser's total in the window, in micro-ε (unchanged).
+    pub spent_micro: u64,
+}
+
+/// ε spent per advertiser, in whole micro-ε.
+///
+/// Check and spend are one atomic step, so concurrent finishes cannot both
+/// pass the check and then overspend together. The sled backend does it in
+/// one transaction on the advertiser's ledger record. A PostgreSQL backend
+/// must do it in one transaction that takes `SELECT … FOR UPDATE` on the
+/// advertiser's budget row (inserted first with `ON CONFLICT DO NOTHING`),
+/// sums the charges in the window, inserts the job's charge under a unique
+/// `(advertiser, job)` key, and commits; that lock is what makes it hold
+/// across servers sharing the database.
 pub trait BudgetRepo {
-    /// Record a spend.
-    fn record_spend(&self, advertiser: &str, unix: u64, job: &str, epsilon: f64)
-        -> StoreResult<()>;
-    /// Spends since a time.
-    fn spent_since(&self, advertiser: &str, since_unix: u64) -> StoreResult<f64>;
+    /// Charge `cost_micro` for `job` at `now` unless the advertiser's charges
+    /// since `window_start` plus it exceed `budget_micro`. Idempotent per
+    /// job: a job already charged is not charged again and gets its earlier
+    /// charge back. Charges older than [`BUDGET_HISTORY_SECS`] are dropped.
+    fn try_spend(
+        &self,
+        advertiser: &str,
+        job: &str,
+        now: u64,
+        window_start: u64,
+        cost_micro: u64,
+        budget_micro: u64,
+    ) -> StoreResult<Result<BudgetCharge, BudgetExhausted>>;
+    /// The advertiser's charges since `window_start`, in micro-ε.
+    fn budget_spent(&self, advertiser: &str, window_start: u64) -> StoreResult<u64>;
 }
 
 /// Everything a server needs.
@@ -783,10 +823,10 @@ impl<R: AuditRepo> AuditRepo for Guarded<R> {
 
 impl<R: BudgetRepo> BudgetRepo for Guarded<R> {
     guarded_reads! {
-        fn spent_since(&self, advertiser: &str, since_unix: u64) -> StoreResult<f64>;
+        fn budget_spent(&self, advertiser: &str, window_start: u64) -> StoreResult<u64>;
     }
     guarded_writes! {
-        fn record_spend(&self, advertiser: &str, unix: u64, job: &str, epsilon: f64) -> StoreResult<()>;
+        fn try_spend(&self, advertiser: &str, job: &str, now: u64, window_start: u64, cost_micro: u64, budget_micro: u64) -> StoreResult<Result<BudgetCharge, BudgetExhausted>>;
     }
 }
 

@@ -914,39 +914,154 @@ impl AuditRepo for SledStore {
     }
 }
 
+/// One advertiser's budget charges, a single record so that checking and
+/// charging is one transaction on one key.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct BudgetLedger {
+    charges: Vec<LedgerCharge>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LedgerCharge {
+    unix: u64,
+    job: String,
+    micro: u64,
+}
+
+impl BudgetLedger {
+    fn spent_since(&self, window_start: u64) -> u64 {
+        self.charges
+            .iter()
+            .filter(|c| c.unix >= window_start)
+            .fold(0u64, |sum, c| sum.saturating_add(c.micro))
+    }
+
+    /// The check and the charge of [`BudgetRepo::try_spend`], on the record.
+    fn charge(
+        &mut self,
+        job: &str,
+        now: u64,
+        window_start: u64,
+        cost_micro: u64,
+        budget_micro: u64,
+    ) -> Result<BudgetCharge, BudgetExhausted> {
+        let horizon = now.saturating_sub(BUDGET_HISTORY_SECS);
+        self.charges.retain(|c| c.unix >= horizon);
+        let spent = self.spent_since(window_start);
+        if let Some(earlier) = self.charges.iter().find(|c| c.job == job) {
+            return Ok(BudgetCharge {
+                charged_micro: earlier.micro,
+                spent_micro: spent,
+            });
+        }
+        let after = spent.saturating_add(cost_micro);
+        if after > budget_micro {
+            return Err(BudgetExhausted { spent_micro: spent });
+        }
+        self.charges.push(LedgerCharge {
+            unix: now,
+            job: job.to_string(),
+            micro: cost_micro,
+        });
+        Ok(BudgetCharge {
+            charged_micro: cost_micro,
+            spent_micro: after,
+        })
+    }
+}
+
+/// The ledger's key: 0xFF, which starts no UTF-8 text, so no key of the
+/// older per-spend layout (`advertiser \0 unix job`) collides with it.
+fn ledger_key(advertiser: &str) -> Vec<u8> {
+    key(&[&[0xFF], advertiser.as_bytes()])
+}
+
+impl SledStore {
+    /// Spends written by earlier builds (`advertiser \0 unix job` → ε as an
+    /// `f64`), converted to micro-ε (rounded to the nearest), with their keys.
+    fn legacy_charges(&self, advertiser: &str) -> StoreResult<Vec<(Vec<u8>, LedgerCharge)>> {
+        let corrupt = || StoreError::Corrupt("budget");
+        let prefix = key(&[advertiser.as_bytes(), &[0]]);
+        let mut out = Vec::new();
+        for item in self.budget.scan_prefix(&prefix) {
+            let (k, v) = item.map_err(be)?;
+            let rest = k.get(prefix.len()..).ok_or_else(corrupt)?;
+            let (unix, job) = rest.split_at_checked(8).ok_or_else(corrupt)?;
+            let job = String::from_utf8(job.to_vec()).map_err(|_| corrupt())?;
+            let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| corrupt())?;
+            let epsilon = f64::from_be_bytes(bytes);
+            if !(epsilon.is_finite() && epsilon >= 0.0) {
+                return Err(corrupt());
+            }
+            let charge = LedgerCharge {
+                unix: u64_of("budget", unix)?,
+                job,
+                micro: (epsilon * MICRO_PER_EPSILON_F64).round() as u64,
+            };
+            out.push((k.to_vec(), charge));
+        }
+        Ok(out)
+    }
+}
+
+const MICRO_PER_EPSILON_F64: f64 = 1_000_000.0;
+
 impl BudgetRepo for SledStore {
-    fn record_spend(
+    fn try_spend(
         &self,
         advertiser: &str,
-        unix: u64,
         job: &str,
-        epsilon: f64,
-    ) -> StoreResult<()> {
-        let k = key(&[
-            advertiser.as_bytes(),
-            &[0],
-            &unix.to_be_bytes(),
-            job.as_bytes(),
-        ]);
-        self.budget.insert(k, &epsilon.to_be_bytes()).map_err(be)?;
-        Ok(())
+        now: u64,
+        window_start: u64,
+        cost_micro: u64,
+        budget_micro: u64,
+    ) -> StoreResult<Result<BudgetCharge, BudgetExhausted>> {
+        let ledger_key = ledger_key(advertiser);
+        // Spends of earlier builds move into the ledger when it is first
+        // written (in the transaction below, which also deletes them).
+        let legacy = if self.budget.contains_key(&ledger_key).map_err(be)? {
+            Vec::new()
+        } else {
+            self.legacy_charges(advertiser)?
+        };
+        self.budget
+            .transaction(|tx| {
+                let mut ledger: BudgetLedger = match tx.get(&ledger_key)? {
+                    Some(bytes) => {
+                        from_json("budget", &bytes).map_err(ConflictableTransactionError::Abort)?
+                    }
+                    None => {
+                        for (old_key, _) in &legacy {
+                            tx.remove(old_key.as_slice())?;
+                        }
+                        BudgetLedger {
+                            charges: legacy.iter().map(|(_, c)| c.clone()).collect(),
+                        }
+                    }
+                };
+                let outcome = ledger.charge(job, now, window_start, cost_micro, budget_micro);
+                let bytes = json(&ledger).map_err(ConflictableTransactionError::Abort)?;
+                tx.insert(ledger_key.as_slice(), bytes)?;
+                Ok(outcome)
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => be(e),
+                TransactionError::Abort(e) => e,
+            })
     }
-    fn spent_since(&self, advertiser: &str, since_unix: u64) -> StoreResult<f64> {
-        let prefix = key(&[advertiser.as_bytes(), &[0]]);
-        let start = key(&[&prefix, &since_unix.to_be_bytes()]);
-        let mut total = 0.0;
-        for item in self.budget.range(start..) {
-            let (k, v) = item.map_err(be)?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            let arr: [u8; 8] = v
-                .as_ref()
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("budget"))?;
-            total += f64::from_be_bytes(arr);
-        }
-        Ok(total)
+
+    fn budget_spent(&self, advertiser: &str, window_start: u64) -> StoreResult<u64> {
+        let ledger = match self.budget.get(ledger_key(advertiser)).map_err(be)? {
+            Some(bytes) => from_json("budget", &bytes)?,
+            None => BudgetLedger {
+                charges: self
+                    .legacy_charges(advertiser)?
+                    .into_iter()
+                    .map(|(_, c)| c)
+                    .collect(),
+            },
+        };
+        Ok(ledger.spent_since(window_start))
     }
 }
 
