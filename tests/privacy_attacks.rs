@@ -93,14 +93,16 @@ fn probe_segment_with_one_target_is_withheld_and_reads_below_k() {
 
 #[test]
 fn repeated_counts_hit_the_budget_before_revealing_the_exact_count() {
-    // ε = 0.05 per report: noise of a few tens; budget for 5 reports.
+    // ε = 0.05 per released value: noise of a few tens. A job of one
+    // segment releases three (its count, its difference, the match rate):
+    // 0.15 a job, so the budget of 0.76 pays for 5 jobs.
     let s = setup(
         400,
         &[
             ("K", "50"),
             ("MIN_JOB_ROWS", "50"),
             ("EPSILON", "0.05"),
-            ("PRIVACY_BUDGET", "0.26"),
+            ("PRIVACY_BUDGET", "0.76"),
         ],
     );
     let crm = crm_file(&s.server, "same.csv", "Same", 0..237, 0);
@@ -127,7 +129,7 @@ fn repeated_counts_hit_the_budget_before_revealing_the_exact_count() {
     let (attempt, message) = refused.expect("the budget must run out within 10 identical jobs");
     assert_eq!(
         attempt, 5,
-        "ε 0.05 × 5 fits the 0.26 budget, a sixth does not: {counts:?}"
+        "5 jobs × 3 values × ε 0.05 fit the 0.76 budget, a sixth does not: {counts:?}"
     );
     assert!(message.contains("budget"), "{message}");
     // The answers are noisy and rounded: they are not all the exact count,

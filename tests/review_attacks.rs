@@ -32,8 +32,8 @@ impl TwoProbes {
         let server = TestServer::start(&[
             ("K", "50"),
             ("MIN_JOB_ROWS", "50"),
-            ("EPSILON", "5"),
-            ("PRIVACY_BUDGET", "10000"),
+            ("EPSILON", "2"),
+            ("PRIVACY_BUDGET", "1000"),
         ]);
         server.create("destination", DSP);
         simple_graph(&server, 300, DSP);

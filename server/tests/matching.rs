@@ -334,7 +334,9 @@ fn difference_check_and_opt_out_and_erase() {
 fn too_few_rows_bad_points_and_budget() {
     let mut s = TestServer::start_with(|c| {
         c.epsilon = onboard_server::config::Epsilon::new(1, 1).unwrap();
-        c.privacy_budget_micro = 1_000_000;
+        // One job of one segment releases 3 values (its count, its
+        // difference, the match rate): 3 ε.
+        c.privacy_budget_micro = 3_000_000;
     });
     let adv = s.principal("acme", "advertiser");
     s.principal("dsp-a", "destination");
@@ -382,7 +384,7 @@ fn too_few_rows_bad_points_and_budget() {
         200
     );
 
-    // Budget 1.0 with ε 1.0: one report, then 429.
+    // Budget 3 with ε 1 and 3 values a job: one report, then 429.
     let rows: Vec<Record> = (0..150).map(|i| rec("S", vec![e(i)])).collect();
     s.run_job(&adv, &a, "dsp-a", &rows);
     let (job3, _) = s.create_job_and_pass(&adv, &a, "dsp-a", &["email"]);
@@ -393,7 +395,7 @@ fn too_few_rows_bad_points_and_budget() {
     assert_eq!(v["error"]["code"], "privacy-budget-exhausted");
     let message = v["error"]["message"].as_str().unwrap();
     assert!(
-        message.contains("1 of 1 ε spent, this job needs 1 ε"),
+        message.contains("3 of 3 ε spent, this job needs 3 ε"),
         "{message}"
     );
 

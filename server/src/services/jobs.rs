@@ -3,9 +3,10 @@
 //! the finish that joins, thresholds and releases audiences.
 
 use super::{lock, new_id, rfc3339, unix_now, Services};
+use crate::config::Epsilon;
 use crate::error::ApiError;
 use crate::services::auth::Caller;
-use crate::services::privacy::{match_rate, symmetric_difference, two_sided_geometric};
+use crate::services::privacy::{shown_count, symmetric_difference};
 use crate::services::release;
 use crate::services::uniform::{self, UniformMap, UniformSet};
 use crate::storage::{Audience, Job, PassInfo, PersonKey, Role, SealedCookie};
@@ -467,6 +468,13 @@ impl Services {
         Ok(pairs.len())
     }
 
+    fn too_many_segments(&self, labels: usize) -> ApiError {
+        ApiError::Invalid(format!(
+            "the job names {labels} segments, at most {} are allowed (max_segments_per_job)",
+            self.config.max_segments_per_job
+        ))
+    }
+
     fn touch(&self, id: &str) -> Result<(), ApiError> {
         let _g = lock(&self.job_lock);
         if let Some(mut j) = self.repo.job(id)? {
@@ -487,6 +495,9 @@ impl Services {
         self.own_open_job(caller, id)?;
         let batch = RecordBatch::decode(body)
             .map_err(|e| ApiError::BadFrame(format!("batch {batch_no}: {e}")))?;
+        if batch.labels.len() > self.config.max_segments_per_job {
+            return Err(self.too_many_segments(batch.labels.len()));
+        }
         if batch.batch_no != batch_no {
             return Err(ApiError::BadFrame(format!(
                 "batch {batch_no}: the frame says batch_no {}",
@@ -665,22 +676,30 @@ impl Services {
         // Distinct identifiers, not rows: one email on 1,000 rows under
         // 1,000 labels is one identifier. Uploads are deterministic per
         // advertiser key, so equal identifiers are equal points here.
-        let wanted = timed(id, "uploaded points", || {
+        let uploaded = timed(id, "uploaded points", || {
             self.uploaded_points(&job, batches)
         })?;
-        if wanted.len() < self.config.min_job_rows {
+        if uploaded.wanted.len() < self.config.min_job_rows {
             self.fail_job(id, &caller.name, "job.fail.too-few-rows")?;
             return Err(ApiError::TooFewRows {
-                rows: wanted.len() as u64,
+                rows: uploaded.wanted.len() as u64,
                 min: self.config.min_job_rows,
             });
         }
-        if let Err(e) = self.spend_budget(&caller.name, id, 1) {
-            self.fail_job(id, &caller.name, "job.fail.privacy-budget")?;
-            return Err(e);
+        if uploaded.labels.len() > self.config.max_segments_per_job {
+            self.fail_job(id, &caller.name, "job.fail.too-many-segments")?;
+            return Err(self.too_many_segments(uploaded.labels.len()));
         }
+        // Paid before the join, in one atomic step: nothing is released unpaid.
+        let charged = match self.spend_budget(&caller.name, id, uploaded.released_values()) {
+            Ok(charged) => charged,
+            Err(e) => {
+                self.fail_job(id, &caller.name, "job.fail.privacy-budget")?;
+                return Err(e);
+            }
+        };
         let result = timed(id, "join and release", || {
-            self.join_and_release(&job, batches, wanted)
+            self.join_and_release(&job, batches, uploaded.wanted, charged)
         });
         let report = match result {
             Ok(r) => r,
@@ -722,6 +741,7 @@ impl Services {
         job: &Job,
         batches: u32,
         mut wanted: Wanted,
+        charged: Epsilon,
     ) -> Result<serde_json::Value, ApiError> {
         let graph = self
             .repo
@@ -810,39 +830,44 @@ impl Services {
             "destination": job.destination,
             "rows_uploaded": rows,
             "identifiers": identifiers,
-            "match_rate": match_rate(matched_identifiers, identifiers),
+            "match_rate": self.noisy_match_rate(matched_identifiers, identifiers),
             "k": k,
-            "epsilon_spent": self.config.epsilon,
+            "epsilon_spent": charged,
             "segments": segments,
         }))
     }
 
-    /// Join, step 1: the distinct uploaded `b·a·P(x)` of the job's kinds
-    /// (batches decoded on all cores).
-    fn uploaded_points(&self, job: &Job, batches: u32) -> Result<Wanted, ApiError> {
+    /// Join, step 1: the distinct uploaded `b·a·P(x)` of the job's kinds,
+    /// and every segment label the batches name (batches decoded on all cores).
+    fn uploaded_points(&self, job: &Job, batches: u32) -> Result<Uploaded, ApiError> {
         let kinds: Vec<MatchKind> = job
             .kinds
             .iter()
             .map(|k| kind_of(k))
             .collect::<Result<_, _>>()?;
-        let per_batch: Vec<Vec<([u8; 32], MatchKind)>> = (0..batches)
+        let per_batch: Vec<(Vec<([u8; 32], MatchKind)>, Vec<String>)> = (0..batches)
             .into_par_iter()
             .map(|b| -> Result<_, ApiError> {
                 let batch = self.stored_batch(&job.id, b)?;
-                Ok(batch
+                let points = batch
                     .kinds()
                     .iter()
                     .zip(batch.points())
                     .filter(|(kind, _)| kinds.contains(kind))
                     .map(|(kind, point)| (point.0, *kind))
-                    .collect())
+                    .collect();
+                Ok((points, batch.labels))
             })
             .collect::<Result<_, _>>()?;
-        let mut wanted = uniform::map_with_capacity(per_batch.iter().map(Vec::len).sum());
-        for (point, kind) in per_batch.into_iter().flatten() {
-            wanted.entry(point).or_insert((kind, None));
+        let mut wanted = uniform::map_with_capacity(per_batch.iter().map(|b| b.0.len()).sum());
+        let mut labels = BTreeSet::new();
+        for (points, batch_labels) in per_batch {
+            for (point, kind) in points {
+                wanted.entry(point).or_insert((kind, None));
+            }
+            labels.extend(batch_labels);
         }
-        Ok(wanted)
+        Ok(Uploaded { wanted, labels })
     }
 
     /// Join, step 2: every cached run of this key, on all cores: an
@@ -1004,11 +1029,11 @@ impl Services {
             }
         }
         let k = self.config.k;
-        let noisy = members.len() as i64 + two_sided_geometric(self.config.epsilon);
+        let noisy = self.noisy_count(members.len() as u64);
         Candidate {
             name: segment.name.clone(),
             rows: segment.rows,
-            shown: release::shown_count(noisy, k),
+            shown: shown_count(noisy, k),
             reason: release::size_withheld(members.len(), noisy, k, margin),
             members,
         }
@@ -1071,7 +1096,7 @@ impl Services {
             };
             // No earlier audience (which the advertiser knows): nothing to compare.
             let Some(d) = smallest else { continue };
-            let noisy = d as i64 + two_sided_geometric(self.config.epsilon);
+            let noisy = self.noisy_count(d as u64);
             if release::too_close(d, noisy, k, margin) {
                 c.reason = Some("too-close-to-earlier-audience");
             }
@@ -1093,6 +1118,23 @@ fn timed<T>(job: &str, step: &'static str, f: impl FnOnce() -> T) -> T {
 /// The job's distinct uploaded `b·a·P(x)`: kind, and the live person behind
 /// it once the join has found one.
 type Wanted = UniformMap<[u8; 32], (MatchKind, Option<PersonKey>)>;
+
+/// What a job uploaded, as the finish sees it before the join.
+struct Uploaded {
+    wanted: Wanted,
+    /// Every segment label named by the batches.
+    labels: BTreeSet<String>,
+}
+
+impl Uploaded {
+    /// Noisy values the job's report releases, each paid for with ε: per
+    /// segment its reachable-person count and its smallest difference from
+    /// earlier audiences, and the match rate's matched count. Counted from
+    /// the labels alone, so the charge says nothing about the graph.
+    fn released_values(&self) -> u64 {
+        2 * self.labels.len() as u64 + 1
+    }
+}
 
 /// A cached `a·b·P(y)` equal to an upload: `(b·P(y), kind, a·b·P(y))`.
 type Hit = (PointBytes, MatchKind, [u8; 32]);

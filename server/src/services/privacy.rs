@@ -118,18 +118,15 @@ pub fn noisy_count_with<C: Choices + ?Sized>(
         .saturating_add(discrete_laplace(epsilon, choices))
 }
 
-/// The shown count: "< k" below k, else noised, rounded to the nearest 10
-/// (halves up) and never below k. Integer arithmetic only.
-pub fn shown_count_with<C: Choices + ?Sized>(
-    true_count: u64,
-    k: u64,
-    epsilon: Epsilon,
-    choices: &mut C,
-) -> String {
-    if true_count < k {
+/// The count an advertiser is shown for a noisy value: "< k" when it is
+/// below `k`, else rounded to the nearest 10 (halves up), never below `k`.
+/// The decision reads the noisy value only: a "< k" on the true count would
+/// be an exact threshold (see `release.rs`). Integer arithmetic only.
+pub fn shown_count(noisy: i64, k: u64) -> String {
+    if noisy < i64::try_from(k).unwrap_or(i64::MAX) {
         return format!("< {k}");
     }
-    rounded_count(noisy_count_with(true_count, epsilon, choices), k)
+    rounded_count(noisy, k)
 }
 
 /// A noisy count rounded to the nearest 10 (halves up), never below `k`.
@@ -138,11 +135,6 @@ fn rounded_count(noisy: i64, k: u64) -> String {
     rounded
         .max(i64::try_from(k).unwrap_or(i64::MAX))
         .to_string()
-}
-
-/// [`shown_count_with`] drawing from the OS CSPRNG.
-pub fn shown_count(true_count: u64, k: u64, epsilon: Epsilon) -> String {
-    shown_count_with(true_count, k, epsilon, &mut OsRng)
 }
 
 /// The match-rate bucket of an already noised matched count: whole percent
@@ -205,11 +197,6 @@ impl Services {
     /// `true_count` plus noise at the configured ε, from the OS CSPRNG.
     pub fn noisy_count(&self, true_count: u64) -> i64 {
         noisy_count_with(true_count, self.config.epsilon, &mut OsRng)
-    }
-
-    /// [`shown_count_with`] at the configured `k` and ε, from the OS CSPRNG.
-    pub fn shown_count(&self, true_count: u64) -> String {
-        shown_count(true_count, self.config.k, self.config.epsilon)
     }
 
     /// [`noisy_match_rate_with`] at the configured ε, from the OS CSPRNG.
@@ -427,14 +414,16 @@ mod tests {
     #[test]
     fn counts_below_k_are_hidden_and_others_rounded_to_ten_not_below_k() {
         let mut rng = StdRng::seed_from_u64(1);
-        assert_eq!(shown_count_with(99, 100, eps(1, 2), &mut rng), "< 100");
+        assert_eq!(shown_count(99, 100), "< 100");
+        assert_eq!(shown_count(-3, 100), "< 100");
+        assert_eq!(shown_count(100, 100), "100");
         assert_eq!(rounded_count(1004, 100), "1000");
         assert_eq!(rounded_count(1005, 100), "1010");
         assert_eq!(rounded_count(995, 100), "1000");
         assert_eq!(rounded_count(94, 100), "100");
         assert_eq!(rounded_count(-7, 50), "50");
         let shown: BTreeSet<String> = (0..2000)
-            .map(|_| shown_count_with(1000, 100, eps(1, 2), &mut rng))
+            .map(|_| shown_count(noisy_count_with(1000, eps(1, 2), &mut rng), 100))
             .collect();
         // ±5 rounds away only when the noise passes 5: both neighbours appear.
         assert!(shown.contains("990") && shown.contains("1000") && shown.contains("1010"));

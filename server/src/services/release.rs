@@ -12,6 +12,8 @@
 //! floors (never fewer than `k` persons, never a difference below `k`) stay,
 //! but decide a status only in that δ event.
 
+use crate::config::Epsilon;
+
 /// `ln(1/δ)` for δ = 10⁻⁶: how unlikely it is that a hard floor, rather than
 /// a noisy value, decides a status.
 const LN_ONE_OVER_DELTA: f64 = 13.815_510_557_964_274;
@@ -19,19 +21,11 @@ const LN_ONE_OVER_DELTA: f64 = 13.815_510_557_964_274;
 /// The margin `T` by which a noisy value must clear `k`: two-sided geometric
 /// noise of parameter ε is at least `T` with probability at most
 /// `exp(−εT) ≤ δ`.
-pub fn release_margin(epsilon: f64) -> u64 {
-    // ε is validated positive at start; the guard keeps a bad value finite.
-    (LN_ONE_OVER_DELTA / epsilon.max(1e-9)).ceil().min(1e12) as u64
-}
-
-/// The count an advertiser is shown for a segment: "< k" when the noisy
-/// value is below `k`, else the noisy value rounded to 10 (never below `k`).
-pub fn shown_count(noisy: i64, k: u64) -> String {
-    let k_signed = i64::try_from(k).unwrap_or(i64::MAX);
-    if noisy < k_signed {
-        return format!("< {k}");
-    }
-    (((noisy + 5) / 10) * 10).max(k_signed).to_string()
+pub fn release_margin(epsilon: Epsilon) -> u64 {
+    // A constant of the configuration, not a noise draw: floating point is
+    // fine here. ε is validated positive at start; the guard keeps it finite.
+    let epsilon = epsilon.num().max(1) as f64 / epsilon.den() as f64;
+    (LN_ONE_OVER_DELTA / epsilon).ceil().min(1e12) as u64
 }
 
 /// Why a segment of `persons` reachable persons (noisy: `noisy`) is
@@ -60,8 +54,9 @@ mod tests {
 
     #[test]
     fn margin_bounds_the_chance_that_noise_clears_it() {
-        for epsilon in [0.05, 0.5, 1.0, 5.0] {
-            let t = release_margin(epsilon);
+        for (num, den) in [(1, 20), (1, 2), (1, 1), (2, 1), (1, 1000)] {
+            let t = release_margin(Epsilon::new(num, den).unwrap());
+            let epsilon = num as f64 / den as f64;
             // P(X ≥ T) = αᵀ / (1 + α) with α = e^(−ε).
             let alpha = (-epsilon).exp();
             let p = alpha.powf(t as f64) / (1.0 + alpha);
@@ -70,17 +65,7 @@ mod tests {
             let p_less = alpha.powf((t - 1) as f64);
             assert!(p_less > 1e-6 * alpha, "ε {epsilon}: T {t} is not tight");
         }
-        assert_eq!(release_margin(0.5), 28);
-    }
-
-    #[test]
-    fn shown_counts_hide_small_values_and_round_the_rest() {
-        assert_eq!(shown_count(49, 50), "< 50");
-        assert_eq!(shown_count(-3, 50), "< 50");
-        assert_eq!(shown_count(50, 50), "50");
-        assert_eq!(shown_count(54, 50), "50");
-        assert_eq!(shown_count(55, 50), "60");
-        assert_eq!(shown_count(1234, 100), "1230");
+        assert_eq!(release_margin(Epsilon::new(1, 2).unwrap()), 28);
     }
 
     #[test]
