@@ -845,7 +845,7 @@ impl Services {
             .iter()
             .map(|k| kind_of(k))
             .collect::<Result<_, _>>()?;
-        let per_batch: Vec<(Vec<([u8; 32], MatchKind)>, Vec<String>)> = (0..batches)
+        let per_batch: Vec<(UploadedPoints, Vec<String>)> = (0..batches)
             .into_par_iter()
             .map(|b| -> Result<_, ApiError> {
                 let batch = self.stored_batch(&job.id, b)?;
@@ -1118,6 +1118,9 @@ fn timed<T>(job: &str, step: &'static str, f: impl FnOnce() -> T) -> T {
 /// The job's distinct uploaded `b·a·P(x)`: kind, and the live person behind
 /// it once the join has found one.
 type Wanted = UniformMap<[u8; 32], (MatchKind, Option<PersonKey>)>;
+
+/// One batch's uploaded `b·a·P(x)` of the job's kinds, with their kinds.
+type UploadedPoints = Vec<([u8; 32], MatchKind)>;
 
 /// What a job uploaded, as the finish sees it before the join.
 struct Uploaded {
