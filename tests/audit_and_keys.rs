@@ -118,7 +118,7 @@ fn a_rewritten_audit_chain_fails_verify_at_the_first_rewritten_entry() {
         "{}",
         text(&line)
     );
-    let ok = verify(&data, &[anchor.clone()]);
+    let ok = verify(&data, std::slice::from_ref(&anchor));
     assert!(ok.status.success(), "{}", text(&ok));
 
     // Entry 3 changed and the chain from it recomputed the old way.
@@ -146,7 +146,10 @@ fn an_anchored_head_catches_a_rollback_and_backups_hold_no_key() {
     let mut server = TestServer::start(&[]);
     audited_actions(&server, &["dsp-a"]);
     let backup = server.path("early.bak");
-    let out = server_cmd(&["backup", "--out", backup.to_str().unwrap()], &server.data_dir);
+    let out = server_cmd(
+        &["backup", "--out", backup.to_str().unwrap()],
+        &server.data_dir,
+    );
     assert!(out.status.success(), "{}", text(&out));
     audited_actions(&server, &["dsp-b", "dsp-c"]);
     // The head is read from the running server, through its control socket.
@@ -167,7 +170,9 @@ fn an_anchored_head_catches_a_rollback_and_backups_hold_no_key() {
         },
         "the running server's head is the store's last entry"
     );
-    assert!(verify(&data, &[anchor.clone()]).status.success());
+    assert!(verify(&data, std::slice::from_ref(&anchor))
+        .status
+        .success());
 
     // Rolled back to the earlier backup: intact as a chain, but short of
     // the anchor.
@@ -177,7 +182,7 @@ fn an_anchored_head_catches_a_rollback_and_backups_hold_no_key() {
     );
     assert!(out.status.success(), "{}", text(&out));
     assert!(verify(&data, &[]).status.success());
-    let cut = verify(&data, &[anchor.clone()]);
+    let cut = verify(&data, std::slice::from_ref(&anchor));
     assert_eq!(cut.status.code(), Some(1), "{}", text(&cut));
     let anchored_seq = anchor.split(':').next().unwrap();
     assert!(

@@ -96,3 +96,39 @@ pub fn generate_dev_tls(data_dir: &Path) -> anyhow::Result<PathBuf> {
     )?;
     Ok(ca_path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keyfiles::Policy;
+
+    #[test]
+    fn keys_inside_the_data_dir_get_the_strict_rules_however_spelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("tls")).unwrap();
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        assert_eq!(
+            key_policy(&data, &data.join("tls/key.pem")),
+            Policy::OwnerOnly
+        );
+        let roundabout = dir.path().join("etc/../data/tls/key.pem");
+        assert_eq!(key_policy(&data, &roundabout), Policy::OwnerOnly);
+        assert_eq!(
+            key_policy(&data, &dir.path().join("etc/key.pem")),
+            Policy::OperatorManaged
+        );
+        // A directory that does not resolve: the strict rules.
+        assert_eq!(
+            key_policy(&data, &dir.path().join("none/key.pem")),
+            Policy::OwnerOnly
+        );
+        // The data dir reached through a symlinked directory is still inside.
+        let alias = dir.path().join("alias");
+        std::os::unix::fs::symlink(&data, &alias).unwrap();
+        assert_eq!(
+            key_policy(&data, &alias.join("tls/key.pem")),
+            Policy::OwnerOnly
+        );
+    }
+}

@@ -626,7 +626,10 @@ fn parsing_errors_name_the_field_and_nothing_else() {
         let (status, code, message) = error_parts(response);
         assert_eq!((status, code.as_str()), (400, "bad-request"), "{name}");
         assert!(message.contains(wanted), "{name}: {message:?}");
-        assert!(!message.contains(secret), "{name} echoes the value: {message:?}");
+        assert!(
+            !message.contains(secret),
+            "{name} echoes the value: {message:?}"
+        );
         for internal in [
             "invalid type",
             "invalid value:",
