@@ -8,10 +8,12 @@
 //!
 //! A backup is taken under [`Guarded::snapshot`] (writers wait, readers
 //! continue), so it is one point in time across every tree. It holds sealed
-//! cookies and blinded points but no key files: `server.key` and `pepper.key`
-//! are backed up separately, and a restored store needs the same ones.
+//! cookies and blinded points but no key files: `server.key`, `pepper.key`
+//! and `audit.key` are backed up separately, and a restored store needs the
+//! same ones. Only the store's trees are exported; nothing else in the data
+//! dir is read.
 
-use crate::storage::{ExportRepo, Guarded, StoreError, SCHEMA_VERSION};
+use crate::storage::{AuditRepo, ExportRepo, Guarded, StoreError, SCHEMA_VERSION};
 use sha2::{Digest as _, Sha256};
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -409,6 +411,18 @@ fn absolute(path: &Path) -> Result<PathBuf, BackupError> {
 }
 
 fn ask_server(data_dir: &Path, out: &Path) -> Result<u64, BackupError> {
+    let out_str = out.to_str().filter(|s| !s.contains('\n')).ok_or_else(|| {
+        BackupError::Usage("the output path must be UTF-8 without newlines".into())
+    })?;
+    let reply = control_request(data_dir, &format!("backup {out_str}"))?;
+    reply
+        .parse()
+        .map_err(|_| BackupError::Server(format!("unexpected reply {reply:?}")))
+}
+
+/// Send one request line to the running server's control socket; the text
+/// after `ok ` of its reply.
+fn control_request(data_dir: &Path, request: &str) -> Result<String, BackupError> {
     use std::io::BufRead as _;
     let socket = data_dir.join(CONTROL_SOCKET);
     let mut stream = std::os::unix::net::UnixStream::connect(&socket).map_err(|e| {
@@ -417,11 +431,8 @@ fn ask_server(data_dir: &Path, out: &Path) -> Result<u64, BackupError> {
             socket.display()
         ))
     })?;
-    let out_str = out.to_str().filter(|s| !s.contains('\n')).ok_or_else(|| {
-        BackupError::Usage("the output path must be UTF-8 without newlines".into())
-    })?;
     stream
-        .write_all(format!("backup {out_str}\n").as_bytes())
+        .write_all(format!("{request}\n").as_bytes())
         .map_err(io(&socket))?;
     let mut line = String::new();
     BufReader::new(stream)
@@ -429,9 +440,8 @@ fn ask_server(data_dir: &Path, out: &Path) -> Result<u64, BackupError> {
         .read_line(&mut line)
         .map_err(io(&socket))?;
     let line = line.trim_end();
-    if let Some(n) = line.strip_prefix("ok ") {
-        n.parse()
-            .map_err(|_| BackupError::Server(format!("unexpected reply {line:?}")))
+    if let Some(rest) = line.strip_prefix("ok ") {
+        Ok(rest.to_string())
     } else if let Some(m) = line.strip_prefix("error ") {
         Err(BackupError::Server(m.to_string()))
     } else {
@@ -439,9 +449,69 @@ fn ask_server(data_dir: &Path, out: &Path) -> Result<u64, BackupError> {
     }
 }
 
+/// The head of the audit chain: seq, hash, time.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditHead {
+    /// The last entry's seq.
+    pub seq: u64,
+    /// Its hash (64 hex).
+    pub hash: String,
+    /// Its time (RFC 3339).
+    pub time: String,
+}
+
+impl AuditHead {
+    fn of(e: &crate::storage::AuditEntry) -> Self {
+        Self {
+            seq: e.seq,
+            hash: e.hash.clone(),
+            time: e.time.clone(),
+        }
+    }
+
+    /// The control socket's form: `<seq> <hash> <time>`.
+    fn to_line(&self) -> String {
+        format!("{} {} {}", self.seq, self.hash, one_line(&self.time))
+    }
+
+    fn from_line(line: &str) -> Option<Self> {
+        let mut words = line.split(' ');
+        let head = Self {
+            seq: words.next()?.parse().ok()?,
+            hash: words.next()?.to_string(),
+            time: words.next()?.to_string(),
+        };
+        words.next().is_none().then_some(head)
+    }
+}
+
+/// `onboard-server audit head`: the last audit entry, read from the store
+/// when no server holds it, otherwise from the running server over its
+/// control socket. `None` for an empty log.
+pub fn audit_head(data_dir: &Path) -> Result<Option<AuditHead>, BackupError> {
+    let db = crate::storage::db_dir(data_dir);
+    if !db.exists() {
+        return Err(BackupError::Usage(format!(
+            "{} has no database (not a data dir made by `init`?)",
+            data_dir.display()
+        )));
+    }
+    if let Some(store) = crate::storage::try_open_at(&db)? {
+        return Ok(store.last_audit()?.as_ref().map(AuditHead::of));
+    }
+    let reply = control_request(data_dir, "audit-head")?;
+    if reply == "none" {
+        return Ok(None);
+    }
+    AuditHead::from_line(&reply)
+        .map(Some)
+        .ok_or_else(|| BackupError::Server(format!("unexpected reply {reply:?}")))
+}
+
 /// The control socket of a running server: `DIR/control.sock`, mode 0600,
 /// one request per connection (`backup <absolute path>\n` →
-/// `ok <bytes>\n` | `error <message>\n`). Removed when dropped.
+/// `ok <bytes>\n`; `audit-head\n` → `ok <seq> <hash> <time>\n` | `ok none\n`;
+/// failures `error <message>\n`). Removed when dropped.
 pub struct ControlSocket {
     path: PathBuf,
     listener: Option<std::os::unix::net::UnixListener>,
@@ -467,7 +537,7 @@ impl ControlSocket {
     /// Serve requests on the current tokio runtime until the task is dropped.
     pub fn serve<R>(mut self, store: std::sync::Arc<Guarded<R>>) -> Result<(), BackupError>
     where
-        R: ExportRepo + Send + Sync + 'static,
+        R: ExportRepo + AuditRepo + Send + Sync + 'static,
     {
         let std_listener = self
             .listener
@@ -508,14 +578,24 @@ async fn handle<R>(
     store: std::sync::Arc<Guarded<R>>,
 ) -> std::io::Result<()>
 where
-    R: ExportRepo + Send + Sync + 'static,
+    R: ExportRepo + AuditRepo + Send + Sync + 'static,
 {
     use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = tokio::io::BufReader::new(read.take(4096));
     reader.read_line(&mut line).await?;
-    let reply = match line.trim_end_matches('\n').strip_prefix("backup ") {
+    let request = line.trim_end_matches('\n');
+    if request == "audit-head" {
+        let reply = match store.last_audit() {
+            Ok(Some(e)) => format!("ok {}\n", AuditHead::of(&e).to_line()),
+            Ok(None) => "ok none\n".to_string(),
+            Err(e) => format!("error {}\n", one_line(&e.to_string())),
+        };
+        write.write_all(reply.as_bytes()).await?;
+        return write.shutdown().await;
+    }
+    let reply = match request.strip_prefix("backup ") {
         Some(p) if Path::new(p).is_absolute() => {
             let out = PathBuf::from(p);
             tracing::info!("backup requested over the control socket");
@@ -528,7 +608,8 @@ where
             }
         }
         Some(_) => "error the backup path must be absolute\n".to_string(),
-        None => "error unknown request (expected `backup <absolute path>`)\n".to_string(),
+        None => "error unknown request (expected `backup <absolute path>` or `audit-head`)\n"
+            .to_string(),
     };
     write.write_all(reply.as_bytes()).await?;
     write.shutdown().await

@@ -1,5 +1,5 @@
 //! The `onboard-server` command line: `init`, `serve`, `backup`, `restore`,
-//! `audit verify`.
+//! `audit verify`, `audit head`, `keys add-audit-key`.
 
 use crate::config::Config;
 use crate::init::{init, InitOptions};
@@ -18,7 +18,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create a data dir: server key, pepper, first admin API key, optional dev TLS.
+    /// Create a data dir: server key, pepper, audit key, first admin API key, optional dev TLS.
     Init {
         /// Data directory to create.
         #[arg(long)]
@@ -51,8 +51,8 @@ enum Command {
     /// Write a point-in-time copy of the store to FILE (mode 0600), also
     /// while `serve` runs (through the data dir's owner-only control socket).
     ///
-    /// The key files server.key and pepper.key are NOT in the backup: back
-    /// them up separately; a restored store needs the same ones.
+    /// The key files server.key, pepper.key and audit.key are NOT in the
+    /// backup: back them up separately; a restored store needs the same ones.
     Backup {
         /// Data directory.
         #[arg(long)]
@@ -65,8 +65,8 @@ enum Command {
     ///
     /// The checksum and versions are verified before anything is written; the
     /// new store is built beside the old one and swapped in by rename. Key
-    /// files (server.key, pepper.key) are not in backups: copy the source's
-    /// into DIR yourself.
+    /// files (server.key, pepper.key, audit.key) are not in backups: copy the
+    /// source's into DIR yourself.
     Restore {
         /// Data directory whose store to replace (its server must be stopped).
         #[arg(long)]
@@ -83,13 +83,47 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Key file tools.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain; reports the first broken entry and exits 1.
+    /// Check the chain under DIR/audit.key (HMAC-SHA256): a changed entry,
+    /// or a chain recomputed without the key, fails. Reports the first bad
+    /// entry and exits 1.
     Verify {
         /// Data directory (the server must be stopped).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// A head printed earlier by `audit head` (SEQ:HASH) that the chain
+        /// must still reach with the same hash; catches a cut tail. Repeatable.
+        #[arg(long, value_name = "SEQ:HASH")]
+        expect_head: Vec<crate::services::audit::Anchor>,
+    },
+    /// Print the chain's last entry (SEQ:HASH TIME), to keep off this host
+    /// and pass later to `audit verify --expect-head`. Works while `serve`
+    /// runs (through the control socket).
+    Head {
+        /// Data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Print `{"seq","hash","time"}`.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create DIR/audit.key for a data dir made by an older build (server
+    /// stopped). The existing unkeyed chain must verify; its head is pinned
+    /// in the key file and later entries are chained under the key.
+    AddAuditKey {
+        /// Data directory.
         #[arg(long)]
         data_dir: PathBuf,
     },
@@ -204,7 +238,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let bytes = crate::backup::backup(&data_dir, &out)?;
             println!("backup written to {} ({bytes} bytes)", out.display());
             println!(
-                "note: server.key and pepper.key are not in the backup; back them up separately"
+                "note: the key files ({}) are not in the backup; back them up separately",
+                crate::keyfiles::KEY_FILES.join(", ")
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -224,10 +259,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     ""
                 }
             );
-            for f in [
-                crate::keyfiles::SERVER_KEY_FILE,
-                crate::keyfiles::PEPPER_FILE,
-            ] {
+            for f in crate::keyfiles::KEY_FILES {
                 if !data_dir.join(f).exists() {
                     println!(
                         "note: {f} is missing: copy the source data dir's key files before serving"
@@ -237,19 +269,68 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit {
-            command: AuditCommand::Verify { data_dir },
+            command:
+                AuditCommand::Verify {
+                    data_dir,
+                    expect_head,
+                },
+        } => audit_verify(&data_dir, &expect_head),
+        Command::Audit {
+            command: AuditCommand::Head { data_dir, json },
+        } => audit_head(&data_dir, json),
+        Command::Keys {
+            command: KeysCommand::AddAuditKey { data_dir },
         } => {
-            let repo = crate::storage::open(&data_dir)?;
-            match crate::services::audit::verify(repo.as_ref())? {
-                Ok(n) => {
-                    println!("audit chain intact: {n} entries");
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(b) => {
-                    eprintln!("audit chain broken at entry {}: {}", b.seq, b.reason);
-                    Ok(ExitCode::from(1))
-                }
+            let added = crate::init::add_audit_key(&data_dir)?;
+            println!(
+                "created {}",
+                data_dir.join(crate::keyfiles::AUDIT_KEY_FILE).display()
+            );
+            if added.legacy_entries > 0 {
+                println!(
+                    "the existing unkeyed chain (entries 1-{}) verified and is pinned in it; later entries are keyed",
+                    added.legacy_entries
+                );
             }
+            println!("back it up with server.key and pepper.key: `audit verify` needs it");
+            Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn audit_verify(
+    data_dir: &std::path::Path,
+    anchors: &[crate::services::audit::Anchor],
+) -> anyhow::Result<ExitCode> {
+    let key = crate::keyfiles::read_audit_key(data_dir)?;
+    let repo = crate::storage::open(data_dir)?;
+    match crate::services::audit::verify(repo.as_ref(), &key, anchors)? {
+        Ok(n) => {
+            println!(
+                "audit chain intact: {n} entries{}",
+                if anchors.is_empty() {
+                    String::new()
+                } else {
+                    format!(", reaching {} anchored head(s)", anchors.len())
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(b) => {
+            eprintln!("audit chain broken at entry {}: {}", b.seq, b.reason);
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn audit_head(data_dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    let Some(head) = crate::backup::audit_head(data_dir)? else {
+        anyhow::bail!("the audit log of {} is empty", data_dir.display());
+    };
+    if json {
+        println!("{}", serde_json::to_string(&head)?);
+    } else {
+        println!("{}:{} {}", head.seq, head.hash, head.time);
+    }
+    Ok(ExitCode::SUCCESS)
 }

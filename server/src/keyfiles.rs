@@ -1,8 +1,17 @@
-//! Secret files in the data dir: the server scalar `b`, the HMAC pepper and
-//! the TLS key. Written 0600; `serve` refuses files readable by others.
+//! Secret files: the server scalar `b`, the HMAC pepper, the audit key and
+//! the TLS key. Written 0600 (`O_EXCL`, never over an existing file). Read
+//! through one handle opened without following a symlink (`O_NOFOLLOW`);
+//! the checks — a regular file, owned by the user the server runs as, no
+//! access for group or others — are made on that handle (`fstat`), so the
+//! file checked is the file read.
 
+use crate::services::audit::AuditKey;
 use onboard_protocol::SecretKey;
-use std::io::Write;
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 use zeroize::Zeroizing;
@@ -11,10 +20,16 @@ use zeroize::Zeroizing;
 pub const SERVER_KEY_FILE: &str = "server.key";
 /// The API-key pepper file, relative to the data dir.
 pub const PEPPER_FILE: &str = "pepper.key";
+/// The audit chain's HMAC key file, relative to the data dir.
+pub const AUDIT_KEY_FILE: &str = "audit.key";
 /// Header of the pepper file.
 pub const PEPPER_LABEL: &str = "onboard-pepper-v1";
+/// Every secret file of a data dir (the TLS key aside): none is in a backup.
+pub const KEY_FILES: [&str; 3] = [SERVER_KEY_FILE, PEPPER_FILE, AUDIT_KEY_FILE];
+/// No key file is this large; a bigger one is refused before it is read.
+const MAX_KEY_FILE: u64 = 1 << 20;
 
-/// A secret file that cannot be used.
+/// A secret file that cannot be used. Each message names the file and the fix.
 #[derive(Debug, Error)]
 pub enum KeyFileError {
     /// Cannot read or write.
@@ -25,9 +40,55 @@ pub enum KeyFileError {
         /// Why.
         reason: String,
     },
+    /// Not there.
+    #[error("{path} does not exist: is this a data dir made by `onboard-server init`?")]
+    Missing {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A data dir made before the keyed audit chain.
+    #[error("{path} does not exist: this data dir was made by an older build; with the server stopped, run `onboard-server keys add-audit-key --data-dir {dir}`")]
+    NoAuditKey {
+        /// The file.
+        path: PathBuf,
+        /// Its data dir.
+        dir: PathBuf,
+    },
+    /// A symbolic link where a key file must be.
+    #[error("{path} is a symbolic link; key files are read only from regular files: replace the link with the file it points to (mode 0600)")]
+    Symlink {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A directory, device, FIFO or socket.
+    #[error("{path} is not a regular file; put the key file itself there (mode 0600)")]
+    NotRegular {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Owned by another user.
+    #[error("{path} is owned by uid {owner}, not by the user the server runs as (uid {user}){also}; run `chown {user} {path}`, or run the server as the file's owner")]
+    Owner {
+        /// The file.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The effective uid of this process.
+        user: u32,
+        /// Other accepted owners, as text.
+        also: &'static str,
+    },
     /// Readable or writable by group or others.
     #[error("{path} is accessible by group or others (mode {mode:o}); run `chmod 600 {path}`")]
     Permissions {
+        /// The file.
+        path: PathBuf,
+        /// Its mode bits.
+        mode: u32,
+    },
+    /// An operator-managed TLS key open to others, or writable by its group.
+    #[error("{path} is accessible by others or writable by its group (mode {mode:o}); run `chmod 640 {path}` (or 600)")]
+    SharedPermissions {
         /// The file.
         path: PathBuf,
         /// Its mode bits.
@@ -50,59 +111,138 @@ fn io(path: &Path, e: std::io::Error) -> KeyFileError {
     }
 }
 
-/// Write a file readable only by its owner, refusing to overwrite.
-pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), KeyFileError> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
+fn format_error(path: &Path, reason: impl Into<String>) -> KeyFileError {
+    KeyFileError::Format {
+        path: path.to_path_buf(),
+        reason: reason.into(),
     }
-    let mut f = opts.open(path).map_err(|e| io(path, e))?;
+}
+
+/// Who may own a secret file and who else may reach it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Our own key files (and any secret inside the data dir): no symlink,
+    /// owned by the running user, mode 0600 or stricter.
+    OwnerOnly,
+    /// An operator-managed TLS key outside the data dir: symlinks followed
+    /// (certbot's `live/` paths are links), owned by the running user or
+    /// root, readable by its group (e.g. `ssl-cert`), nothing for others.
+    OperatorManaged,
+}
+
+/// Write a file readable only by its owner, refusing to overwrite (and so
+/// to follow a symlink: `O_EXCL`).
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), KeyFileError> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io(path, e))?;
     f.write_all(contents).map_err(|e| io(path, e))?;
     f.sync_all().map_err(|e| io(path, e))
 }
 
-/// Refuse a secret file that group or others may access.
-pub fn check_private(path: &Path) -> Result<(), KeyFileError> {
-    let meta = std::fs::metadata(path).map_err(|e| io(path, e))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(KeyFileError::Permissions {
-                path: path.to_path_buf(),
-                mode,
-            });
-        }
+/// Open a secret file for reading; under [`Policy::OwnerOnly`] a symlink is
+/// refused. Non-blocking, so a FIFO put in its place cannot hang the start.
+fn open_secret(path: &Path, policy: Policy) -> Result<File, KeyFileError> {
+    let mut flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    if policy == Policy::OwnerOnly {
+        flags |= OFlags::NOFOLLOW;
     }
-    #[cfg(not(unix))]
-    let _ = meta;
-    Ok(())
+    match rustix::fs::open(path, flags, Mode::empty()) {
+        Ok(fd) => Ok(File::from(fd)),
+        Err(Errno::NOENT) => Err(KeyFileError::Missing {
+            path: path.to_path_buf(),
+        }),
+        // ELOOP from O_NOFOLLOW: the last component is a link (confirmed
+        // by lstat, as a loop in the directories gives the same error).
+        Err(Errno::LOOP)
+            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) =>
+        {
+            Err(KeyFileError::Symlink {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(e) => Err(io(path, e.into())),
+    }
 }
 
-/// Read the server key, checking its permissions.
+/// The checks of `policy`, made on the opened handle.
+fn check_opened(file: &File, path: &Path, policy: Policy) -> Result<u64, KeyFileError> {
+    let meta = file.metadata().map_err(|e| io(path, e))?;
+    if !meta.file_type().is_file() {
+        return Err(KeyFileError::NotRegular {
+            path: path.to_path_buf(),
+        });
+    }
+    let user = rustix::process::geteuid().as_raw();
+    let owner = meta.uid();
+    let mode = meta.mode() & 0o777;
+    let path = path.to_path_buf();
+    match policy {
+        Policy::OwnerOnly if owner != user => Err(KeyFileError::Owner {
+            path,
+            owner,
+            user,
+            also: "",
+        }),
+        Policy::OperatorManaged if owner != user && owner != 0 => Err(KeyFileError::Owner {
+            path,
+            owner,
+            user,
+            also: " or root",
+        }),
+        Policy::OwnerOnly if mode & 0o077 != 0 => Err(KeyFileError::Permissions { path, mode }),
+        Policy::OperatorManaged if mode & 0o027 != 0 => {
+            Err(KeyFileError::SharedPermissions { path, mode })
+        }
+        _ => Ok(meta.len()),
+    }
+}
+
+/// Read a secret file under `policy`: opened once, checked on the handle,
+/// read from the same handle.
+pub fn read_secret(path: &Path, policy: Policy) -> Result<Zeroizing<Vec<u8>>, KeyFileError> {
+    let file = open_secret(path, policy)?;
+    let len = check_opened(&file, path, policy)?;
+    if len > MAX_KEY_FILE {
+        return Err(format_error(
+            path,
+            format!("{len} bytes: larger than any key file ({MAX_KEY_FILE} bytes at most)"),
+        ));
+    }
+    // Capacity for the whole file (and the EOF probe), so the buffer never
+    // moves and leaves an unzeroised copy behind.
+    let mut buf = Zeroizing::new(Vec::with_capacity(len as usize + 64));
+    (&file)
+        .take(MAX_KEY_FILE)
+        .read_to_end(&mut buf)
+        .map_err(|e| io(path, e))?;
+    Ok(buf)
+}
+
+/// Read a secret file of ours as UTF-8 text.
+fn read_text(path: &Path) -> Result<Zeroizing<String>, KeyFileError> {
+    let bytes = read_secret(path, Policy::OwnerOnly)?;
+    match std::str::from_utf8(&bytes) {
+        Ok(text) => Ok(Zeroizing::new(text.to_string())),
+        Err(_) => Err(format_error(path, "not UTF-8 text")),
+    }
+}
+
+/// Read the server key.
 pub fn read_server_key(data_dir: &Path) -> Result<SecretKey, KeyFileError> {
     let path = data_dir.join(SERVER_KEY_FILE);
-    check_private(&path)?;
-    let text = Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| io(&path, e))?);
-    SecretKey::from_file_string(&text).map_err(|e| KeyFileError::Format {
-        path,
-        reason: e.to_string(),
-    })
+    let text = read_text(&path)?;
+    SecretKey::from_file_string(&text).map_err(|e| format_error(&path, e.to_string()))
 }
 
-/// Read the pepper, checking its permissions.
+/// Read the pepper.
 pub fn read_pepper(data_dir: &Path) -> Result<Zeroizing<[u8; 32]>, KeyFileError> {
     let path = data_dir.join(PEPPER_FILE);
-    check_private(&path)?;
-    let text = Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| io(&path, e))?);
-    let bad = || KeyFileError::Format {
-        path: path.clone(),
-        reason: format!("expected `{PEPPER_LABEL} <64 hex>`"),
-    };
+    let text = read_text(&path)?;
+    let bad = || format_error(&path, format!("expected `{PEPPER_LABEL} <64 hex>`"));
     let hex_part = text
         .trim()
         .strip_prefix(PEPPER_LABEL)
@@ -113,7 +253,198 @@ pub fn read_pepper(data_dir: &Path) -> Result<Zeroizing<[u8; 32]>, KeyFileError>
     Ok(out)
 }
 
+/// Read the audit key; a data dir without one gets the upgrade command.
+pub fn read_audit_key(data_dir: &Path) -> Result<AuditKey, KeyFileError> {
+    let path = data_dir.join(AUDIT_KEY_FILE);
+    let text = match read_text(&path) {
+        Err(KeyFileError::Missing { path }) => {
+            return Err(KeyFileError::NoAuditKey {
+                path,
+                dir: data_dir.to_path_buf(),
+            })
+        }
+        other => other?,
+    };
+    AuditKey::from_file_string(&text).map_err(|reason| format_error(&path, reason))
+}
+
 /// The pepper file's text.
 pub fn pepper_file_string(pepper: &[u8; 32]) -> Zeroizing<String> {
     Zeroizing::new(format!("{PEPPER_LABEL} {}\n", hex::encode(pepper)))
+}
+
+/// Every secret a running server holds, loaded together so that a new one
+/// changes this struct, not every caller. `Debug` shows none of them.
+pub struct ServerSecrets {
+    /// The blinding scalar `b`.
+    pub key: SecretKey,
+    /// HMAC pepper for API keys, cookie sealing and audit pseudonyms.
+    pub pepper: Zeroizing<[u8; 32]>,
+    /// The audit chain's HMAC key.
+    pub audit_key: AuditKey,
+}
+
+impl std::fmt::Debug for ServerSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerSecrets { <redacted> }")
+    }
+}
+
+impl ServerSecrets {
+    /// Read the data dir's key files, each checked on its opened handle.
+    pub fn load(data_dir: &Path) -> Result<Self, KeyFileError> {
+        Ok(Self {
+            key: read_server_key(data_dir)?,
+            pepper: read_pepper(data_dir)?,
+            audit_key: read_audit_key(data_dir)?,
+        })
+    }
+
+    /// Fixed secrets derived from `label`, for tests and benchmarks.
+    pub fn derive_for_tests(label: &str) -> Self {
+        use sha2::{Digest as _, Sha256};
+        let derive = |what: &str| -> Zeroizing<[u8; 32]> {
+            Zeroizing::new(
+                Sha256::new()
+                    .chain_update(label.as_bytes())
+                    .chain_update([0])
+                    .chain_update(what.as_bytes())
+                    .finalize()
+                    .into(),
+            )
+        };
+        Self {
+            key: SecretKey::derive_for_tests(label),
+            pepper: derive("pepper"),
+            audit_key: AuditKey::from_bytes(derive("audit")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    fn private_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        write_private(&path, text.as_bytes()).unwrap();
+        path
+    }
+
+    #[test]
+    fn reads_a_private_file_from_the_handle_it_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = private_file(dir.path(), "k", "secret\n");
+        assert_eq!(
+            read_secret(&path, Policy::OwnerOnly).unwrap().as_slice(),
+            b"secret\n"
+        );
+        assert_eq!(
+            read_secret(&path, Policy::OperatorManaged)
+                .unwrap()
+                .as_slice(),
+            b"secret\n"
+        );
+    }
+
+    #[test]
+    fn refuses_symlinks_for_own_keys_and_follows_them_for_operator_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = private_file(dir.path(), "real", "secret\n");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = read_secret(&link, Policy::OwnerOnly).unwrap_err();
+        assert!(matches!(err, KeyFileError::Symlink { .. }), "{err}");
+        assert!(err.to_string().contains("link"), "{err}");
+        assert!(read_secret(&link, Policy::OperatorManaged).is_ok());
+    }
+
+    #[test]
+    fn refuses_modes_by_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = private_file(dir.path(), "k", "secret\n");
+        let set = |mode| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode));
+        set(0o640).unwrap();
+        let err = read_secret(&path, Policy::OwnerOnly).unwrap_err();
+        assert!(
+            matches!(err, KeyFileError::Permissions { mode: 0o640, .. }),
+            "{err}"
+        );
+        assert!(read_secret(&path, Policy::OperatorManaged).is_ok());
+        for mode in [0o604, 0o660, 0o644] {
+            set(mode).unwrap();
+            assert!(read_secret(&path, Policy::OwnerOnly).is_err(), "{mode:o}");
+            assert!(
+                matches!(
+                    read_secret(&path, Policy::OperatorManaged),
+                    Err(KeyFileError::SharedPermissions { .. })
+                ),
+                "{mode:o}"
+            );
+        }
+        set(0o400).unwrap();
+        assert!(read_secret(&path, Policy::OwnerOnly).is_ok());
+    }
+
+    #[test]
+    fn refuses_directories_fifos_and_missing_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("d");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(matches!(
+            read_secret(&sub, Policy::OwnerOnly),
+            Err(KeyFileError::NotRegular { .. })
+        ));
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        // Would block forever without O_NONBLOCK.
+        assert!(matches!(
+            read_secret(&fifo, Policy::OwnerOnly),
+            Err(KeyFileError::NotRegular { .. })
+        ));
+        let err = read_secret(&dir.path().join("none"), Policy::OwnerOnly).unwrap_err();
+        assert!(matches!(err, KeyFileError::Missing { .. }), "{err}");
+        let err = read_audit_key(dir.path()).unwrap_err();
+        assert!(
+            err.to_string().contains("keys add-audit-key"),
+            "the fix is named: {err}"
+        );
+    }
+
+    #[test]
+    fn refuses_a_file_of_another_user() {
+        if rustix::process::geteuid().as_raw() != 0 {
+            println!("skipped: changing a file's owner needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = private_file(dir.path(), "k", "secret\n");
+        rustix::fs::chown(&path, Some(rustix::fs::Uid::from_raw(65534)), None).unwrap();
+        let err = read_secret(&path, Policy::OwnerOnly).unwrap_err();
+        assert!(
+            matches!(err, KeyFileError::Owner { owner: 65534, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("chown"), "{err}");
+        assert!(read_secret(&path, Policy::OperatorManaged).is_err());
+    }
+
+    #[test]
+    fn secrets_debug_shows_no_key() {
+        let s = ServerSecrets::derive_for_tests("debug");
+        let shown = format!("{s:?} {:?}", s.audit_key);
+        assert!(!shown.contains(&hex::encode(*s.pepper)));
+        let audit_hex = s.audit_key.to_file_string();
+        let audit_hex = audit_hex.split_whitespace().nth(1).unwrap();
+        assert!(!shown.contains(audit_hex), "{shown}");
+    }
 }

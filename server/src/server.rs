@@ -66,13 +66,13 @@ struct Timeouts {
 pub fn start(config: Config, listener: std::net::TcpListener) -> anyhow::Result<ServerHandle> {
     // Programmatic configurations get the same checks as loaded ones (k ≥ 50, …).
     config.validate()?;
-    let key = crate::keyfiles::read_server_key(&config.data_dir)?;
-    let pepper = crate::keyfiles::read_pepper(&config.data_dir)?;
+    let secrets = crate::keyfiles::ServerSecrets::load(&config.data_dir)?;
     let tls_key = config.tls_key_path();
-    if tls_key.starts_with(&config.data_dir) && tls_key.exists() {
-        crate::keyfiles::check_private(&tls_key)?;
-    }
-    let tls = crate::tls::server_config(&config.tls_cert_path(), &tls_key)?;
+    let tls = crate::tls::server_config(
+        &config.tls_cert_path(),
+        &tls_key,
+        crate::tls::key_policy(&config.data_dir, &tls_key),
+    )?;
     let store = crate::storage::open_store(&config.data_dir).context("cannot open the database")?;
     let repo: Arc<dyn Repo> = store.clone();
     // Owner-only control socket for online backups; without it the server
@@ -85,8 +85,7 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> anyhow::Result<
         }
     };
     let services = Arc::new(
-        Services::new(repo.clone(), config.clone(), key, pepper)
-            .context("cannot load the store")?,
+        Services::new(repo.clone(), config.clone(), secrets).context("cannot load the store")?,
     );
     let addr = listener.local_addr()?;
     let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<actix_web::dev::ServerHandle>>();

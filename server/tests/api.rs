@@ -416,7 +416,7 @@ fn cli_init_and_serve_refuses_open_key_files() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        for f in ["server.key", "pepper.key", "tls/key.pem"] {
+        for f in ["server.key", "pepper.key", "audit.key", "tls/key.pem"] {
             let mode = std::fs::metadata(data.join(f))
                 .unwrap()
                 .permissions()
@@ -494,4 +494,162 @@ fn start_refuses_a_programmatic_k_below_the_floor() {
         .err()
         .expect("k = 10 must be refused");
     assert!(err.to_string().contains("`k`"), "{err}");
+}
+
+/// Status, code and message of an error answer.
+fn error_parts(r: reqwest::blocking::Response) -> (u16, String, String) {
+    let status = r.status().as_u16();
+    let v: Value = r.json().unwrap();
+    (
+        status,
+        v["error"]["code"].as_str().unwrap_or("").to_string(),
+        v["error"]["message"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+/// Request-parsing errors: the stable code `bad-request`, a message naming
+/// our field (and the line/column), never the caller's value, a key the
+/// caller made up, serde's wording or a Rust type.
+#[test]
+fn parsing_errors_name_the_field_and_nothing_else() {
+    let s = TestServer::start();
+    let adv = s.principal("acme", "advertiser");
+    let dst = s.principal("dsp-a", "destination");
+    let huge = format!("{}SECRET-HUGE", "A".repeat(200_000));
+    let raw = |method: reqwest::Method, path: &str, key: &str, body: String| {
+        s.client
+            .request(method, format!("{}{path}", s.base))
+            .bearer_auth(key)
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .unwrap()
+    };
+    let import: Value = s
+        .post("/v1/admin/graph/imports", &s.admin, json!({}))
+        .json()
+        .unwrap();
+    let import = import["import_id"].as_str().unwrap().to_string();
+    let cases: Vec<(&str, reqwest::blocking::Response, &str, &str)> = vec![
+        (
+            "wrong type",
+            s.post(
+                "/v1/admin/principals",
+                &s.admin,
+                json!({"name": 424242, "role": "advertiser"}),
+            ),
+            "424242",
+            "field `name` has an invalid value",
+        ),
+        (
+            "unknown field",
+            s.post(
+                "/v1/admin/principals",
+                &s.admin,
+                json!({"name": "x", "role": "advertiser", "SECRET_FIELD": 1}),
+            ),
+            "SECRET_FIELD",
+            "unknown field",
+        ),
+        (
+            "missing field",
+            s.post(
+                "/v1/admin/principals",
+                &s.admin,
+                json!({"role": "advertiser"}),
+            ),
+            "advertiser",
+            "missing field `name`",
+        ),
+        (
+            "not JSON",
+            raw(
+                reqwest::Method::POST,
+                "/v1/jobs",
+                &adv,
+                "<job>SECRET-XML</job>".into(),
+            ),
+            "SECRET-XML",
+            "not valid JSON (line 1, column 1)",
+        ),
+        (
+            "cut short",
+            raw(
+                reqwest::Method::POST,
+                "/v1/jobs",
+                &adv,
+                r#"{"destination": "SECRET-CUT"#.into(),
+            ),
+            "SECRET-CUT",
+            "ends early",
+        ),
+        (
+            "huge string where an enum is",
+            s.post(
+                "/v1/admin/principals",
+                &s.admin,
+                json!({"name": "x", "role": huge}),
+            ),
+            "SECRET-HUGE",
+            "field `role` has an invalid value",
+        ),
+        (
+            "wrong type in a nested row",
+            s.put_json(
+                &format!("/v1/admin/graph/imports/{import}/cookies/0"),
+                &s.admin,
+                json!({"cookies": [{"person": "p", "destination": "dsp-a", "cookie": 987654321}]}),
+            ),
+            "987654321",
+            "field `cookies[0].cookie` has an invalid value",
+        ),
+        (
+            "bad query parameter",
+            s.get("/v1/admin/audit?after=0&limit=abcSECRET", &s.admin),
+            "abcSECRET",
+            "query parameter `limit` has an invalid value",
+        ),
+        (
+            "bad members limit",
+            s.get("/v1/audiences/a-none/members?limit=-SECRET7", &dst),
+            "SECRET7",
+            "query parameter `limit` has an invalid value",
+        ),
+        (
+            "bad path number",
+            s.put_bytes("/v1/jobs/j-none/batches/SECRET88", &adv, vec![0]),
+            "SECRET88",
+            "batch_no",
+        ),
+    ];
+    for (name, response, secret, wanted) in cases {
+        let (status, code, message) = error_parts(response);
+        assert_eq!((status, code.as_str()), (400, "bad-request"), "{name}");
+        assert!(message.contains(wanted), "{name}: {message:?}");
+        assert!(
+            !message.contains(secret),
+            "{name} echoes the value: {message:?}"
+        );
+        for internal in [
+            "invalid type",
+            "invalid value:",
+            "expected",
+            "variant",
+            "invalid digit",
+            "String",
+            "usize",
+            "u32",
+            "u64",
+            "struct",
+            "NewPrincipal",
+            "CreateJob",
+            "at line",
+        ] {
+            assert!(
+                !message.contains(internal),
+                "{name}: parser wording {internal:?} in {message:?}"
+            );
+        }
+        assert!(message.len() < 200, "{name}: {message:?}");
+    }
 }

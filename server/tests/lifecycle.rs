@@ -33,6 +33,7 @@ fn copy_keys(from: &Path, to: &Path) {
     for f in [
         "server.key",
         "pepper.key",
+        "audit.key",
         "tls/ca.pem",
         "tls/cert.pem",
         "tls/key.pem",

@@ -4,6 +4,7 @@
 
 mod error;
 mod metrics;
+mod parse;
 
 pub use metrics::Metrics;
 
@@ -67,7 +68,8 @@ impl Auth {
 async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("cannot read body: {e}")))?;
+        // The transport's error text stays out of the answer.
+        let chunk = chunk.map_err(|_| ApiError::BadRequest("cannot read the body".into()))?;
         if body.len() + chunk.len() > limit {
             return Err(ApiError::TooLarge(limit));
         }
@@ -107,7 +109,8 @@ async fn frame(
     read_body(payload, state.config.max_frame_body).await
 }
 
-/// A JSON body; an empty body without Content-Type reads as `{}` when `optional`.
+/// A JSON body; an empty body without Content-Type reads as `{}` when
+/// `optional`. Errors name our field, never the parser's text (`parse`).
 async fn json_body<T: for<'de> Deserialize<'de>>(
     req: &HttpRequest,
     payload: web::Payload,
@@ -124,8 +127,7 @@ async fn json_body<T: for<'de> Deserialize<'de>>(
     } else {
         &body
     };
-    let value = serde_json::from_slice(text)
-        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+    let value = parse::json(text)?;
     Ok((value, body))
 }
 
@@ -140,13 +142,17 @@ fn svc(state: &State) -> Arc<Services> {
 
 /// The route table.
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    // Handlers parse queries with `parse::Query`; these cover actix's own
+    // extractors, without their parser's text.
     cfg.app_data(
-        web::QueryConfig::default()
-            .error_handler(|e, _| ApiError::BadRequest(format!("query string: {e}")).into()),
+        web::QueryConfig::default().error_handler(|_, _| {
+            ApiError::BadRequest("the query string is not valid".into()).into()
+        }),
     )
     .app_data(
-        web::PathConfig::default()
-            .error_handler(|e, _| ApiError::BadRequest(format!("path: {e}")).into()),
+        web::PathConfig::default().error_handler(|_, _| {
+            ApiError::BadRequest("a path segment is not valid".into()).into()
+        }),
     );
     cfg.route("/healthz", web::get().to(healthz))
         .route("/metrics", web::get().to(metrics_text))
@@ -412,7 +418,7 @@ struct AuditQuery {
     limit: Option<usize>,
 }
 
-async fn audit(state: State, auth: Auth, q: web::Query<AuditQuery>) -> Reply {
+async fn audit(state: State, auth: Auth, q: parse::Query<AuditQuery>) -> Reply {
     auth.role(Role::Admin)?;
     let s = svc(&state);
     let (after, limit) = (q.after.unwrap_or(0), q.limit.unwrap_or(100).clamp(1, 1000));
@@ -528,7 +534,7 @@ async fn members(
     auth: Auth,
     req: HttpRequest,
     path: web::Path<String>,
-    q: web::Query<MembersQuery>,
+    q: parse::Query<MembersQuery>,
 ) -> Reply {
     let caller = auth.role(Role::Destination)?;
     let accept = req

@@ -1214,7 +1214,6 @@ impl Candidate<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use onboard_protocol::SecretKey;
 
     fn point(i: u32) -> PointBytes {
         let mut b = [0u8; 32];
@@ -1236,8 +1235,7 @@ mod tests {
         let services = Services::new(
             repo,
             crate::config::Config::default(),
-            SecretKey::derive_for_tests("merge"),
-            zeroize::Zeroizing::new([3u8; 32]),
+            crate::keyfiles::ServerSecrets::derive_for_tests("merge"),
         )
         .unwrap();
         let ns = [1u8; 16];

@@ -13,6 +13,7 @@ pub mod seal;
 pub mod uniform;
 
 use crate::config::Config;
+pub use crate::keyfiles::ServerSecrets;
 use crate::storage::Repo;
 use bloomfilter::Bloom;
 use onboard_protocol::{PointBytes, SecretKey};
@@ -31,6 +32,8 @@ pub struct Services {
     key: SecretKey,
     /// HMAC pepper for API keys, cursors and audit pseudonyms.
     pepper: Zeroizing<[u8; 32]>,
+    /// HMAC key of the audit chain (kept outside the store).
+    audit_key: audit::AuditKey,
     /// Bloom filter in front of the exact opt-out set.
     optout_bloom: Mutex<Bloom<[u8; 32]>>,
     /// Serialises graph import writes (person allocation).
@@ -57,9 +60,13 @@ impl Services {
     pub fn new(
         repo: Arc<dyn Repo>,
         config: Config,
-        key: SecretKey,
-        pepper: Zeroizing<[u8; 32]>,
+        secrets: ServerSecrets,
     ) -> Result<Self, crate::storage::StoreError> {
+        let ServerSecrets {
+            key,
+            pepper,
+            audit_key,
+        } = secrets;
         let optouts = repo.optouts()?;
         let mut bloom = new_bloom(optouts.len());
         for p in &optouts {
@@ -70,6 +77,7 @@ impl Services {
             config,
             key,
             pepper,
+            audit_key,
             optout_bloom: Mutex::new(bloom),
             import_lock: Mutex::new(()),
             job_lock: Mutex::new(()),
