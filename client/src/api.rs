@@ -3,17 +3,71 @@
 //! `{"error":{"code","message"}}` turned into a typed [`ApiError`] by its code
 //! (never by its text), and bounded exponential backoff on transient failures
 //! (connection errors, 502/503/504).
+//!
+//! Two rules keep a hostile or broken server (or a typo) from hurting the
+//! client: the `--server` URL must pass [`check_secret_url`] (https, or plain
+//! http only to a loopback address, never user-info), and no answer is read
+//! beyond the limit of its kind ([`limits`]).
 
 use crate::error::ClientError;
+use onboard_protocol::endpoint::{check_secret_url, LOCALHOST, LOOPBACK_ADDRS};
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::io::Read;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 use thiserror::Error;
+
+/// How much the client reads of each kind of answer. A larger answer is an
+/// error ([`ClientError::AnswerTooLarge`]) read no further than the limit, so
+/// an endless body costs at most the limit in memory.
+pub mod limits {
+    use onboard_protocol::wire::MAX_POINTS_PER_PAGE;
+
+    /// A JSON control answer (job, report, lists, audit page). Lists of jobs
+    /// carry every job's report and grow with history, hence the room; the
+    /// server accepts JSON bodies of the same size.
+    pub const MAX_JSON_ANSWER: u64 = 16 << 20;
+    /// The body of an error answer; a larger one is not read and the error is
+    /// reported by its HTTP status alone.
+    pub const MAX_ERROR_BODY: u64 = 64 << 10;
+    /// Header of a point-page frame: magic, version, kind, page number, count.
+    pub const POINT_PAGE_HEADER: u64 = 14;
+    /// Bytes of one point on a page.
+    pub const POINT_BYTES: u64 = 32;
+    /// Any graph-pass page, whatever the server announced: the wire format's
+    /// own maximum of points per page.
+    pub const MAX_POINT_PAGE: u64 = POINT_PAGE_HEADER + POINT_BYTES * MAX_POINTS_PER_PAGE as u64;
+    /// Cookie IDs asked for per members page (`limit`): the server's default
+    /// and documented maximum (`members_page_limit`).
+    pub const MEMBERS_PAGE_LIMIT: u32 = 10_000;
+    /// The longest cookie ID the server stores (docs/api.md, graph import).
+    pub const MAX_COOKIE_BYTES: u64 = 512;
+    /// One member line: a cookie ID escaped (at most doubled, by JSON or CSV
+    /// quoting) plus `{"cookie":""}` and the newline.
+    pub const MAX_MEMBER_LINE: u64 = 2 * MAX_COOKIE_BYTES + 16;
+    /// Any members page, whatever `limit` was asked.
+    pub const MAX_MEMBERS_PAGE: u64 = 16 << 20;
+
+    /// The largest page of a graph pass whose server announced `page_size`
+    /// (absent on resume: then the kind's point count bounds it) and whose
+    /// kind has `points` points in all.
+    pub fn point_page(page_size: Option<u32>, points: u64) -> u64 {
+        let per_page = page_size.map_or(points, |size| u64::from(size).min(points));
+        (POINT_PAGE_HEADER + POINT_BYTES.saturating_mul(per_page)).min(MAX_POINT_PAGE)
+    }
+
+    /// The largest members page of at most `limit` cookie IDs (the CSV
+    /// header line included).
+    pub fn members_page(limit: u32) -> u64 {
+        (MAX_MEMBER_LINE * (u64::from(limit) + 1)).min(MAX_MEMBERS_PAGE)
+    }
+}
 
 /// The stable error codes of docs/api.md.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -246,12 +300,10 @@ impl ApiClient {
         ca_pem_file: Option<&Path>,
         api_key: &str,
     ) -> Result<Self, ClientError> {
-        let base = server.trim().trim_end_matches('/').to_owned();
-        if !base.starts_with("https://") && !is_loopback_http(&base) {
-            return Err(ClientError::Usage(format!(
-                "--server must be an https:// URL (plain http only to localhost), got `{base}`"
-            )));
-        }
+        // The canonical form of the parsed URL from here on: the host that
+        // was checked is the host reqwest connects to.
+        let checked = check_secret_url(server.trim()).map_err(ClientError::ServerUrl)?;
+        let base = checked.as_str().trim_end_matches('/').to_owned();
         let api_key = api_key.trim().to_owned();
         if api_key.chars().any(|c| !c.is_ascii_graphic()) {
             return Err(ClientError::Usage(
@@ -262,7 +314,18 @@ impl ApiClient {
             .use_rustls_tls()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(900))
-            .user_agent(concat!("onboard-client/", env!("CARGO_PKG_VERSION")));
+            .user_agent(concat!("onboard-client/", env!("CARGO_PKG_VERSION")))
+            // `localhost` is accepted for plain http as loopback: never ask a
+            // resolver about it (the port here is ignored; the URL's is used).
+            .resolve_to_addrs(LOCALHOST, &LOOPBACK_ADDRS.map(|ip| SocketAddr::new(ip, 0)))
+            // The API never redirects; a redirect would be a URL the key was
+            // not checked for.
+            .redirect(reqwest::redirect::Policy::none());
+        if checked.scheme() == "http" {
+            // Plain http is allowed because it stays on loopback: an
+            // HTTP_PROXY from the environment would carry the key in clear.
+            builder = builder.no_proxy();
+        }
         if let Some(path) = ca_pem_file {
             let pem = std::fs::read(path).map_err(|e| ClientError::read(path, e))?;
             let certs =
@@ -407,8 +470,8 @@ impl ApiClient {
         read_json(resp)
     }
 
-    /// GET a binary body.
-    pub fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+    /// GET a binary body of at most `limit` bytes; `what` names it in errors.
+    pub fn get_bytes(&self, path: &str, limit: u64, what: &str) -> Result<Vec<u8>, ClientError> {
         let resp = self.send(
             Method::GET,
             path,
@@ -416,12 +479,7 @@ impl ApiClient {
             &Body::Empty,
             Some("application/octet-stream"),
         )?;
-        resp.bytes()
-            .map(|b| b.to_vec())
-            .map_err(|e| ClientError::Transport {
-                server: self.base.clone(),
-                detail: error_chain(&e),
-            })
+        read_bounded(resp, limit, what)
     }
 
     fn transport_error(&self, e: &reqwest::Error) -> ClientError {
@@ -455,32 +513,44 @@ impl ApiClient {
     }
 }
 
-/// Plain HTTP is accepted only to the loopback interface (tests, local
-/// proxies): an API key never crosses a network in clear text.
-fn is_loopback_http(base: &str) -> bool {
-    let Some(rest) = base.strip_prefix("http://") else {
-        return false;
+/// Read a whole answer of at most `limit` bytes; `what` names it in the error.
+/// A larger announced length is refused before reading; otherwise at most
+/// `limit + 1` bytes are read.
+pub(crate) fn read_bounded(resp: Response, limit: u64, what: &str) -> Result<Vec<u8>, ClientError> {
+    let too_large = || ClientError::AnswerTooLarge {
+        what: what.to_owned(),
+        limit,
     };
-    let host = rest.split('/').next().unwrap_or_default();
-    let host = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => host.split(':').next().unwrap_or_default(),
-    };
-    matches!(host, "127.0.0.1" | "localhost" | "::1")
+    if resp.content_length().is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let server = resp.url().origin().ascii_serialization();
+    let mut bytes = Vec::new();
+    resp.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| ClientError::Transport {
+            server,
+            detail: format!("reading {what}: {}", error_chain(&e)),
+        })?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large());
+    }
+    Ok(bytes)
 }
 
-/// Read a JSON answer.
+/// Read a JSON answer (at most [`limits::MAX_JSON_ANSWER`]).
 pub(crate) fn read_json<T: DeserializeOwned>(resp: Response) -> Result<T, ClientError> {
-    let bytes = resp
-        .bytes()
-        .map_err(|e| ClientError::Protocol(format!("reading the answer: {}", error_chain(&e))))?;
+    let bytes = read_bounded(resp, limits::MAX_JSON_ANSWER, "a JSON answer")?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ClientError::Protocol(format!("answer is not the expected JSON: {e}")))
 }
 
+/// The typed error of a non-2xx answer; a body over
+/// [`limits::MAX_ERROR_BODY`] or not the JSON envelope leaves the status alone
+/// to speak.
 fn api_error(resp: Response) -> ApiError {
     let status = resp.status().as_u16();
-    let bytes = resp.bytes().unwrap_or_default();
+    let bytes = read_bounded(resp, limits::MAX_ERROR_BODY, "an error answer").unwrap_or_default();
     match serde_json::from_slice::<ErrorEnvelope>(&bytes) {
         Ok(env) => ApiError {
             status,
@@ -570,16 +640,52 @@ mod tests {
     }
 
     #[test]
-    fn plain_http_only_to_loopback() {
-        assert!(is_loopback_http("http://127.0.0.1:8080"));
-        assert!(is_loopback_http("http://localhost/x"));
-        assert!(is_loopback_http("http://[::1]:80"));
-        assert!(!is_loopback_http("http://example.com"));
-        assert!(!is_loopback_http("http://127.0.0.1.evil.com"));
-        assert!(matches!(
-            ApiClient::new("http://example.com", None, ""),
-            Err(ClientError::Usage(_))
-        ));
+    fn server_urls_follow_the_secret_url_rule() {
+        for (text, base) in [
+            ("http://127.0.0.1:8080/", "http://127.0.0.1:8080"),
+            ("http://localhost/x", "http://localhost/x"),
+            ("http://[::1]:80", "http://[::1]"),
+            ("HTTP://0x7f.1:9", "http://127.0.0.1:9"),
+            (
+                " https://onboard.example:8443/ ",
+                "https://onboard.example:8443",
+            ),
+        ] {
+            assert_eq!(
+                ApiClient::new(text, None, "").unwrap().server(),
+                base,
+                "{text}"
+            );
+        }
+        for text in [
+            "http://127.0.0.1:80@evil.example",
+            "http://user:pw@127.0.0.1",
+            "http://127.0.0.1@evil.example/",
+            "http://127.0.0.1.evil.example",
+            "http://[::ffff:127.0.0.1]",
+            "http://localhost.",
+            "http://example.com",
+            "https://x.example/?a=b",
+        ] {
+            assert!(
+                matches!(
+                    ApiClient::new(text, None, "obk_x"),
+                    Err(ref e @ ClientError::ServerUrl(_)) if e.is_usage()
+                ),
+                "{text}"
+            );
+        }
+    }
+
+    /// `http://localhost` is pinned to the loopback addresses: no resolver
+    /// is asked, so no DNS answer can send the key elsewhere.
+    #[test]
+    fn localhost_reaches_the_loopback_interface() {
+        let (url, seen) = fake_server(vec![answer("200 OK", "", "{}")]);
+        let port = url.rsplit(':').next().unwrap();
+        let api = fast(&format!("http://localhost:{port}"));
+        let _: serde_json::Value = api.get_json("/healthz", &[]).unwrap();
+        assert_eq!(seen.lock().unwrap().len(), 1);
     }
 
     /// A one-request-per-connection HTTP server answering from a script and
@@ -631,6 +737,20 @@ mod tests {
                 initial_backoff: Duration::from_millis(10),
                 max_backoff: Duration::from_millis(20),
             })
+    }
+
+    #[test]
+    fn redirects_are_not_followed() {
+        let (url, seen) = fake_server(vec![answer(
+            "302 Found",
+            "Location: http://evil.invalid/v1/jobs\r\n",
+            "",
+        )]);
+        let err = fast(&url)
+            .get_json::<serde_json::Value>("/v1/jobs", &[])
+            .unwrap_err();
+        assert_eq!(err.api().unwrap().status, 302, "{err}");
+        assert_eq!(seen.lock().unwrap().len(), 1);
     }
 
     #[test]
@@ -712,14 +832,207 @@ mod tests {
         assert_eq!(String::from_utf8(out).unwrap(), "c1\nc2\nc3\n");
         let seen = seen.lock().unwrap();
         assert!(
-            seen[0].starts_with("GET /v1/audiences/a-1/members HTTP"),
+            seen[0].starts_with("GET /v1/audiences/a-1/members?limit=10000 HTTP"),
             "{}",
             seen[0]
         );
         assert!(
-            seen[1].starts_with("GET /v1/audiences/a-1/members?cursor=cur%2B1%2F2 HTTP"),
+            seen[1]
+                .starts_with("GET /v1/audiences/a-1/members?limit=10000&cursor=cur%2B1%2F2 HTTP"),
             "{}",
             seen[1]
+        );
+    }
+
+    /// A server that answers one request with `head` and then an endless
+    /// body (chunked, or under a huge Content-Length): it writes until the
+    /// client hangs up (or a write stalls 5 s, or 1 GiB is out) and returns
+    /// how many body bytes it wrote.
+    fn endless_server(
+        head: &'static str,
+        line: &'static [u8],
+    ) -> (String, std::thread::JoinHandle<u64>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let handle = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.set_write_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut request = Vec::new();
+            let mut byte = [0u8; 1];
+            while !request.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                request.push(byte[0]);
+            }
+            let chunked = head.contains("chunked");
+            let block: Vec<u8> = line.iter().copied().cycle().take(64 << 10).collect();
+            let frame = if chunked {
+                [
+                    format!("{:x}\r\n", block.len()).into_bytes(),
+                    block.clone(),
+                    b"\r\n".to_vec(),
+                ]
+                .concat()
+            } else {
+                block.clone()
+            };
+            let mut written = 0u64;
+            if conn.write_all(head.as_bytes()).is_err() {
+                return written;
+            }
+            while written < 1 << 30 && conn.write_all(&frame).is_ok() {
+                written += block.len() as u64;
+            }
+            written
+        });
+        (url, handle)
+    }
+
+    /// The client stopped at the limit: the error names it, and the server
+    /// could not push much more than the limit before the client hung up.
+    fn assert_stopped_at(
+        err: ClientError,
+        limit: u64,
+        what: &str,
+        server: std::thread::JoinHandle<u64>,
+    ) {
+        match &err {
+            ClientError::AnswerTooLarge { what: w, limit: l } => {
+                assert_eq!((w.as_str(), *l), (what, limit), "{err}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(err.to_string().contains(&limit.to_string()), "{err}");
+        let written = server.join().unwrap();
+        // Socket buffers on both sides hold a few MiB at most.
+        assert!(
+            written < limit + (32 << 20),
+            "the server pushed {written} bytes"
+        );
+    }
+
+    const CHUNKED: &str =
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+    const HUGE_LENGTH: &str = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000000000\r\n\r\n";
+
+    #[test]
+    fn an_endless_json_answer_stops_at_its_limit() {
+        let (url, server) = endless_server(CHUNKED, b"[1,2,3,");
+        let err = fast(&url)
+            .get_json::<serde_json::Value>("/v1/jobs", &[])
+            .unwrap_err();
+        assert_stopped_at(err, limits::MAX_JSON_ANSWER, "a JSON answer", server);
+    }
+
+    #[test]
+    fn a_huge_announced_length_is_refused_before_reading() {
+        let (url, server) = endless_server(HUGE_LENGTH, b"[1,2,3,");
+        let err = fast(&url)
+            .get_json::<serde_json::Value>("/v1/jobs", &[])
+            .unwrap_err();
+        assert_stopped_at(err, limits::MAX_JSON_ANSWER, "a JSON answer", server);
+    }
+
+    #[test]
+    fn an_endless_point_page_stops_at_the_announced_page_size() {
+        let (url, server) = endless_server(CHUNKED, b"OBPP");
+        let limit = limits::point_page(Some(100), 1_000_000);
+        assert_eq!(limit, 14 + 32 * 100);
+        let err = fast(&url)
+            .get_bytes("/v1/jobs/j/graph/email/0", limit, "graph page email/0")
+            .unwrap_err();
+        assert_stopped_at(err, limit, "graph page email/0", server);
+    }
+
+    #[test]
+    fn an_endless_members_page_stops_at_its_limit() {
+        let (url, server) = endless_server(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"{\"cookie\":\"c\"}\n",
+        );
+        let mut out = Vec::new();
+        // Short lines: the count of cookie IDs asked for is what stops it.
+        let err =
+            crate::destination::pull_audience_paged(&fast(&url), "a-1", 50, &mut out).unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Protocol(m) if m.contains("more than the 50")),
+            "{err}"
+        );
+        assert_eq!(out.len(), 50 * 2);
+        assert!(server.join().unwrap() < 32 << 20);
+    }
+
+    #[test]
+    fn an_endless_member_line_stops_at_the_line_limit() {
+        let (url, server) = endless_server(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/csv\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"cccccccc",
+        );
+        let mut out = Vec::new();
+        let err = crate::destination::pull_audience(&fast(&url), "a-1", &mut out).unwrap_err();
+        assert_stopped_at(err, limits::MAX_MEMBER_LINE, "a member line", server);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn endless_blank_lines_stop_at_the_page_limit() {
+        // Blank lines count no cookie ID: the page's byte budget stops them.
+        let (url, server) = endless_server(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/csv\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"\n",
+        );
+        let mut out = Vec::new();
+        let err =
+            crate::destination::pull_audience_paged(&fast(&url), "a-1", 3, &mut out).unwrap_err();
+        assert_stopped_at(err, limits::members_page(3), "a members page", server);
+    }
+
+    #[test]
+    fn an_endless_error_body_is_cut_and_the_status_reported() {
+        let (url, server) = endless_server(
+            "HTTP/1.1 500 Internal Server Error\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"x",
+        );
+        let api = fast(&url).with_retry(RetryPolicy {
+            attempts: 1,
+            ..RetryPolicy::default()
+        });
+        let err = api.get_json::<serde_json::Value>("/x", &[]).unwrap_err();
+        assert_eq!(err.api().unwrap().status, 500);
+        assert!(server.join().unwrap() < limits::MAX_ERROR_BODY + (32 << 20));
+    }
+
+    #[test]
+    fn limits_fit_their_kinds() {
+        use onboard_protocol::wire::PointPage;
+        let empty = PointPage {
+            kind: onboard_protocol::MatchKind::ALL[0],
+            page_no: 0,
+            points: Vec::new(),
+        };
+        assert_eq!(empty.encode().len() as u64, limits::POINT_PAGE_HEADER);
+        assert_eq!(
+            limits::point_page(Some(8192), 10),
+            14 + 32 * 10,
+            "the kind's points bound a page"
+        );
+        assert_eq!(limits::point_page(None, 500), 14 + 32 * 500);
+        assert_eq!(
+            limits::point_page(Some(u32::MAX), u64::MAX),
+            limits::MAX_POINT_PAGE
+        );
+        assert_eq!(
+            limits::members_page(10_000),
+            10_001 * limits::MAX_MEMBER_LINE
+        );
+        assert_eq!(limits::members_page(u32::MAX), limits::MAX_MEMBERS_PAGE);
+        // The longest cookie ID as NDJSON, every character escaped, fits a line.
+        let cookie = "\"".repeat(limits::MAX_COOKIE_BYTES as usize);
+        let line = serde_json::json!({ "cookie": cookie }).to_string() + "\n";
+        assert!(
+            line.len() as u64 <= limits::MAX_MEMBER_LINE,
+            "{}",
+            line.len()
         );
     }
 
@@ -740,7 +1053,9 @@ mod tests {
     fn bad_server_urls_and_keys_are_usage_errors() {
         assert!(matches!(
             ApiClient::new("ftp://x", None, ""),
-            Err(ClientError::Usage(_))
+            Err(ClientError::ServerUrl(
+                onboard_protocol::EndpointError::Scheme(_)
+            ))
         ));
         assert!(matches!(
             ApiClient::new("https://x", None, "a b"),

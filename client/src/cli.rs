@@ -9,7 +9,8 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "onboard", version, propagate_version = true)]
 pub struct Cli {
-    /// Base URL of the onboard server.
+    /// Base URL of the onboard server: https, or plain http only to a loopback
+    /// address (127.0.0.0/8, [::1], localhost); never user-info, query or fragment.
     #[arg(
         long,
         global = true,
@@ -20,7 +21,8 @@ pub struct Cli {
     /// PEM file of the CA that signed the server's certificate (only it is trusted then).
     #[arg(long, global = true, env = "ONBOARD_CA", value_name = "FILE")]
     pub ca: Option<PathBuf>,
-    /// File holding the API key (otherwise the ONBOARD_API_KEY environment variable).
+    /// File holding the API key (otherwise the ONBOARD_API_KEY environment variable);
+    /// a regular file of yours, mode 0600, not a symlink.
     #[arg(long, global = true, value_name = "FILE")]
     pub api_key_file: Option<PathBuf>,
     /// No progress bars and no informational messages on stderr.
@@ -79,7 +81,7 @@ pub struct MatchArgs {
     /// The CRM export (CSV; `,` `;` or tab; UTF-8 with or without BOM).
     #[arg(long, value_name = "FILE")]
     pub input: PathBuf,
-    /// Your secret key file (from `onboard keygen`).
+    /// Your secret key file (from `onboard keygen`): a regular file of yours, mode 0600, not a symlink.
     #[arg(long, value_name = "FILE")]
     pub key: PathBuf,
     /// Destination (DMP/DSP) the audiences are for.
@@ -163,6 +165,14 @@ pub enum AudiencesCommand {
         /// Write to this file instead of stdout.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// Cookie IDs asked per page; at most the server's `members_page_limit`.
+        #[arg(
+            long,
+            value_name = "N",
+            default_value_t = crate::api::limits::MEMBERS_PAGE_LIMIT,
+            value_parser = clap::value_parser!(u32).range(1..)
+        )]
+        page_size: u32,
     },
 }
 
@@ -236,8 +246,9 @@ pub enum DestinationCommand {
     Create {
         /// Destination name (as used in `match --destination` and cookies.csv).
         name: String,
-        /// A push URL, recorded for the destination; push delivery is not implemented
-        /// yet, so destinations pull with `audiences pull`.
+        /// A push URL, recorded for the destination (https, or http to a loopback
+        /// address); push delivery is not implemented yet, so destinations pull
+        /// with `audiences pull`.
         #[arg(long, value_name = "URL")]
         webhook_url: Option<String>,
     },
@@ -272,8 +283,9 @@ pub enum PrincipalsCommand {
         /// admin, advertiser or destination.
         #[arg(long, value_parser = parse_role)]
         role: crate::admin::Role,
-        /// A push URL for a destination, recorded only: push delivery is not
-        /// implemented yet, so destinations pull with `audiences pull`.
+        /// A push URL for a destination (https, or http to a loopback address),
+        /// recorded only: push delivery is not implemented yet, so destinations
+        /// pull with `audiences pull`.
         #[arg(long, value_name = "URL")]
         webhook_url: Option<String>,
     },

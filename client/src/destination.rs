@@ -1,10 +1,12 @@
-//! The destination's side: list own audiences, pull members page by page.
+//! The destination's side: list own audiences, pull members page by page,
+//! each page and line read within its limit ([`limits`]).
 
-use crate::api::{segment, ApiClient, Body};
+use crate::api::{limits, segment, ApiClient, Body};
 use crate::error::ClientError;
+use reqwest::blocking::Response;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 
 /// Name of the header carrying the next page's cursor.
 pub const NEXT_CURSOR_HEADER: &str = "Onboard-Next-Cursor";
@@ -43,25 +45,36 @@ pub fn list_audiences(api: &ApiClient) -> Result<Vec<AudienceInfo>, ClientError>
     Ok(api.get_json::<List>("/v1/audiences", &[])?.audiences)
 }
 
-/// Write every member's cookie ID, one per line; returns how many.
+/// Write every member's cookie ID, one per line; returns how many. Pages of
+/// [`limits::MEMBERS_PAGE_LIMIT`] cookie IDs are asked for.
 pub fn pull_audience(api: &ApiClient, id: &str, out: &mut dyn Write) -> Result<u64, ClientError> {
-    #[derive(Deserialize)]
-    struct Member {
-        cookie: String,
+    pull_audience_paged(api, id, limits::MEMBERS_PAGE_LIMIT, out)
+}
+
+/// [`pull_audience`] asking `page_limit` cookie IDs per page (at most the
+/// server's `members_page_limit`). Each page is read no further than
+/// [`limits::members_page`]`(page_limit)` bytes, each line no further than
+/// [`limits::MAX_MEMBER_LINE`].
+pub fn pull_audience_paged(
+    api: &ApiClient,
+    id: &str,
+    page_limit: u32,
+    out: &mut dyn Write,
+) -> Result<u64, ClientError> {
+    if page_limit == 0 {
+        return Err(ClientError::Usage(
+            "the members page size must be at least 1".into(),
+        ));
     }
     let path = format!("/v1/audiences/{}/members", segment(id));
+    let limit_text = page_limit.to_string();
     let mut cursor: Option<String> = None;
     let mut count = 0u64;
-    let write_err = |e: std::io::Error| ClientError::File {
-        action: "cannot write",
-        path: "output".into(),
-        source: e,
-    };
     loop {
-        let query: Vec<(&str, &str)> = cursor
-            .as_deref()
-            .map(|c| vec![("cursor", c)])
-            .unwrap_or_default();
+        let mut query: Vec<(&str, &str)> = vec![("limit", &limit_text)];
+        if let Some(c) = cursor.as_deref() {
+            query.push(("cursor", c));
+        }
         let resp = api.send(
             Method::GET,
             &path,
@@ -75,35 +88,85 @@ pub fn pull_audience(api: &ApiClient, id: &str, out: &mut dyn Write) -> Result<u
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
             .filter(|c| !c.is_empty());
-        let is_csv = resp
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|t| t.starts_with("text/csv"));
-        let reader = BufReader::new(resp);
-        for (i, line) in reader.lines().enumerate() {
-            let line = line.map_err(|e| ClientError::Protocol(format!("reading members: {e}")))?;
-            let line = line.trim();
-            if line.is_empty() || (is_csv && i == 0 && line == "cookie_id") {
-                continue;
-            }
-            let cookie = if is_csv {
-                line.to_owned()
-            } else {
-                serde_json::from_str::<Member>(line)
-                    .map_err(|e| {
-                        ClientError::Protocol(format!("member line is not {{\"cookie\":…}}: {e}"))
-                    })?
-                    .cookie
-            };
-            writeln!(out, "{cookie}").map_err(write_err)?;
-            count += 1;
-        }
+        count += copy_members(resp, page_limit, out)?;
         match next {
             Some(c) if cursor.as_deref() != Some(c.as_str()) => cursor = Some(c),
             _ => break,
         }
     }
-    out.flush().map_err(write_err)?;
+    out.flush().map_err(write_error)?;
     Ok(count)
+}
+
+fn write_error(e: std::io::Error) -> ClientError {
+    ClientError::File {
+        action: "cannot write",
+        path: "output".into(),
+        source: e,
+    }
+}
+
+/// Copy one members page (NDJSON or CSV) to `out`, one cookie ID a line,
+/// reading no more than the page's and each line's limit.
+fn copy_members(resp: Response, page_limit: u32, out: &mut dyn Write) -> Result<u64, ClientError> {
+    #[derive(Deserialize)]
+    struct Member {
+        cookie: String,
+    }
+    let page_bytes = limits::members_page(page_limit);
+    let too_large = |what: &str, limit| ClientError::AnswerTooLarge {
+        what: what.to_owned(),
+        limit,
+    };
+    if resp.content_length().is_some_and(|n| n > page_bytes) {
+        return Err(too_large("a members page", page_bytes));
+    }
+    let is_csv = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/csv"));
+    let mut reader = BufReader::new(resp.take(page_bytes + 1));
+    let (mut read, mut count, mut first) = (0u64, 0u64, true);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = (&mut reader)
+            .take(limits::MAX_MEMBER_LINE + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| ClientError::Protocol(format!("reading members: {e}")))?;
+        if n == 0 {
+            return Ok(count);
+        }
+        read += n as u64;
+        if read > page_bytes {
+            return Err(too_large("a members page", page_bytes));
+        }
+        if n as u64 > limits::MAX_MEMBER_LINE {
+            return Err(too_large("a member line", limits::MAX_MEMBER_LINE));
+        }
+        let text = std::str::from_utf8(&line)
+            .map_err(|_| ClientError::Protocol("a member line is not UTF-8".into()))?
+            .trim();
+        let header = is_csv && std::mem::take(&mut first) && text == "cookie_id";
+        if text.is_empty() || header {
+            continue;
+        }
+        count += 1;
+        if count > u64::from(page_limit) {
+            return Err(ClientError::Protocol(format!(
+                "a members page holds more than the {page_limit} cookie IDs asked for"
+            )));
+        }
+        let cookie = if is_csv {
+            text.to_owned()
+        } else {
+            serde_json::from_str::<Member>(text)
+                .map_err(|e| {
+                    ClientError::Protocol(format!("member line is not {{\"cookie\":…}}: {e}"))
+                })?
+                .cookie
+        };
+        writeln!(out, "{cookie}").map_err(write_error)?;
+    }
 }

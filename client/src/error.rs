@@ -49,9 +49,21 @@ pub enum ClientError {
         #[source]
         source: onboard_protocol::KeyError,
     },
+    /// A key file that is not safely ours: a symlink, not a regular file,
+    /// owned by another user, or open to group or others.
+    #[error("{path}: {problem}")]
+    UnsafeKeyFile {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong, and the fix.
+        problem: crate::secret_file::KeyFileProblem,
+    },
     /// Options that do not make sense together.
     #[error("{0}")]
     Usage(String),
+    /// `--server` may not be called with an API key.
+    #[error("--server (or ONBOARD_SERVER) is refused: {0}")]
+    ServerUrl(onboard_protocol::EndpointError),
     /// The server could not be reached at all.
     #[error("cannot reach the server at {server}: {detail} (is it running? check --server / ONBOARD_SERVER)")]
     Unreachable {
@@ -95,6 +107,18 @@ pub enum ClientError {
         /// What stopped the upload.
         source: Box<ClientError>,
     },
+    /// An answer larger than this client reads for its kind
+    /// ([`crate::api::limits`]); reading stopped at the limit.
+    #[error(
+        "the server's answer ({what}) is larger than this client's limit of {limit} bytes; \
+         stopped reading (is --server the onboard server?)"
+    )]
+    AnswerTooLarge {
+        /// What was being read.
+        what: String,
+        /// The limit, in bytes.
+        limit: u64,
+    },
     /// The server answered something this client cannot understand.
     #[error("unexpected answer from the server: {0}")]
     Protocol(String),
@@ -107,6 +131,11 @@ impl ClientError {
             Self::Api(e) => Some(e),
             _ => None,
         }
+    }
+
+    /// A mistake on the command line (exit code 2), not a failed operation.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Self::Usage(_) | Self::ServerUrl(_))
     }
 
     pub(crate) fn read(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

@@ -11,6 +11,7 @@
 //!   erasure, audit, stats.
 //! - [`api`]: the HTTP client of docs/api.md with typed errors and retries.
 //! - [`csv_input`]: CSV as CRM exports come (delimiter, BOM, quotes).
+//! - [`secret_file`]: key files are read only when they are safely ours.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -25,6 +26,7 @@ pub mod jobs;
 pub mod matching;
 pub mod progress;
 pub mod render;
+pub mod secret_file;
 
 pub use admin::{
     audit, create_key, create_principal, create_principal_with_webhook, erase, import_graph,
@@ -32,7 +34,7 @@ pub use admin::{
     EraseSummary, ImportSummary, OptoutSummary, Role,
 };
 pub use api::{ApiClient, ApiError, ErrorCode, RetryPolicy};
-pub use destination::{list_audiences, pull_audience, AudienceInfo};
+pub use destination::{list_audiences, pull_audience, pull_audience_paged, AudienceInfo};
 pub use error::ClientError;
 pub use jobs::{abort_job, get_job, list_jobs, JobInfo};
 pub use matching::{
@@ -64,7 +66,11 @@ pub fn main_with_args<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> Ex
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", error_text(&e));
-            ExitCode::from(1)
+            let usage = e.chain().any(|c| {
+                c.downcast_ref::<ClientError>()
+                    .is_some_and(ClientError::is_usage)
+            });
+            ExitCode::from(if usage { 2 } else { 1 })
         }
     }
 }

@@ -27,7 +27,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::time::Instant;
-use zeroize::Zeroizing;
 
 /// Row numbers kept per problem in the quality report.
 pub const FIRST_ROWS_KEPT: usize = 5;
@@ -370,6 +369,7 @@ pub fn resume_match(
         .then(|| JobCreated {
             job_id: job_id.to_owned(),
             graph_version: 0,
+            page_size: None,
             graph_pass: job
                 .graph_pass
                 .iter()
@@ -569,10 +569,10 @@ fn finish_or_keep(
     Err(e)
 }
 
-/// Read and parse the advertiser key file.
+/// Read and parse the advertiser key file, refusing one that is not safely
+/// the user's own ([`crate::secret_file`]: no symlink, regular, owned, 0600).
 pub fn load_key(path: &Path) -> Result<SecretKey, ClientError> {
-    let text =
-        Zeroizing::new(std::fs::read_to_string(path).map_err(|e| ClientError::read(path, e))?);
+    let text = crate::secret_file::read_key_file(path)?;
     SecretKey::from_file_string(&text).map_err(|source| ClientError::Key {
         path: path.to_owned(),
         source,
@@ -584,6 +584,9 @@ struct JobCreated {
     job_id: String,
     #[serde(default)]
     graph_version: u64,
+    /// Points per graph-pass page, as the server announced it (not known on resume).
+    #[serde(default)]
+    page_size: Option<u32>,
     #[serde(default)]
     graph_pass: BTreeMap<String, GraphPassInfo>,
 }
@@ -1045,7 +1048,8 @@ fn graph_pass(
     progress: &dyn ProgressSink,
     stop: &AtomicBool,
 ) -> Result<(u64, u64), ClientError> {
-    let mut work: Vec<(MatchKind, u32)> = Vec::new();
+    // (kind, page number, the page's size limit in bytes)
+    let mut work: Vec<(MatchKind, u32, u64)> = Vec::new();
     let mut total_points = 0;
     for (kind, info) in &job.graph_pass {
         if info.pages == 0 {
@@ -1055,7 +1059,8 @@ fn graph_pass(
             ClientError::Protocol(format!("graph pass names an unknown kind `{kind}`"))
         })?;
         total_points += info.points;
-        work.extend((0..info.pages).map(|p| (kind, p)));
+        let limit = crate::api::limits::point_page(job.page_size, info.points);
+        work.extend((0..info.pages).map(|p| (kind, p, limit)));
     }
     if work.is_empty() {
         return Ok((0, 0));
@@ -1073,10 +1078,10 @@ fn graph_pass(
                             return Ok(());
                         }
                         let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&(kind, page_no)) = work.get(i) else {
+                        let Some(&(kind, page_no, limit)) = work.get(i) else {
                             return Ok(());
                         };
-                        let r = reblind_page(api, key, &job_path, kind, page_no);
+                        let r = reblind_page(api, key, &job_path, (kind, page_no), limit);
                         match r {
                             Ok(n) => {
                                 done_points.fetch_add(n, Ordering::Relaxed);
@@ -1108,11 +1113,11 @@ fn reblind_page(
     api: &ApiClient,
     key: &SecretKey,
     job_path: &str,
-    kind: MatchKind,
-    page_no: u32,
+    (kind, page_no): (MatchKind, u32),
+    limit: u64,
 ) -> Result<u64, ClientError> {
     let path = format!("{job_path}/{kind}/{page_no}");
-    let bytes = api.get_bytes(&path)?;
+    let bytes = api.get_bytes(&path, limit, &format!("graph page {kind}/{page_no}"))?;
     let page = PointPage::decode(&bytes)
         .map_err(|e| ClientError::Protocol(format!("graph page {kind}/{page_no}: {e}")))?;
     if page.kind != kind || page.page_no != page_no {

@@ -322,3 +322,293 @@ fn unreachable_server_is_reported() {
         "{stderr}"
     );
 }
+
+/// Stands in as every proxy of the environment and counts the connections it
+/// is offered (dropping each at once): with it set, any network attempt of
+/// the client shows.
+struct Tripwire {
+    url: String,
+    seen: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Tripwire {
+    fn new() -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (count, halt) = (seen.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !halt.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok(_) => {
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                }
+            }
+        });
+        Self {
+            url,
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Connections offered so far (the listener is drained first).
+    fn connections(&mut self) -> usize {
+        use std::sync::atomic::Ordering;
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        self.seen.load(Ordering::SeqCst)
+    }
+
+    /// `onboard ARGS` with every proxy variable pointing here.
+    fn onboard(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_onboard"));
+        cmd.args(args)
+            .env_remove("ONBOARD_API_KEY")
+            .env_remove("ONBOARD_SERVER")
+            .env_remove("ONBOARD_CA")
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy");
+        for var in [
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "all_proxy",
+        ] {
+            cmd.env(var, &self.url);
+        }
+        cmd.output().expect("run onboard")
+    }
+}
+
+/// A file of mode `mode` (umask notwithstanding).
+fn write_mode(dir: &Path, name: &str, content: &str, mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = write(dir, name, content);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+#[test]
+fn a_server_url_that_could_leak_the_key_is_a_usage_error_before_any_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let api_key = write_mode(dir.path(), "api.key", "obk_test\n", 0o600);
+    let mut trip = Tripwire::new();
+    for (server, needle) in [
+        ("http://127.0.0.1:1@evil.invalid", "user-info"),
+        ("http://127.0.0.1@evil.invalid/", "user-info"),
+        ("http://user:pw@127.0.0.1:1", "user-info"),
+        (
+            "http://127.0.0.1.evil.invalid",
+            "plain http is allowed only to a loopback",
+        ),
+        (
+            "http://127.0.0.1%2eevil.invalid",
+            "plain http is allowed only to a loopback",
+        ),
+        (
+            "http://localhost.",
+            "plain http is allowed only to a loopback",
+        ),
+        (
+            "http://[::ffff:127.0.0.1]:1",
+            "plain http is allowed only to a loopback",
+        ),
+        (
+            "http://evil.invalid",
+            "plain http is allowed only to a loopback",
+        ),
+        ("http:\\\\127.0.0.1:1\\", "backslash"),
+        ("https://evil.invalid/?k=v", "query"),
+        ("ftp://evil.invalid", "scheme is `ftp`"),
+    ] {
+        let out = trip.onboard(&[
+            "--server",
+            server,
+            "--api-key-file",
+            api_key.to_str().unwrap(),
+            "audiences",
+            "list",
+        ]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{server}: {stderr}");
+        assert!(
+            stderr.contains("--server") && stderr.contains(needle),
+            "{server}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("pw"),
+            "the password is not repeated: {stderr}"
+        );
+    }
+    assert_eq!(
+        trip.connections(),
+        0,
+        "a refused --server made a network attempt"
+    );
+}
+
+/// The control of the test above: with the same proxies, an accepted
+/// https URL does reach the network (through the proxy), so a count of zero
+/// there means something.
+#[test]
+fn the_tripwire_sees_an_accepted_server_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let api_key = write_mode(dir.path(), "api.key", "obk_test\n", 0o600);
+    let mut trip = Tripwire::new();
+    let out = trip.onboard(&[
+        "--server",
+        "https://onboard.invalid",
+        "--api-key-file",
+        api_key.to_str().unwrap(),
+        "audiences",
+        "list",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(trip.connections() >= 1);
+}
+
+/// Plain http is allowed because it stays on loopback: a proxy from the
+/// environment must not carry the key off the machine in clear.
+#[test]
+fn plain_http_to_loopback_bypasses_proxies() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let api_key = write_mode(dir.path(), "api.key", "obk_test\n", 0o600);
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let hosts = ["127.0.0.1", "localhost"];
+    let thread = std::thread::spawn(move || {
+        let mut heads = Vec::new();
+        for _ in hosts {
+            let (mut conn, _) = server.accept().unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let body = r#"{"audiences":[]}"#;
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            conn.write_all(answer.as_bytes()).unwrap();
+            heads.push(String::from_utf8_lossy(&head).to_ascii_lowercase());
+        }
+        heads
+    });
+    let mut trip = Tripwire::new();
+    for host in hosts {
+        let out = trip.onboard(&[
+            "--server",
+            &format!("http://{host}:{port}"),
+            "--api-key-file",
+            api_key.to_str().unwrap(),
+            "audiences",
+            "list",
+            "--json",
+        ]);
+        assert!(out.status.success(), "{host}: {}", text(&out.stderr));
+    }
+    for head in thread.join().unwrap() {
+        assert!(head.contains("authorization: bearer obk_test"), "{head}");
+    }
+    assert_eq!(trip.connections(), 0, "a request went through the proxy");
+}
+
+#[test]
+fn key_files_must_be_private_regular_files_of_ours() {
+    let dir = tempfile::tempdir().unwrap();
+    let crm = write(dir.path(), "crm.csv", CRM);
+    let key = dir.path().join("adv.key");
+    assert!(onboard(&["keygen", "--out", key.to_str().unwrap()])
+        .status
+        .success());
+    let link = dir.path().join("link.key");
+    std::os::unix::fs::symlink(&key, &link).unwrap();
+    let open = write_mode(
+        dir.path(),
+        "open.key",
+        &std::fs::read_to_string(&key).unwrap(),
+        0o644,
+    );
+    let matching = |key: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_onboard"))
+            .args([
+                "--server",
+                "https://127.0.0.1:1",
+                "--quiet",
+                "match",
+                "--input",
+            ])
+            .arg(&crm)
+            .arg("--key")
+            .arg(key)
+            .args([
+                "--destination",
+                "d",
+                "--email-col",
+                "email",
+                "--segment-col",
+                "segment",
+            ])
+            .env("ONBOARD_API_KEY", "obk_test")
+            .env_remove("ONBOARD_SERVER")
+            .env_remove("ONBOARD_CA")
+            .output()
+            .unwrap()
+    };
+    let refused = |out: &Output, path: &Path, needles: &[&str]| {
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(path.to_str().unwrap()), "{stderr}");
+        for n in needles {
+            assert!(stderr.contains(n), "`{n}` not in {stderr}");
+        }
+        assert!(
+            !stderr.contains("cannot reach"),
+            "refused before the network: {stderr}"
+        );
+    };
+    refused(&matching(&link), &link, &["symbolic link"]);
+    refused(&matching(&open), &open, &["mode 644", "chmod 600"]);
+    refused(&matching(dir.path()), dir.path(), &["directory"]);
+    // keygen's own file (0600) is used: the command gets as far as the network.
+    assert!(text(&matching(&key).stderr).contains("cannot reach the server"));
+
+    // The API key file follows the same rule.
+    let api = |file: &Path| {
+        onboard(&[
+            "--server",
+            "https://127.0.0.1:1",
+            "--api-key-file",
+            file.to_str().unwrap(),
+            "audiences",
+            "list",
+        ])
+    };
+    let api_key = write_mode(dir.path(), "api.key", "obk_test\n", 0o600);
+    let api_link = dir.path().join("api.link");
+    std::os::unix::fs::symlink(&api_key, &api_link).unwrap();
+    let api_open = write_mode(dir.path(), "api-open.key", "obk_test\n", 0o640);
+    refused(
+        &api(&api_link),
+        &api_link,
+        &["API key file", "symbolic link"],
+    );
+    refused(&api(&api_open), &api_open, &["mode 640", "chmod 600"]);
+    assert!(text(&api(&api_key).stderr).contains("cannot reach the server"));
+}

@@ -68,7 +68,7 @@ fn env() -> &'static Env {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let server = onboard_server::start(config, listener).expect("server start");
         let admin_key = dir.path().join("admin.key");
-        std::fs::write(&admin_key, &init.admin_api_key).unwrap();
+        write_private(&admin_key, &init.admin_api_key);
         let env = Env {
             url: format!("https://127.0.0.1:{}", server.addr.port()),
             ca: init.ca_cert.expect("dev CA"),
@@ -141,7 +141,7 @@ impl Env {
             "the key alone on the last line: {stdout}"
         );
         let path = self.dir.path().join(format!("{name}.apikey"));
-        std::fs::write(&path, key).unwrap();
+        write_private(&path, key);
         path
     }
 
@@ -156,10 +156,18 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Write a file of mode 0600: `onboard` refuses key files others may read
+/// (harmless for the CSVs written here too).
 fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
     let path = dir.join(name);
-    std::fs::write(&path, content).unwrap();
+    write_private(&path, content);
     path
+}
+
+fn write_private(path: &Path, content: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, content).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 fn assert_ok(out: &Output) {
@@ -358,15 +366,14 @@ fn french_export_with_bom_matches_like_the_international_one() {
     let dest = env.dir.path().join("dsp-a.apikey.pull");
     let out = env.admin(&["admin", "keys", "create", "dsp-a"]);
     assert_ok(&out);
-    std::fs::write(
+    write_private(
         &dest,
         String::from_utf8(out.stdout)
             .unwrap()
             .lines()
             .last()
             .unwrap(),
-    )
-    .unwrap();
+    );
     for segment in ["Gold", "Silver"] {
         let audience = |r: &serde_json::Value| -> String {
             r["report"]["segments"]

@@ -35,6 +35,7 @@
 pub mod blind;
 pub mod curve;
 pub mod digest;
+pub mod endpoint;
 pub mod error;
 pub mod keys;
 pub mod normalize;
@@ -42,6 +43,7 @@ pub mod wire;
 
 pub use curve::PointBytes;
 pub use digest::Digest;
+pub use endpoint::{check_secret_url, EndpointError};
 pub use error::{IndexedPointError, KeyError, NormalizeError, PointError, WireError};
 pub use keys::{Fingerprint, SecretKey};
 pub use normalize::{normalize, IdKind, MatchKind, Normalized, Region};

@@ -2,7 +2,7 @@
 
 use super::{plain, table, Context};
 use crate::cli::AudiencesCommand;
-use crate::destination::{list_audiences, pull_audience};
+use crate::destination::{list_audiences, pull_audience_paged};
 use anyhow::{Context as _, Result};
 use std::io::Write;
 
@@ -41,13 +41,13 @@ pub(super) fn run(ctx: &Context, cmd: AudiencesCommand) -> Result<()> {
                 );
             }
         }
-        AudiencesCommand::Pull { id, out } => {
+        AudiencesCommand::Pull { id, out, page_size } => {
             let n = match &out {
                 Some(path) => {
                     let file = std::fs::File::create(path)
                         .with_context(|| format!("cannot create {}", path.display()))?;
                     let mut w = std::io::BufWriter::new(file);
-                    let n = pull_audience(&api, &id, &mut w)?;
+                    let n = pull_audience_paged(&api, &id, page_size, &mut w)?;
                     w.flush()
                         .with_context(|| format!("cannot write {}", path.display()))?;
                     n
@@ -55,7 +55,7 @@ pub(super) fn run(ctx: &Context, cmd: AudiencesCommand) -> Result<()> {
                 None => {
                     let stdout = std::io::stdout();
                     let mut w = std::io::BufWriter::new(stdout.lock());
-                    pull_audience(&api, &id, &mut w)?
+                    pull_audience_paged(&api, &id, page_size, &mut w)?
                 }
             };
             ctx.note(format!("{n} members"));

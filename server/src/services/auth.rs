@@ -83,6 +83,7 @@ pub fn create_principal_in(
             "name: 1 to 64 characters of letters, digits, '.', '_' or '-'".into(),
         ));
     }
+    let webhook_url = webhook_url.as_deref().map(checked_webhook).transpose()?;
     let p = Principal {
         name: name.into(),
         role,
@@ -95,6 +96,16 @@ pub fn create_principal_in(
         )));
     }
     new_key_in(repo, pepper, &p)
+}
+
+/// A webhook URL will be called with a secret: the rule of every such URL
+/// (`onboard_protocol::endpoint`: https, or plain http only to loopback, no
+/// user-info, no query). Stored in the parser's canonical form, so the host
+/// checked is the host called.
+fn checked_webhook(text: &str) -> Result<String, ApiError> {
+    onboard_protocol::check_secret_url(text)
+        .map(String::from)
+        .map_err(|e| ApiError::BadRequest(format!("webhook_url: {e}")))
 }
 
 fn new_key_in(
@@ -230,5 +241,56 @@ impl Services {
             })
             .collect();
         Ok(serde_json::json!({ "principals": list }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(repo: &dyn crate::storage::Repo, name: &str, url: &str) -> Result<NewKey, ApiError> {
+        create_principal_in(repo, &[5u8; 32], name, Role::Destination, Some(url.into()))
+    }
+
+    #[test]
+    fn webhook_urls_follow_the_secret_url_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = crate::storage::open(dir.path()).unwrap();
+        for (i, url) in [
+            "http://127.0.0.1:80@evil.example/hook",
+            "https://user:pw@hooks.example/",
+            "http://hooks.example/in",
+            "http://127.0.0.1.evil.example",
+            "https://hooks.example/in?token=x",
+            "ftp://hooks.example/",
+            "not a url",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let name = format!("refused-{i}");
+            match create(repo.as_ref(), &name, url) {
+                Err(ApiError::BadRequest(m)) => {
+                    assert!(m.starts_with("webhook_url: "), "{url}: {m}")
+                }
+                other => panic!("{url}: {other:?}"),
+            }
+            assert!(repo.principal(&name).unwrap().is_none(), "{url} was stored");
+        }
+        // Accepted URLs are stored in canonical form: the host checked is the host called.
+        for (name, url, stored) in [
+            (
+                "tls",
+                "https://Hooks.Example/in",
+                "https://hooks.example/in",
+            ),
+            ("local", "http://0x7f.1:9000/in", "http://127.0.0.1:9000/in"),
+        ] {
+            create(repo.as_ref(), name, url).unwrap();
+            let p = repo.principal(name).unwrap().unwrap();
+            assert_eq!(p.webhook_url.as_deref(), Some(stored));
+        }
+        create_principal_in(repo.as_ref(), &[5u8; 32], "none", Role::Destination, None).unwrap();
+        assert_eq!(repo.principal("none").unwrap().unwrap().webhook_url, None);
     }
 }
