@@ -274,6 +274,10 @@ pub struct Config {
     pub page_size: usize,
     /// Open jobs untouched for longer than this are failed and deleted.
     pub abandoned_job_ttl: Duration,
+    /// Finished and failed job records (with their reports) are forgotten
+    /// this long after they ended, so listings and indexes do not grow with
+    /// history.
+    pub job_retention: Duration,
     /// How often the background clean-up runs.
     pub cleanup_interval: Duration,
     /// HTTP worker threads.
@@ -312,6 +316,7 @@ impl Default for Config {
             max_open_jobs: 4,
             page_size: 8192,
             abandoned_job_ttl: Duration::from_secs(86_400),
+            job_retention: Duration::from_secs(90 * 86_400),
             cleanup_interval: Duration::from_secs(300),
             workers: 2,
             members_page_limit: 10_000,
@@ -341,6 +346,7 @@ pub const KEYS: &[&str] = &[
     "max_open_jobs",
     "page_size",
     "abandoned_job_ttl",
+    "job_retention",
     "cleanup_interval",
     "workers",
     "members_page_limit",
@@ -428,6 +434,7 @@ impl Config {
             "max_open_jobs" => self.max_open_jobs = parse(key, value)?,
             "page_size" => self.page_size = parse(key, value)?,
             "abandoned_job_ttl" => self.abandoned_job_ttl = duration(key, value)?,
+            "job_retention" => self.job_retention = duration(key, value)?,
             "cleanup_interval" => self.cleanup_interval = duration(key, value)?,
             "workers" => self.workers = parse(key, value)?,
             "members_page_limit" => self.members_page_limit = parse(key, value)?,
@@ -478,6 +485,7 @@ impl Config {
             ("audience_ttl", self.audience_ttl),
             ("budget_window", self.budget_window),
             ("abandoned_job_ttl", self.abandoned_job_ttl),
+            ("job_retention", self.job_retention),
             ("cleanup_interval", self.cleanup_interval),
             ("client_request_timeout", self.client_request_timeout),
             ("client_disconnect_timeout", self.client_disconnect_timeout),

@@ -149,7 +149,33 @@ impl Services {
         Ok(n)
     }
 
-    /// Delete expired audiences and fail abandoned jobs; returns (audiences, jobs).
+    /// Forget finished and failed job records older than `job_retention`
+    /// (their transient data went when they ended); returns how many.
+    pub fn prune_ended_jobs(&self, now: u64) -> Result<usize, ApiError> {
+        let before = now.saturating_sub(self.config.job_retention.as_secs());
+        let mut pruned = 0;
+        for status in ["finished", "failed"] {
+            loop {
+                let old = self
+                    .repo
+                    .jobs_touched_before(status, before, CLEANUP_PAGE)?;
+                for j in &old {
+                    self.repo.delete_job(&j.id)?;
+                }
+                pruned += old.len();
+                if old.len() < CLEANUP_PAGE {
+                    break;
+                }
+            }
+        }
+        if pruned > 0 {
+            self.audit("system", "job.prune", &format!("{pruned} jobs"), "ok")?;
+        }
+        Ok(pruned)
+    }
+
+    /// Delete expired audiences, fail abandoned jobs and forget long-ended
+    /// ones; returns (audiences, abandoned jobs).
     pub fn cleanup(&self) -> Result<(usize, usize), ApiError> {
         let now = unix_now();
         let mut auds = 0;
@@ -183,6 +209,7 @@ impl Services {
                 break;
             }
         }
+        self.prune_ended_jobs(now)?;
         self.cleanup_graph_versions()?;
         Ok((auds, jobs))
     }
@@ -192,6 +219,53 @@ impl Services {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn ended_jobs_are_forgotten_after_the_retention_and_no_sooner() {
+        let dir = tempfile::tempdir().unwrap();
+        let services = Services::new(
+            crate::storage::open(dir.path()).unwrap(),
+            crate::config::Config::default(),
+            crate::keyfiles::ServerSecrets::derive_for_tests("prune"),
+        )
+        .unwrap();
+        let retention = services.config.job_retention.as_secs();
+        let now = 10 * retention;
+        let job = |id: &str, status: &str, ended: u64| crate::storage::Job {
+            id: id.into(),
+            advertiser: "acme".into(),
+            destination: "dsp".into(),
+            kinds: vec![],
+            key_fingerprint: String::new(),
+            graph_version: 1,
+            status: status.into(),
+            created: String::new(),
+            touched: ended,
+            batches: 0,
+            records: 0,
+            pass: Default::default(),
+            report: None,
+        };
+        for j in [
+            job("old-finished", "finished", now - retention - 1),
+            job("old-failed", "failed", now - retention),
+            job("recent", "finished", now - retention + 1),
+            job("open", "open", 0),
+        ] {
+            services.repo.put_job(&j).unwrap();
+        }
+        assert_eq!(services.prune_ended_jobs(now).unwrap(), 2);
+        let mut left: Vec<String> = services
+            .repo
+            .jobs_of("acme")
+            .unwrap()
+            .into_iter()
+            .map(|j| j.id)
+            .collect();
+        left.sort();
+        assert_eq!(left, ["open", "recent"]);
+        assert_eq!(services.prune_ended_jobs(now).unwrap(), 0);
+    }
 
     proptest! {
         #[test]

@@ -255,10 +255,10 @@ impl Services {
         match self.repo.principal(&req.destination)? {
             Some(p) if p.role == Role::Destination => {}
             _ => {
-                return Err(ApiError::Invalid(format!(
-                    "destination {} is not a known destination",
-                    req.destination
-                )))
+                // The caller's text is not echoed back.
+                return Err(ApiError::Invalid(
+                    "destination: not a known destination".into(),
+                ));
             }
         }
         let graph = self
@@ -574,6 +574,7 @@ impl Services {
             let _g = lock(&self.job_lock);
             if let Some(mut j) = self.repo.job(id)? {
                 j.status = "failed".into();
+                j.touched = unix_now();
                 self.repo.put_job(&j)?;
             }
         }
@@ -718,6 +719,8 @@ impl Services {
             let _g = lock(&self.job_lock);
             let mut j = self.repo.job(id)?.ok_or(ApiError::NotFound("job"))?;
             j.status = "finished".into();
+            // The end time: retention counts from here.
+            j.touched = unix_now();
             j.report = Some(report.clone());
             self.repo.put_job(&j)?;
         }
