@@ -303,3 +303,48 @@ fn members_cursors_of_two_audiences_share_no_value() {
         assert_eq!(a["size"], if a["segment"] == "S1" { 120 } else { 190 });
     }
 }
+
+#[test]
+fn copies_of_a_segment_pay_for_each_copy() {
+    // ε 1/2 per released value; budget 67 = 1.5 + 64.5 + 1 (see below).
+    let server = TestServer::start(&[
+        ("K", "50"),
+        ("MIN_JOB_ROWS", "50"),
+        ("EPSILON", "1/2"),
+        ("PRIVACY_BUDGET", "67"),
+        ("MAX_SEGMENTS_PER_JOB", "64"),
+    ]);
+    server.create("destination", DSP);
+    simple_graph(&server, 300, DSP);
+    let advertiser = server.create("advertiser", "acme");
+    let key = server.path("acme.key");
+    server.ok(&advertiser, &["keygen", "--out", key.to_str().unwrap()]);
+    let crm = |name: &str, segments: &str| {
+        let path = server.path(name);
+        let mut text = String::from("email,segment\n");
+        for i in 0..120 {
+            let _ = writeln!(text, "person{i}@example.com,{segments}");
+        }
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let spent = |path: &PathBuf| -> f64 {
+        let r = report(&match_emails(&server, &advertiser, &key, path, DSP));
+        r["epsilon_spent"].as_f64().expect("epsilon_spent")
+    };
+    let copies: Vec<String> = (0..64).map(|i| format!("C{i}")).collect();
+    let one = spent(&crm("one.csv", "S"));
+    let many = spent(&crm("copies.csv", &copies.join("|")));
+    // Per segment 2 values (count, difference), per job 1 (match rate).
+    let rate = 0.5;
+    assert_eq!(one, 1.5);
+    assert_eq!(many - rate, 64.0 * (one - rate), "64 copies pay 64 times");
+    // The charge is real: 66 of 67 spent, a third job (1.5) is refused.
+    let out = match_emails(&server, &advertiser, &key, &crm("third.csv", "T"), DSP);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("budget"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
