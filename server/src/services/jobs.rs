@@ -459,6 +459,8 @@ impl Services {
             .collect();
         let ns = cache_namespace(&job.advertiser, &job.key_fingerprint);
         self.repo.cache_put(&ns, &pairs)?;
+        // Crash test: cached, the page not yet marked done.
+        crate::faults::crash_point!("graph-page-cached", self.repo);
         self.repo.mark_page_done(id, kind, page_no)?;
         self.touch(id)?;
         // An acknowledged page is durable: a resumed job does not redo it.
@@ -550,6 +552,8 @@ impl Services {
             .put_upload(&job, batch_no, hash, &stored.encode())?;
         // An acknowledged batch is durable: the client resumes after it.
         self.repo.flush()?;
+        // Crash test: stored and flushed, not yet acknowledged.
+        crate::faults::crash_point!("upload-batch-stored", self.repo);
         Ok(UploadOutcome {
             records: batch.len(),
             duplicate: false,
@@ -774,6 +778,8 @@ impl Services {
                         pulled: false,
                     };
                     self.repo.create_audience(&a, &c.members)?;
+                    // Crash test: an audience written, the job not yet finished.
+                    crate::faults::crash_point!("finish-audience-written", self.repo);
                     Ok(Some(a.id))
                 })
                 .collect::<Result<_, _>>()
