@@ -164,7 +164,10 @@ fn an_import_crashed_before_the_switch_keeps_the_previous_version() {
         after["graph_version"], before["graph_version"],
         "the sealed version did not become current: {after}"
     );
-    assert_eq!(after["persons"], 100, "the old version is untouched: {after}");
+    assert_eq!(
+        after["persons"], 100,
+        "the old version is untouched: {after}"
+    );
     import_again(&server, &before);
 }
 
@@ -282,8 +285,9 @@ impl JobSetup {
             let segment = common::segment_of(&report, name);
             assert_eq!(segment["status"], "delivered", "{report}");
             reported.insert(segment["audience_id"].as_str().unwrap().to_string());
-            let expected: BTreeSet<String> =
-                (n * 200..n * 200 + 200).map(|i| format!("ck-{i}")).collect();
+            let expected: BTreeSet<String> = (n * 200..n * 200 + 200)
+                .map(|i| format!("ck-{i}"))
+                .collect();
             let id = segment["audience_id"].as_str().unwrap();
             let pulled = self
                 .server

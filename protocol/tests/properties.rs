@@ -50,12 +50,21 @@ fn valid_phone() -> impl Strategy<Value = (String, Region, String)> {
     };
     let sep = prop::sample::select(vec!["", " ", "."]);
     prop_oneof![
-        ("6[0-24-8][0-9]{7}", sep.clone())
-            .prop_map(move |(n, s)| (grouped(n.clone(), s), region("FR"), format!("+33{n}"))),
-        ("7[1-3][0-9]{8}", sep.clone())
-            .prop_map(move |(n, s)| (grouped(n.clone(), s), region("GB"), format!("+44{n}"))),
-        ("151[0-9]{8}", sep)
-            .prop_map(move |(n, s)| (grouped(n.clone(), s), region("DE"), format!("+49{n}"))),
+        ("6[0-24-8][0-9]{7}", sep.clone()).prop_map(move |(n, s)| (
+            grouped(n.clone(), s),
+            region("FR"),
+            format!("+33{n}")
+        )),
+        ("7[1-3][0-9]{8}", sep.clone()).prop_map(move |(n, s)| (
+            grouped(n.clone(), s),
+            region("GB"),
+            format!("+44{n}")
+        )),
+        ("151[0-9]{8}", sep).prop_map(move |(n, s)| (
+            grouped(n.clone(), s),
+            region("DE"),
+            format!("+49{n}")
+        )),
         "[2-9][0-9]{6}".prop_map(|n| (
             format!("(201) {}-{}", &n[..3], &n[3..]),
             region("US"),
@@ -74,7 +83,14 @@ fn valid_maid() -> impl Strategy<Value = String> {
         .prop_filter("the all-zero MAID is refused", |b| b != &[0; 16])
         .prop_map(|bytes| {
             let h = hex::encode_upper(bytes);
-            format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+            format!(
+                "{}-{}-{}-{}-{}",
+                &h[..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..]
+            )
         })
 }
 
