@@ -817,6 +817,18 @@ fn an_interrupted_upload_resumes_from_the_last_acknowledged_batch() {
         .parse()
         .unwrap();
     assert!(acked > 0 && acked < 19, "{stderr}");
+    // The server's side of the cut: the job is open, holds every batch the
+    // client saw acknowledged, and misses some of the 19: it landed mid-upload.
+    let shown = env.run(Some(&api_key), &["jobs", "show", &job, "--json"]);
+    assert_ok(&shown);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["status"], "open", "{shown}");
+    let held = shown["batches"].as_u64().unwrap();
+    let next = shown["next_batch"].as_u64().unwrap();
+    assert!(
+        u64::from(acked) <= next && next <= held && held < 19,
+        "client acked {acked}, server holds {held}, first missing {next}"
+    );
 
     let out = args(&env.url, Some(&job));
     assert_ok(&out);

@@ -36,38 +36,131 @@ fn record_batch() -> impl Strategy<Value = RecordBatch> {
     })
 }
 
+/// A valid phone number as people type it, its region and its E.164 form:
+/// French and British mobiles and German mobiles in national form with
+/// spaces or dots, US numbers as `(201) 555-0123`.
+fn valid_phone() -> impl Strategy<Value = (String, Region, String)> {
+    let grouped = |national: String, sep: &str| -> String {
+        let digits: Vec<String> = format!("0{national}")
+            .as_bytes()
+            .chunks(2)
+            .map(|c| String::from_utf8(c.to_vec()).unwrap())
+            .collect();
+        digits.join(sep)
+    };
+    let sep = prop::sample::select(vec!["", " ", "."]);
+    prop_oneof![
+        ("6[0-24-8][0-9]{7}", sep.clone()).prop_map(move |(n, s)| (
+            grouped(n.clone(), s),
+            region("FR"),
+            format!("+33{n}")
+        )),
+        ("7[1-3][0-9]{8}", sep.clone()).prop_map(move |(n, s)| (
+            grouped(n.clone(), s),
+            region("GB"),
+            format!("+44{n}")
+        )),
+        ("151[0-9]{8}", sep).prop_map(move |(n, s)| (
+            grouped(n.clone(), s),
+            region("DE"),
+            format!("+49{n}")
+        )),
+        "[2-9][0-9]{6}".prop_map(|n| (
+            format!("(201) {}-{}", &n[..3], &n[3..]),
+            region("US"),
+            format!("+1201{n}")
+        )),
+    ]
+}
+
+fn region(code: &str) -> Region {
+    code.parse().unwrap()
+}
+
+/// A MAID (UUID) in upper case, never the all-zero one.
+fn valid_maid() -> impl Strategy<Value = String> {
+    any::<[u8; 16]>()
+        .prop_filter("the all-zero MAID is refused", |b| b != &[0; 16])
+        .prop_map(|bytes| {
+            let h = hex::encode_upper(bytes);
+            format!(
+                "{}-{}-{}-{}-{}",
+                &h[..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..]
+            )
+        })
+}
+
 proptest! {
     #[test]
-    fn email_normalisation_is_idempotent(
-        local in "[A-Za-z0-9._+-]{1,20}",
+    fn valid_emails_normalise_once_and_for_all(
+        local in "[A-Za-z0-9][A-Za-z0-9._+-]{0,19}",
         domain in prop::sample::select(vec!["gmail.com", "GoogleMail.com", "example.fr", "Mail.Example.co.uk"]),
         pad in "[ \t]{0,2}",
     ) {
         let raw = format!("{pad}{local}@{domain}{pad}");
-        if let Ok(once) = normalize(IdKind::Email, &raw, Region::default()) {
-            let twice = normalize(IdKind::Email, &once.value, Region::default()).unwrap();
-            prop_assert_eq!(&twice.value, &once.value);
-            prop_assert_eq!(twice.digest, once.digest);
+        let once = normalize(IdKind::Email, &raw, Region::default());
+        prop_assert!(once.is_ok(), "{:?} refused: {:?}", raw, once);
+        let once = once.unwrap();
+        if domain.eq_ignore_ascii_case("example.fr") || domain.eq_ignore_ascii_case("mail.example.co.uk") {
+            prop_assert_eq!(&once.value, &raw.trim().to_lowercase());
+        } else {
+            prop_assert!(once.value.ends_with("@gmail.com") && !once.value.contains('+'), "{}", once.value);
         }
+        prop_assert_eq!(once.digest, Digest::of(&once.value));
+        let twice = normalize(IdKind::Email, &once.value, Region::default()).unwrap();
+        prop_assert_eq!(&twice.value, &once.value);
+        prop_assert_eq!(twice.digest, once.digest);
     }
 
     #[test]
-    fn phone_normalisation_is_idempotent(digits in "0[1-9][0-9 .]{8,12}", region in prop::sample::select(vec!["FR", "US", "GB", "DE"])) {
-        let region: Region = region.parse().unwrap();
-        if let Ok(once) = normalize(IdKind::Phone, &digits, region) {
-            prop_assert!(once.value.starts_with('+'));
-            let twice = normalize(IdKind::Phone, &once.value, region).unwrap();
-            prop_assert_eq!(twice.value, once.value);
-        }
+    fn malformed_emails_are_refused(
+        raw in prop_oneof![
+            "[a-z0-9.]{1,20}",                        // no @
+            "[a-z0-9]{1,10}@[a-z0-9]{1,10}@[a-z]{1,5}\\.com", // two @
+            "@[a-z]{1,10}\\.com",                     // no local part
+            "[a-z0-9]{1,10}@[a-z]{1,10}",             // no dot in the domain
+            "[a-z0-9]{1,10}@[a-z]{1,5}\\.\\.com",     // an empty domain label
+            "[a-z0-9]{1,5} [a-z0-9]{1,5}@[a-z]{1,5}\\.com", // inner space
+            "\\.{0,3}\\+[a-z0-9.]{0,10}@gmail\\.com", // nothing before Gmail's +tag
+        ],
+    ) {
+        let r = normalize(IdKind::Email, &raw, Region::default());
+        prop_assert!(r.is_err(), "{:?} accepted as {:?}", raw, r.map(|n| n.value));
     }
 
     #[test]
-    fn maid_normalisation_is_idempotent(bytes in any::<[u8; 16]>()) {
-        let h = hex::encode_upper(bytes);
-        let raw = format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]);
-        if let Ok(once) = normalize(IdKind::Maid, &raw, Region::default()) {
-            prop_assert_eq!(normalize(IdKind::Maid, &once.value, Region::default()).unwrap().value, once.value);
-        }
+    fn valid_phones_normalise_to_e164_once_and_for_all((raw, region, e164) in valid_phone()) {
+        let once = normalize(IdKind::Phone, &raw, region);
+        prop_assert!(once.is_ok(), "{:?} refused: {:?}", raw, once);
+        let once = once.unwrap();
+        prop_assert_eq!(&once.value, &e164);
+        let twice = normalize(IdKind::Phone, &once.value, region).unwrap();
+        prop_assert_eq!(twice.value, once.value);
+    }
+
+    #[test]
+    fn too_short_phones_are_refused(raw in "0[1-9][0-9]{0,3}", code in prop::sample::select(vec!["FR", "US", "GB"])) {
+        // (German subscriber numbers can be this short: DE is left out.)
+        prop_assert!(normalize(IdKind::Phone, &raw, region(code)).is_err(), "{:?}", raw);
+    }
+
+    #[test]
+    fn valid_maids_normalise_to_lower_case(raw in valid_maid()) {
+        let once = normalize(IdKind::Maid, &raw, Region::default());
+        prop_assert!(once.is_ok(), "{:?} refused: {:?}", raw, once);
+        let once = once.unwrap();
+        prop_assert_eq!(&once.value, &raw.to_lowercase());
+        prop_assert_eq!(normalize(IdKind::Maid, &once.value, Region::default()).unwrap().value, once.value);
+    }
+
+    #[test]
+    fn maids_without_their_hyphens_are_refused(raw in valid_maid()) {
+        let r = normalize(IdKind::Maid, &raw.replace('-', ""), Region::default());
+        prop_assert!(r.is_err());
     }
 
     #[test]
@@ -115,11 +208,28 @@ proptest! {
     }
 
     #[test]
-    fn point_decoding_never_panics(bytes in any::<[u8; 32]>()) {
-        if let Ok(p) = PointBytes(bytes).decode() {
-            // Canonical: re-encoding gives the same bytes.
-            prop_assert_eq!(PointBytes::encode(&p), PointBytes(bytes));
-        }
+    fn point_decoding_never_panics_and_accepts_only_canonical_bytes(bytes in any::<[u8; 32]>()) {
+        // Canonical: whatever decodes re-encodes to the same bytes.
+        let decoded = PointBytes(bytes).decode();
+        prop_assert!(decoded.map_or(true, |p| PointBytes::encode(&p) == PointBytes(bytes)));
+    }
+
+    #[test]
+    fn encoded_points_decode_to_themselves(text in ".{0,30}", kind in match_kind()) {
+        let p = curve::hash_to_point(kind, &Digest::of(&text));
+        let bytes = PointBytes::encode(&p);
+        let decoded = bytes.decode();
+        prop_assert!(decoded.is_ok(), "a valid point refused: {:?}", decoded.err());
+        prop_assert_eq!(PointBytes::encode(&decoded.unwrap()), bytes);
+        prop_assert!(bytes.check_form().is_ok());
+    }
+
+    #[test]
+    fn negative_or_oversized_encodings_are_refused(mut bytes in any::<[u8; 32]>(), flaw in 0..2u8) {
+        // The low bit set is a negative field element; the top bit set is >= p.
+        if flaw == 0 { bytes[0] |= 1 } else { bytes[31] |= 0x80 }
+        prop_assert!(PointBytes(bytes).decode().is_err());
+        prop_assert!(PointBytes(bytes).check_form().is_err());
     }
 }
 

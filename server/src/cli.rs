@@ -222,6 +222,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 flags.push(("min_job_rows", m.to_string()));
             }
             let config = Config::load(config.as_deref(), std::env::vars(), &flags)?;
+            // Test builds only: crash points configured by `FAILPOINTS` (see faults.rs).
+            #[cfg(feature = "failpoints")]
+            let _faults = fail::FailScenario::setup();
             let listener = std::net::TcpListener::bind(config.listen)
                 .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
             let handle = crate::server::start(config, listener)?;

@@ -15,6 +15,7 @@ pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod error;
+mod faults;
 pub mod http;
 pub mod init;
 pub mod keyfiles;

@@ -87,6 +87,12 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> anyhow::Result<
     let services = Arc::new(
         Services::new(repo.clone(), config.clone(), secrets).context("cannot load the store")?,
     );
+    let discarded = services
+        .discard_unfinished_audiences()
+        .context("cannot discard the audiences of interrupted finishes")?;
+    if discarded > 0 {
+        tracing::warn!(discarded, "audiences of interrupted finishes discarded");
+    }
     let addr = listener.local_addr()?;
     let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<actix_web::dev::ServerHandle>>();
     let workers = config.workers;

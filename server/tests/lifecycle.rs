@@ -97,12 +97,23 @@ fn backup_while_serving_and_uploading_then_restore_is_identical() {
     s.run_job(&adv, &a, "dsp-a", &email_rows(0..200, "S"));
     let work = tempfile::tempdir().unwrap();
 
-    // A backup taken while another job is uploading batches.
+    // A backup taken while another job is uploading batches: it starts
+    // once batches 0-5 are in, runs beside the uploads of 6-8, and ends
+    // before 9-11 go, so it holds the job half-uploaded.
     let (job, _) = s.create_job_and_pass(&adv, &a, "dsp-a", &["email"]);
     let live = work.path().join("live.bak");
+    let (half_tx, half_rx) = std::sync::mpsc::channel::<()>();
+    let (backed_up_tx, backed_up_rx) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|scope| {
         let uploader = scope.spawn(|| {
+            let backed_up_rx = backed_up_rx; // moved in: a Receiver is not Sync
             for n in 0..12u32 {
+                if n == 6 {
+                    half_tx.send(()).unwrap();
+                }
+                if n == 9 {
+                    backed_up_rx.recv().unwrap();
+                }
                 let rows = email_rows(n as usize * 20..n as usize * 20 + 20, "T");
                 let r = s.put_bytes(
                     &format!("/v1/jobs/{job}/batches/{n}"),
@@ -112,8 +123,9 @@ fn backup_while_serving_and_uploading_then_restore_is_identical() {
                 assert_eq!(r.status(), 200);
             }
         });
-        std::thread::sleep(Duration::from_millis(30));
+        half_rx.recv_timeout(Duration::from_secs(60)).unwrap();
         let out = cli(&["backup", "--data-dir", p(&s.data_dir()), "--out", p(&live)]);
+        backed_up_tx.send(()).unwrap();
         assert!(
             out.status.success(),
             "{}",
@@ -142,6 +154,27 @@ fn backup_while_serving_and_uploading_then_restore_is_identical() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    {
+        // The restored job is the half-uploaded one, and whole: open, with
+        // the batches acknowledged before the backup ended and their rows.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let handle = onboard_server::start(test_config(r1.clone()), listener).unwrap();
+        let base = format!("https://127.0.0.1:{}", handle.addr.port());
+        let restored: Value = s
+            .client
+            .get(format!("{base}/v1/jobs/{job}"))
+            .bearer_auth(&adv)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        handle.stop();
+        assert_eq!(restored["status"], "open", "{restored}");
+        let batches = restored["batches"].as_u64().unwrap();
+        assert!((6..=9).contains(&batches), "{restored}");
+        assert_eq!(restored["records"], batches * 20, "{restored}");
+        assert_eq!(restored["next_batch"], batches, "{restored}");
+    }
 
     // A quiescent backup while serving: the restored store serves the same answers.
     let before = observed(&s, &s.base, &dsp);
@@ -371,7 +404,8 @@ fn open_job_limit_is_429_too_many_jobs() {
     assert_eq!(create().status(), 201);
 }
 
-/// A body that trickles out in chunks and reports when the first one left.
+/// A body that trickles out in chunks and reports when the first one has
+/// gone out (the client asks for the second).
 struct Trickle {
     data: Vec<u8>,
     pos: usize,
@@ -384,14 +418,16 @@ impl Read for Trickle {
             return Ok(0);
         }
         if self.pos > 0 {
+            // The client asks for more: the first chunk went out on the
+            // connection, so the request is under way at the server.
+            if let Some(tx) = self.started.take() {
+                let _ = tx.send(());
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
         let n = buf.len().min(64 * 1024).min(self.data.len() - self.pos);
         buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
         self.pos += n;
-        if let Some(tx) = self.started.take() {
-            let _ = tx.send(());
-        }
         Ok(n)
     }
 }
@@ -489,7 +525,6 @@ fn sigterm_lets_the_in_flight_request_finish_and_exits_zero() {
         })
     };
     started_rx.recv_timeout(Duration::from_secs(30)).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
     assert!(!upload.is_finished(), "the request is still in flight");
     let term = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -456,10 +456,34 @@ fn expiry_abandonment_and_job_limits() {
         .unwrap();
     let import = r["import_id"].as_str().unwrap().to_string();
 
-    // The abandoned job is failed and its uploads deleted; the audience expires.
-    std::thread::sleep(std::time::Duration::from_millis(3500));
-    let status: Value = s.get(&format!("/v1/jobs/{job}"), &adv).json().unwrap();
-    assert_eq!(status["status"], "failed");
+    // The abandoned job is failed and its uploads deleted, the import is
+    // abandoned, the audience's members are dropped: wait (bounded) for the
+    // clean-up to have done all three, as the API and the audit log show.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status: Value = s.get(&format!("/v1/jobs/{job}"), &adv).json().unwrap();
+        let audit: Value = s
+            .get("/v1/admin/audit?after=0&limit=1000", &s.admin)
+            .json()
+            .unwrap();
+        let audited = |action: &str, object: &str| {
+            audit["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["action"] == action && e["object"] == object)
+        };
+        let abandoned = audited("graph.import.abandon", &import);
+        let expired = audited("audience.expire", &aud);
+        if status["status"] == "failed" && expired && abandoned {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "clean-up not done within 30 s: job {status}, audience expired {expired}, import abandoned {abandoned}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     assert!(
         s.get("/v1/audiences", &dsp_a).json::<Value>().unwrap()["audiences"]
             .as_array()

@@ -65,6 +65,12 @@ impl TestServer {
 
     /// Start (or restart) the server process on a fresh ephemeral port.
     pub fn serve(&mut self) {
+        self.serve_with(&[]);
+    }
+
+    /// Like [`serve`](Self::serve), with extra environment variables for this
+    /// run only (e.g. `[("FAILPOINTS", "upload-batch-stored=return")]`).
+    pub fn serve_with(&mut self, extra_env: &[(&str, &str)]) {
         for _attempt in 0..5 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -76,8 +82,9 @@ impl TestServer {
                 .arg(&self.data_dir)
                 .args(["--listen", &format!("127.0.0.1:{port}")])
                 .envs(self.env.iter().cloned())
+                .envs(extra_env.iter().copied())
                 .stdout(Stdio::null())
-                .stderr(Stdio::piped())
+                .stderr(self.fresh_log())
                 .spawn()
                 .expect("spawn serve");
             let deadline = Instant::now() + Duration::from_secs(30);
@@ -93,13 +100,42 @@ impl TestServer {
                 std::thread::sleep(Duration::from_millis(25));
             }
             let _ = child.kill();
-            let out = child.wait_with_output().expect("wait");
-            eprintln!(
-                "serve did not come up: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let _ = child.wait();
+            eprintln!("serve did not come up: {}", self.log());
         }
         panic!("the server did not start in 5 attempts");
+    }
+
+    /// A new, empty `server.log` for the next server process's stderr (a
+    /// file, not a pipe: a pipe nobody reads would stall a chatty server).
+    fn fresh_log(&self) -> std::fs::File {
+        std::fs::File::create(self.path("server.log")).expect("create server.log")
+    }
+
+    /// The stderr of the latest server process so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("server.log")).unwrap_or_default()
+    }
+
+    /// Wait (at most `within`) for the server process to die, and return
+    /// how it ended; panics if it is still running then. For crash tests.
+    pub fn wait_for_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("a running server");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the server") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the server was still running {within:?} later: {}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
     }
 
     /// SIGTERM: the server finishes in-flight requests, flushes and exits.

@@ -236,7 +236,11 @@ impl Services {
         rec.info = self.repo.seal_version(rec.version)?;
         rec.status = "committed".into();
         self.repo.put_import(&rec)?;
+        // Crash test: sealed, not yet current.
+        crate::faults::crash_point!("import-commit-sealed", self.repo);
         let old = self.repo.commit_graph(&rec.info)?;
+        // Crash test: current, the old version not yet deleted.
+        crate::faults::crash_point!("import-commit-switched", self.repo);
         if let Some(old) = old {
             self.repo.delete_version(old)?;
         }

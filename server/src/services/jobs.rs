@@ -461,6 +461,8 @@ impl Services {
             .collect();
         let ns = cache_namespace(&job.advertiser, &job.key_fingerprint);
         self.repo.cache_put(&ns, &pairs)?;
+        // Crash test: cached, the page not yet marked done.
+        crate::faults::crash_point!("graph-page-cached", self.repo);
         self.repo.mark_page_done(id, kind, page_no)?;
         self.touch(id)?;
         // An acknowledged page is durable: a resumed job does not redo it.
@@ -562,6 +564,8 @@ impl Services {
             .put_upload(&job, batch_no, hash, &stored.encode())?;
         // An acknowledged batch is durable: the client resumes after it.
         self.repo.flush()?;
+        // Crash test: stored and flushed, not yet acknowledged.
+        crate::faults::crash_point!("upload-batch-stored", self.repo);
         Ok(UploadOutcome {
             records: batch.len(),
             duplicate: false,
@@ -576,6 +580,8 @@ impl Services {
                 j.status = "failed".into();
                 j.touched = unix_now();
                 self.repo.put_job(&j)?;
+                // A finish that failed half-way may have written audiences.
+                self.discard_audiences_of(&j)?;
             }
         }
         self.repo.delete_job_data(id)?;
@@ -811,6 +817,8 @@ impl Services {
                         pulled: false,
                     };
                     self.repo.create_audience(&a, &c.members)?;
+                    // Crash test: an audience written, the job not yet finished.
+                    crate::faults::crash_point!("finish-audience-written", self.repo);
                     Ok(Some(a.id))
                 })
                 .collect::<Result<_, _>>()

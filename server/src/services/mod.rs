@@ -8,6 +8,7 @@ pub mod auth;
 pub mod graph;
 pub mod jobs;
 pub mod privacy;
+pub mod recovery;
 pub mod release;
 pub mod seal;
 pub mod uniform;
