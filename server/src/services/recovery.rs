@@ -15,7 +15,10 @@ impl Services {
     pub fn discard_unfinished_audiences(&self) -> Result<usize, ApiError> {
         let mut discarded = 0;
         for status in ["open", "failed"] {
-            for job in self.repo.jobs_touched_before(status, u64::MAX, usize::MAX)? {
+            for job in self
+                .repo
+                .jobs_touched_before(status, u64::MAX, usize::MAX)?
+            {
                 discarded += self.discard_audiences_of(&job)?;
             }
         }
