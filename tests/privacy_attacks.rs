@@ -150,7 +150,7 @@ fn repeated_counts_hit_the_budget_before_revealing_the_exact_count() {
 #[test]
 fn opted_out_identifier_never_reaches_a_later_audience_and_leaves_unpulled_ones() {
     let s = setup(
-        200,
+        300,
         &[
             ("K", "50"),
             ("MIN_JOB_ROWS", "50"),
@@ -175,10 +175,18 @@ fn opted_out_identifier_never_reaches_a_later_audience_and_leaves_unpulled_ones(
         "{pulled:?}"
     );
 
-    // A later job with a different segment never includes person 3.
-    let later = crm_file(&s.server, "later.csv", "Later", 0..200, 0);
-    parse(&match_emails(&s.server, &s.advertiser, &s.key, &later, DSP));
-    for (segment, cookies) in pull_all(&s.server, &s.destination) {
+    // A later job with a different segment (110 persons past the first, so
+    // it is released) never includes person 3.
+    let later = crm_file(&s.server, "later.csv", "Later", 0..260, 0);
+    let report = parse(&match_emails(&s.server, &s.advertiser, &s.key, &later, DSP));
+    assert_eq!(
+        segment_of(&report, "Later")["status"],
+        "delivered",
+        "{report}"
+    );
+    let pulled = pull_all(&s.server, &s.destination);
+    assert!(pulled.iter().any(|(segment, _)| segment == "Later"));
+    for (segment, cookies) in pulled {
         assert!(
             !cookies.contains("ck-3"),
             "{segment} contains the opted-out person"
@@ -187,9 +195,19 @@ fn opted_out_identifier_never_reaches_a_later_audience_and_leaves_unpulled_ones(
 }
 
 #[test]
-fn erased_person_leaves_the_graph_the_audiences_and_the_disk() {
-    let s = setup(200, &[("K", "50"), ("MIN_JOB_ROWS", "50")]);
-    let crm = crm_file(&s.server, "crm.csv", "Fans", 0..150, 0);
+fn erased_person_leaves_the_graph_the_audiences_and_the_disk_and_stays_gone_after_reimports() {
+    // Each job's segment is 110 persons past the last one, so it clears
+    // k = 50 plus the release margin (28 at ε = 0.5) with room for noise.
+    let s = setup(
+        450,
+        &[
+            ("K", "50"),
+            ("MIN_JOB_ROWS", "50"),
+            ("PRIVACY_BUDGET", "100"),
+        ],
+    );
+    // A job first: the advertiser's cache now holds p42's points.
+    let crm = crm_file(&s.server, "crm.csv", "Fans", 0..110, 0);
     parse(&match_emails(&s.server, &s.advertiser, &s.key, &crm, DSP));
     let admin = s.server.admin_key.clone();
     let before = s.server.json(&admin, &["admin", "stats", "--json"]);
@@ -197,11 +215,9 @@ fn erased_person_leaves_the_graph_the_audiences_and_the_disk() {
     s.server.ok(&admin, &["admin", "erase", "--person", "p42"]);
 
     let after = s.server.json(&admin, &["admin", "stats", "--json"]);
-    assert_eq!(
-        after["persons"].as_u64().unwrap() + 1,
-        before["persons"].as_u64().unwrap(),
-        "{after}"
-    );
+    let persons = after["persons"].as_u64().unwrap();
+    assert_eq!(persons + 1, before["persons"].as_u64().unwrap(), "{after}");
+    assert_eq!(after["erasures"], 1, "{after}");
     let pulled = pull_all(&s.server, &s.destination);
     assert!(
         pulled.iter().all(|(_, c)| !c.contains("ck-42")),
@@ -209,14 +225,114 @@ fn erased_person_leaves_the_graph_the_audiences_and_the_disk() {
     );
     assert!(pulled.iter().any(|(_, c)| c.contains("ck-41")));
 
+    // A full import of the very same files skips p42's rows, and a later
+    // job (whose audience would hold p42) does not find p42 again.
+    let (ids, cookies) = (
+        s.server.path("simple-ids.csv"),
+        s.server.path("simple-cookies.csv"),
+    );
+    assert_eq!(import_json(&s.server, &ids, &cookies)["skipped_erased"], 2);
+    let stats = s.server.json(&admin, &["admin", "stats", "--json"]);
+    assert_eq!(stats["persons"].as_u64(), Some(persons), "{stats}");
+    assert_delivered_without_person_42(&s, "Later", 0..220);
+
     // Nothing of person 42 remains anywhere in the data dir.
+    let audit = s.server.ok(&admin, &["admin", "audit", "--json"]);
+    assert!(audit.contains("\"erase\""), "erasure is audited");
+    let mut s = s;
+    s.server.stop();
+    assert_no_trace_of_person_42(&s.server.data_dir);
+    s.server.serve();
+
+    // p42's email under a new person ID is skipped too.
+    let renamed = |text: String| text.replace("p42,", "p42-new,");
+    let ids_new = s.server.path("renamed-ids.csv");
+    let cookies_new = s.server.path("renamed-cookies.csv");
+    std::fs::write(&ids_new, renamed(std::fs::read_to_string(&ids).unwrap())).unwrap();
+    std::fs::write(
+        &cookies_new,
+        renamed(std::fs::read_to_string(&cookies).unwrap()),
+    )
+    .unwrap();
+    assert_eq!(
+        import_json(&s.server, &ids_new, &cookies_new)["skipped_erased"],
+        1
+    );
+    assert_delivered_without_person_42(&s, "Renamed", 0..330);
+
+    // Lifted (audited, under the pseudonym), the next import brings p42 back.
+    s.server
+        .ok(&admin, &["admin", "erase", "--person", "p42", "--lift"]);
+    let audit = s.server.ok(&admin, &["admin", "audit", "--json"]);
+    assert!(audit.contains("\"erase.lift\""), "lifting is audited");
+    assert!(
+        !audit.contains("p42"),
+        "the audit log names pseudonyms only"
+    );
+    assert_eq!(
+        s.server.json(&admin, &["admin", "stats", "--json"])["erasures"],
+        0
+    );
+    assert_eq!(import_json(&s.server, &ids, &cookies)["skipped_erased"], 0);
+    let crm = crm_file(&s.server, "back.csv", "Back", 0..440, 0);
+    let report = parse(&match_emails(&s.server, &s.advertiser, &s.key, &crm, DSP));
+    assert_eq!(
+        segment_of(&report, "Back")["status"],
+        "delivered",
+        "{report}"
+    );
+    assert!(
+        pull_all(&s.server, &s.destination)
+            .iter()
+            .any(|(segment, c)| segment == "Back" && c.contains("ck-42")),
+        "a lifted person comes back"
+    );
+}
+
+/// `admin graph import --json` of an identifiers and a cookies file.
+fn import_json(
+    server: &common::TestServer,
+    ids: &std::path::Path,
+    cookies: &std::path::Path,
+) -> serde_json::Value {
+    let admin = server.admin_key.clone();
+    let (ids, cookies) = (ids.to_str().unwrap(), cookies.to_str().unwrap());
+    server.json(
+        &admin,
+        &[
+            "admin",
+            "graph",
+            "import",
+            "--identifiers",
+            ids,
+            "--cookies",
+            cookies,
+            "--json",
+        ],
+    )
+}
+
+/// A job on `members` delivers `segment`, and no audience holds person 42.
+fn assert_delivered_without_person_42(s: &Setup, segment: &str, members: std::ops::Range<usize>) {
+    let crm = crm_file(&s.server, &format!("{segment}.csv"), segment, members, 0);
+    let report = parse(&match_emails(&s.server, &s.advertiser, &s.key, &crm, DSP));
+    assert_eq!(
+        segment_of(&report, segment)["status"],
+        "delivered",
+        "{report}"
+    );
+    let pulled = pull_all(&s.server, &s.destination);
+    assert!(pulled.iter().any(|(name, _)| name == segment), "{pulled:?}");
+    for (name, cookies) in pulled {
+        assert!(!cookies.contains("ck-42"), "{name} holds the erased person");
+    }
+}
+
+/// No file under `data_dir` holds person 42's email, its digest or its cookie ID.
+fn assert_no_trace_of_person_42(data_dir: &std::path::Path) {
     let email = b"person42@example.com".to_vec();
     let digest = sha2_digest(&email);
-    let audit = s.server.ok(&admin, &["admin", "audit", "--json"]);
-    assert!(audit.contains("erase"), "erasure is audited");
-    let mut server = s.server;
-    server.stop();
-    let files = all_files(&server.data_dir);
+    let files = all_files(data_dir);
     // Positive control: the scan reads the store's records (cookie IDs
     // themselves are sealed at rest, so not even live ones appear).
     assert!(

@@ -217,6 +217,9 @@ pub struct ImportSummary {
     pub cookie_batches: u32,
     /// Invalid cookie rows, by reason, skipped.
     pub invalid_cookies: BTreeMap<String, RowIssue>,
+    /// Rows the server dropped because their person or identifier is erased.
+    #[serde(default)]
+    pub skipped_erased: u64,
 }
 
 #[derive(Deserialize)]
@@ -229,6 +232,8 @@ struct CommitAnswer {
     identifiers: BTreeMap<String, u64>,
     #[serde(default)]
     cookies: BTreeMap<String, u64>,
+    #[serde(default)]
+    skipped_erased: u64,
 }
 
 /// Import a graph version: `person_id,kind,value` rows normalised and
@@ -326,6 +331,7 @@ pub fn import_graph_with(
     summary.persons = commit.persons;
     summary.identifiers = commit.identifiers;
     summary.cookies = commit.cookies;
+    summary.skipped_erased = commit.skipped_erased;
     Ok(summary)
 }
 
@@ -577,6 +583,26 @@ pub fn erase(api: &ApiClient, person: &str) -> Result<EraseSummary, ClientError>
     api.call_json(
         Method::POST,
         "/v1/admin/erase",
+        &Body::json(&serde_json::json!({ "person": person })),
+    )
+}
+
+/// What lifting an erasure did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LiftSummary {
+    /// The person.
+    pub person: String,
+    /// Lifted?
+    #[serde(default)]
+    pub lifted: bool,
+}
+
+/// Lift a person's erasure tombstone (a `not-found` error if it has none),
+/// so a later import may bring the person back.
+pub fn lift_erasure(api: &ApiClient, person: &str) -> Result<LiftSummary, ClientError> {
+    api.call_json(
+        Method::POST,
+        "/v1/admin/erase/lift",
         &Body::json(&serde_json::json!({ "person": person })),
     )
 }

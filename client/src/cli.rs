@@ -206,11 +206,17 @@ pub enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Erase a person from the graph and from audiences not yet pulled.
+    /// Erase a person for good: from every graph version, every cache and
+    /// audiences not yet pulled, leaving a tombstone that makes later imports
+    /// skip the person (its ID and its identifiers).
     Erase {
         /// The onboarder's person ID.
         #[arg(long, value_name = "PERSON_ID")]
         person: String,
+        /// Lift the person's tombstone instead, so a later import may bring
+        /// the person back (audited).
+        #[arg(long)]
+        lift: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,

@@ -124,6 +124,9 @@ pub(super) fn run(ctx: &Context, cmd: AdminCommand) -> Result<()> {
                     s.cookies_sent, s.cookie_batches
                 );
                 print_invalid("  skipped cookie rows", &s.invalid_cookies);
+                if s.skipped_erased > 0 {
+                    println!("  rows of erased persons skipped: {}", s.skipped_erased);
+                }
                 for (k, n) in &s.identifiers {
                     println!("  identifiers, {k}: {n}");
                 }
@@ -144,7 +147,23 @@ pub(super) fn run(ctx: &Context, cmd: AdminCommand) -> Result<()> {
                 print_invalid("  skipped rows", &s.invalid);
             }
         }
-        AdminCommand::Erase { person, json } => {
+        AdminCommand::Erase {
+            person,
+            lift: true,
+            json,
+        } => {
+            let s = admin::lift_erasure(&api, &person)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!("lifted the erasure of person {}", s.person);
+            }
+        }
+        AdminCommand::Erase {
+            person,
+            lift: false,
+            json,
+        } => {
             let s = admin::erase(&api, &person)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);

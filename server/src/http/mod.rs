@@ -184,6 +184,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/admin/stats", web::get().to(stats))
         .route("/v1/admin/optouts", web::post().to(optouts))
         .route("/v1/admin/erase", web::post().to(erase))
+        .route("/v1/admin/erase/lift", web::post().to(lift_erasure))
         .route("/v1/admin/audit", web::get().to(audit))
         .route("/v1/jobs", web::post().to(create_job))
         .route("/v1/jobs", web::get().to(list_jobs))
@@ -364,9 +365,11 @@ async fn commit_import(
     let caller = auth.role(Role::Admin)?;
     let (c, _): (Commit, _) = json_body(&req, payload, &state, false).await?;
     let s = svc(&state);
-    let info =
-        blocking(move || s.commit_import(&caller, &path, c.identifier_batches, c.cookie_batches))
-            .await?;
+    let (info, skipped_erased) = blocking(move || {
+        let info = s.commit_import(&caller, &path, c.identifier_batches, c.cookie_batches)?;
+        Ok((info, s.import_skipped_erased(&path)?))
+    })
+    .await?;
     let mut identifiers = serde_json::Map::new();
     for k in onboard_protocol::MatchKind::ALL {
         identifiers.insert(
@@ -379,7 +382,7 @@ async fn commit_import(
         );
     }
     ok(
-        serde_json::json!({"version": info.version, "persons": info.persons, "identifiers": identifiers, "cookies": info.cookies}),
+        serde_json::json!({"version": info.version, "persons": info.persons, "identifiers": identifiers, "cookies": info.cookies, "skipped_erased": skipped_erased}),
     )
 }
 
@@ -410,6 +413,15 @@ async fn erase(state: State, auth: Auth, req: HttpRequest, payload: web::Payload
     let person = e.person.clone();
     let n = blocking(move || s.erase(&caller, &person)).await?;
     ok(serde_json::json!({"person": e.person, "erased": true, "audiences_updated": n}))
+}
+
+async fn lift_erasure(state: State, auth: Auth, req: HttpRequest, payload: web::Payload) -> Reply {
+    let caller = auth.role(Role::Admin)?;
+    let (e, _): (Erase, _) = json_body(&req, payload, &state, false).await?;
+    let s = svc(&state);
+    let person = e.person.clone();
+    blocking(move || s.lift_erasure(&caller, &person)).await?;
+    ok(serde_json::json!({"person": e.person, "lifted": true}))
 }
 
 #[derive(Deserialize)]

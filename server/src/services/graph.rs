@@ -1,5 +1,10 @@
 //! Graph imports (digests in, `b·P(y)` stored, digests dropped), commits that
 //! switch the current version with one pointer write, opt-outs and erasure.
+//!
+//! Erasure lasts: it leaves a keyed tombstone (the person's pseudonym and its
+//! `b·P(y)`, like opt-outs never a digest), written before anything is
+//! removed, and imports drop the rows of tombstoned persons and points until
+//! the operator lifts the tombstone.
 
 use super::{lock, new_id, rfc3339, unix_now, Services};
 use crate::error::ApiError;
@@ -7,10 +12,11 @@ use crate::services::auth::Caller;
 use crate::services::seal;
 use crate::storage::{GraphInfo, IdentifierRow, ImportRecord, PersonKey, SealedCookie};
 use onboard_protocol::wire::DigestBatch;
+use onboard_protocol::PointBytes;
 use onboard_protocol::{blind, MatchKind};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 
 /// One cookie row of a cookies batch.
@@ -50,6 +56,7 @@ impl Services {
             },
             next_person: 1,
             touched: unix_now(),
+            skipped_erased: 0,
         };
         self.repo.put_import(&rec)?;
         self.audit(&actor.name, "graph.import.create", &rec.id, "ok")?;
@@ -134,6 +141,10 @@ impl Services {
         if self.seen_batch(id, b'i', path_batch, &hash)? {
             return Ok(batch.entries.len());
         }
+        // Under the import lock: an erasure cannot slip between check and write.
+        let rows = self.without_erased_identifiers(rows)?;
+        rec.skipped_erased += (points.len() - rows.len()) as u64;
+        let stored = rows.len();
         for (_, point, person) in &rows {
             if self.opted_out(point)? {
                 self.repo.suppress(rec.version, person)?;
@@ -146,7 +157,7 @@ impl Services {
         self.repo
             .set_import_batch_hash(id, b'i', path_batch, hash)?;
         self.identifiers_imported
-            .fetch_add(points.len() as u64, Ordering::Relaxed);
+            .fetch_add(stored as u64, Ordering::Relaxed);
         Ok(points.len())
     }
 
@@ -182,11 +193,14 @@ impl Services {
             }
         }
         let hash: [u8; 32] = Sha256::digest(body).into();
+        let rows_len = rows.len();
         let _g = lock(&self.import_lock);
         let mut rec = self.open_import(id)?;
         if self.seen_batch(id, b'c', batch_no, &hash)? {
-            return Ok(rows.len());
+            return Ok(rows_len);
         }
+        let rows = self.without_erased_cookies(rows)?;
+        rec.skipped_erased += (rows_len - rows.len()) as u64;
         let sealed = rows
             .iter()
             .map(|r| {
@@ -201,7 +215,56 @@ impl Services {
         rec.touched = unix_now();
         self.repo.put_import(&rec)?;
         self.repo.set_import_batch_hash(id, b'c', batch_no, hash)?;
-        Ok(rows.len())
+        Ok(rows_len)
+    }
+
+    /// Identifier rows whose person and point are both free of tombstones.
+    fn without_erased_identifiers(
+        &self,
+        rows: Vec<IdentifierRow>,
+    ) -> Result<Vec<IdentifierRow>, ApiError> {
+        let mut erased: HashMap<PersonKey, bool> = HashMap::new();
+        let mut kept = Vec::with_capacity(rows.len());
+        for row in rows {
+            let person_erased = match erased.get(&row.2) {
+                Some(e) => *e,
+                None => *erased
+                    .entry(row.2)
+                    .or_insert(self.repo.is_erased_person(&row.2)?),
+            };
+            if !person_erased && !self.repo.is_erased_point(&row.1)? {
+                kept.push(row);
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Cookie rows whose person is not tombstoned.
+    fn without_erased_cookies<'r>(
+        &self,
+        rows: &'r [CookieRow],
+    ) -> Result<Vec<&'r CookieRow>, ApiError> {
+        let mut erased: HashMap<&str, bool> = HashMap::new();
+        let mut kept = Vec::with_capacity(rows.len());
+        for row in rows {
+            let person_erased = match erased.get(row.person.as_str()) {
+                Some(e) => *e,
+                None => *erased
+                    .entry(&row.person)
+                    .or_insert(self.repo.is_erased_person(&self.person_key(&row.person))?),
+            };
+            if !person_erased {
+                kept.push(row);
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Rows of an import dropped so far because their person or identifier
+    /// is erased.
+    pub fn import_skipped_erased(&self, id: &str) -> Result<u64, ApiError> {
+        let rec = self.repo.import(id)?.ok_or(ApiError::NotFound("import"))?;
+        Ok(rec.skipped_erased)
     }
 
     /// Check every batch arrived, switch the current version, drop the old one.
@@ -315,6 +378,7 @@ impl Services {
             "jobs": jobs,
             "audiences": audiences,
             "optouts": self.repo.optouts()?.len(),
+            "erasures": self.repo.erasure_count()?,
         }))
     }
 
@@ -357,36 +421,305 @@ impl Services {
         Ok((points.len(), suppressed))
     }
 
-    /// Remove a person from the current graph and from unpulled audiences.
+    /// Erase a person for good: tombstone it (durable, first), remove it
+    /// from every graph version holding data and from every advertiser's
+    /// cache, then from unpulled audiences. Retried after a crash, it
+    /// finishes the job.
     pub fn erase(&self, actor: &Caller, person: &str) -> Result<usize, ApiError> {
-        if person.is_empty() || person.len() > 255 {
-            return Err(ApiError::BadRequest("person: 1 to 255 bytes".into()));
-        }
-        let key = self.person_key(person);
-        {
+        let key = self.person_key(Self::valid_person(person)?);
+        let points = {
             let _g = lock(&self.import_lock);
-            if let Some(mut g) = self.repo.current_graph()? {
-                // Suppressed first: a crash during the rewrite still keeps
-                // the person out of every match.
-                self.repo.suppress(g.version, &key)?;
-                let erased = self.repo.erase_person(g.version, &key)?;
-                if erased.person {
-                    g.persons = g.persons.saturating_sub(1);
-                    for (kind, n) in erased.identifiers {
-                        let c = g.identifiers.entry(kind).or_default();
-                        *c = c.saturating_sub(n);
-                    }
-                    for (dest, n) in erased.cookies {
-                        let c = g.cookies.entry(dest).or_default();
-                        *c = c.saturating_sub(n);
-                    }
-                    // Same version: only the counts change.
-                    self.repo.commit_graph(&g)?;
-                }
+            let versions = self.versions_with_data()?;
+            let mut found = BTreeSet::new();
+            for v in &versions {
+                found.extend(self.repo.person_points(*v, &key)?.into_iter().map(|p| p.0));
             }
-        }
+            let found: Vec<PointBytes> = found.into_iter().map(PointBytes).collect();
+            // The tombstone first: a crash from here on still keeps the
+            // person out of later imports, and a retry finds its points.
+            let points = self.repo.add_erasure(&key, &found)?;
+            for v in versions {
+                self.erase_from_version(v, &key)?;
+            }
+            points
+        };
+        self.repo.cache_remove_points(&points)?;
         let updated = self.remove_from_unpulled(&Self::member_name(&key))?;
         self.audit(&actor.name, "erase", &self.person_pseudonym(person), "ok")?;
         Ok(updated)
+    }
+
+    /// Lift a person's tombstone, so later imports may bring it back;
+    /// 404 if the person has none.
+    pub fn lift_erasure(&self, actor: &Caller, person: &str) -> Result<(), ApiError> {
+        let key = self.person_key(Self::valid_person(person)?);
+        let lifted = {
+            let _g = lock(&self.import_lock);
+            self.repo.lift_erasure(&key)?
+        };
+        if !lifted {
+            return Err(ApiError::NotFound("erasure"));
+        }
+        self.audit(
+            &actor.name,
+            "erase.lift",
+            &self.person_pseudonym(person),
+            "ok",
+        )?;
+        Ok(())
+    }
+
+    fn valid_person(person: &str) -> Result<&str, ApiError> {
+        if person.is_empty() || person.len() > 255 {
+            return Err(ApiError::BadRequest("person: 1 to 255 bytes".into()));
+        }
+        Ok(person)
+    }
+
+    /// Every graph version holding data: the current one, committed ones
+    /// not yet deleted, and imports still open (their staged batches).
+    fn versions_with_data(&self) -> Result<Vec<u64>, ApiError> {
+        let mut versions: BTreeSet<u64> = self
+            .repo
+            .imports()?
+            .iter()
+            .filter(|r| r.status == "open" || r.status == "committed")
+            .map(|r| r.version)
+            .collect();
+        versions.extend(self.repo.current_graph()?.map(|g| g.version));
+        Ok(versions.into_iter().collect())
+    }
+
+    /// Remove a person from one version (under the import lock); the
+    /// current version's counts follow.
+    fn erase_from_version(&self, version: u64, key: &PersonKey) -> Result<(), ApiError> {
+        // Suppressed first: a crash during the rewrite still keeps the
+        // person out of every match.
+        self.repo.suppress(version, key)?;
+        let erased = self.repo.erase_person(version, key)?;
+        let Some(mut g) = self.repo.current_graph()? else {
+            return Ok(());
+        };
+        if g.version != version || !erased.person {
+            return Ok(());
+        }
+        g.persons = g.persons.saturating_sub(1);
+        for (kind, n) in erased.identifiers {
+            let c = g.identifiers.entry(kind).or_default();
+            *c = c.saturating_sub(n);
+        }
+        for (dest, n) in erased.cookies {
+            let c = g.cookies.entry(dest).or_default();
+            *c = c.saturating_sub(n);
+        }
+        // Same version: only the counts change.
+        self.repo.commit_graph(&g)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{sled::blob_dir, Role};
+    use onboard_protocol::wire::DigestEntry;
+    use onboard_protocol::{Digest, SecretKey};
+
+    fn services(dir: &std::path::Path) -> Services {
+        Services::new(
+            crate::storage::open(dir).unwrap(),
+            crate::config::Config::default(),
+            crate::keyfiles::ServerSecrets::derive_for_tests("erase"),
+        )
+        .unwrap()
+    }
+
+    fn admin() -> Caller {
+        Caller {
+            name: "ops".into(),
+            role: Role::Admin,
+            key_id: "k-1".into(),
+        }
+    }
+
+    fn email(i: u32) -> Digest {
+        Digest::of(&format!("person{i}@example.com"))
+    }
+
+    /// `(person, email number)` rows as one identifiers batch.
+    fn batch(rows: &[(&str, u32)]) -> Vec<u8> {
+        DigestBatch {
+            batch_no: 0,
+            entries: rows
+                .iter()
+                .map(|(person, i)| DigestEntry {
+                    person: (*person).into(),
+                    kind: MatchKind::Email,
+                    digest: email(*i),
+                })
+                .collect(),
+        }
+        .encode()
+        .unwrap()
+    }
+
+    fn cookie(person: &str) -> CookieRow {
+        CookieRow {
+            person: person.into(),
+            destination: "dsp".into(),
+            cookie: format!("ck-{person}"),
+        }
+    }
+
+    /// Import `rows` (and one cookie per person); commit unless `open`.
+    fn import(s: &Services, rows: &[(&str, u32)], open: bool) -> (String, u64) {
+        let id = s.create_import(&admin()).unwrap();
+        s.import_identifiers(&id, 0, &batch(rows)).unwrap();
+        let cookies: Vec<CookieRow> = rows.iter().map(|(p, _)| cookie(p)).collect();
+        let body = format!("cookies of {rows:?}");
+        s.import_cookies(&id, 0, body.as_bytes(), &cookies).unwrap();
+        if !open {
+            s.commit_import(&admin(), &id, 1, 1).unwrap();
+        }
+        let version = s.repo.import(&id).unwrap().unwrap().version;
+        (id, version)
+    }
+
+    fn bpy(s: &Services, i: u32) -> PointBytes {
+        blind::hash_and_blind(s.key(), &[(MatchKind::Email, email(i))])[0]
+    }
+
+    fn blob_files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+        let blobs = blob_dir(&crate::storage::db_dir(dir));
+        std::fs::read_dir(blobs)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, std::fs::read(e.path()).unwrap())
+            })
+            .collect()
+    }
+
+    fn holds(bytes: &[u8], needle: &[u8]) -> bool {
+        bytes.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn erasure_leaves_no_point_in_any_version_or_cache_file_and_lasts_until_lifted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = services(dir.path());
+        let p42 = s.person_key("p42");
+        let (_, kept) = import(&s, &[("p41", 41), ("p42", 42)], false);
+        let (_, current) = import(&s, &[("p41", 41), ("p42", 42), ("p43", 43)], false);
+        // The second commit deleted the first version; rebuild it as a crash
+        // between commit and deletion leaves it (kept), p42 with email 142.
+        let rows = vec![
+            (MatchKind::Email, bpy(&s, 142), p42),
+            (MatchKind::Email, bpy(&s, 41), s.person_key("p41")),
+        ];
+        s.repo.put_identifier_run(kept, 0, rows).unwrap();
+        let sealed = sealed_cookie(s.pepper(), "ck-p42").unwrap();
+        s.repo
+            .put_cookie_run(kept, 0, vec![("dsp".into(), p42, sealed)])
+            .unwrap();
+        assert_eq!(s.repo.seal_version(kept).unwrap().persons, 2);
+        assert_eq!(s.repo.person_points(kept, &p42).unwrap().len(), 1);
+        // An import still open, its batch staged, p42 in it.
+        let (_, open) = import(&s, &[("p42", 42), ("p44", 44)], true);
+        // Two advertisers' caches hold p42's pairs beside others'.
+        let adv = SecretKey::derive_for_tests("advertiser");
+        let pairs = |ids: &[u32]| -> Vec<(PointBytes, PointBytes)> {
+            let b: Vec<PointBytes> = ids.iter().map(|&i| bpy(&s, i)).collect();
+            let ab = blind::reblind(&adv, &b).unwrap();
+            b.into_iter().zip(ab).collect()
+        };
+        for ns in [[1u8; 16], [2u8; 16]] {
+            s.repo.cache_put(&ns, &pairs(&[41, 42, 43])).unwrap();
+            s.repo.cache_put(&ns, &pairs(&[142, 44])).unwrap();
+        }
+        let p42_bytes: Vec<Vec<u8>> = pairs(&[42, 142])
+            .iter()
+            .flat_map(|(b, ab)| [b.0.to_vec(), ab.0.to_vec()])
+            .collect();
+        let p41_bytes = pairs(&[41])[0].1 .0.to_vec();
+        let before = s.repo.current_graph().unwrap().unwrap();
+
+        s.erase(&admin(), "p42").unwrap();
+
+        for v in [kept, current, open] {
+            assert!(
+                s.repo.person_points(v, &p42).unwrap().is_empty(),
+                "version {v}"
+            );
+        }
+        assert_eq!(
+            s.repo.person_points(kept, &s.person_key("p41")).unwrap(),
+            vec![bpy(&s, 41)],
+            "others stay"
+        );
+        let after = s.repo.current_graph().unwrap().unwrap();
+        assert_eq!(after.persons + 1, before.persons);
+        let files = blob_files(dir.path());
+        assert!(files.iter().any(|(n, _)| n.starts_with("cache-")));
+        assert!(
+            files.iter().any(|(_, b)| holds(b, &p41_bytes)),
+            "the scan reads the cache files"
+        );
+        for (name, bytes) in &files {
+            for needle in &p42_bytes {
+                assert!(!holds(bytes, needle), "{name} still holds a point of p42");
+            }
+            assert!(!holds(bytes, &p42), "{name} still holds p42's records");
+        }
+        for ns in [[1u8; 16], [2u8; 16]] {
+            assert!(!s.repo.cache_contains(&ns, &bpy(&s, 42)).unwrap());
+            assert!(s.repo.cache_contains(&ns, &bpy(&s, 43)).unwrap());
+        }
+        // A page returned after the erasure does not cache p42 again.
+        s.repo.cache_put(&[1u8; 16], &pairs(&[42, 45])).unwrap();
+        assert!(!s.repo.cache_contains(&[1u8; 16], &bpy(&s, 42)).unwrap());
+        assert!(s.repo.cache_contains(&[1u8; 16], &bpy(&s, 45)).unwrap());
+        assert_eq!(s.stats().unwrap()["erasures"], 1);
+
+        // A retry (after a crash) finds nothing more to do and fails nothing.
+        s.erase(&admin(), "p42").unwrap();
+        assert_eq!(s.repo.current_graph().unwrap().unwrap(), after);
+
+        // Later imports skip p42, and its email under another person ID.
+        let (id, v) = import(&s, &[("p42", 42), ("p42-new", 42), ("p46", 46)], false);
+        assert_eq!(
+            s.import_skipped_erased(&id).unwrap(),
+            3,
+            "two identifiers, one cookie"
+        );
+        assert!(s.repo.person_points(v, &p42).unwrap().is_empty());
+        assert!(s
+            .repo
+            .person_points(v, &s.person_key("p42-new"))
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            s.repo
+                .point_owner(v, MatchKind::Email, &bpy(&s, 42))
+                .unwrap(),
+            None
+        );
+
+        // Lifted, the next import brings p42 back.
+        s.lift_erasure(&admin(), "p42").unwrap();
+        assert!(matches!(
+            s.lift_erasure(&admin(), "p42"),
+            Err(ApiError::NotFound(_))
+        ));
+        assert_eq!(s.stats().unwrap()["erasures"], 0);
+        let (id, v) = import(&s, &[("p42", 42), ("p46", 46)], false);
+        assert_eq!(s.import_skipped_erased(&id).unwrap(), 0);
+        assert_eq!(
+            s.repo
+                .point_owner(v, MatchKind::Email, &bpy(&s, 42))
+                .unwrap(),
+            Some(p42)
+        );
     }
 }

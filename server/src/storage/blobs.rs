@@ -245,6 +245,39 @@ impl Blobs {
         self.remove_where(|name| name == target)
     }
 
+    /// Delete every generation of `base`'s files except those in `keep`:
+    /// after a rewrite, the files no pointer refers to any more (also those a
+    /// crash between the pointer switch and the deletion left behind).
+    pub fn remove_generations_except(&self, base: &str, keep: &[u32]) -> Result<(), BlobError> {
+        self.remove_where(|name| {
+            name.rsplit_once('.').is_some_and(|(b, g)| {
+                b == base && g.parse::<u32>().is_ok_and(|g| !keep.contains(&g))
+            })
+        })
+    }
+
+    /// The bases with at least one file whose base starts with `prefix`.
+    pub fn bases_with_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<std::collections::BTreeSet<String>, BlobError> {
+        let io = |source| BlobError::Io {
+            file: self.dir.display().to_string(),
+            source,
+        };
+        let mut out = std::collections::BTreeSet::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(io)? {
+            let name = entry.map_err(io)?.file_name();
+            let Some((base, generation)) = name.to_str().and_then(|n| n.rsplit_once('.')) else {
+                continue;
+            };
+            if base.starts_with(prefix) && generation.parse::<u32>().is_ok() {
+                out.insert(base.to_string());
+            }
+        }
+        Ok(out)
+    }
+
     fn remove_where(&self, matches: impl Fn(&str) -> bool) -> Result<(), BlobError> {
         let io = |source| BlobError::Io {
             file: self.dir.display().to_string(),
@@ -352,6 +385,14 @@ mod tests {
         let blobs = Blobs::open(dir.path()).unwrap();
         let d = blobs.append("job-2", 3, b"more").unwrap();
         assert_eq!(d.offset, 11);
+        blobs.append("job-2", 5, b"newer").unwrap();
+        blobs.append("job-2-runs", 0, b"another base").unwrap();
+        blobs.remove_generations_except("job-2", &[3]).unwrap();
+        assert!(!dir.path().join("job-2.5").exists());
+        assert!(
+            dir.path().join("job-2-runs.0").exists(),
+            "another base is kept"
+        );
         blobs.remove_generation("job-2", 3).unwrap();
         assert!(!dir.path().join("job-2.3").exists());
         assert!(blobs.read("job-2", &c).is_err());

@@ -8,6 +8,7 @@
 
 pub mod blobs;
 pub mod sled;
+mod sled_erasure;
 mod sled_graph;
 mod sled_index;
 
@@ -153,6 +154,9 @@ pub struct ImportRecord {
     /// Unix seconds of the last batch, for abandonment.
     #[serde(default)]
     pub touched: u64,
+    /// Rows dropped because their person or identifier is erased (a count only).
+    #[serde(default)]
+    pub skipped_erased: u64,
 }
 
 /// Per-kind size of a job's graph pass.
@@ -361,8 +365,13 @@ pub trait GraphRepo {
     fn suppress(&self, version: u64, person: &PersonKey) -> StoreResult<bool>;
     /// Every suppressed person of a version (one scan, for a whole join).
     fn suppressed_persons(&self, version: u64) -> StoreResult<Vec<PersonKey>>;
-    /// Remove a person's points and cookies from a sealed version, leaving
-    /// no copy of them in the version's files.
+    /// Every `b·P(y)` of a person in a version: in its tables if sealed, in
+    /// its staged batches if still importing.
+    fn person_points(&self, version: u64, person: &PersonKey) -> StoreResult<Vec<PointBytes>>;
+    /// Remove a person's points and cookies from a version, sealed or still
+    /// importing, leaving no copy of them in the version's files (the counts
+    /// are those removed from the sealed tables). Callers serialise it with
+    /// the version's imports.
     fn erase_person(&self, version: u64, person: &PersonKey) -> StoreResult<ErasedCounts>;
     /// Make `info.version` current in one write.
     fn commit_graph(&self, info: &GraphInfo) -> StoreResult<Option<u64>>;
@@ -375,7 +384,13 @@ pub trait CacheRepo {
     /// Is `b·P(y)` cached in this namespace?
     fn cache_contains(&self, ns: &[u8; 16], bpy: &PointBytes) -> StoreResult<bool>;
     /// Cache pairs `(b·P(y), a·b·P(y))` (one graph-pass page) as one run.
+    /// Pairs whose `b·P(y)` is an erased point ([`ErasureRepo`]) are dropped,
+    /// so a page returned after an erasure cannot cache the person again.
     fn cache_put(&self, ns: &[u8; 16], pairs: &[(PointBytes, PointBytes)]) -> StoreResult<()>;
+    /// Remove every pair whose `b·P(y)` is one of `points` from every
+    /// namespace, leaving no copy of the removed pairs in the cache's files;
+    /// returns the pairs removed.
+    fn cache_remove_points(&self, points: &[PointBytes]) -> StoreResult<u64>;
     /// Up to `limit` cached runs of the namespace, in order of their run key,
     /// after the run keyed `after` (from the start if `None`). A run is a
     /// `(key, pairs)`: pairs `(b·P(y), a·b·P(y))` sorted by `b·P(y)`, the key
@@ -505,6 +520,28 @@ pub trait OptoutRepo {
     fn optouts(&self) -> StoreResult<Vec<PointBytes>>;
 }
 
+/// Tombstones of erased persons, so later imports skip them. Like opt-outs,
+/// only keyed values: the person's pseudonym and its `b·P(y)` (never an ID
+/// or a digest).
+pub trait ErasureRepo {
+    /// Record a tombstone, or add points to one, durable on return; returns
+    /// every point of the person's tombstone.
+    fn add_erasure(
+        &self,
+        person: &PersonKey,
+        points: &[PointBytes],
+    ) -> StoreResult<Vec<PointBytes>>;
+    /// Is the person tombstoned?
+    fn is_erased_person(&self, person: &PersonKey) -> StoreResult<bool>;
+    /// Is `b·P(y)` a point of a tombstoned person?
+    fn is_erased_point(&self, point: &PointBytes) -> StoreResult<bool>;
+    /// Remove a person's tombstone and its points, durable on return;
+    /// `false` if there was none.
+    fn lift_erasure(&self, person: &PersonKey) -> StoreResult<bool>;
+    /// Tombstoned persons.
+    fn erasure_count(&self) -> StoreResult<u64>;
+}
+
 /// The hash-chained audit log.
 pub trait AuditRepo {
     /// The last entry.
@@ -573,6 +610,7 @@ pub trait Repo:
     + JobRepo
     + AudienceRepo
     + OptoutRepo
+    + ErasureRepo
     + AuditRepo
     + BudgetRepo
     + Send
@@ -588,6 +626,7 @@ impl<T> Repo for T where
         + JobRepo
         + AudienceRepo
         + OptoutRepo
+        + ErasureRepo
         + AuditRepo
         + BudgetRepo
         + Send
@@ -729,6 +768,7 @@ impl<R: GraphRepo> GraphRepo for Guarded<R> {
         fn cookies_of_sorted(&self, version: u64, destination: &str, persons: &[PersonKey]) -> StoreResult<Vec<(PersonKey, Vec<SealedCookie>)>>;
         fn has_destination(&self, version: u64, destination: &str) -> StoreResult<bool>;
         fn suppressed_persons(&self, version: u64) -> StoreResult<Vec<PersonKey>>;
+        fn person_points(&self, version: u64, person: &PersonKey) -> StoreResult<Vec<PointBytes>>;
     }
     guarded_writes! {
         fn allocate_version(&self) -> StoreResult<u64>;
@@ -754,6 +794,7 @@ impl<R: CacheRepo> CacheRepo for Guarded<R> {
     }
     guarded_writes! {
         fn cache_put(&self, ns: &[u8; 16], pairs: &[(PointBytes, PointBytes)]) -> StoreResult<()>;
+        fn cache_remove_points(&self, points: &[PointBytes]) -> StoreResult<u64>;
         fn set_cache_complete(&self, ns: &[u8; 16], version: u64, kind: MatchKind) -> StoreResult<()>;
     }
 }
@@ -808,6 +849,18 @@ impl<R: OptoutRepo> OptoutRepo for Guarded<R> {
     }
     guarded_writes! {
         fn add_optouts(&self, points: &[PointBytes]) -> StoreResult<usize>;
+    }
+}
+
+impl<R: ErasureRepo> ErasureRepo for Guarded<R> {
+    guarded_reads! {
+        fn is_erased_person(&self, person: &PersonKey) -> StoreResult<bool>;
+        fn is_erased_point(&self, point: &PointBytes) -> StoreResult<bool>;
+        fn erasure_count(&self) -> StoreResult<u64>;
+    }
+    guarded_writes! {
+        fn add_erasure(&self, person: &PersonKey, points: &[PointBytes]) -> StoreResult<Vec<PointBytes>>;
+        fn lift_erasure(&self, person: &PersonKey) -> StoreResult<bool>;
     }
 }
 

@@ -32,6 +32,9 @@ pub struct SledStore {
     pub(super) g_supp: Tree,
     pub(super) cache_runs: Tree,
     cache_done: Tree,
+    /// Cache writes and reads hold it shared; an erasure's rewrite of the
+    /// cache files holds it exclusively (it deletes the files read from).
+    pub(super) cache_lock: std::sync::RwLock<()>,
     pub(super) jobs: Tree,
     pub(super) job_pages: Tree,
     pub(super) job_done: Tree,
@@ -41,6 +44,8 @@ pub struct SledStore {
     pub(super) job_index: Tree,
     pub(super) audience_index: Tree,
     optouts: Tree,
+    pub(super) erased_persons: Tree,
+    pub(super) erased_points: Tree,
     audit: Tree,
     budget: Tree,
 }
@@ -95,13 +100,13 @@ fn member_prefix(id: &str) -> Vec<u8> {
 const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Tree of cache runs: `ns | first b·P(y) | tag` → blob pointer.
-const CACHE_RUNS: &str = "cache_runs";
+pub(super) const CACHE_RUNS: &str = "cache_runs";
 /// Tree of graph-pass pages: `job | 0 | kind | page` → blob pointer.
 const JOB_PAGES: &str = "job_pages";
 /// Tree of uploads: `job | 0 | batch` → content hash | blob pointer.
 const JOB_UPLOADS: &str = "job_uploads";
 
-fn cache_base(ns: &[u8]) -> String {
+pub(super) fn cache_base(ns: &[u8]) -> String {
     format!("cache-{}", hex::encode(ns))
 }
 
@@ -171,7 +176,7 @@ impl BlobTree {
 
 /// The blob directory of a database directory: inside it (sled leaves
 /// files it does not know alone), so a restore's directory swap moves both.
-pub(super) fn blob_dir(db: &Path) -> std::path::PathBuf {
+pub(crate) fn blob_dir(db: &Path) -> std::path::PathBuf {
     db.join("onboard-blobs")
 }
 
@@ -204,6 +209,7 @@ impl SledStore {
             g_supp: t("graph_suppressed")?,
             cache_runs: t(CACHE_RUNS)?,
             cache_done: t("cache_complete")?,
+            cache_lock: std::sync::RwLock::new(()),
             jobs: t("jobs")?,
             job_pages: t(JOB_PAGES)?,
             job_done: t("job_pages_done")?,
@@ -213,6 +219,8 @@ impl SledStore {
             job_index: t("job_index")?,
             audience_index: t("audience_index")?,
             optouts: t("optouts")?,
+            erased_persons: t(super::sled_erasure::ERASED_PERSONS)?,
+            erased_points: t(super::sled_erasure::ERASED_POINTS)?,
             audit: t("audit")?,
             budget: t("budget")?,
             db,
@@ -326,6 +334,7 @@ impl PrincipalRepo for SledStore {
 
 impl CacheRepo for SledStore {
     fn cache_contains(&self, ns: &[u8; 16], bpy: &PointBytes) -> StoreResult<bool> {
+        let _shared = self.cache_shared();
         // Runs starting at or before `bpy` may hold it (rare call: a scan).
         let end = key(&[ns, &bpy.0, &[0xff; 8]]);
         for item in self.cache_runs.range(ns.to_vec()..=end) {
@@ -340,10 +349,11 @@ impl CacheRepo for SledStore {
         Ok(false)
     }
     fn cache_put(&self, ns: &[u8; 16], pairs: &[(PointBytes, PointBytes)]) -> StoreResult<()> {
-        if pairs.is_empty() {
+        let _shared = self.cache_shared();
+        let mut sorted = self.without_erased_points(pairs)?;
+        if sorted.is_empty() {
             return Ok(());
         }
-        let mut sorted = pairs.to_vec();
         sorted.sort_unstable_by_key(|p| p.0 .0);
         sorted.dedup_by(|a, b| a.0 == b.0);
         let mut value = Vec::with_capacity(sorted.len() * 64);
@@ -351,10 +361,7 @@ impl CacheRepo for SledStore {
             value.extend_from_slice(&bpy.0);
             value.extend_from_slice(&abpy.0);
         }
-        // One value per run, keyed by its first point and its content, so a
-        // re-sent page overwrites itself and a different run is kept beside.
-        let tag = Sha256::digest(&value);
-        let k = key(&[ns, &sorted[0].0 .0, &tag[..8]]);
+        let k = cache_run_key(ns, &value);
         let r = self.blobs.append(&cache_base(ns), 0, &value)?;
         self.cache_runs.insert(k, &r.encode()[..]).map_err(be)?;
         Ok(())
@@ -365,6 +372,7 @@ impl CacheRepo for SledStore {
         after: Option<&[u8]>,
         limit: usize,
     ) -> StoreResult<Vec<CacheRun>> {
+        let _shared = self.cache_shared();
         let mut start = ns.to_vec();
         if let Some(a) = after {
             start.extend_from_slice(a);
@@ -396,11 +404,25 @@ impl CacheRepo for SledStore {
         ns: &[u8; 16],
         run_key: &[u8],
     ) -> StoreResult<Vec<(PointBytes, PointBytes)>> {
+        let _shared = self.cache_shared();
         let Some(pointer) = self.cache_runs.get(key(&[ns, run_key])).map_err(be)? else {
             return Ok(Vec::new());
         };
         let v = self.blob_value(CACHE_RUNS, &cache_base(ns), &pointer)?;
         decode_pairs(&v)
+    }
+    fn cache_remove_points(&self, points: &[PointBytes]) -> StoreResult<u64> {
+        let _exclusive = self.cache_lock.write().unwrap_or_else(|p| p.into_inner());
+        let mut sorted = points.to_vec();
+        sorted.sort_unstable_by_key(|p| p.0);
+        sorted.dedup();
+        let namespaces = self.cache_namespaces()?;
+        let mut removed = 0;
+        for ns in &namespaces {
+            removed += self.rewrite_cache_without(ns, &sorted)?;
+        }
+        self.remove_orphan_cache_files(&namespaces)?;
+        Ok(removed)
     }
     fn set_cache_complete(&self, ns: &[u8; 16], version: u64, kind: MatchKind) -> StoreResult<()> {
         let k = key(&[ns, &version.to_be_bytes(), &[kind.to_byte()]]);
@@ -413,8 +435,16 @@ impl CacheRepo for SledStore {
     }
 }
 
+/// The key of a cached run in its namespace: its first point and its
+/// content, so a re-sent page overwrites itself and a different run is kept
+/// beside. `value` is the run's sorted 64-byte pairs, at least one.
+pub(super) fn cache_run_key(ns: &[u8; 16], value: &[u8]) -> Vec<u8> {
+    let tag = Sha256::digest(value);
+    key(&[ns, &value[..value.len().min(32)], &tag[..8]])
+}
+
 /// A cached run's `(b·P(y), a·b·P(y))` pairs from their 64-byte records.
-fn decode_pairs(v: &[u8]) -> StoreResult<Vec<(PointBytes, PointBytes)>> {
+pub(super) fn decode_pairs(v: &[u8]) -> StoreResult<Vec<(PointBytes, PointBytes)>> {
     if !v.len().is_multiple_of(64) {
         return Err(StoreError::Corrupt(CACHE_RUNS));
     }
@@ -429,7 +459,7 @@ fn decode_pairs(v: &[u8]) -> StoreResult<Vec<(PointBytes, PointBytes)>> {
 }
 
 /// Is `p` among the `n` sorted 64-byte `(b·P(y), a·b·P(y))` pairs of `run`?
-fn binary_search_run(run: &[u8], n: usize, p: &[u8; 32]) -> bool {
+pub(super) fn binary_search_run(run: &[u8], n: usize, p: &[u8; 32]) -> bool {
     let (mut lo, mut hi) = (0, n);
     while lo < hi {
         let mid = (lo + hi) / 2;

@@ -376,6 +376,73 @@ impl SledStore {
         Ok(false)
     }
 
+    /// A version's staged runs: `(key, pointer)` in key order.
+    fn staged_runs(&self, version: u64) -> StoreResult<Vec<(::sled::IVec, BlobRef)>> {
+        self.g_runs
+            .scan_prefix(version.to_be_bytes())
+            .map(|item| {
+                let (k, v) = item.map_err(be)?;
+                Ok((k, ptr(GRAPH_RUNS, &v)?))
+            })
+            .collect()
+    }
+
+    /// Every staged run of a version without `person`'s records: copied to
+    /// a new file generation, the pointers switched in one batch, the old
+    /// files deleted. Returns whether any record was dropped.
+    fn rewrite_runs_without(&self, version: u64, person: &PersonKey) -> StoreResult<bool> {
+        let base = runs_base(version);
+        let runs = self.staged_runs(version)?;
+        let mut holds = false;
+        for (k, r) in &runs {
+            let run = self.blobs.read(&base, r)?;
+            if run_without(run_part(k)?, &run, person)?.len() != run.len() {
+                holds = true;
+                break;
+            }
+        }
+        if !holds {
+            return Ok(false);
+        }
+        let next = runs
+            .iter()
+            .map(|(_, r)| r.generation)
+            .max()
+            .map_or(0, |g| g + 1);
+        self.blobs.remove_generation(&base, next)?;
+        let mut batch = Batch::default();
+        for (k, r) in &runs {
+            let run = self.blobs.read(&base, r)?;
+            let kept = run_without(run_part(k)?, &run, person)?;
+            let pointer = self.blobs.append_unsynced(&base, next, &kept)?;
+            batch.insert(k.clone(), &pointer.encode()[..]);
+        }
+        self.blobs.sync(&base, next)?;
+        self.g_runs.apply_batch(batch).map_err(be)?;
+        self.db.flush().map_err(be)?;
+        self.blobs.remove_generations_except(&base, &[next])?;
+        Ok(true)
+    }
+
+    /// Delete a version's files that no pointer refers to: old generations
+    /// a crash after a rewrite's pointer switch left behind, and the chunks
+    /// of a seal interrupted before its pointers were written.
+    fn remove_unreferenced_files(&self, version: u64) -> StoreResult<()> {
+        let chunks: Vec<u32> = self.generation_of(version)?.into_iter().collect();
+        self.blobs
+            .remove_generations_except(&graph_base(version), &chunks)?;
+        let mut runs: Vec<u32> = self
+            .staged_runs(version)?
+            .iter()
+            .map(|(_, r)| r.generation)
+            .collect();
+        runs.sort_unstable();
+        runs.dedup();
+        self.blobs
+            .remove_generations_except(&runs_base(version), &runs)?;
+        Ok(())
+    }
+
     /// The file generation a version's chunks are in (all share one).
     fn generation_of(&self, version: u64) -> StoreResult<Option<u32>> {
         let v = version.to_be_bytes();
@@ -422,6 +489,41 @@ fn next_cookie_key(s: &mut BlobStream) -> StoreResult<Option<Vec<u8>>> {
         return Err(StoreError::Corrupt(GRAPH_RUNS));
     }
     Ok(Some(s.peek()[..key_len].to_vec()))
+}
+
+/// The part (`i` or `c`) of a staged run's key (`version | part | batch`).
+fn run_part(k: &[u8]) -> StoreResult<u8> {
+    k.get(8).copied().ok_or(StoreError::Corrupt(GRAPH_RUNS))
+}
+
+/// A staged run's bytes without `person`'s records.
+fn run_without(part: u8, run: &[u8], person: &PersonKey) -> StoreResult<Vec<u8>> {
+    let corrupt = || StoreError::Corrupt(GRAPH_RUNS);
+    let mut kept = Vec::with_capacity(run.len());
+    if part == b'i' {
+        if !run.len().is_multiple_of(RUN_RECORD) {
+            return Err(corrupt());
+        }
+        for record in run.chunks_exact(RUN_RECORD) {
+            if &record[33..] != person {
+                kept.extend_from_slice(record);
+            }
+        }
+        return Ok(kept);
+    }
+    // Cookie records: len | destination | person | tag | len:u16 | sealed.
+    let mut rest = run;
+    while let Some(&dlen) = rest.first() {
+        let key_len = 1 + usize::from(dlen) + 32;
+        let total = key_len + 2 + sealed_len(rest, key_len)?;
+        let record = rest.get(..total).ok_or_else(corrupt)?;
+        let owner = &record[1 + usize::from(dlen)..17 + usize::from(dlen)];
+        if owner != person {
+            kept.extend_from_slice(record);
+        }
+        rest = &rest[total..];
+    }
+    Ok(kept)
 }
 
 fn run_key_of(version: u64, part: u8, batch_no: u32) -> Vec<u8> {
@@ -740,12 +842,39 @@ impl GraphRepo for SledStore {
             })
             .collect()
     }
+    fn person_points(&self, version: u64, person: &PersonKey) -> StoreResult<Vec<PointBytes>> {
+        let mut out = Vec::new();
+        for item in self.g_chunks.scan_prefix(version.to_be_bytes()) {
+            let chunk = self.read_chunk(GRAPH_CHUNKS, version, &item.map_err(be)?.1)?;
+            for record in chunk.chunks_exact(POINT_RECORD) {
+                if &record[32..] == person {
+                    out.push(point_of(GRAPH_CHUNKS, &record[..32])?);
+                }
+            }
+        }
+        let base = runs_base(version);
+        for (k, r) in self.staged_runs(version)? {
+            if run_part(&k)? != b'i' {
+                continue;
+            }
+            let run = self.blobs.read(&base, &r)?;
+            for record in run.chunks_exact(RUN_RECORD) {
+                if &record[33..] == person {
+                    out.push(point_of(GRAPH_RUNS, &record[1..33])?);
+                }
+            }
+        }
+        Ok(out)
+    }
     fn erase_person(&self, version: u64, person: &PersonKey) -> StoreResult<ErasedCounts> {
         let mut counts = ErasedCounts::default();
         // Reading is cheaper than rewriting: rewrite only a person that is there.
         if self.holds_person(version, person)? {
             self.rewrite_without(version, person, &mut counts)?;
         }
+        // A version still importing: its staged batches.
+        self.rewrite_runs_without(version, person)?;
+        self.remove_unreferenced_files(version)?;
         counts.person = !counts.identifiers.is_empty() || !counts.cookies.is_empty();
         Ok(counts)
     }
@@ -949,5 +1078,63 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    #[test]
+    fn erasure_rewrites_the_staged_batches_of_an_open_import() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        let store = SledStore::open(&db).unwrap();
+        let rows = |owner: u32, from: u32| -> Vec<IdentifierRow> {
+            (from..from + 3)
+                .map(|i| (MatchKind::Email, point(i), person(owner)))
+                .collect()
+        };
+        store.put_identifier_run(3, 0, rows(4, 0)).unwrap();
+        store
+            .put_identifier_run(3, 1, [rows(5, 10), rows(4, 20)].concat())
+            .unwrap();
+        let cookies = vec![
+            ("dsp".to_string(), person(4), cookie(4)),
+            ("dsp".to_string(), person(5), cookie(5)),
+        ];
+        store.put_cookie_run(3, 0, cookies).unwrap();
+        // The chunks of a seal interrupted before its pointers.
+        store
+            .blobs
+            .append(&graph_base(3), 0, &[&point(0).0[..], &person(4)].concat())
+            .unwrap();
+        let mut points = store.person_points(3, &person(4)).unwrap();
+        points.sort_unstable();
+        assert_eq!(points, [0, 1, 2, 20, 21, 22].map(point));
+
+        store.erase_person(3, &person(4)).unwrap();
+
+        assert!(store.person_points(3, &person(4)).unwrap().is_empty());
+        let names: Vec<String> = std::fs::read_dir(blob_dir(&db))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [runs_base(3) + ".1"]);
+        let bytes = std::fs::read(blob_dir(&db).join(&names[0])).unwrap();
+        assert!(!bytes.windows(16).any(|w| w == person(4)));
+        assert!(!bytes.windows(15).any(|w| w == b"sealed-00000004"));
+        assert!(bytes.windows(15).any(|w| w == b"sealed-00000005"));
+        // The import goes on and seals without the person.
+        store.put_identifier_run(3, 2, rows(6, 30)).unwrap();
+        let info = store.seal_version(3).unwrap();
+        assert_eq!((info.persons, info.identifiers["email"]), (2, 6));
+        assert_eq!(
+            store.point_owner(3, MatchKind::Email, &point(0)).unwrap(),
+            None
+        );
+        assert_eq!(
+            store.point_owner(3, MatchKind::Email, &point(31)).unwrap(),
+            Some(person(6))
+        );
+        assert!(store
+            .cookies_of_sorted(3, "dsp", &[person(4)])
+            .unwrap()
+            .is_empty());
     }
 }
