@@ -653,9 +653,9 @@ impl Services {
     ) -> Result<serde_json::Value, ApiError> {
         let job = self.own_open_job(caller, id)?;
         let _finishing = FinishGuard::take(self, id)?;
-        let uploaded: BTreeSet<u32> = self.repo.upload_numbers(id)?.into_iter().collect();
+        let received: BTreeSet<u32> = self.repo.upload_numbers(id)?.into_iter().collect();
         let missing: Vec<String> = (0..batches)
-            .filter(|b| !uploaded.contains(b))
+            .filter(|b| !received.contains(b))
             .take(10)
             .map(|b| b.to_string())
             .collect();
@@ -665,7 +665,7 @@ impl Services {
                 missing.join(", ")
             )));
         }
-        if let Some(extra) = uploaded.iter().find(|&&b| b >= batches) {
+        if let Some(extra) = received.iter().find(|&&b| b >= batches) {
             return Err(ApiError::Invalid(format!(
                 "batch {extra} was uploaded but batches is {batches}"
             )));
