@@ -226,7 +226,7 @@ pub struct Audience {
     pub pulled: bool,
 }
 
-/// One entry of the hash-chained audit log.
+/// One entry of the audit log, chained by keyed hashes (see `services::audit`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AuditEntry {
     /// Sequence number from 1.
@@ -243,7 +243,8 @@ pub struct AuditEntry {
     pub outcome: String,
     /// Previous entry's hash (hex), zeros for the first.
     pub prev_hash: String,
-    /// SHA-256 over prev_hash and the entry's canonical JSON (hex).
+    /// HMAC-SHA256 under the audit key (kept outside the store) over
+    /// prev_hash and the entry's canonical JSON (hex).
     pub hash: String,
 }
 
