@@ -69,6 +69,20 @@ fn audience_cookies(
     s.pull(dest_key, &id, 37, false).into_iter().collect()
 }
 
+/// A shown count that is a number (not "< k").
+fn noisy_number(v: &Value) -> i64 {
+    v.as_str().and_then(|s| s.parse().ok()).unwrap_or(i64::MAX)
+}
+
+/// A shown match rate in whole percent ("> 85%" reads 100).
+fn percent(v: &Value) -> u64 {
+    match v.as_str() {
+        Some("> 85%") => 100,
+        Some(s) => s.trim_end_matches('%').parse().unwrap_or(100),
+        None => 100,
+    }
+}
+
 #[test]
 fn full_job_releases_exactly_the_expected_audiences() {
     let mut s = TestServer::start();
@@ -134,7 +148,12 @@ fn full_job_releases_exactly_the_expected_audiences() {
     let bronze = segment(&report, "Bronze");
     assert_eq!(bronze["status"], "withheld");
     assert_eq!(bronze["reason"], "below-minimum-size");
-    assert_eq!(bronze["matched"], "< 100");
+    // 99 reachable persons: the shown count is noisy (ε = ½), so it reads
+    // "< 100" or, when the noise is positive, a number near 100.
+    assert!(
+        bronze["matched"] == "< 100" || noisy_number(&bronze["matched"]) < 140,
+        "{bronze}"
+    );
     assert!(bronze["audience_id"].is_null());
     // 449 of 499 distinct identifiers matched: 89% → capped.
     assert_eq!(report["match_rate"], "> 85%");
@@ -211,7 +230,9 @@ fn full_job_releases_exactly_the_expected_audiences() {
     assert_eq!(created3["graph_pass"]["email"]["points"], 1000);
     let n = s.upload(&adv, &job3, &a2, &records);
     let report3: Value = s.finish(&adv, &job3, n).json().unwrap();
-    assert_eq!(report3["match_rate"], "0%");
+    // Nothing matched: the noisy matched count over 499 identifiers stays
+    // within a few percent of zero.
+    assert!(percent(&report3["match_rate"]) <= 5, "{report3}");
     for seg in report3["segments"].as_array().unwrap() {
         assert_eq!(seg["status"], "withheld");
         assert_eq!(seg["matched"], "< 100");
