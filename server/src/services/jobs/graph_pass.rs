@@ -1,0 +1,163 @@
+//! The graph pass: a job's pages of `b·P(y)` (the version's points not yet
+//! cached for the advertiser's key), served, and their `a·b·P(y)` taken back
+//! into the cache.
+
+use super::cache::CacheCursor;
+use super::*;
+
+/// Graph-pass pages written (and synced) per store call.
+const PAGES_PER_WRITE: usize = 32;
+
+impl Services {
+    /// Store the job's graph pass: the version's points of each kind, in
+    /// blinded-value order, minus those cached for this key and opted out.
+    pub(super) fn build_graph_pass(
+        &self,
+        id: &str,
+        ns: [u8; 16],
+        version: u64,
+        kinds: &BTreeSet<MatchKind>,
+    ) -> Result<BTreeMap<String, PassInfo>, ApiError> {
+        let page_size = self.config.page_size;
+        let mut pass = BTreeMap::new();
+        for kind in kinds {
+            let mut info = PassInfo::default();
+            // A finished pass of this version for this key: nothing is new.
+            if self.repo.cache_complete(&ns, version, *kind)? {
+                pass.insert(kind.as_str().to_string(), info);
+                continue;
+            }
+            let mut page: Vec<u8> = Vec::with_capacity(page_size * 32);
+            // Pages are written a few at a time: one sync per group.
+            let mut pending: Vec<Vec<u8>> = Vec::new();
+            let mut after: Option<PointBytes> = None;
+            // Both sequences are in blinded-value order: a merge, no random reads.
+            let mut cached = CacheCursor::new(self, ns);
+            loop {
+                let chunk = self
+                    .repo
+                    .points_after(version, *kind, after.as_ref(), 8192)?;
+                let Some(last) = chunk.last() else { break };
+                after = Some(last.0);
+                let points: Vec<PointBytes> = chunk.iter().map(|(p, _)| *p).collect();
+                let opted_out = self.opted_out_each(&points)?;
+                for (p, opted_out) in points.iter().zip(opted_out) {
+                    if opted_out || cached.contains(p)? {
+                        continue;
+                    }
+                    page.extend_from_slice(&p.0);
+                    info.points += 1;
+                    if page.len() == page_size * 32 {
+                        pending.push(std::mem::replace(
+                            &mut page,
+                            Vec::with_capacity(page_size * 32),
+                        ));
+                        if pending.len() == PAGES_PER_WRITE {
+                            self.repo.put_pass_pages(id, *kind, info.pages, &pending)?;
+                            info.pages += pending.len() as u32;
+                            pending.clear();
+                        }
+                    }
+                }
+            }
+            if !page.is_empty() {
+                pending.push(page);
+            }
+            if !pending.is_empty() {
+                self.repo.put_pass_pages(id, *kind, info.pages, &pending)?;
+                info.pages += pending.len() as u32;
+            }
+            pass.insert(kind.as_str().to_string(), info);
+        }
+        Ok(pass)
+    }
+
+    /// A graph-pass page of `b·P(y)`, as a `PointPage` frame.
+    pub fn graph_page(
+        &self,
+        caller: &Caller,
+        id: &str,
+        kind: &str,
+        page_no: u32,
+    ) -> Result<Vec<u8>, ApiError> {
+        let kind = kind_of(kind)?;
+        let job = self.own_open_job(caller, id)?;
+        if !job.kinds.iter().any(|k| k == kind.as_str()) {
+            return Err(ApiError::NotFound("graph page"));
+        }
+        let bytes = self
+            .repo
+            .pass_page(id, kind, page_no)?
+            .ok_or(ApiError::NotFound("graph page"))?;
+        let points = bytes
+            .chunks_exact(32)
+            .map(PointBytes::from_slice)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| ApiError::Internal("corrupt graph-pass page".into()))?;
+        Ok(PointPage {
+            kind,
+            page_no,
+            points,
+        }
+        .encode())
+    }
+
+    /// The advertiser's `a·b·P(y)` for a page: validated, cached.
+    pub fn put_graph_page(
+        &self,
+        caller: &Caller,
+        id: &str,
+        kind: &str,
+        page_no: u32,
+        body: &[u8],
+    ) -> Result<usize, ApiError> {
+        let kind = kind_of(kind)?;
+        let job = self.own_open_job(caller, id)?;
+        let sent = self
+            .repo
+            .pass_page(id, kind, page_no)?
+            .ok_or(ApiError::NotFound("graph page"))?;
+        let page = PointPage::decode(body)
+            .map_err(|e| ApiError::BadFrame(format!("{kind} page {page_no}: {e}")))?;
+        if page.kind != kind || page.page_no != page_no {
+            return Err(ApiError::BadRequest(format!(
+                "frame is {} page {}, path says {kind} page {page_no}",
+                page.kind, page.page_no
+            )));
+        }
+        if page.points.len() * 32 != sent.len() {
+            return Err(ApiError::BadRequest(format!(
+                "{kind} page {page_no}: {} points returned, {} sent",
+                page.points.len(),
+                sent.len() / 32
+            )));
+        }
+        // a·b·P(y) is only compared with the server's canonical b·a·P(x),
+        // never used in arithmetic: the encoding's form is checked (no field
+        // arithmetic), since a point off the curve can match nothing anyway.
+        let bad = page
+            .points
+            .iter()
+            .enumerate()
+            .find_map(|(i, p)| p.check_form().err().map(|e| (i, e)));
+        if let Some((i, e)) = bad {
+            return Err(ApiError::BadPoint(format!(
+                "{kind} page {page_no}: point {i}: {e}"
+            )));
+        }
+        let pairs: Vec<(PointBytes, PointBytes)> = sent
+            .chunks_exact(32)
+            .zip(&page.points)
+            .filter_map(|(b, ab)| PointBytes::from_slice(b).ok().map(|b| (b, *ab)))
+            .collect();
+        let ns = cache_namespace(&job.advertiser, &job.key_fingerprint);
+        self.repo.cache_put(&ns, &pairs)?;
+        // Crash test: cached, the page not yet marked done.
+        crate::faults::crash_point!("graph-page-cached", self.repo);
+        self.repo.mark_page_done(id, kind, page_no)?;
+        self.touch(id)?;
+        // An acknowledged page is durable: a resumed job does not redo it.
+        self.repo.flush()?;
+        Ok(pairs.len())
+    }
+}

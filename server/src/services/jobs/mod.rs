@@ -1,0 +1,256 @@
+//! Matching jobs: the graph pass (pages of `b·P(y)` out, `a·b·P(y)` back
+//! into the per-key cache), uploads re-blinded to `b·a·P(x)` on arrival, and
+//! the finish that joins, thresholds and releases audiences. One file per
+//! phase: `graph_pass` (with the cache merge of `cache`), `upload`, `finish`;
+//! this file holds creation, the job views and what the phases share.
+
+mod cache;
+mod finish;
+mod graph_pass;
+mod upload;
+
+use super::{lock, new_id, rfc3339, unix_now, Services};
+use crate::config::Epsilon;
+use crate::error::ApiError;
+use crate::services::auth::Caller;
+use crate::services::privacy::{shown_count, symmetric_difference};
+use crate::services::release;
+use crate::services::uniform::{self, UniformMap, UniformSet};
+use crate::storage::{Audience, Job, PassInfo, PersonKey, Role, SealedCookie};
+use onboard_protocol::wire::{PointPage, RecordBatch};
+use onboard_protocol::{blind, Fingerprint, MatchKind, PointBytes};
+use rayon::prelude::*;
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::str::FromStr;
+use std::time::Instant;
+
+/// Body of `POST /v1/jobs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJob {
+    /// Destination principal name.
+    pub destination: String,
+    /// Kinds to match on.
+    pub kinds: Vec<String>,
+    /// The advertiser key's fingerprint (32 hex).
+    pub key_fingerprint: String,
+}
+
+/// Outcome of an upload.
+#[derive(Debug)]
+pub struct UploadOutcome {
+    /// Records in the batch.
+    pub records: usize,
+    /// True if the same bytes had been accepted before.
+    pub duplicate: bool,
+}
+
+fn cache_namespace(advertiser: &str, fingerprint: &str) -> [u8; 16] {
+    let h = Sha256::new()
+        .chain_update(b"onboard-cache-v1\0")
+        .chain_update(advertiser.as_bytes())
+        .chain_update([0])
+        .chain_update(fingerprint.as_bytes())
+        .finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h[..16]);
+    out
+}
+
+fn kind_of(path: &str) -> Result<MatchKind, ApiError> {
+    MatchKind::from_str(path)
+        .map_err(|_| ApiError::BadRequest("kind: one of email, phone, maid".into()))
+}
+
+impl Services {
+    /// The caller's job, or 404 (also for other advertisers' jobs).
+    pub fn own_job(&self, caller: &Caller, id: &str) -> Result<Job, ApiError> {
+        self.repo
+            .job(id)?
+            .filter(|j| j.advertiser == caller.name)
+            .ok_or(ApiError::NotFound("job"))
+    }
+
+    fn own_open_job(&self, caller: &Caller, id: &str) -> Result<Job, ApiError> {
+        let j = self.own_job(caller, id)?;
+        if j.status != "open" {
+            return Err(ApiError::JobNotOpen(j.status));
+        }
+        Ok(j)
+    }
+
+    /// Create a job and its graph pass (only points not yet cached for this key).
+    pub fn create_job(
+        &self,
+        caller: &Caller,
+        req: CreateJob,
+    ) -> Result<serde_json::Value, ApiError> {
+        let fp = Fingerprint::from_hex(&req.key_fingerprint).ok_or_else(|| {
+            ApiError::BadRequest("key_fingerprint: 32 hexadecimal characters".into())
+        })?;
+        let mut kinds = BTreeSet::new();
+        for k in &req.kinds {
+            kinds.insert(MatchKind::from_str(k).map_err(|_| {
+                ApiError::BadRequest("kinds: each one of email, phone, maid".into())
+            })?);
+        }
+        if kinds.is_empty() {
+            return Err(ApiError::BadRequest("kinds: at least one kind".into()));
+        }
+        match self.repo.principal(&req.destination)? {
+            Some(p) if p.role == Role::Destination => {}
+            _ => {
+                // The caller's text is not echoed back.
+                return Err(ApiError::Invalid(
+                    "destination: not a known destination".into(),
+                ));
+            }
+        }
+        let graph = self
+            .repo
+            .current_graph()?
+            .ok_or_else(|| ApiError::Invalid("no graph version has been imported yet".into()))?;
+        let fingerprint = fp.to_string();
+        let ns = cache_namespace(&caller.name, &fingerprint);
+        let id = new_id("j-");
+        let mut job = Job {
+            id: id.clone(),
+            advertiser: caller.name.clone(),
+            destination: req.destination,
+            kinds: kinds.iter().map(|k| k.as_str().to_string()).collect(),
+            key_fingerprint: fingerprint,
+            graph_version: graph.version,
+            status: "open".into(),
+            created: rfc3339(unix_now()),
+            touched: unix_now(),
+            batches: 0,
+            records: 0,
+            pass: BTreeMap::new(),
+            report: None,
+        };
+        {
+            // Count and reserve under one lock, so concurrent creates cannot pass the limit.
+            let _g = lock(&self.job_lock);
+            let open = self
+                .repo
+                .jobs_of(&caller.name)?
+                .iter()
+                .filter(|j| j.status == "open")
+                .count();
+            if open >= self.config.max_open_jobs {
+                return Err(ApiError::TooManyJobs(open));
+            }
+            self.repo.put_job(&job)?;
+        }
+        match self.build_graph_pass(&id, ns, graph.version, &kinds) {
+            Ok(pass) => {
+                let _g = lock(&self.job_lock);
+                job.pass = pass;
+                job.touched = unix_now();
+                self.repo.put_job(&job)?;
+            }
+            Err(e) => {
+                self.fail_job(&id, &caller.name, "job.fail.graph-pass")?;
+                return Err(e);
+            }
+        }
+        self.audit(&caller.name, "job.create", &id, "ok")?;
+        Ok(serde_json::json!({
+            "job_id": id,
+            "graph_version": graph.version,
+            "page_size": self.config.page_size,
+            "graph_pass": job.pass,
+        }))
+    }
+
+    fn too_many_segments(&self, labels: usize) -> ApiError {
+        ApiError::Invalid(format!(
+            "the job names {labels} segments, at most {} are allowed (max_segments_per_job)",
+            self.config.max_segments_per_job
+        ))
+    }
+
+    fn touch(&self, id: &str) -> Result<(), ApiError> {
+        let _g = lock(&self.job_lock);
+        if let Some(mut j) = self.repo.job(id)? {
+            j.touched = unix_now();
+            self.repo.put_job(&j)?;
+        }
+        Ok(())
+    }
+
+    /// Mark a job failed and delete its transient data.
+    pub fn fail_job(&self, id: &str, actor: &str, action: &str) -> Result<(), ApiError> {
+        {
+            let _g = lock(&self.job_lock);
+            if let Some(mut j) = self.repo.job(id)? {
+                j.status = "failed".into();
+                j.touched = unix_now();
+                self.repo.put_job(&j)?;
+                // A finish that failed half-way may have written audiences.
+                self.discard_audiences_of(&j)?;
+            }
+        }
+        self.repo.delete_job_data(id)?;
+        self.audit(actor, action, id, "failed")?;
+        Ok(())
+    }
+
+    /// Abort (DELETE): uploads deleted, status failed.
+    pub fn abort_job(&self, caller: &Caller, id: &str) -> Result<serde_json::Value, ApiError> {
+        let j = self.own_open_job(caller, id)?;
+        self.fail_job(&j.id, &caller.name, "job.abort")?;
+        Ok(serde_json::json!({"job_id": id, "status": "failed"}))
+    }
+
+    /// A job's public view.
+    pub fn job_view(j: &Job) -> serde_json::Value {
+        serde_json::json!({
+            "job_id": j.id, "status": j.status, "destination": j.destination, "created": j.created,
+            "graph_version": j.graph_version, "kinds": j.kinds, "batches": j.batches, "records": j.records,
+            "report": j.report,
+        })
+    }
+
+    /// One job, and for an open job what a resumed client needs: the first
+    /// batch number not yet received (batches may arrive out of order) and
+    /// the graph-pass pages done per kind.
+    pub fn job_detail(&self, caller: &Caller, id: &str) -> Result<serde_json::Value, ApiError> {
+        let j = self.own_job(caller, id)?;
+        let mut view = Self::job_view(&j);
+        if j.status == "open" {
+            let uploaded: std::collections::BTreeSet<u32> =
+                self.repo.upload_numbers(id)?.into_iter().collect();
+            let next_batch = (0..).find(|b| !uploaded.contains(b)).unwrap_or(0);
+            let mut pass = serde_json::Map::new();
+            for (kind_name, info) in &j.pass {
+                let kind = kind_of(kind_name)?;
+                let mut done = 0u32;
+                for page in 0..info.pages {
+                    done += u32::from(self.repo.page_done(id, kind, page)?);
+                }
+                pass.insert(
+                    kind_name.clone(),
+                    serde_json::json!({"pages": info.pages, "points": info.points, "done": done}),
+                );
+            }
+            view["next_batch"] = next_batch.into();
+            view["graph_pass"] = pass.into();
+        }
+        Ok(view)
+    }
+
+    /// The caller's jobs.
+    pub fn list_jobs(&self, caller: &Caller) -> Result<serde_json::Value, ApiError> {
+        let jobs: Vec<_> = self
+            .repo
+            .jobs_of(&caller.name)?
+            .iter()
+            .map(Self::job_view)
+            .collect();
+        Ok(serde_json::json!({ "jobs": jobs }))
+    }
+}
