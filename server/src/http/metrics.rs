@@ -38,7 +38,11 @@ impl Metrics {
     }
 
     /// The exposition text.
-    pub fn render(&self, identifiers_imported: u64, job_counts: &BTreeMap<String, u64>) -> String {
+    pub fn render(
+        &self,
+        identifiers_imported: u64,
+        job_counts: &BTreeMap<&'static str, u64>,
+    ) -> String {
         let m = crate::services::lock(&self.inner);
         let mut out = String::new();
         let _ = writeln!(
@@ -89,15 +93,9 @@ impl Metrics {
             out,
             "onboard_graph_identifiers_imported_total {identifiers_imported}"
         );
-        let mut by_status = BTreeMap::from([("open", 0u64), ("finished", 0), ("failed", 0)]);
-        for (status, n) in job_counts {
-            if let Some(count) = by_status.get_mut(status.as_str()) {
-                *count = *n;
-            }
-        }
         let _ = writeln!(out, "# HELP onboard_jobs_total Jobs by status.");
         let _ = writeln!(out, "# TYPE onboard_jobs_total gauge");
-        for (s, n) in by_status {
+        for (s, n) in job_counts {
             let _ = writeln!(out, "onboard_jobs_total{{status=\"{s}\"}} {n}");
         }
         out

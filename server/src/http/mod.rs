@@ -228,7 +228,7 @@ async fn healthz(state: State) -> Reply {
 
 async fn metrics_text(state: State, metrics: web::Data<Metrics>) -> HttpResponse {
     let s = svc(&state);
-    let job_counts = blocking(move || Ok(s.repo.job_counts()?))
+    let job_counts = blocking(move || s.job_counts_by_status())
         .await
         .unwrap_or_default();
     let imported = state

@@ -355,12 +355,7 @@ impl Services {
         for p in self.repo.principals()? {
             *roles.entry(p.role.as_str()).or_default() += 1;
         }
-        let mut jobs = BTreeMap::from([("open", 0u64), ("finished", 0), ("failed", 0)]);
-        for (status, n) in self.repo.job_counts()? {
-            if let Some(count) = jobs.get_mut(status.as_str()) {
-                *count = n;
-            }
-        }
+        let jobs = self.job_counts_by_status()?;
         let audiences = self.repo.live_audience_count(unix_now())?;
         let mut identifiers = BTreeMap::new();
         for k in MatchKind::ALL {

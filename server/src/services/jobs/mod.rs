@@ -243,6 +243,18 @@ impl Services {
         Ok(view)
     }
 
+    /// Jobs per status, every status present (zero when it has none), from
+    /// the index: for `admin stats` and `/metrics`.
+    pub fn job_counts_by_status(&self) -> Result<BTreeMap<&'static str, u64>, ApiError> {
+        let mut counts = BTreeMap::from([("open", 0u64), ("finished", 0), ("failed", 0)]);
+        for (status, n) in self.repo.job_counts()? {
+            if let Some(count) = counts.get_mut(status.as_str()) {
+                *count = n;
+            }
+        }
+        Ok(counts)
+    }
+
     /// The caller's jobs.
     pub fn list_jobs(&self, caller: &Caller) -> Result<serde_json::Value, ApiError> {
         let jobs: Vec<_> = self
