@@ -55,6 +55,8 @@ pub fn run(args: &DemoArgs) -> Result<bool> {
     let config = onboard_server::Config {
         data_dir: data_dir.clone(),
         k: args.k,
+        // The demo needs no Prometheus endpoint (nor a fixed port).
+        metrics_listen: None,
         ..Default::default()
     };
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;

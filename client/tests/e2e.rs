@@ -63,6 +63,7 @@ fn env() -> &'static Env {
             page_size: 500,
             privacy_budget_micro: 1_000_000_000,
             max_open_jobs: 16,
+            metrics_listen: None,
             ..Config::default()
         };
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -143,13 +143,10 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
             };
         }
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ONBOARD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    // `serve` installs its logger once its configuration (`log_format`) is loaded.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        crate::logging::init(crate::logging::format_from_env());
+    }
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -222,18 +219,24 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 flags.push(("min_job_rows", m.to_string()));
             }
             let config = Config::load(config.as_deref(), std::env::vars(), &flags)?;
+            crate::logging::init(config.log_format);
+            let log_format = config.log_format;
             // Test builds only: crash points configured by `FAILPOINTS` (see faults.rs).
             #[cfg(feature = "failpoints")]
             let _faults = fail::FailScenario::setup();
             let listener = std::net::TcpListener::bind(config.listen)
                 .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
             let handle = crate::server::start(config, listener)?;
-            eprintln!("onboard-server listening on https://{}", handle.addr);
+            let ready = format!("onboard-server listening on https://{}", handle.addr);
+            match log_format {
+                crate::logging::LogFormat::Text => eprintln!("{ready}"),
+                crate::logging::LogFormat::Json => tracing::info!("{ready}"),
+            }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             rt.block_on(shutdown_signal())?;
-            eprintln!("stopping…");
+            tracing::info!("stopping");
             handle.stop();
             Ok(ExitCode::SUCCESS)
         }

@@ -297,6 +297,19 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM); default `<data_dir>/tls/key.pem`.
     pub tls_key: Option<PathBuf>,
+    /// Log lines as text or one JSON object per line.
+    pub log_format: crate::logging::LogFormat,
+    /// Plain-HTTP address serving `/metrics` alone (loopback by default);
+    /// `None` (`"off"`) serves no metrics. The TLS listener never serves them.
+    pub metrics_listen: Option<SocketAddr>,
+    /// No pause in a request body may last longer than this, and after it
+    /// the body must have kept [`Config::client_body_min_rate`] on average.
+    pub client_body_timeout: Duration,
+    /// Slowest average body rate accepted after `client_body_timeout`, bytes/s.
+    pub client_body_min_rate: u64,
+    /// Failed authentications one source address may make per minute
+    /// (token bucket) before its requests get 429.
+    pub auth_failures_per_minute: u32,
 }
 
 impl Default for Config {
@@ -326,6 +339,11 @@ impl Default for Config {
             tls_handshake_timeout: Duration::from_secs(5),
             tls_cert: None,
             tls_key: None,
+            log_format: crate::logging::LogFormat::Text,
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            client_body_timeout: Duration::from_secs(30),
+            client_body_min_rate: 1024,
+            auth_failures_per_minute: 20,
         }
     }
 }
@@ -356,6 +374,11 @@ pub const KEYS: &[&str] = &[
     "tls_handshake_timeout",
     "tls_cert",
     "tls_key",
+    "log_format",
+    "metrics_listen",
+    "client_body_timeout",
+    "client_body_min_rate",
+    "auth_failures_per_minute",
 ];
 
 impl Config {
@@ -444,6 +467,16 @@ impl Config {
             "tls_handshake_timeout" => self.tls_handshake_timeout = duration(key, value)?,
             "tls_cert" => self.tls_cert = Some(PathBuf::from(value)),
             "tls_key" => self.tls_key = Some(PathBuf::from(value)),
+            "log_format" => self.log_format = parse(key, value)?,
+            "metrics_listen" => {
+                self.metrics_listen = match value {
+                    "off" => None,
+                    _ => Some(parse(key, value)?),
+                }
+            }
+            "client_body_timeout" => self.client_body_timeout = duration(key, value)?,
+            "client_body_min_rate" => self.client_body_min_rate = parse(key, value)?,
+            "auth_failures_per_minute" => self.auth_failures_per_minute = parse(key, value)?,
             _ => {
                 return Err(ConfigError::UnknownKey {
                     key: key.to_string(),
@@ -463,6 +496,15 @@ impl Config {
             return Err(bad("k", &format!("must be at least {K_FLOOR}")));
         }
         self.validate_privacy()?;
+        if self.client_body_min_rate == 0 {
+            return Err(bad(
+                "client_body_min_rate",
+                "must be at least 1 byte per second",
+            ));
+        }
+        if self.auth_failures_per_minute == 0 {
+            return Err(bad("auth_failures_per_minute", "must be at least 1"));
+        }
         if self.page_size == 0 || self.page_size > onboard_protocol::wire::MAX_POINTS_PER_PAGE {
             return Err(bad("page_size", "must be between 1 and 65536"));
         }
@@ -490,6 +532,7 @@ impl Config {
             ("client_request_timeout", self.client_request_timeout),
             ("client_disconnect_timeout", self.client_disconnect_timeout),
             ("tls_handshake_timeout", self.tls_handshake_timeout),
+            ("client_body_timeout", self.client_body_timeout),
         ] {
             if d.is_zero() {
                 return Err(bad(key, "must be longer than zero"));
@@ -500,6 +543,7 @@ impl Config {
             ("client_disconnect_timeout", self.client_disconnect_timeout),
             ("keep_alive", self.keep_alive),
             ("tls_handshake_timeout", self.tls_handshake_timeout),
+            ("client_body_timeout", self.client_body_timeout),
         ] {
             if d > Duration::from_secs(3600) {
                 return Err(bad(key, "must be at most 1 hour"));
@@ -644,11 +688,53 @@ mod tests {
             (c.budget_window, c.max_segments_per_job),
             (d.budget_window, d.max_segments_per_job)
         );
+        assert_eq!(
+            (c.log_format, c.metrics_listen, c.client_body_timeout),
+            (d.log_format, d.metrics_listen, d.client_body_timeout)
+        );
+        assert_eq!(
+            (c.client_body_min_rate, c.auth_failures_per_minute),
+            (d.client_body_min_rate, d.auth_failures_per_minute)
+        );
         assert_eq!(d.epsilon, Epsilon::new(1, 2).unwrap());
         assert_eq!(d.privacy_budget_micro, 20_000_000);
         for key in KEYS {
             let env = format!("ONBOARD_{}", key.to_ascii_uppercase());
             assert!(text.contains(&env), "{env} not documented");
+        }
+    }
+
+    #[test]
+    fn hardening_keys_parse_and_refuse_naming_the_key() {
+        let c = Config::load(
+            None,
+            vec![
+                ("ONBOARD_LOG_FORMAT".into(), "json".into()),
+                ("ONBOARD_METRICS_LISTEN".into(), "off".into()),
+                ("ONBOARD_CLIENT_BODY_TIMEOUT".into(), "2s".into()),
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.log_format, crate::logging::LogFormat::Json);
+        assert_eq!(c.metrics_listen, None);
+        assert_eq!(c.client_body_timeout, Duration::from_secs(2));
+        let c = load_one("metrics_listen", "127.0.0.1:0").unwrap();
+        assert_eq!(
+            c.metrics_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 0)))
+        );
+        for (key, value) in [
+            ("log_format", "xml"),
+            ("metrics_listen", "localhost"),
+            ("client_body_timeout", "0s"),
+            ("client_body_timeout", "2h"),
+            ("client_body_min_rate", "0"),
+            ("client_body_min_rate", "-1"),
+            ("auth_failures_per_minute", "0"),
+        ] {
+            let err = load_one(key, value).unwrap_err();
+            assert!(err.contains(&format!("`{key}`")), "{key}={value}: {err}");
         }
     }
 

@@ -72,6 +72,16 @@ pub enum ApiError {
     /// Too many open jobs.
     #[error("the advertiser already has {0} open jobs, the maximum")]
     TooManyJobs(usize),
+    /// The request body did not arrive in time (`client_body_timeout`,
+    /// `client_body_min_rate`).
+    #[error("the request body arrived too slowly")]
+    BodyTimeout,
+    /// This source address failed authentication too often; retry later.
+    #[error("too many failed authentications from this address; retry in {retry_after} s")]
+    TooManyAuthFailures {
+        /// Seconds until one more attempt is allowed (the Retry-After header).
+        retry_after: u64,
+    },
     /// Anything else; the text is for the log only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -98,6 +108,8 @@ impl ApiError {
             Self::Invalid(_) => "invalid",
             Self::BudgetExhausted { .. } => "privacy-budget-exhausted",
             Self::TooManyJobs(_) => "too-many-jobs",
+            Self::BodyTimeout => "body-timeout",
+            Self::TooManyAuthFailures { .. } => "too-many-auth-failures",
             Self::Internal(_) => "internal",
         }
     }
@@ -115,6 +127,8 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => 415,
             Self::TooFewRows { .. } | Self::Invalid(_) => 422,
             Self::BudgetExhausted { .. } | Self::TooManyJobs(_) => 429,
+            Self::BodyTimeout => 408,
+            Self::TooManyAuthFailures { .. } => 429,
             Self::Internal(_) => 500,
         }
     }

@@ -19,6 +19,7 @@ mod faults;
 pub mod http;
 pub mod init;
 pub mod keyfiles;
+pub mod logging;
 pub mod server;
 pub mod services;
 pub mod storage;

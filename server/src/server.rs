@@ -3,7 +3,7 @@
 //! stops gracefully and flushes the store.
 
 use crate::config::Config;
-use crate::http::{self, Metrics};
+use crate::http::{self, AuthFailureLimiter, Metrics};
 use crate::services::Services;
 use crate::storage::Repo;
 use actix_web::dev::Service as _;
@@ -16,6 +16,8 @@ use std::time::Instant;
 pub struct ServerHandle {
     /// The address it listens on.
     pub addr: std::net::SocketAddr,
+    /// The plain-HTTP address serving `/metrics`, if one is bound.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     handle: actix_web::dev::ServerHandle,
     thread: Option<std::thread::JoinHandle<()>>,
     repo: Arc<dyn Repo>,
@@ -94,6 +96,12 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> anyhow::Result<
         tracing::warn!(discarded, "audiences of interrupted finishes discarded");
     }
     let addr = listener.local_addr()?;
+    let metrics_listener = config.metrics_listen.and_then(bind_metrics);
+    let metrics_addr = match &metrics_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    let failures_per_minute = config.auth_failures_per_minute;
     let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<actix_web::dev::ServerHandle>>();
     let workers = config.workers;
     let timeouts = Timeouts {
@@ -114,11 +122,27 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> anyhow::Result<
             system.block_on(async move {
                 let metrics = web::Data::new(Metrics::default());
                 let state = web::Data::new(services.clone());
+                let limiter = web::Data::new(AuthFailureLimiter::new(failures_per_minute));
+                let metrics_server = match metrics_listener {
+                    Some(l) => match serve_metrics(l, state.clone(), metrics.clone()) {
+                        Ok(s) => Some(s),
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    },
+                    None => None,
+                };
+                let metrics_handle = metrics_server.as_ref().map(|s| s.handle());
+                if let Some(s) = metrics_server {
+                    actix_web::rt::spawn(s);
+                }
                 let server = HttpServer::new(move || {
                     let metrics_mw = metrics.clone();
                     App::new()
                         .app_data(state.clone())
                         .app_data(metrics.clone())
+                        .app_data(limiter.clone())
                         .wrap_fn(move |req, srv| {
                             let started = Instant::now();
                             let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
@@ -174,14 +198,52 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> anyhow::Result<
                 if let Err(e) = server.await {
                     tracing::error!(error = %e, "server stopped with an error");
                 }
+                if let Some(h) = metrics_handle {
+                    h.stop(true).await;
+                }
             });
         })?;
     let handle = rx.recv().context("server thread ended before starting")??;
     tracing::info!(%addr, "serving over TLS");
+    if let Some(metrics) = metrics_addr {
+        tracing::info!(%metrics, "serving /metrics over plain HTTP");
+    }
     Ok(ServerHandle {
         addr,
+        metrics_addr,
         handle,
         thread: Some(thread),
         repo,
     })
+}
+
+/// Bind the metrics address; without it the API is still served (like the
+/// control socket), with a warning naming the key.
+fn bind_metrics(addr: std::net::SocketAddr) -> Option<std::net::TcpListener> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(%addr, error = %e, "metrics_listen cannot be bound: no /metrics");
+            None
+        }
+    }
+}
+
+/// The plain-HTTP server of `/metrics` alone: one worker, no TLS, no API.
+fn serve_metrics(
+    listener: std::net::TcpListener,
+    state: web::Data<Arc<Services>>,
+    metrics: web::Data<Metrics>,
+) -> anyhow::Result<actix_web::dev::Server> {
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(metrics.clone())
+            .configure(http::configure_metrics)
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    Ok(server)
 }

@@ -90,7 +90,7 @@ fn keys_roles_and_revocation() {
 
 #[test]
 fn http_edges_health_metrics_openapi() {
-    let s = TestServer::start();
+    let s = TestServer::start_with(|c| c.metrics_listen = Some(([127, 0, 0, 1], 0).into()));
     let r: Value = s
         .client
         .get(format!("{}/healthz", s.base))
@@ -156,9 +156,14 @@ fn http_edges_health_metrics_openapi() {
         json!({"identifier_batches": 1}),
     );
     assert_eq!(error_code(r), (409, "incomplete".into()));
+    // The TLS listener does not serve /metrics; the metrics listener does.
+    let r = s.client.get(format!("{}/metrics", s.base)).send().unwrap();
+    assert_eq!(error_code(r), (404, "not-found".into()));
+    let metrics = s.handle.as_ref().unwrap().metrics_addr.unwrap();
+    assert!(metrics.ip().is_loopback());
     let text = s
         .client
-        .get(format!("{}/metrics", s.base))
+        .get(format!("http://{metrics}/metrics"))
         .send()
         .unwrap()
         .text()

@@ -81,6 +81,8 @@ impl TestServer {
                 .args(["server", "serve", "--data-dir"])
                 .arg(&self.data_dir)
                 .args(["--listen", &format!("127.0.0.1:{port}")])
+                // Parallel servers must not share the default metrics port.
+                .env("ONBOARD_METRICS_LISTEN", "127.0.0.1:0")
                 .envs(self.env.iter().cloned())
                 .envs(extra_env.iter().copied())
                 .stdout(Stdio::null())

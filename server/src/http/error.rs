@@ -14,7 +14,15 @@ impl ResponseError for ApiError {
         if let ApiError::Internal(detail) = self {
             tracing::error!(%detail, "internal error");
         }
-        HttpResponse::build(self.status_code()).json(
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::TooManyAuthFailures { retry_after } = self {
+            response.insert_header((actix_web::http::header::RETRY_AFTER, *retry_after));
+        }
+        if let ApiError::BodyTimeout = self {
+            // The rest of the body is never read: the connection cannot be reused.
+            response.force_close();
+        }
+        response.json(
             serde_json::json!({"error": {"code": self.code(), "message": self.public_message()}}),
         )
     }

@@ -2,10 +2,13 @@
 //! service call off the executor → JSON), the bearer-key extractor
 //! [`Auth`], request metrics, body limits and Content-Type checks.
 
+mod auth_limit;
+mod body;
 mod error;
 mod metrics;
 mod parse;
 
+pub use auth_limit::AuthFailureLimiter;
 pub use metrics::Metrics;
 
 use crate::error::ApiError;
@@ -18,7 +21,6 @@ use crate::storage::Role;
 use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
-use futures_util::StreamExt;
 use serde::Deserialize;
 use std::future::Future;
 use std::pin::Pin;
@@ -37,8 +39,12 @@ impl FromRequest for Auth {
     type Error = ApiError;
     type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
 
+    /// An address past its failed-authentication budget gets 429 before
+    /// its key is looked at; a failure (never the key) is counted against it.
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = req.app_data::<State>().cloned();
+        let limiter = req.app_data::<web::Data<AuthFailureLimiter>>().cloned();
+        let source = req.peer_addr().map(|a| a.ip());
         let token = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -46,13 +52,23 @@ impl FromRequest for Auth {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(|t| t.trim().to_string());
         Box::pin(async move {
-            let (Some(state), Some(token)) = (state, token) else {
-                return Err(ApiError::Unauthenticated);
+            let limit = limiter.zip(source);
+            if let Some((limiter, ip)) = &limit {
+                limiter
+                    .check(*ip, std::time::Instant::now())
+                    .map_err(|retry_after| ApiError::TooManyAuthFailures { retry_after })?;
+            }
+            let result = match (state, token) {
+                (Some(state), Some(token)) => {
+                    let services = state.get_ref().clone();
+                    blocking(move || services.authenticate(&token)).await
+                }
+                _ => Err(ApiError::Unauthenticated),
             };
-            let services = state.get_ref().clone();
-            blocking(move || services.authenticate(&token))
-                .await
-                .map(Auth)
+            if let (Err(ApiError::Unauthenticated), Some((limiter, ip))) = (&result, &limit) {
+                limiter.record_failure(*ip, std::time::Instant::now());
+            }
+            result.map(Auth)
         })
     }
 }
@@ -64,18 +80,17 @@ impl Auth {
     }
 }
 
-/// Read a body up to `limit` bytes (413 beyond).
-async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        // The transport's error text stays out of the answer.
-        let chunk = chunk.map_err(|_| ApiError::BadRequest("cannot read the body".into()))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::TooLarge(limit));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
+/// Read a body up to `limit` bytes (413 beyond) at the configured pace (408).
+async fn read_body(
+    payload: web::Payload,
+    limit: usize,
+    state: &State,
+) -> Result<web::Bytes, ApiError> {
+    let pace = body::BodyPace {
+        timeout: state.config.client_body_timeout,
+        min_rate: state.config.client_body_min_rate,
+    };
+    body::read(payload, limit, pace).await
 }
 
 fn content_type(req: &HttpRequest) -> String {
@@ -106,7 +121,7 @@ async fn frame(
     state: &State,
 ) -> Result<web::Bytes, ApiError> {
     require_type(req, "application/octet-stream")?;
-    read_body(payload, state.config.max_frame_body).await
+    read_body(payload, state.config.max_frame_body, state).await
 }
 
 /// A JSON body; an empty body without Content-Type reads as `{}` when
@@ -121,7 +136,7 @@ async fn json_body<T: for<'de> Deserialize<'de>>(
     if !(optional && ct.is_empty()) {
         require_type(req, "application/json")?;
     }
-    let body = read_body(payload, state.config.max_json_body).await?;
+    let body = read_body(payload, state.config.max_json_body, state).await?;
     let text: &[u8] = if body.is_empty() && optional {
         b"{}"
     } else {
@@ -155,7 +170,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         }),
     );
     cfg.route("/healthz", web::get().to(healthz))
-        .route("/metrics", web::get().to(metrics_text))
         .route("/v1/openapi.json", web::get().to(openapi))
         .route("/v1/admin/principals", web::post().to(create_principal))
         .route("/v1/admin/principals", web::get().to(list_principals))
@@ -205,6 +219,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/jobs/{id}/finish", web::post().to(finish_job))
         .route("/v1/audiences", web::get().to(list_audiences))
         .route("/v1/audiences/{id}/members", web::get().to(members))
+        .default_service(web::to(|| async {
+            Err::<HttpResponse, _>(ApiError::NotFound("route"))
+        }));
+}
+
+/// The route table of the metrics listener: `/metrics` and nothing else.
+pub fn configure_metrics(cfg: &mut web::ServiceConfig) {
+    cfg.route("/metrics", web::get().to(metrics_text))
         .default_service(web::to(|| async {
             Err::<HttpResponse, _>(ApiError::NotFound("route"))
         }));
@@ -600,15 +622,18 @@ mod tests {
         let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
         let paths = doc["paths"].as_object().unwrap();
         let source: String = include_str!("mod.rs").split_whitespace().collect();
-        let table = source
-            .split("fnconfigure(")
-            .nth(1)
-            .unwrap()
-            .split("default_service")
-            .next()
-            .unwrap();
+        // The API's table and the metrics listener's.
+        let tables = ["fnconfigure(", "fnconfigure_metrics("].map(|start| {
+            source
+                .split(start)
+                .nth(1)
+                .unwrap()
+                .split("default_service")
+                .next()
+                .unwrap()
+        });
         let mut seen = std::collections::BTreeSet::new();
-        for chunk in table.split("route(\"").skip(1) {
+        for chunk in tables.iter().flat_map(|t| t.split("route(\"").skip(1)) {
             let (path, rest) = chunk.split_once('"').unwrap();
             let method = rest
                 .split("web::")
@@ -623,7 +648,12 @@ mod tests {
             );
             seen.insert((path.to_string(), method.to_string()));
         }
-        let documented: usize = paths.values().map(|v| v.as_object().unwrap().len()).sum();
+        // Operations only (a path's `servers` is not one).
+        let documented: usize = paths
+            .values()
+            .flat_map(|v| v.as_object().unwrap().keys())
+            .filter(|k| *k != "servers")
+            .count();
         assert_eq!(
             seen.len(),
             documented,

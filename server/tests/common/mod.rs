@@ -26,6 +26,7 @@ pub fn test_config(data_dir: PathBuf) -> Config {
         page_size: 128,
         max_frame_body: 256 * 1024,
         workers: 2,
+        metrics_listen: None,
         ..Config::default()
     }
 }
