@@ -8,6 +8,7 @@
 
 pub mod blobs;
 pub mod sled;
+mod sled_codec;
 mod sled_erasure;
 mod sled_graph;
 mod sled_index;
