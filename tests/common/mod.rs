@@ -2,13 +2,22 @@
 //! over TLS on 127.0.0.1, the real `onboard` command line against it, and
 //! synthetic data with its ground truth (`onboard_suite::synth`).
 //!
+//! The same files run on both storage backends: as their own test binaries
+//! on sled, and as modules of `tests/postgres_suite.rs` on PostgreSQL, where
+//! each [`TestServer`] has a database of its own (see [`postgres`]).
+//!
 //! Both command lines are reached through the `onboard-suite` binary's hidden
 //! `server` and `client` subcommands, which call the very entry points of
 //! the `onboard-server` and `onboard` binaries.
 #![allow(dead_code)]
 
+pub mod http;
+pub mod postgres;
+
+use postgres::{backend, Backend, TestDatabase};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const SUITE: &str = env!("CARGO_BIN_EXE_onboard-suite");
@@ -20,24 +29,30 @@ pub struct TestServer {
     pub url: String,
     pub ca: PathBuf,
     pub admin_key: String,
+    /// On PostgreSQL: the database, shared with servers started beside.
+    pub database: Option<Arc<TestDatabase>>,
     env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
 impl TestServer {
     /// `init --dev-tls` then `serve` with `ONBOARD_*` settings from `env`
-    /// (e.g. `[("K", "50"), ("MIN_JOB_ROWS", "100")]`).
+    /// (e.g. `[("K", "50"), ("MIN_JOB_ROWS", "100")]`), on this binary's
+    /// backend.
     pub fn start(env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = dir.path().join("data");
         let key_out = dir.path().join("admin.apikey");
-        let out = Command::new(SUITE)
-            .args(["server", "init", "--dev-tls", "--data-dir"])
+        let database = (backend() == Backend::Postgres).then(|| Arc::new(TestDatabase::create()));
+        let mut init = Command::new(SUITE);
+        init.args(["server", "init", "--dev-tls", "--data-dir"])
             .arg(&data_dir)
             .arg("--admin-key-out")
-            .arg(&key_out)
-            .output()
-            .expect("run init");
+            .arg(&key_out);
+        if let Some(db) = &database {
+            init.args(["--database-url", &db.url]);
+        }
+        let out = init.output().expect("run init");
         assert!(
             out.status.success(),
             "init failed: {}",
@@ -53,6 +68,7 @@ impl TestServer {
             data_dir,
             url: String::new(),
             admin_key,
+            database,
             env: env
                 .iter()
                 .map(|(k, v)| (format!("ONBOARD_{k}"), v.to_string()))
@@ -61,6 +77,38 @@ impl TestServer {
         };
         server.serve();
         server
+    }
+
+    /// A second server on this one's database, as an operator adds one: a
+    /// copy of the data dir's key, TLS and config files, the same settings.
+    /// PostgreSQL only (servers share state only through the database).
+    pub fn start_beside(&self) -> Self {
+        assert!(self.database.is_some(), "servers share only a database");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().join("data");
+        copy_files(&self.data_dir, &data_dir);
+        let mut server = Self {
+            ca: data_dir.join("tls").join("ca.pem"),
+            dir,
+            data_dir,
+            url: String::new(),
+            admin_key: self.admin_key.clone(),
+            database: self.database.clone(),
+            env: self.env.clone(),
+            child: None,
+        };
+        server.serve();
+        server
+    }
+
+    /// Every stored byte a reader of the disks could see: the data dir's
+    /// files and, on PostgreSQL, a `pg_dump` of the database.
+    pub fn stored_bytes(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut files = all_files(&self.data_dir);
+        if let Some(db) = &self.database {
+            files.push((PathBuf::from(format!("pg_dump of {}", db.name)), db.dump()));
+        }
+        files
     }
 
     /// Start (or restart) the server process on a fresh ephemeral port.
@@ -272,6 +320,21 @@ pub fn all_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         }
     }
     out
+}
+
+/// Copy the regular files under `from` (keys, certificates, config) to `to`,
+/// keeping their modes; sockets and the like are left behind.
+fn copy_files(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create data dir");
+    for entry in std::fs::read_dir(from).expect("read data dir").flatten() {
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type().expect("file type");
+        if kind.is_dir() {
+            copy_files(&src, &dst);
+        } else if kind.is_file() {
+            std::fs::copy(&src, &dst).expect("copy a data dir file");
+        }
+    }
 }
 
 /// Whether `needle` occurs in `haystack`.
