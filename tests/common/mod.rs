@@ -44,8 +44,8 @@ impl TestServer {
         let data_dir = dir.path().join("data");
         let key_out = dir.path().join("admin.apikey");
         let database = (backend() == Backend::Postgres).then(|| Arc::new(TestDatabase::create()));
-        let mut init = Command::new(SUITE);
-        init.args(["server", "init", "--dev-tls", "--data-dir"])
+        let mut init = server_command();
+        init.args(["init", "--dev-tls", "--data-dir"])
             .arg(&data_dir)
             .arg("--admin-key-out")
             .arg(&key_out);
@@ -125,8 +125,8 @@ impl TestServer {
                 .local_addr()
                 .unwrap()
                 .port();
-            let mut child = Command::new(SUITE)
-                .args(["server", "serve", "--data-dir"])
+            let mut child = server_command()
+                .args(["serve", "--data-dir"])
                 .arg(&self.data_dir)
                 .args(["--listen", &format!("127.0.0.1:{port}")])
                 .envs(self.env.iter().cloned())
@@ -275,8 +275,7 @@ impl TestServer {
 
     /// `onboard-server ARGS…` (e.g. `audit verify`).
     pub fn server_cmd(&self, args: &[&str]) -> Output {
-        Command::new(SUITE)
-            .arg("server")
+        server_command()
             .args(args)
             .output()
             .expect("run onboard-server")
@@ -287,6 +286,17 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// `onboard-server …`, on this binary's backend whatever the caller's
+/// environment says (the database URL is recorded by `init`).
+fn server_command() -> Command {
+    let mut command = Command::new(SUITE);
+    command
+        .arg("server")
+        .env_remove("ONBOARD_DATABASE_URL")
+        .env_remove("ONBOARD_STORAGE");
+    command
 }
 
 /// Run `onboard` against any URL (for unreachable-server tests).
