@@ -399,23 +399,29 @@ pub fn match_emails(
     crm: &Path,
     destination: &str,
 ) -> Output {
-    server.onboard(
-        api_key,
-        &[
-            "match",
-            "--input",
-            crm.to_str().unwrap(),
-            "--key",
-            key_file.to_str().unwrap(),
-            "--destination",
-            destination,
-            "--email-col",
-            "email",
-            "--segment-col",
-            "segment",
-            "--json",
-        ],
-    )
+    let args = match_email_args(key_file, crm, destination);
+    server.onboard(api_key, &[&args[..], &["--json"]].concat())
+}
+
+/// The arguments of `onboard match` for an `email,segment` file.
+pub fn match_email_args<'a>(
+    key_file: &'a Path,
+    crm: &'a Path,
+    destination: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "match",
+        "--input",
+        crm.to_str().unwrap(),
+        "--key",
+        key_file.to_str().unwrap(),
+        "--destination",
+        destination,
+        "--email-col",
+        "email",
+        "--segment-col",
+        "segment",
+    ]
 }
 
 /// The segment entry of a report printed by `match --json`.

@@ -4,7 +4,7 @@
 //! data dir (key files, TLS, config), nothing else.
 
 use crate::common::http::{batch, Http};
-use crate::common::{crm_file, pull_all, simple_graph, TestServer};
+use crate::common::{crm_file, match_email_args, pull_all, simple_graph, TestServer};
 use onboard_protocol::wire::PointPage;
 use onboard_protocol::{blind, Digest, MatchKind, SecretKey};
 use serde_json::json;
@@ -135,10 +135,8 @@ fn a_job_alternates_between_two_servers_and_resumes_on_one_after_the_other_dies(
     a.stop();
     a.serve_with(&[("FAILPOINTS", "upload-batch-stored=return")]);
     let crm = crm_file(&a, "crm.csv", "Resumed", 0..MEMBERS, 30);
-    let interrupted = a.onboard(
-        &advertiser,
-        &match_args(&crm, &key_file, &["--batch-size", "40"]),
-    );
+    let args = match_email_args(&key_file, &crm, DSP);
+    let interrupted = a.onboard(&advertiser, &[&args[..], &["--batch-size", "40"]].concat());
     assert!(!interrupted.status.success(), "the job outlived its server");
     a.wait_for_exit(Duration::from_secs(20));
     let (_, jobs) = http_b.get("/v1/jobs", &advertiser);
@@ -152,7 +150,7 @@ fn a_job_alternates_between_two_servers_and_resumes_on_one_after_the_other_dies(
     let job = open[0]["job_id"].as_str().unwrap().to_string();
     b.ok(
         &advertiser,
-        &match_args(&crm, &key_file, &["--batch-size", "40", "--resume", &job]),
+        &[&args[..], &["--batch-size", "40", "--resume", &job]].concat(),
     );
     let resumed: Vec<_> = pull_all(&b, &destination)
         .into_iter()
@@ -171,26 +169,4 @@ fn cookie_lines(ndjson: &str) -> BTreeSet<String> {
             v["cookie"].as_str().unwrap().to_string()
         })
         .collect()
-}
-
-fn match_args<'a>(
-    crm: &'a std::path::Path,
-    key: &'a std::path::Path,
-    extra: &[&'a str],
-) -> Vec<&'a str> {
-    let mut args = vec![
-        "match",
-        "--input",
-        crm.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-        "--destination",
-        DSP,
-        "--email-col",
-        "email",
-        "--segment-col",
-        "segment",
-    ];
-    args.extend_from_slice(extra);
-    args
 }
