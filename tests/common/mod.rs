@@ -273,6 +273,22 @@ impl TestServer {
         self.dir.path().join(name)
     }
 
+    /// `onboard-server audit verify` of the data dir succeeds (`when` names
+    /// the moment in the failure message).
+    pub fn assert_audit_verifies(&self, when: &str) {
+        let out = self.server_cmd(&[
+            "audit",
+            "verify",
+            "--data-dir",
+            self.data_dir.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "audit verify {when}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// `onboard-server ARGS…` (e.g. `audit verify`).
     pub fn server_cmd(&self, args: &[&str]) -> Output {
         server_command()

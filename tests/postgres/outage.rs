@@ -34,7 +34,7 @@ impl ProgressSink for OutageMidJob<'_> {
 
 #[test]
 fn a_database_outage_mid_job_answers_503_and_the_retried_job_completes() {
-    let server = TestServer::start(&[("K", "50"), ("MIN_JOB_ROWS", "50"), ("PAGE_SIZE", "64")]);
+    let mut server = TestServer::start(&[("K", "50"), ("MIN_JOB_ROWS", "50"), ("PAGE_SIZE", "64")]);
     let database = server.database.clone().expect("a PostgreSQL server");
     let advertiser = server.create("advertiser", "acme");
     let destination = server.create("destination", DSP);
@@ -84,17 +84,8 @@ fn a_database_outage_mid_job_answers_503_and_the_retried_job_completes() {
     let expected: BTreeSet<String> = (0..150).map(|i| format!("ck-{i}")).collect();
     assert_eq!(pulled.len(), 1, "{pulled:?}");
     assert_eq!(pulled[0].1, expected);
-    let verify = server.server_cmd(&[
-        "audit",
-        "verify",
-        "--data-dir",
-        server.data_dir.to_str().unwrap(),
-    ]);
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    server.stop();
+    server.assert_audit_verifies("after the outage");
 }
 
 /// Requests to a job's pages or batches answered 503, from `/metrics`.
