@@ -12,8 +12,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 const DSP: &str = "dsp-alpha";
-/// Graph persons; each job's segment is the first `MEMBERS` of them, past
-/// k = 50 plus the release margin (28 at ε = 0.5) with room for noise.
+/// Graph persons; each job's segment is `MEMBERS` of them, past k = 50 plus
+/// the release margin (28 at ε = 0.5) with room for noise.
 const PERSONS: usize = 400;
 const MEMBERS: usize = 150;
 const SETTINGS: [(&str, &str); 4] = [
@@ -134,7 +134,9 @@ fn a_job_alternates_between_two_servers_and_resumes_on_one_after_the_other_dies(
     );
     a.stop();
     a.serve_with(&[("FAILPOINTS", "upload-batch-stored=return")]);
-    let crm = crm_file(&a, "crm.csv", "Resumed", 0..MEMBERS, 30);
+    // Other persons than the first job's: an audience differing from an
+    // earlier one by fewer than k persons would be withheld.
+    let crm = crm_file(&a, "crm.csv", "Resumed", MEMBERS..2 * MEMBERS, 30);
     let args = match_email_args(&key_file, &crm, DSP);
     let interrupted = a.onboard(&advertiser, &[&args[..], &["--batch-size", "40"]].concat());
     assert!(!interrupted.status.success(), "the job outlived its server");
@@ -157,8 +159,8 @@ fn a_job_alternates_between_two_servers_and_resumes_on_one_after_the_other_dies(
         .filter(|(segment, _)| segment == "Resumed")
         .collect();
     assert_eq!(resumed.len(), 1, "{resumed:?}");
-    // What the uninterrupted run above delivered for the same persons.
-    assert_eq!(resumed[0].1, cookies_of(0..MEMBERS));
+    // What an uninterrupted run delivers: every member's cookie ID.
+    assert_eq!(resumed[0].1, cookies_of(MEMBERS..2 * MEMBERS));
 }
 
 fn cookie_lines(ndjson: &str) -> BTreeSet<String> {
