@@ -41,12 +41,12 @@ fn verify(data_dir: &Path, anchors: &[String]) -> Output {
 }
 
 fn entries(data_dir: &Path) -> Vec<AuditEntry> {
-    let repo = onboard_server::storage::open(data_dir).unwrap();
+    let repo = onboard_server::storage::open_sled(data_dir).unwrap();
     repo.audit_after(0, 10_000).unwrap()
 }
 
 fn put_entries(data_dir: &Path, list: &[AuditEntry]) {
-    let repo = onboard_server::storage::open(data_dir).unwrap();
+    let repo = onboard_server::storage::open_sled(data_dir).unwrap();
     for e in list {
         repo.put_audit(e).unwrap();
     }

@@ -72,6 +72,10 @@ pub enum ApiError {
     /// Too many open jobs.
     #[error("the advertiser already has {0} open jobs, the maximum")]
     TooManyJobs(usize),
+    /// The database cannot be reached; nothing was written. The text is
+    /// for the log only.
+    #[error("storage unavailable: {0}")]
+    StorageUnavailable(String),
     /// Anything else; the text is for the log only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -98,6 +102,7 @@ impl ApiError {
             Self::Invalid(_) => "invalid",
             Self::BudgetExhausted { .. } => "privacy-budget-exhausted",
             Self::TooManyJobs(_) => "too-many-jobs",
+            Self::StorageUnavailable(_) => "storage-unavailable",
             Self::Internal(_) => "internal",
         }
     }
@@ -115,6 +120,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => 415,
             Self::TooFewRows { .. } | Self::Invalid(_) => 422,
             Self::BudgetExhausted { .. } | Self::TooManyJobs(_) => 429,
+            Self::StorageUnavailable(_) => 503,
             Self::Internal(_) => 500,
         }
     }
@@ -123,6 +129,9 @@ impl ApiError {
     pub fn public_message(&self) -> String {
         match self {
             Self::Internal(_) => "internal server error".to_string(),
+            Self::StorageUnavailable(_) => {
+                "the server's database is unavailable; retry later".to_string()
+            }
             other => other.to_string(),
         }
     }
@@ -130,6 +139,23 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::Internal(format!("storage: {e}"))
+        match e {
+            StoreError::Unavailable(detail) => ApiError::StorageUnavailable(detail),
+            other => ApiError::Internal(format!("storage: {other}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_database_is_a_503_storage_unavailable_without_details() {
+        let e = ApiError::from(StoreError::Unavailable("connection reset".into()));
+        assert_eq!((e.status(), e.code()), (503, "storage-unavailable"));
+        assert!(!e.public_message().contains("reset"));
+        let e = ApiError::from(StoreError::Backend("disk".into()));
+        assert_eq!((e.status(), e.code()), (500, "internal"));
     }
 }

@@ -989,6 +989,17 @@ impl BudgetRepo for SledStore {
     }
 }
 
+/// One process owns a sled store (its file lock), so the services'
+/// in-process mutexes already serialise everything: store locks are free.
+impl LockRepo for SledStore {
+    fn lock(&self, _name: &str) -> StoreResult<HeldLock> {
+        Ok(HeldLock::local())
+    }
+    fn try_lock(&self, _name: &str) -> StoreResult<Option<HeldLock>> {
+        Ok(Some(HeldLock::local()))
+    }
+}
+
 impl SledStore {
     /// Open like [`SledStore::open`], but `Ok(None)` when another handle or
     /// process holds the database's lock (a running server).
