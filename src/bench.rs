@@ -17,7 +17,8 @@
 //! `exchange` is timed from their common start to the later end.
 
 use crate::harness::{
-    busy_share, cpu_ticks, peak_rss, steal_share, thread_cpu_seconds, ServerProcess,
+    busy_share, cpu_ticks, peak_rss, postgres_sizes, steal_share, thread_cpu_seconds,
+    PostgresMemory, ServerProcess,
 };
 use anyhow::{bail, Result};
 use curve25519_dalek::ristretto::RistrettoPoint;
@@ -47,6 +48,10 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Run the server on this PostgreSQL database (an empty one: the run
+    /// fills it) instead of sled, and report the database's memory and size.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
     /// Instead of the flow: time scalar multiplications alone on all cores
     /// (a million unless a number is given) against their bound: the floor
     /// of the ratio's ruler.
@@ -298,6 +303,23 @@ struct Report {
     repeat: Option<RepeatReport>,
     server_peak_rss_bytes: u64,
     client_peak_rss_bytes: u64,
+    /// On PostgreSQL (`--database-url`).
+    database: Option<DatabaseReport>,
+}
+
+/// The PostgreSQL database's own footprint.
+#[derive(Serialize)]
+struct DatabaseReport {
+    /// Peak proportional set size of the machine's PostgreSQL processes
+    /// during the import and the jobs.
+    peak_memory_bytes: u64,
+    /// `pg_database_size` after the import, and after the jobs.
+    size_after_import_bytes: u64,
+    size_bytes: u64,
+    /// `pg_total_relation_size` of each table after the import, largest first.
+    tables_after_import: Vec<(String, u64)>,
+    /// The same after the jobs (graph-pass caches, uploads and audiences added).
+    tables: Vec<(String, u64)>,
 }
 
 /// The second job with the same key: its graph pass is served by the cache.
@@ -327,10 +349,13 @@ pub fn run(args: &BenchArgs) -> Result<bool> {
     write_graph(args.graph, &ids_csv, &cookies_csv)?;
     write_crm(args.records, args.graph / 2, &crm_csv)?;
 
-    let server = ServerProcess::start(
+    let database_url = args.database_url.as_deref();
+    let server = ServerProcess::start_on(
         &work.join("server"),
+        database_url,
         &[("MIN_JOB_ROWS", "1"), ("PRIVACY_BUDGET", "1000")],
     )?;
+    let database_memory = database_url.map(|_| PostgresMemory::sample());
     let admin = ApiClient::new(&server.url, Some(&server.ca), &server.admin_key)?;
     let advertiser_key =
         onboard_client::create_principal(&admin, "bench-advertiser", Role::Advertiser)?.api_key;
@@ -345,6 +370,7 @@ pub fn run(args: &BenchArgs) -> Result<bool> {
         false,
     )?;
     let import_wall_s = t.elapsed().as_secs_f64();
+    let after_import = database_url.map(postgres_sizes).transpose()?;
 
     let key_file = work.join("bench.key");
     crate::demo::write_secret(
@@ -403,6 +429,19 @@ pub fn run(args: &BenchArgs) -> Result<bool> {
         }
     });
 
+    let database = match (database_url, after_import, database_memory) {
+        (Some(url), Some((size_after_import_bytes, tables_after_import)), Some(memory)) => {
+            let (size_bytes, tables) = postgres_sizes(url)?;
+            Some(DatabaseReport {
+                peak_memory_bytes: memory.peak(),
+                size_after_import_bytes,
+                size_bytes,
+                tables_after_import,
+                tables,
+            })
+        }
+        _ => None,
+    };
     let report = Report {
         records: args.records,
         graph: args.graph,
@@ -429,6 +468,7 @@ pub fn run(args: &BenchArgs) -> Result<bool> {
         repeat: repeat_report,
         server_peak_rss_bytes: server.peak_rss()?,
         client_peak_rss_bytes: peak_rss(std::process::id())?,
+        database,
     };
     drop(server);
     if args.json {
@@ -552,6 +592,19 @@ fn print_table(r: &Report) {
         r.server_peak_rss_bytes as f64 / 1048576.0,
         r.client_peak_rss_bytes as f64 / 1048576.0
     );
+    if let Some(db) = &r.database {
+        let mib = |b: u64| b as f64 / 1048576.0;
+        println!(
+            "PostgreSQL: peak memory (PSS of its processes) {:.0} MiB; database size {:.0} MiB \
+             after the import, {:.0} MiB after the jobs",
+            mib(db.peak_memory_bytes),
+            mib(db.size_after_import_bytes),
+            mib(db.size_bytes)
+        );
+        for (name, bytes) in db.tables.iter().filter(|(_, b)| *b >= 1 << 20) {
+            println!("  {name:<24} {:>8.1} MiB", mib(*bytes));
+        }
+    }
 }
 
 fn print_phase(p: &Phase) {

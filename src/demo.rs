@@ -47,6 +47,7 @@ pub fn run(args: &DemoArgs) -> Result<bool> {
         data_dir: data_dir.clone(),
         dev_tls: true,
         admin_key_out: None,
+        database_url: None,
     })?;
     let ca = init
         .ca_cert

@@ -20,15 +20,27 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// `init --dev-tls` in `data_dir`, then `serve` with extra `ONBOARD_*` settings.
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Result<Self> {
+        Self::start_on(data_dir, None, env)
+    }
+
+    /// [`start`](Self::start), on the PostgreSQL database at `database_url`
+    /// when one is given (`init --database-url`), else on sled in `data_dir`.
+    pub fn start_on(
+        data_dir: &Path,
+        database_url: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let exe = std::env::current_exe()?;
         let key_out = data_dir.with_extension("admin-key");
-        let status = Command::new(&exe)
-            .args(["server", "init", "--dev-tls", "--data-dir"])
+        let mut init = Command::new(&exe);
+        init.args(["server", "init", "--dev-tls", "--data-dir"])
             .arg(data_dir)
             .arg("--admin-key-out")
-            .arg(&key_out)
-            .stdout(Stdio::null())
-            .status()?;
+            .arg(&key_out);
+        if let Some(url) = database_url {
+            init.args(["--database-url", url]);
+        }
+        let status = init.stdout(Stdio::null()).status()?;
         if !status.success() {
             bail!("onboard-server init failed");
         }
@@ -97,6 +109,116 @@ pub fn peak_rss(pid: u32) -> Result<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .context("VmHWM not found in /proc status")?;
     Ok(kib * 1024)
+}
+
+/// Memory of the PostgreSQL processes on this machine: the sum of their
+/// proportional set sizes, so that the shared buffers every backend maps
+/// count once (a sum of RSS would count them once per backend).
+pub fn postgres_pss() -> Result<u64> {
+    let mut kib = 0;
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let path = entry.path();
+        let is_postgres =
+            std::fs::read_to_string(path.join("comm")).is_ok_and(|c| c.trim() == "postgres");
+        // A process may end between the two reads: it then counts nothing.
+        let Ok(rollup) = std::fs::read_to_string(path.join("smaps_rollup")) else {
+            continue;
+        };
+        if is_postgres {
+            kib += rollup
+                .lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Ok(kib * 1024)
+}
+
+/// The peak of [`postgres_pss`], sampled every half second on a thread of
+/// its own until dropped.
+pub struct PostgresMemory {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sampler: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl PostgresMemory {
+    pub fn sample() -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let sampler = std::thread::spawn(move || {
+            let mut peak = 0;
+            // Bounded by the benchmark: `peak` sets the flag.
+            while !flag.load(Ordering::SeqCst) {
+                peak = peak.max(postgres_pss().unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            peak
+        });
+        Self {
+            stop,
+            sampler: Some(sampler),
+        }
+    }
+
+    /// Stop sampling; the peak seen, in bytes.
+    pub fn peak(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let sampler = self.sampler.take().expect("sampled once");
+        sampler.join().unwrap_or(0).max(postgres_pss().unwrap_or(0))
+    }
+}
+
+impl Drop for PostgresMemory {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// `SQL` on the database at `url` through `psql`; its unaligned output.
+pub fn psql(url: &str, sql: &str) -> Result<String> {
+    let out = Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            url,
+            "-c",
+            sql,
+        ])
+        .output()
+        .context("running psql (PostgreSQL's client)")?;
+    if !out.status.success() {
+        bail!("psql: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The size on disk of the database at `url` and of each of its tables
+/// (indexes and TOAST included), largest first.
+pub fn postgres_sizes(url: &str) -> Result<(u64, Vec<(String, u64)>)> {
+    let total = psql(url, "SELECT pg_database_size(current_database())")?
+        .trim()
+        .parse()
+        .context("pg_database_size")?;
+    let tables = psql(
+        url,
+        "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind = 'r' AND n.nspname = current_schema() ORDER BY 2 DESC",
+    )?
+    .lines()
+    .filter_map(|l| {
+        let (name, size) = l.split_once('|')?;
+        Some((name.to_string(), size.trim().parse().ok()?))
+    })
+    .collect();
+    Ok((total, tables))
 }
 
 /// Machine-wide CPU ticks from `/proc/stat`, all cores together.

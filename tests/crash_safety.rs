@@ -84,17 +84,7 @@ fn assert_crashed_at(server: &mut TestServer, name: &str) {
 /// After a crash: audit chain intact, the server restarted, every audience
 /// whole. Returns the admin statistics.
 fn check_consistent(server: &mut TestServer, destination: &str) -> serde_json::Value {
-    let out = server.server_cmd(&[
-        "audit",
-        "verify",
-        "--data-dir",
-        server.data_dir.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "audit verify after a crash: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    server.assert_audit_verifies("after a crash");
     server.serve();
     let stats = server.json(&server.admin_key.clone(), &["admin", "stats", "--json"]);
     let listed = server.audiences(destination);

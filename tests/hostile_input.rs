@@ -3,73 +3,11 @@
 
 mod common;
 
+use common::http::{answer, batch, Http};
 use common::{simple_graph, TestServer};
-use onboard_protocol::wire::{PointPage, RecordBatch};
+use onboard_protocol::wire::PointPage;
 use onboard_protocol::{blind, Digest, MatchKind, PointBytes, SecretKey};
-use reqwest::blocking::{Client, RequestBuilder};
 use serde_json::{json, Value};
-
-struct Http {
-    client: Client,
-    base: String,
-}
-
-impl Http {
-    fn new(server: &TestServer) -> Self {
-        let pem = std::fs::read(&server.ca).unwrap();
-        let client = Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
-            .build()
-            .unwrap();
-        Self {
-            client,
-            base: server.url.clone(),
-        }
-    }
-
-    fn req(&self, method: &str, path: &str, key: Option<&str>) -> RequestBuilder {
-        let url = format!("{}{path}", self.base);
-        let b = self.client.request(method.parse().unwrap(), url);
-        match key {
-            Some(k) => b.bearer_auth(k),
-            None => b,
-        }
-    }
-
-    fn json(&self, method: &str, path: &str, key: &str, body: Value) -> (u16, Value) {
-        answer(self.req(method, path, Some(key)).json(&body))
-    }
-
-    fn get(&self, path: &str, key: &str) -> (u16, Value) {
-        answer(self.req("GET", path, Some(key)))
-    }
-
-    fn frame(&self, path: &str, key: &str, body: Vec<u8>) -> (u16, Value) {
-        answer(
-            self.req("PUT", path, Some(key))
-                .header("content-type", "application/octet-stream")
-                .body(body),
-        )
-    }
-}
-
-fn answer(b: RequestBuilder) -> (u16, Value) {
-    let resp = b.send().expect("request");
-    let status = resp.status().as_u16();
-    let text = resp.text().unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
-fn batch(batch_no: u32, points: &[PointBytes]) -> Vec<u8> {
-    let mut b = RecordBatch::new(batch_no, vec!["Gold".into()]).unwrap();
-    for p in points {
-        b.push(&[0], [(MatchKind::Email, *p)]).unwrap();
-    }
-    b.encode()
-}
 
 /// The observable state: stats, the open job, the destination's audiences.
 fn snapshot(http: &Http, admin: &str, advertiser: &str, job: &str) -> Value {

@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::{
-    all_files, contains, crm_file, match_emails, pull_all, segment_of, simple_graph, TestServer,
-};
+use common::{contains, crm_file, match_emails, pull_all, segment_of, simple_graph, TestServer};
+use std::collections::HashSet;
+use std::path::PathBuf;
 
 const DSP: &str = "dsp-alpha";
 
@@ -241,7 +241,7 @@ fn erased_person_leaves_the_graph_the_audiences_and_the_disk_and_stays_gone_afte
     assert!(audit.contains("\"erase\""), "erasure is audited");
     let mut s = s;
     s.server.stop();
-    assert_no_trace_of_person_42(&s.server.data_dir);
+    assert_no_trace_of_person_42(&s.server.stored_bytes());
     s.server.serve();
 
     // p42's email under a new person ID is skipped too.
@@ -289,6 +289,53 @@ fn erased_person_leaves_the_graph_the_audiences_and_the_disk_and_stays_gone_afte
     );
 }
 
+/// The store at rest (sled's files; on PostgreSQL a `pg_dump` of the
+/// database) after a whole job: no identifier, no plain SHA-256 of one
+/// (raw or hex) and no cookie ID, of any person.
+#[test]
+fn after_a_job_nothing_at_rest_holds_an_identifier_its_plain_digest_or_a_cookie_id() {
+    let persons = 200;
+    let mut s = setup(persons, &[("K", "50"), ("MIN_JOB_ROWS", "50")]);
+    let crm = crm_file(&s.server, "crm.csv", "Fans", 0..150, 20);
+    let report = parse(&match_emails(&s.server, &s.advertiser, &s.key, &crm, DSP));
+    assert_eq!(
+        segment_of(&report, "Fans")["status"],
+        "delivered",
+        "{report}"
+    );
+    assert!(!pull_all(&s.server, &s.destination).is_empty());
+    s.server.stop();
+
+    let files = s.server.stored_bytes();
+    assert_store_read(&files);
+    let emails: Vec<String> = (0..persons)
+        .map(|i| format!("person{i}@example.com"))
+        .chain((0..20).map(|j| format!("stranger{j}.crm.csv@elsewhere.example.org")))
+        .collect();
+    let digests: HashSet<[u8; 32]> = emails.iter().map(|e| sha2_digest(e.as_bytes())).collect();
+    let hex_digests: HashSet<[u8; 32]> = digests
+        .iter()
+        .map(|d| hex(&d[..16]).into_bytes().try_into().unwrap())
+        .collect();
+    for (path, bytes) in &files {
+        let at = path.display();
+        assert!(!contains(bytes, b"example.com"), "{at} holds an email");
+        assert!(!contains(bytes, b"example.org"), "{at} holds an email");
+        for w in bytes.windows(32) {
+            let w: &[u8; 32] = w.try_into().unwrap();
+            assert!(!digests.contains(w), "{at} holds a plain SHA-256");
+            assert!(
+                !hex_digests.contains(w),
+                "{at} holds a plain SHA-256 in hex"
+            );
+        }
+        let cookie = bytes
+            .windows(5)
+            .position(|w| w.starts_with(b"ck-") && w[3..].iter().all(u8::is_ascii_digit));
+        assert_eq!(cookie, None, "{at} holds a cookie ID at that byte");
+    }
+}
+
 /// `admin graph import --json` of an identifiers and a cookies file.
 fn import_json(
     server: &common::TestServer,
@@ -328,22 +375,12 @@ fn assert_delivered_without_person_42(s: &Setup, segment: &str, members: std::op
     }
 }
 
-/// No file under `data_dir` holds person 42's email, its digest or its cookie ID.
-fn assert_no_trace_of_person_42(data_dir: &std::path::Path) {
+/// Nothing stored holds person 42's email, its digest or its cookie ID.
+fn assert_no_trace_of_person_42(files: &[(PathBuf, Vec<u8>)]) {
     let email = b"person42@example.com".to_vec();
     let digest = sha2_digest(&email);
-    let files = all_files(data_dir);
-    // Positive control: the scan reads the store's records (cookie IDs
-    // themselves are sealed at rest, so not even live ones appear).
-    assert!(
-        files.iter().any(|(_, b)| contains(b, DSP.as_bytes())),
-        "the scan reads the store"
-    );
-    assert!(
-        files.iter().all(|(_, b)| !contains(b, b"ck-41")),
-        "cookie IDs are sealed at rest"
-    );
-    for (path, bytes) in &files {
+    assert_store_read(files);
+    for (path, bytes) in files {
         for needle in [
             &email,
             &digest.to_vec(),
@@ -357,6 +394,19 @@ fn assert_no_trace_of_person_42(data_dir: &std::path::Path) {
             );
         }
     }
+}
+
+/// Positive control of a scan: it reads the store's records (a principal's
+/// name is stored as it is), and even live cookie IDs are sealed at rest.
+fn assert_store_read(files: &[(PathBuf, Vec<u8>)]) {
+    assert!(
+        files.iter().any(|(_, b)| contains(b, DSP.as_bytes())),
+        "the scan reads the store"
+    );
+    assert!(
+        files.iter().all(|(_, b)| !contains(b, b"ck-41")),
+        "cookie IDs are sealed at rest"
+    );
 }
 
 fn sha2_digest(bytes: &[u8]) -> [u8; 32] {

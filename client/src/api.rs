@@ -108,6 +108,8 @@ pub enum ErrorCode {
     TooManyJobs,
     /// 500: generic server failure.
     Internal,
+    /// 503: the server's database is unreachable for now (retried).
+    StorageUnavailable,
     /// A code this client does not know (a newer server).
     Other(String),
 }
@@ -134,6 +136,7 @@ impl ErrorCode {
             "privacy-budget-exhausted" => Self::PrivacyBudgetExhausted,
             "too-many-jobs" => Self::TooManyJobs,
             "internal" => Self::Internal,
+            "storage-unavailable" => Self::StorageUnavailable,
             other => Self::Other(other.to_owned()),
         }
     }
@@ -176,6 +179,7 @@ impl ErrorCode {
             Self::PrivacyBudgetExhausted => "privacy-budget-exhausted",
             Self::TooManyJobs => "too-many-jobs",
             Self::Internal => "internal",
+            Self::StorageUnavailable => "storage-unavailable",
             Self::Other(s) => s,
         }
     }
@@ -605,6 +609,7 @@ mod tests {
             "bad-frame",
             "privacy-budget-exhausted",
             "job-not-open",
+            "storage-unavailable",
         ] {
             assert_eq!(ErrorCode::from_code(code).as_str(), code);
         }

@@ -54,6 +54,7 @@ fn env() -> &'static Env {
             data_dir: data.clone(),
             dev_tls: true,
             admin_key_out: None,
+            database_url: None,
         })
         .expect("server init");
         let config = Config {

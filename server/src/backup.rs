@@ -461,7 +461,8 @@ pub struct AuditHead {
 }
 
 impl AuditHead {
-    fn of(e: &crate::storage::AuditEntry) -> Self {
+    /// The head of a chain ending at `e`.
+    pub fn of(e: &crate::storage::AuditEntry) -> Self {
         Self {
             seq: e.seq,
             hash: e.hash.clone(),

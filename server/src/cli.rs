@@ -3,6 +3,7 @@
 
 use crate::config::Config;
 use crate::init::{init, InitOptions};
+use crate::storage::StorageConfig;
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -29,6 +30,12 @@ enum Command {
         /// Write the admin API key to this file (mode 0600) instead of stdout.
         #[arg(long)]
         admin_key_out: Option<PathBuf>,
+        /// Keep the state in this PostgreSQL database
+        /// (postgres://USER:PASSWORD@HOST:PORT/DB), recorded in DIR/onboard.toml
+        /// (mode 0600). Refused if the database already holds a deployment:
+        /// add a server by copying an existing data dir's key files instead.
+        #[arg(long, env = "ONBOARD_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
     },
     /// Serve the HTTPS API.
     Serve {
@@ -47,6 +54,10 @@ enum Command {
         /// Minimum rows per job.
         #[arg(long)]
         min_job_rows: Option<usize>,
+        /// PostgreSQL database (postgres://USER:PASSWORD@HOST:PORT/DB); default:
+        /// the data dir's onboard.toml, then ONBOARD_DATABASE_URL.
+        #[arg(long)]
+        database_url: Option<String>,
     },
     /// Write a point-in-time copy of the store to FILE (mode 0600), also
     /// while `serve` runs (through the data dir's owner-only control socket).
@@ -60,6 +71,10 @@ enum Command {
         /// Backup file to write (replaced atomically).
         #[arg(long)]
         out: PathBuf,
+        /// PostgreSQL database (postgres://USER:PASSWORD@HOST:PORT/DB); default:
+        /// the data dir's onboard.toml, then ONBOARD_DATABASE_URL.
+        #[arg(long)]
+        database_url: Option<String>,
     },
     /// Replace the store of a stopped server's data dir with a backup.
     ///
@@ -77,6 +92,10 @@ enum Command {
         /// Replace a store that already holds data.
         #[arg(long)]
         force: bool,
+        /// PostgreSQL database (postgres://USER:PASSWORD@HOST:PORT/DB); default:
+        /// the data dir's onboard.toml, then ONBOARD_DATABASE_URL.
+        #[arg(long)]
+        database_url: Option<String>,
     },
     /// Audit log tools.
     Audit {
@@ -103,6 +122,10 @@ enum AuditCommand {
         /// must still reach with the same hash; catches a cut tail. Repeatable.
         #[arg(long, value_name = "SEQ:HASH")]
         expect_head: Vec<crate::services::audit::Anchor>,
+        /// PostgreSQL database (postgres://USER:PASSWORD@HOST:PORT/DB); default:
+        /// the data dir's onboard.toml, then ONBOARD_DATABASE_URL.
+        #[arg(long)]
+        database_url: Option<String>,
     },
     /// Print the chain's last entry (SEQ:HASH TIME), to keep off this host
     /// and pass later to `audit verify --expect-head`. Works while `serve`
@@ -114,6 +137,10 @@ enum AuditCommand {
         /// Print `{"seq","hash","time"}`.
         #[arg(long)]
         json: bool,
+        /// PostgreSQL database (postgres://USER:PASSWORD@HOST:PORT/DB); default:
+        /// the data dir's onboard.toml, then ONBOARD_DATABASE_URL.
+        #[arg(long)]
+        database_url: Option<String>,
     },
 }
 
@@ -126,6 +153,10 @@ enum KeysCommand {
         /// Data directory.
         #[arg(long)]
         data_dir: PathBuf,
+        /// PostgreSQL database (postgres://USER:PASSWORD@HOST:PORT/DB); default:
+        /// the data dir's onboard.toml, then ONBOARD_DATABASE_URL.
+        #[arg(long)]
+        database_url: Option<String>,
     },
 }
 
@@ -178,12 +209,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             data_dir,
             dev_tls,
             admin_key_out,
+            database_url,
         } => {
             let to_file = admin_key_out.is_some();
+            let database_url = database_url
+                .map(|u| u.parse::<crate::storage::postgres::DatabaseUrl>())
+                .transpose()?;
             let out = init(&InitOptions {
                 data_dir: data_dir.clone(),
                 dev_tls,
                 admin_key_out,
+                database_url,
             })?;
             println!("initialised {}", data_dir.display());
             if let Some(ca) = &out.ca_cert {
@@ -204,6 +240,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             config,
             k,
             min_job_rows,
+            database_url,
         } => {
             let mut flags = Vec::new();
             if let Some(d) = data_dir {
@@ -217,6 +254,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             if let Some(m) = min_job_rows {
                 flags.push(("min_job_rows", m.to_string()));
+            }
+            if let Some(url) = database_url {
+                flags.push(("database_url", url));
             }
             let config = Config::load(config.as_deref(), std::env::vars(), &flags)?;
             crate::logging::init(config.log_format);
@@ -240,7 +280,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             handle.stop();
             Ok(ExitCode::SUCCESS)
         }
-        Command::Backup { data_dir, out } => {
+        Command::Backup {
+            data_dir,
+            out,
+            database_url,
+        } => {
+            refuse_on_postgres(&data_dir, database_url.as_deref(), "backup")?;
             let bytes = crate::backup::backup(&data_dir, &out)?;
             println!("backup written to {} ({bytes} bytes)", out.display());
             println!(
@@ -253,7 +298,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             data_dir,
             from,
             force,
+            database_url,
         } => {
+            refuse_on_postgres(&data_dir, database_url.as_deref(), "restore")?;
             let r = crate::backup::restore(&data_dir, &from, force)?;
             println!(
                 "restored {} entries into {}{}",
@@ -279,15 +326,34 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 AuditCommand::Verify {
                     data_dir,
                     expect_head,
+                    database_url,
                 },
-        } => audit_verify(&data_dir, &expect_head),
+        } => audit_verify(
+            &data_dir,
+            &storage_of(&data_dir, database_url.as_deref())?,
+            &expect_head,
+        ),
         Command::Audit {
-            command: AuditCommand::Head { data_dir, json },
-        } => audit_head(&data_dir, json),
+            command:
+                AuditCommand::Head {
+                    data_dir,
+                    json,
+                    database_url,
+                },
+        } => audit_head(
+            &data_dir,
+            &storage_of(&data_dir, database_url.as_deref())?,
+            json,
+        ),
         Command::Keys {
-            command: KeysCommand::AddAuditKey { data_dir },
+            command:
+                KeysCommand::AddAuditKey {
+                    data_dir,
+                    database_url,
+                },
         } => {
-            let added = crate::init::add_audit_key(&data_dir)?;
+            let storage = storage_of(&data_dir, database_url.as_deref())?;
+            let added = crate::init::add_audit_key(&data_dir, &storage)?;
             println!(
                 "created {}",
                 data_dir.join(crate::keyfiles::AUDIT_KEY_FILE).display()
@@ -304,12 +370,38 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The backend of a data dir: its onboard.toml, ONBOARD_*, `--database-url`.
+fn storage_of(
+    data_dir: &std::path::Path,
+    database_url: Option<&str>,
+) -> anyhow::Result<StorageConfig> {
+    Ok(Config::for_data_dir(data_dir, database_url)?.storage_config()?)
+}
+
+/// `backup` and `restore` copy sled stores; a PostgreSQL deployment is
+/// backed up with PostgreSQL's own tools.
+fn refuse_on_postgres(
+    data_dir: &std::path::Path,
+    database_url: Option<&str>,
+    command: &str,
+) -> anyhow::Result<()> {
+    if let StorageConfig::Postgres(url) = storage_of(data_dir, database_url)? {
+        anyhow::bail!(
+            "`{command}` copies sled stores; this data dir's state is in the PostgreSQL \
+             database {url}: use pg_dump / pg_restore as described in \"Backups on \
+             PostgreSQL\" in docs/operations.md (and keep the data dir's key files with it)"
+        );
+    }
+    Ok(())
+}
+
 fn audit_verify(
     data_dir: &std::path::Path,
+    storage: &StorageConfig,
     anchors: &[crate::services::audit::Anchor],
 ) -> anyhow::Result<ExitCode> {
     let key = crate::keyfiles::read_audit_key(data_dir)?;
-    let repo = crate::storage::open(data_dir)?;
+    let repo = crate::storage::open(data_dir, storage)?;
     match crate::services::audit::verify(repo.as_ref(), &key, anchors)? {
         Ok(n) => {
             println!(
@@ -329,8 +421,22 @@ fn audit_verify(
     }
 }
 
-fn audit_head(data_dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
-    let Some(head) = crate::backup::audit_head(data_dir)? else {
+fn audit_head(
+    data_dir: &std::path::Path,
+    storage: &StorageConfig,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let head = match storage {
+        StorageConfig::Sled => crate::backup::audit_head(data_dir)?,
+        // Servers share the database: read it directly.
+        StorageConfig::Postgres(_) => {
+            let repo = crate::storage::open(data_dir, storage)?;
+            crate::storage::AuditRepo::last_audit(repo.as_ref())?
+                .as_ref()
+                .map(crate::backup::AuditHead::of)
+        }
+    };
+    let Some(head) = head else {
         anyhow::bail!("the audit log of {} is empty", data_dir.display());
     };
     if json {

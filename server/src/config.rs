@@ -2,6 +2,8 @@
 //! actually passed. Every key is a flat snake_case name; its environment
 //! variable is `ONBOARD_` + the upper-cased key (e.g. `k` → `ONBOARD_K`).
 //! Invalid values are refused at start with an error naming the key.
+//! A data dir's own `onboard.toml` (written by `init --database-url`) is the
+//! first file layer, under an explicit `--config` file.
 
 use serde::{Serialize, Serializer};
 use std::cmp::Ordering;
@@ -310,7 +312,37 @@ pub struct Config {
     /// Failed authentications one source address may make per minute
     /// (token bucket) before its requests get 429.
     pub auth_failures_per_minute: u32,
+    /// Which backend holds the state; unset, PostgreSQL when
+    /// `database_url` is set, else sled.
+    pub storage: Option<StorageKind>,
+    /// The PostgreSQL database (`storage = "postgres"`); shown redacted.
+    pub database_url: Option<crate::storage::postgres::DatabaseUrl>,
 }
+
+/// The `storage` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StorageKind {
+    /// Embedded sled under the data dir (the default).
+    #[default]
+    Sled,
+    /// A PostgreSQL database shared by several servers.
+    Postgres,
+}
+
+impl FromStr for StorageKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "sled" => Ok(Self::Sled),
+            "postgres" => Ok(Self::Postgres),
+            _ => Err("must be \"sled\" or \"postgres\"".into()),
+        }
+    }
+}
+
+/// The name of a data dir's own configuration file.
+pub const DATA_DIR_CONFIG: &str = "onboard.toml";
 
 impl Default for Config {
     fn default() -> Self {
@@ -344,6 +376,8 @@ impl Default for Config {
             client_body_timeout: Duration::from_secs(30),
             client_body_min_rate: 1024,
             auth_failures_per_minute: 20,
+            storage: None,
+            database_url: None,
         }
     }
 }
@@ -379,6 +413,8 @@ pub const KEYS: &[&str] = &[
     "client_body_timeout",
     "client_body_min_rate",
     "auth_failures_per_minute",
+    "storage",
+    "database_url",
 ];
 
 impl Config {
@@ -392,8 +428,40 @@ impl Config {
     where
         E: IntoIterator<Item = (String, String)>,
     {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let config = Self::layered(&[file], &env, flags)?;
+        // The data dir's own file goes under the others.
+        let own = config.data_dir.join(DATA_DIR_CONFIG);
+        let config = if own.is_file() && file.is_none_or(|f| f != own) {
+            Self::layered(&[Some(&own), file], &env, flags)?
+        } else {
+            config
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The configuration of the `onboard-server` command working on
+    /// `data_dir` (its own file, then `ONBOARD_*`, then the flags).
+    pub fn for_data_dir(
+        data_dir: &Path,
+        database_url: Option<&str>,
+    ) -> Result<Config, ConfigError> {
+        let mut flags = vec![("data_dir", data_dir.to_string_lossy().into_owned())];
+        if let Some(url) = database_url {
+            flags.push(("database_url", url.to_string()));
+        }
+        Self::load(None, std::env::vars(), &flags)
+    }
+
+    /// Defaults, then each file in order, then `env`, then `flags`.
+    fn layered(
+        files: &[Option<&Path>],
+        env: &[(String, String)],
+        flags: &[(&str, String)],
+    ) -> Result<Config, ConfigError> {
         let mut config = Config::default();
-        if let Some(path) = file {
+        for path in files.iter().flatten() {
             let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
@@ -410,15 +478,28 @@ impl Config {
             if let Some(rest) = name.strip_prefix("ONBOARD_") {
                 let key = rest.to_ascii_lowercase();
                 if KEYS.contains(&key.as_str()) {
-                    config.set(&key, &value)?;
+                    config.set(&key, value)?;
                 }
             }
         }
         for (key, value) in flags {
             config.set(key, value)?;
         }
-        config.validate()?;
         Ok(config)
+    }
+
+    /// The backend to open, from `storage` and `database_url`.
+    pub fn storage_config(&self) -> Result<crate::storage::StorageConfig, ConfigError> {
+        match (self.storage, &self.database_url) {
+            (Some(StorageKind::Sled), _) | (None, None) => Ok(crate::storage::StorageConfig::Sled),
+            (Some(StorageKind::Postgres) | None, Some(url)) => {
+                Ok(crate::storage::StorageConfig::Postgres(url.clone()))
+            }
+            (Some(StorageKind::Postgres), None) => Err(ConfigError::Invalid {
+                key: "database_url".into(),
+                reason: "storage = \"postgres\" needs a database URL".into(),
+            }),
+        }
     }
 
     /// Apply a TOML document's keys.
@@ -477,6 +558,15 @@ impl Config {
             "client_body_timeout" => self.client_body_timeout = duration(key, value)?,
             "client_body_min_rate" => self.client_body_min_rate = parse(key, value)?,
             "auth_failures_per_minute" => self.auth_failures_per_minute = parse(key, value)?,
+            "storage" => self.storage = Some(parse_with(key, value)?),
+            "database_url" => {
+                self.database_url = Some(value.parse().map_err(
+                    |e: crate::storage::postgres::DatabaseUrlError| ConfigError::Invalid {
+                        key: key.into(),
+                        reason: e.to_string(),
+                    },
+                )?);
+            }
             _ => {
                 return Err(ConfigError::UnknownKey {
                     key: key.to_string(),
@@ -505,6 +595,7 @@ impl Config {
         if self.auth_failures_per_minute == 0 {
             return Err(bad("auth_failures_per_minute", "must be at least 1"));
         }
+        self.storage_config()?;
         if self.page_size == 0 || self.page_size > onboard_protocol::wire::MAX_POINTS_PER_PAGE {
             return Err(bad("page_size", "must be between 1 and 65536"));
         }
@@ -608,6 +699,14 @@ impl Config {
             .clone()
             .unwrap_or_else(|| self.data_dir.join("tls").join("key.pem"))
     }
+}
+
+/// A value whose `FromStr` error is already a reason.
+fn parse_with<T: FromStr<Err = String>>(key: &str, value: &str) -> Result<T, ConfigError> {
+    value.parse().map_err(|reason| ConfigError::Invalid {
+        key: key.into(),
+        reason,
+    })
 }
 
 fn parse<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, ConfigError>
@@ -736,6 +835,57 @@ mod tests {
             let err = load_one(key, value).unwrap_err();
             assert!(err.contains(&format!("`{key}`")), "{key}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn storage_follows_the_database_url_unless_set_and_hides_the_password() {
+        use crate::storage::StorageConfig;
+        let url = "postgres://onboard:hunter2@127.0.0.1:5432/onboard";
+        let c = Config::load(None, vec![], &[]).unwrap();
+        assert_eq!(c.storage_config().unwrap(), StorageConfig::Sled);
+        let env = vec![("ONBOARD_DATABASE_URL".to_string(), url.to_string())];
+        let c = Config::load(None, env.clone(), &[]).unwrap();
+        assert!(matches!(
+            c.storage_config().unwrap(),
+            StorageConfig::Postgres(_)
+        ));
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let c = Config::load(None, env, &[("storage", "sled".into())]).unwrap();
+        assert_eq!(c.storage_config().unwrap(), StorageConfig::Sled);
+        let err = Config::load(None, vec![], &[("storage", "postgres".into())]).unwrap_err();
+        assert!(err.to_string().contains("`database_url`"), "{err}");
+        let err = Config::load(None, vec![], &[("storage", "mysql".into())]).unwrap_err();
+        assert!(err.to_string().contains("`storage`"), "{err}");
+        let err = Config::load(
+            None,
+            vec![],
+            &[("database_url", "http://x:hunter2@h/db".into())],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("`database_url`"), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_data_dirs_own_file_is_layered_under_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(DATA_DIR_CONFIG),
+            "storage = \"postgres\"\ndatabase_url = \"postgres://u:p@127.0.0.1/db\"\nk = 150\n",
+        )
+        .unwrap();
+        let file = dir.path().join("other.toml");
+        std::fs::write(&file, "k = 200\n").unwrap();
+        let flags = [("data_dir", dir.path().to_string_lossy().into_owned())];
+        let c = Config::load(None, vec![], &flags).unwrap();
+        assert_eq!(c.k, 150);
+        assert!(matches!(
+            c.storage_config().unwrap(),
+            crate::storage::StorageConfig::Postgres(_)
+        ));
+        let c = Config::load(Some(&file), vec![], &flags).unwrap();
+        assert_eq!(c.k, 200, "an explicit --config file goes above");
+        assert!(c.database_url.is_some());
     }
 
     /// Load with one flag; the error's text when refused.

@@ -82,6 +82,10 @@ pub enum ApiError {
         /// Seconds until one more attempt is allowed (the Retry-After header).
         retry_after: u64,
     },
+    /// The database cannot be reached; nothing was written. The text is
+    /// for the log only.
+    #[error("storage unavailable: {0}")]
+    StorageUnavailable(String),
     /// Anything else; the text is for the log only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -110,6 +114,7 @@ impl ApiError {
             Self::TooManyJobs(_) => "too-many-jobs",
             Self::BodyTimeout => "body-timeout",
             Self::TooManyAuthFailures { .. } => "too-many-auth-failures",
+            Self::StorageUnavailable(_) => "storage-unavailable",
             Self::Internal(_) => "internal",
         }
     }
@@ -129,6 +134,7 @@ impl ApiError {
             Self::BudgetExhausted { .. } | Self::TooManyJobs(_) => 429,
             Self::BodyTimeout => 408,
             Self::TooManyAuthFailures { .. } => 429,
+            Self::StorageUnavailable(_) => 503,
             Self::Internal(_) => 500,
         }
     }
@@ -137,6 +143,9 @@ impl ApiError {
     pub fn public_message(&self) -> String {
         match self {
             Self::Internal(_) => "internal server error".to_string(),
+            Self::StorageUnavailable(_) => {
+                "the server's database is unavailable; retry later".to_string()
+            }
             other => other.to_string(),
         }
     }
@@ -144,6 +153,23 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::Internal(format!("storage: {e}"))
+        match e {
+            StoreError::Unavailable(detail) => ApiError::StorageUnavailable(detail),
+            other => ApiError::Internal(format!("storage: {other}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_database_is_a_503_storage_unavailable_without_details() {
+        let e = ApiError::from(StoreError::Unavailable("connection reset".into()));
+        assert_eq!((e.status(), e.code()), (503, "storage-unavailable"));
+        assert!(!e.public_message().contains("reset"));
+        let e = ApiError::from(StoreError::Backend("disk".into()));
+        assert_eq!((e.status(), e.code()), (500, "internal"));
     }
 }

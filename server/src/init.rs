@@ -2,18 +2,20 @@
 //! key, the first admin API key and optionally development TLS material;
 //! `keys add-audit-key`: give a data dir of an older build its audit key.
 
+use crate::config::DATA_DIR_CONFIG;
 use crate::keyfiles::{
     pepper_file_string, write_private, AUDIT_KEY_FILE, PEPPER_FILE, SERVER_KEY_FILE,
 };
 use crate::services::audit::{self, AuditKey};
-use crate::storage::Role;
+use crate::storage::postgres::{DatabaseUrl, PgStore};
+use crate::storage::{Repo, Role};
 use anyhow::Context as _;
 use onboard_protocol::SecretKey;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
 /// What `init` should do.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct InitOptions {
     /// Data directory (created).
     pub data_dir: PathBuf,
@@ -21,6 +23,9 @@ pub struct InitOptions {
     pub dev_tls: bool,
     /// Write the admin key to this file (0600) instead of only returning it.
     pub admin_key_out: Option<PathBuf>,
+    /// Keep the state in this PostgreSQL database (recorded in the data
+    /// dir's `onboard.toml`) instead of sled under the data dir.
+    pub database_url: Option<DatabaseUrl>,
 }
 
 /// What `init` made.
@@ -48,6 +53,11 @@ pub fn init(opts: &InitOptions) -> anyhow::Result<InitOutput> {
             dir.join(SERVER_KEY_FILE).display()
         );
     }
+    // Before any key is written: a database refused leaves the dir empty.
+    let postgres = match &opts.database_url {
+        Some(url) => Some(open_fresh_database(dir, url)?),
+        None => None,
+    };
     let key = SecretKey::generate(&mut rand::rngs::OsRng);
     write_private(&dir.join(SERVER_KEY_FILE), key.to_file_string().as_bytes())?;
     let mut pepper = Zeroizing::new([0u8; 32]);
@@ -61,7 +71,10 @@ pub fn init(opts: &InitOptions) -> anyhow::Result<InitOutput> {
         &dir.join(AUDIT_KEY_FILE),
         audit_key.to_file_string().as_bytes(),
     )?;
-    let repo = crate::storage::open(dir).context("cannot create the database")?;
+    let repo: std::sync::Arc<dyn Repo> = match postgres {
+        Some(store) => std::sync::Arc::new(store),
+        None => crate::storage::open_sled(dir).context("cannot create the database")?,
+    };
     let admin = crate::services::auth::create_principal_in(
         repo.as_ref(),
         &pepper,
@@ -73,6 +86,14 @@ pub fn init(opts: &InitOptions) -> anyhow::Result<InitOutput> {
     audit::append(repo.as_ref(), &audit_key, "init", "init", "admin", "ok")?;
     repo.flush()?;
     drop(repo);
+    if let Some(url) = &opts.database_url {
+        let text = format!(
+            "# Written by `onboard-server init`: this data dir's state is in PostgreSQL.\n\
+             storage = \"postgres\"\ndatabase_url = {}\n",
+            toml::Value::String(url.expose_secret().to_string())
+        );
+        write_private(&dir.join(DATA_DIR_CONFIG), text.as_bytes())?;
+    }
     let ca_cert = if opts.dev_tls {
         Some(crate::tls::generate_dev_tls(dir)?)
     } else {
@@ -87,6 +108,29 @@ pub fn init(opts: &InitOptions) -> anyhow::Result<InitOutput> {
     })
 }
 
+/// Connect to the database a new data dir will use, refusing one that
+/// already holds a deployment: `init` makes fresh keys, which could not read
+/// its API keys, cursors or sealed cookies, so it must never adopt (or wipe)
+/// one. A further server of a deployment gets a copy of the first server's
+/// data dir key files instead (docs/operations.md).
+fn open_fresh_database(dir: &Path, url: &DatabaseUrl) -> anyhow::Result<PgStore> {
+    let own_config = dir.join(DATA_DIR_CONFIG);
+    if own_config.symlink_metadata().is_ok() {
+        anyhow::bail!("{} exists already", own_config.display());
+    }
+    let store = PgStore::connect(url).with_context(|| format!("cannot open the database {url}"))?;
+    if store.has_deployment()? {
+        anyhow::bail!(
+            "the database {url} already holds an onboard deployment; `init` would make keys \
+             that do not match it. To add a server to that deployment, copy the key files \
+             ({}) and {DATA_DIR_CONFIG} of an existing server's data dir into the new server's \
+             data dir instead of running `init` (see \"Several servers\" in docs/operations.md)",
+            crate::keyfiles::KEY_FILES.join(", ")
+        );
+    }
+    Ok(store)
+}
+
 /// What `keys add-audit-key` did.
 #[derive(Debug, Clone)]
 pub struct AuditKeyAdded {
@@ -99,7 +143,10 @@ pub struct AuditKeyAdded {
 /// file (so those entries cannot be rewritten from then on) and the next
 /// entries chain under the key. Needs the server stopped (the store is
 /// opened exclusively).
-pub fn add_audit_key(data_dir: &Path) -> anyhow::Result<AuditKeyAdded> {
+pub fn add_audit_key(
+    data_dir: &Path,
+    storage: &crate::storage::StorageConfig,
+) -> anyhow::Result<AuditKeyAdded> {
     let path = data_dir.join(AUDIT_KEY_FILE);
     if path.symlink_metadata().is_ok() {
         anyhow::bail!("{} exists already", path.display());
@@ -110,7 +157,7 @@ pub fn add_audit_key(data_dir: &Path) -> anyhow::Result<AuditKeyAdded> {
             data_dir.display()
         );
     }
-    let repo = crate::storage::open(data_dir)
+    let repo = crate::storage::open(data_dir, storage)
         .context("cannot open the database (is a server running on it? stop it first)")?;
     let head = match audit::verify_legacy(repo.as_ref())? {
         Ok(head) => head,
@@ -136,4 +183,52 @@ pub fn add_audit_key(data_dir: &Path) -> anyhow::Result<AuditKeyAdded> {
     )?;
     repo.flush()?;
     Ok(AuditKeyAdded { legacy_entries })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::postgres::test_db::TestDb;
+    use crate::storage::PrincipalRepo as _;
+
+    fn options(dir: &Path, db: &TestDb) -> InitOptions {
+        InitOptions {
+            data_dir: dir.to_path_buf(),
+            dev_tls: false,
+            admin_key_out: None,
+            database_url: Some(db.url.clone()),
+        }
+    }
+
+    #[test]
+    fn init_on_postgres_records_the_url_and_never_adopts_a_deployment() {
+        let Some(db) = TestDb::new() else { return };
+        let first = tempfile::tempdir().unwrap();
+        init(&options(first.path(), &db)).unwrap();
+        let own = first.path().join(DATA_DIR_CONFIG);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&own).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let config = crate::config::Config::for_data_dir(first.path(), None).unwrap();
+        assert_eq!(
+            config.storage_config().unwrap(),
+            crate::storage::StorageConfig::Postgres(db.url.clone())
+        );
+        // The state is in the database, not under the data dir.
+        assert!(!crate::storage::db_dir(first.path()).exists());
+        assert!(db.store().principal("admin").unwrap().is_some());
+
+        let second = tempfile::tempdir().unwrap();
+        let err = init(&options(second.path(), &db)).unwrap_err().to_string();
+        assert!(err.contains("already holds an onboard deployment"), "{err}");
+        assert!(err.contains("copy the key files"), "{err}");
+        assert!(
+            !second.path().join(SERVER_KEY_FILE).exists(),
+            "refused before writing keys"
+        );
+        assert_eq!(db.store().principals().unwrap().len(), 1, "nothing wiped");
+    }
 }

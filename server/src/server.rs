@@ -64,6 +64,37 @@ struct Timeouts {
     tls_handshake: std::time::Duration,
 }
 
+/// A sled store with its backup control socket.
+type Controlled = (crate::backup::ControlSocket, Arc<crate::storage::Store>);
+
+/// Open the configured backend. On sled, also the owner-only control socket
+/// for online backups (without it the server still serves; backups then
+/// need it stopped); PostgreSQL is backed up with its own tools.
+fn open_backend(config: &Config) -> anyhow::Result<(Arc<dyn Repo>, Option<Controlled>)> {
+    use crate::storage::StorageConfig;
+    match config.storage_config()? {
+        StorageConfig::Sled => {
+            let store =
+                crate::storage::open_store(&config.data_dir).context("cannot open the database")?;
+            let repo: Arc<dyn Repo> = store.clone();
+            let control = match crate::backup::ControlSocket::bind(&config.data_dir) {
+                Ok(c) => Some((c, store)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no control socket: online backups are unavailable");
+                    None
+                }
+            };
+            Ok((repo, control))
+        }
+        StorageConfig::Postgres(url) => {
+            let store = crate::storage::postgres::PgStore::connect(&url)
+                .with_context(|| format!("cannot open the database {url}"))?;
+            tracing::info!(database = %url, "storage: PostgreSQL");
+            Ok((Arc::new(store), None))
+        }
+    }
+}
+
 /// Start serving on `listener`; returns once it accepts connections.
 pub fn start(config: Config, listener: std::net::TcpListener) -> anyhow::Result<ServerHandle> {
     // Programmatic configurations get the same checks as loaded ones (k ≥ 50, …).
@@ -75,17 +106,7 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> anyhow::Result<
         &tls_key,
         crate::tls::key_policy(&config.data_dir, &tls_key),
     )?;
-    let store = crate::storage::open_store(&config.data_dir).context("cannot open the database")?;
-    let repo: Arc<dyn Repo> = store.clone();
-    // Owner-only control socket for online backups; without it the server
-    // still serves (backups then need it stopped).
-    let control = match crate::backup::ControlSocket::bind(&config.data_dir) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            tracing::warn!(error = %e, "no control socket: online backups are unavailable");
-            None
-        }
-    };
+    let (repo, control) = open_backend(&config)?;
     let services = Arc::new(
         Services::new(repo.clone(), config.clone(), secrets).context("cannot load the store")?,
     );
@@ -175,7 +196,7 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> anyhow::Result<
                     }
                 };
                 let _ = tx.send(Ok(server.handle()));
-                if let Some(control) = control {
+                if let Some((control, store)) = control {
                     if let Err(e) = control.serve(store) {
                         tracing::warn!(error = %e, "control socket not served");
                     }
@@ -186,7 +207,8 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> anyhow::Result<
                     loop {
                         tick.tick().await;
                         let s = cleaner.clone();
-                        match crate::services::blocking(move || s.cleanup()).await {
+                        // Once across the servers sharing the store.
+                        match crate::services::blocking(move || s.cleanup_if_leading()).await {
                             Ok((a, j)) if a + j > 0 => {
                                 tracing::info!(audiences = a, jobs = j, "clean-up")
                             }

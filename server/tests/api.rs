@@ -264,7 +264,7 @@ fn graph_import_stats_and_versions() {
     assert!(!names.iter().any(|n| n.starts_with("graph-1")), "{names:?}");
     assert!(names.iter().any(|n| n == "graph-2-runs.0"), "{names:?}");
     assert!(names.iter().any(|n| n == "graph-3.0"), "{names:?}");
-    let repo = onboard_server::storage::open(&s.data_dir()).unwrap();
+    let repo = onboard_server::storage::open_sled(&s.data_dir()).unwrap();
     use onboard_protocol::MatchKind::{Email, Phone};
     assert!(repo.points_after(1, Email, None, 10).unwrap().is_empty());
     assert!(repo.points_after(1, Phone, None, 10).unwrap().is_empty());
@@ -383,7 +383,7 @@ fn audit_chain_detects_tampering() {
     );
 
     {
-        let repo = onboard_server::storage::open(&data).unwrap();
+        let repo = onboard_server::storage::open_sled(&data).unwrap();
         let mut e = repo.audit_after(2, 1).unwrap().remove(0);
         assert_eq!(e.seq, 3);
         e.outcome = "refused".into();
@@ -487,6 +487,7 @@ fn start_refuses_a_programmatic_k_below_the_floor() {
         data_dir: data.clone(),
         dev_tls: true,
         admin_key_out: None,
+        database_url: None,
     })
     .unwrap();
     let config = onboard_server::Config {

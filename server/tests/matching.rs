@@ -249,7 +249,7 @@ fn full_job_releases_exactly_the_expected_audiences() {
 
     // After finish no blinded upload or join state remains in the store.
     s.stop();
-    let repo = onboard_server::storage::open(&s.data_dir()).unwrap();
+    let repo = onboard_server::storage::open_sled(&s.data_dir()).unwrap();
     for j in [&job, &job2, &job3] {
         assert_eq!(repo.job_data_count(j).unwrap(), 0);
         assert!(repo.upload_numbers(j).unwrap().is_empty());
@@ -421,7 +421,7 @@ fn too_few_rows_bad_points_and_budget() {
     );
 
     s.stop();
-    let repo = onboard_server::storage::open(&s.data_dir()).unwrap();
+    let repo = onboard_server::storage::open_sled(&s.data_dir()).unwrap();
     for j in [&job, &job2, &job3] {
         assert_eq!(repo.job_data_count(j).unwrap(), 0, "{j}");
     }
@@ -516,7 +516,7 @@ fn expiry_abandonment_and_job_limits() {
         (410, "expired".into())
     );
     s.stop();
-    let repo = onboard_server::storage::open(&s.data_dir()).unwrap();
+    let repo = onboard_server::storage::open_sled(&s.data_dir()).unwrap();
     assert_eq!(repo.job_data_count(&job).unwrap(), 0);
     assert_eq!(repo.audience(&aud).unwrap().unwrap().size, 0);
     assert_eq!(repo.import(&import).unwrap().unwrap().status, "retired");

@@ -2,13 +2,22 @@
 //! over TLS on 127.0.0.1, the real `onboard` command line against it, and
 //! synthetic data with its ground truth (`onboard_suite::synth`).
 //!
+//! The same files run on both storage backends: as their own test binaries
+//! on sled, and as modules of `tests/postgres_suite.rs` on PostgreSQL, where
+//! each [`TestServer`] has a database of its own (see [`postgres`]).
+//!
 //! Both command lines are reached through the `onboard-suite` binary's hidden
 //! `server` and `client` subcommands, which call the very entry points of
 //! the `onboard-server` and `onboard` binaries.
 #![allow(dead_code)]
 
+pub mod http;
+pub mod postgres;
+
+use postgres::{backend, Backend, TestDatabase};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const SUITE: &str = env!("CARGO_BIN_EXE_onboard-suite");
@@ -20,24 +29,30 @@ pub struct TestServer {
     pub url: String,
     pub ca: PathBuf,
     pub admin_key: String,
+    /// On PostgreSQL: the database, shared with servers started beside.
+    pub database: Option<Arc<TestDatabase>>,
     env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
 impl TestServer {
     /// `init --dev-tls` then `serve` with `ONBOARD_*` settings from `env`
-    /// (e.g. `[("K", "50"), ("MIN_JOB_ROWS", "100")]`).
+    /// (e.g. `[("K", "50"), ("MIN_JOB_ROWS", "100")]`), on this binary's
+    /// backend.
     pub fn start(env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = dir.path().join("data");
         let key_out = dir.path().join("admin.apikey");
-        let out = Command::new(SUITE)
-            .args(["server", "init", "--dev-tls", "--data-dir"])
+        let database = (backend() == Backend::Postgres).then(|| Arc::new(TestDatabase::create()));
+        let mut init = server_command();
+        init.args(["init", "--dev-tls", "--data-dir"])
             .arg(&data_dir)
             .arg("--admin-key-out")
-            .arg(&key_out)
-            .output()
-            .expect("run init");
+            .arg(&key_out);
+        if let Some(db) = &database {
+            init.args(["--database-url", &db.url]);
+        }
+        let out = init.output().expect("run init");
         assert!(
             out.status.success(),
             "init failed: {}",
@@ -53,6 +68,7 @@ impl TestServer {
             data_dir,
             url: String::new(),
             admin_key,
+            database,
             env: env
                 .iter()
                 .map(|(k, v)| (format!("ONBOARD_{k}"), v.to_string()))
@@ -61,6 +77,38 @@ impl TestServer {
         };
         server.serve();
         server
+    }
+
+    /// A second server on this one's database, as an operator adds one: a
+    /// copy of the data dir's key, TLS and config files, the same settings.
+    /// PostgreSQL only (servers share state only through the database).
+    pub fn start_beside(&self) -> Self {
+        assert!(self.database.is_some(), "servers share only a database");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().join("data");
+        copy_files(&self.data_dir, &data_dir);
+        let mut server = Self {
+            ca: data_dir.join("tls").join("ca.pem"),
+            dir,
+            data_dir,
+            url: String::new(),
+            admin_key: self.admin_key.clone(),
+            database: self.database.clone(),
+            env: self.env.clone(),
+            child: None,
+        };
+        server.serve();
+        server
+    }
+
+    /// Every stored byte a reader of the disks could see: the data dir's
+    /// files and, on PostgreSQL, a `pg_dump` of the database.
+    pub fn stored_bytes(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut files = all_files(&self.data_dir);
+        if let Some(db) = &self.database {
+            files.push((PathBuf::from(format!("pg_dump of {}", db.name)), db.dump()));
+        }
+        files
     }
 
     /// Start (or restart) the server process on a fresh ephemeral port.
@@ -77,8 +125,8 @@ impl TestServer {
                 .local_addr()
                 .unwrap()
                 .port();
-            let mut child = Command::new(SUITE)
-                .args(["server", "serve", "--data-dir"])
+            let mut child = server_command()
+                .args(["serve", "--data-dir"])
                 .arg(&self.data_dir)
                 .args(["--listen", &format!("127.0.0.1:{port}")])
                 // Parallel servers must not share the default metrics port.
@@ -227,10 +275,25 @@ impl TestServer {
         self.dir.path().join(name)
     }
 
+    /// `onboard-server audit verify` of the data dir succeeds (`when` names
+    /// the moment in the failure message).
+    pub fn assert_audit_verifies(&self, when: &str) {
+        let out = self.server_cmd(&[
+            "audit",
+            "verify",
+            "--data-dir",
+            self.data_dir.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "audit verify {when}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// `onboard-server ARGS…` (e.g. `audit verify`).
     pub fn server_cmd(&self, args: &[&str]) -> Output {
-        Command::new(SUITE)
-            .arg("server")
+        server_command()
             .args(args)
             .output()
             .expect("run onboard-server")
@@ -241,6 +304,17 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// `onboard-server …`, on this binary's backend whatever the caller's
+/// environment says (the database URL is recorded by `init`).
+fn server_command() -> Command {
+    let mut command = Command::new(SUITE);
+    command
+        .arg("server")
+        .env_remove("ONBOARD_DATABASE_URL")
+        .env_remove("ONBOARD_STORAGE");
+    command
 }
 
 /// Run `onboard` against any URL (for unreachable-server tests).
@@ -274,6 +348,21 @@ pub fn all_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         }
     }
     out
+}
+
+/// Copy the regular files under `from` (keys, certificates, config) to `to`,
+/// keeping their modes; sockets and the like are left behind.
+fn copy_files(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create data dir");
+    for entry in std::fs::read_dir(from).expect("read data dir").flatten() {
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type().expect("file type");
+        if kind.is_dir() {
+            copy_files(&src, &dst);
+        } else if kind.is_file() {
+            std::fs::copy(&src, &dst).expect("copy a data dir file");
+        }
+    }
 }
 
 /// Whether `needle` occurs in `haystack`.
@@ -328,23 +417,29 @@ pub fn match_emails(
     crm: &Path,
     destination: &str,
 ) -> Output {
-    server.onboard(
-        api_key,
-        &[
-            "match",
-            "--input",
-            crm.to_str().unwrap(),
-            "--key",
-            key_file.to_str().unwrap(),
-            "--destination",
-            destination,
-            "--email-col",
-            "email",
-            "--segment-col",
-            "segment",
-            "--json",
-        ],
-    )
+    let args = match_email_args(key_file, crm, destination);
+    server.onboard(api_key, &[&args[..], &["--json"]].concat())
+}
+
+/// The arguments of `onboard match` for an `email,segment` file.
+pub fn match_email_args<'a>(
+    key_file: &'a Path,
+    crm: &'a Path,
+    destination: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "match",
+        "--input",
+        crm.to_str().unwrap(),
+        "--key",
+        key_file.to_str().unwrap(),
+        "--destination",
+        destination,
+        "--email-col",
+        "email",
+        "--segment-col",
+        "segment",
+    ]
 }
 
 /// The segment entry of a report printed by `match --json`.

@@ -11,8 +11,12 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        if let ApiError::Internal(detail) = self {
-            tracing::error!(%detail, "internal error");
+        match self {
+            ApiError::Internal(detail) => tracing::error!(%detail, "internal error"),
+            ApiError::StorageUnavailable(detail) => {
+                tracing::warn!(%detail, "storage unavailable")
+            }
+            _ => {}
         }
         let mut response = HttpResponse::build(self.status_code());
         if let ApiError::TooManyAuthFailures { retry_after } = self {

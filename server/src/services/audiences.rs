@@ -1,7 +1,7 @@
 //! Audiences for destinations: listing, paged pulls with an opaque,
 //! authenticated cursor, removal of persons from unpulled audiences, expiry.
 
-use super::{lock, unix_now, Services};
+use super::{unix_now, Services};
 use crate::error::ApiError;
 use crate::services::auth::Caller;
 use crate::storage::Audience;
@@ -121,7 +121,7 @@ impl Services {
             _ => None,
         };
         if next.is_none() && !a.pulled {
-            let _g = lock(&self.audience_lock);
+            let _g = self.exclusive(&self.audience_lock, "audiences")?;
             a.pulled = true;
             self.repo.put_audience(&a)?;
         }
@@ -136,7 +136,7 @@ impl Services {
 
     /// Remove a person from every audience not yet pulled; returns how many changed.
     pub fn remove_from_unpulled(&self, person: &str) -> Result<usize, ApiError> {
-        let _g = lock(&self.audience_lock);
+        let _g = self.exclusive(&self.audience_lock, "audiences")?;
         let mut n = 0;
         for mut a in self.repo.unpulled_audiences()? {
             let removed = self.repo.remove_member(&a.id, person)?;
@@ -174,6 +174,15 @@ impl Services {
         Ok(pruned)
     }
 
+    /// [`Self::cleanup`] unless another server sharing the store is running
+    /// it (then this tick does nothing): clean-up runs once, not once per server.
+    pub fn cleanup_if_leading(&self) -> Result<(usize, usize), ApiError> {
+        let Some(_leading) = self.repo.try_lock("cleanup")? else {
+            return Ok((0, 0));
+        };
+        self.cleanup()
+    }
+
     /// Delete expired audiences, fail abandoned jobs and forget long-ended
     /// ones; returns (audiences, abandoned jobs).
     pub fn cleanup(&self) -> Result<(usize, usize), ApiError> {
@@ -185,7 +194,7 @@ impl Services {
                 self.repo.delete_audience(&a.id)?;
             } else if a.size > 0 {
                 // Members go at expiry; the record stays a while so pulls answer 410.
-                let _g = lock(&self.audience_lock);
+                let _g = self.exclusive(&self.audience_lock, "audiences")?;
                 self.repo.delete_members(&a.id)?;
                 self.repo.put_audience(&Audience {
                     size: 0,
@@ -224,7 +233,7 @@ mod tests {
     fn ended_jobs_are_forgotten_after_the_retention_and_no_sooner() {
         let dir = tempfile::tempdir().unwrap();
         let services = Services::new(
-            crate::storage::open(dir.path()).unwrap(),
+            crate::storage::open_sled(dir.path()).unwrap(),
             crate::config::Config::default(),
             crate::keyfiles::ServerSecrets::derive_for_tests("prune"),
         )

@@ -14,7 +14,7 @@
 //! file added to them (`onboard-server keys add-audit-key`) pins that chain's
 //! last hash ([`LegacyHead`]), so those entries are frozen from then on.
 
-use super::{lock, rfc3339, unix_now, Services};
+use super::{rfc3339, unix_now, Services};
 use crate::storage::{AuditEntry, AuditRepo, StoreError};
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
@@ -424,7 +424,7 @@ impl Services {
         object: &str,
         outcome: &str,
     ) -> Result<(), StoreError> {
-        let _g = lock(&self.audit_lock);
+        let _g = self.exclusive(&self.audit_lock, "audit")?;
         append(
             self.repo.as_ref(),
             &self.audit_key,
@@ -456,7 +456,7 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, Arc<dyn crate::storage::Repo>) {
         let dir = tempfile::tempdir().unwrap();
-        let repo = crate::storage::open(dir.path()).unwrap();
+        let repo = crate::storage::open_sled(dir.path()).unwrap();
         (dir, repo)
     }
 

@@ -255,7 +255,7 @@ mod tests {
     #[test]
     fn webhook_urls_follow_the_secret_url_rule() {
         let dir = tempfile::tempdir().unwrap();
-        let repo = crate::storage::open(dir.path()).unwrap();
+        let repo = crate::storage::open_sled(dir.path()).unwrap();
         for (i, url) in [
             "http://127.0.0.1:80@evil.example/hook",
             "https://user:pw@hooks.example/",

@@ -136,7 +136,7 @@ impl Services {
                 .map(|(e, p)| (e.kind, *p, self.person_key(&e.person)))
                 .collect()
         };
-        let _g = lock(&self.import_lock);
+        let _g = self.exclusive(&self.import_lock, "graph-imports")?;
         let mut rec = self.open_import(id)?;
         if self.seen_batch(id, b'i', path_batch, &hash)? {
             return Ok(batch.entries.len());
@@ -194,7 +194,7 @@ impl Services {
         }
         let hash: [u8; 32] = Sha256::digest(body).into();
         let rows_len = rows.len();
-        let _g = lock(&self.import_lock);
+        let _g = self.exclusive(&self.import_lock, "graph-imports")?;
         let mut rec = self.open_import(id)?;
         if self.seen_batch(id, b'c', batch_no, &hash)? {
             return Ok(rows_len);
@@ -275,7 +275,7 @@ impl Services {
         id_batches: u32,
         cookie_batches: u32,
     ) -> Result<GraphInfo, ApiError> {
-        let _g = lock(&self.import_lock);
+        let _g = self.exclusive(&self.import_lock, "graph-imports")?;
         let mut rec = self.open_import(id)?;
         for (part, n, what) in [
             (b'i', id_batches, "identifiers"),
@@ -321,7 +321,7 @@ impl Services {
     /// versions since replaced (normally deleted at commit; this finishes
     /// the work if the server stopped half-way). Returns versions deleted.
     pub fn cleanup_graph_versions(&self) -> Result<usize, ApiError> {
-        let _g = lock(&self.import_lock);
+        let _g = self.exclusive(&self.import_lock, "graph-imports")?;
         let current = self.repo.current_graph()?.map(|g| g.version);
         let ttl = self.config.abandoned_job_ttl.as_secs();
         let now = unix_now();
@@ -423,7 +423,7 @@ impl Services {
     pub fn erase(&self, actor: &Caller, person: &str) -> Result<usize, ApiError> {
         let key = self.person_key(Self::valid_person(person)?);
         let points = {
-            let _g = lock(&self.import_lock);
+            let _g = self.exclusive(&self.import_lock, "graph-imports")?;
             let versions = self.versions_with_data()?;
             let mut found = BTreeSet::new();
             for v in &versions {
@@ -449,7 +449,7 @@ impl Services {
     pub fn lift_erasure(&self, actor: &Caller, person: &str) -> Result<(), ApiError> {
         let key = self.person_key(Self::valid_person(person)?);
         let lifted = {
-            let _g = lock(&self.import_lock);
+            let _g = self.exclusive(&self.import_lock, "graph-imports")?;
             self.repo.lift_erasure(&key)?
         };
         if !lifted {
@@ -522,7 +522,7 @@ mod tests {
 
     fn services(dir: &std::path::Path) -> Services {
         Services::new(
-            crate::storage::open(dir).unwrap(),
+            crate::storage::open_sled(dir).unwrap(),
             crate::config::Config::default(),
             crate::keyfiles::ServerSecrets::derive_for_tests("erase"),
         )

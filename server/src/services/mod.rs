@@ -51,6 +51,35 @@ pub struct Services {
     pub identifiers_imported: AtomicU64,
 }
 
+/// An in-process mutex and the store lock of the same name, held together:
+/// the mutex orders this server's threads, the store lock the servers
+/// sharing the store (free on sled).
+pub(crate) struct Exclusive<'a> {
+    _store: crate::storage::HeldLock,
+    _local: MutexGuard<'a, ()>,
+}
+
+impl Services {
+    /// Take `local`, then the store lock `name`.
+    pub(crate) fn exclusive<'a>(
+        &self,
+        local: &'a Mutex<()>,
+        name: &str,
+    ) -> Result<Exclusive<'a>, crate::storage::StoreError> {
+        let local = lock(local);
+        let store = self.repo.lock(name)?;
+        Ok(Exclusive {
+            _store: store,
+            _local: local,
+        })
+    }
+}
+
+/// The store lock a job's finish holds (see `jobs/finish.rs`).
+pub(crate) fn finish_lock(job: &str) -> String {
+    format!("finish/{job}")
+}
+
 /// Take a lock even if a panicking thread poisoned it (the data is in the store).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())

@@ -11,7 +11,9 @@ impl Services {
     /// report, so only a finish that a crash (or an error) interrupted leaves
     /// them: they were never reported or meant to be pulled, and a resumed
     /// finish writes the job's audiences again. Call it before serving, when
-    /// no finish runs. Returns how many were deleted.
+    /// no finish of this server runs; a job whose finish another server
+    /// sharing the store is running (it holds the job's finish lock) is
+    /// left alone. Returns how many were deleted.
     pub fn discard_unfinished_audiences(&self) -> Result<usize, ApiError> {
         let mut discarded = 0;
         for status in ["open", "failed"] {
@@ -19,6 +21,9 @@ impl Services {
                 .repo
                 .jobs_touched_before(status, u64::MAX, usize::MAX)?
             {
+                let Some(_finish) = self.repo.try_lock(&super::finish_lock(&job.id))? else {
+                    continue;
+                };
                 discarded += self.discard_audiences_of(&job)?;
             }
         }

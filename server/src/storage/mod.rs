@@ -1,13 +1,16 @@
 //! Storage: narrow capability traits joined by [`Repo`]. Records are plain
-//! serde structs; binary values (blinded points) are fixed-size arrays. The
-//! sled backend in [`sled`] is the only code that knows sled, so a
-//! PostgreSQL backend can be added beside it.
+//! serde structs; binary values (blinded points) are fixed-size arrays. Two
+//! backends implement every trait: sled in [`sled`] (the embedded default,
+//! the only code that knows sled) and PostgreSQL in [`postgres`] (several
+//! servers on one database; the only code that knows tokio-postgres).
 //!
 //! Invariant: nothing here ever receives a raw identifier or a plain digest;
 //! the graph holds only `b·P(y)` (compressed, 32 bytes).
 
 pub mod blobs;
+pub mod postgres;
 pub mod sled;
+mod sled_codec;
 mod sled_erasure;
 mod sled_graph;
 mod sled_index;
@@ -34,6 +37,10 @@ pub enum StoreError {
     /// A blob file failed or holds bytes that do not match their pointer.
     #[error(transparent)]
     Blob(#[from] blobs::BlobError),
+    /// The database cannot be reached (connection lost, server down or
+    /// restarting); the call wrote nothing and may be retried.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     /// The database was written by a different schema.
     #[error("database schema version {found}, this build needs {expected}")]
     Schema {
@@ -602,6 +609,34 @@ pub trait BudgetRepo {
     fn budget_spent(&self, advertiser: &str, window_start: u64) -> StoreResult<u64>;
 }
 
+/// A held store-wide lock, released when dropped.
+pub struct HeldLock(#[allow(dead_code)] Option<Box<dyn Send>>);
+
+impl HeldLock {
+    /// A lock that needs no release (one process owns the store).
+    pub fn local() -> Self {
+        Self(None)
+    }
+
+    /// A lock released by dropping `inner`.
+    pub fn held_by(inner: Box<dyn Send>) -> Self {
+        Self(Some(inner))
+    }
+}
+
+/// Named locks across every server sharing the store, for the services'
+/// read-then-write steps (audit chain, open-jobs limit, audience creation
+/// and the difference check, imports) and for background clean-up that
+/// must run once. Callers take their in-process mutex first, so a server
+/// has at most one waiter per name. sled has one process per store: its
+/// locks are free; PostgreSQL takes session advisory locks.
+pub trait LockRepo {
+    /// Wait for the lock `name`.
+    fn lock(&self, name: &str) -> StoreResult<HeldLock>;
+    /// Take the lock `name` if no other server holds it.
+    fn try_lock(&self, name: &str) -> StoreResult<Option<HeldLock>>;
+}
+
 /// Everything a server needs.
 pub trait Repo:
     MetaRepo
@@ -614,6 +649,7 @@ pub trait Repo:
     + ErasureRepo
     + AuditRepo
     + BudgetRepo
+    + LockRepo
     + Send
     + Sync
 {
@@ -630,6 +666,7 @@ impl<T> Repo for T where
         + ErasureRepo
         + AuditRepo
         + BudgetRepo
+        + LockRepo
         + Send
         + Sync
 {
@@ -652,8 +689,30 @@ fn refuse_older_schema(db: &std::path::Path) -> StoreResult<()> {
     Ok(())
 }
 
-/// Open the store under a data dir (`<dir>/db/v<SCHEMA_VERSION>`), checking the schema.
-pub fn open(data_dir: &std::path::Path) -> StoreResult<std::sync::Arc<dyn Repo>> {
+/// Which backend holds a server's state.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StorageConfig {
+    /// sled under the data dir (`<dir>/db/v<SCHEMA_VERSION>`).
+    #[default]
+    Sled,
+    /// A PostgreSQL database shared by every server of the deployment.
+    Postgres(postgres::DatabaseUrl),
+}
+
+/// Open the store of a data dir on its configured backend, checking the
+/// schema (and, on PostgreSQL, applying pending migrations).
+pub fn open(
+    data_dir: &std::path::Path,
+    storage: &StorageConfig,
+) -> StoreResult<std::sync::Arc<dyn Repo>> {
+    match storage {
+        StorageConfig::Sled => open_sled(data_dir),
+        StorageConfig::Postgres(url) => Ok(std::sync::Arc::new(postgres::PgStore::connect(url)?)),
+    }
+}
+
+/// Open the sled store under a data dir (`<dir>/db/v<SCHEMA_VERSION>`), checking the schema.
+pub fn open_sled(data_dir: &std::path::Path) -> StoreResult<std::sync::Arc<dyn Repo>> {
     refuse_older_schema(&db_dir(data_dir))?;
     let store = sled::SledStore::open(&data_dir.join("db").join(format!("v{SCHEMA_VERSION}")))?;
     match store.schema_version()? {
@@ -872,6 +931,13 @@ impl<R: AuditRepo> AuditRepo for Guarded<R> {
     }
     guarded_writes! {
         fn put_audit(&self, e: &AuditEntry) -> StoreResult<()>;
+    }
+}
+
+impl<R: LockRepo> LockRepo for Guarded<R> {
+    guarded_reads! {
+        fn lock(&self, name: &str) -> StoreResult<HeldLock>;
+        fn try_lock(&self, name: &str) -> StoreResult<Option<HeldLock>>;
     }
 }
 

@@ -1,18 +1,19 @@
 //! The sled backend: one named tree per index, sled transactions for writes
 //! that touch several trees, and bulk values (graph chunks, cache runs,
 //! graph-pass pages, uploads) in blob files with sled holding pointers (see
-//! [`super::blobs`]). With [`super::sled_graph`], the only code in the crate
-//! that imports sled. Every call here blocks: callers run them off the async
+//! [`super::blobs`]). With the other `sled_*` files (shared codecs and
+//! tree names in `sled_codec`), the only code in the crate that imports sled. Every call here blocks: callers run them off the async
 //! executor.
 
 use super::blobs::{BlobRef, Blobs};
+pub(crate) use super::sled_codec::blob_dir;
+use super::sled_codec::*;
 use super::sled_index::{
     audience_keys, ids_under, job_keys, load, put_indexed, remove_indexed, time_of,
 };
 use super::*;
 use ::sled::transaction::{ConflictableTransactionError, TransactionError};
 use ::sled::{Batch, Db, Transactional, Tree};
-use sha2::{Digest as _, Sha256};
 use std::path::Path;
 
 /// A sled database with one tree per index.
@@ -50,46 +51,6 @@ pub struct SledStore {
     budget: Tree,
 }
 
-pub(super) fn be(e: ::sled::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
-
-pub(super) fn tx_err(e: TransactionError<()>) -> StoreError {
-    match e {
-        TransactionError::Storage(e) => be(e),
-        TransactionError::Abort(()) => StoreError::Backend("transaction aborted".into()),
-    }
-}
-
-pub(super) fn json<T: Serialize>(v: &T) -> StoreResult<Vec<u8>> {
-    serde_json::to_vec(v).map_err(|e| StoreError::Backend(e.to_string()))
-}
-
-pub(super) fn from_json<T: for<'de> Deserialize<'de>>(
-    tree: &'static str,
-    bytes: &[u8],
-) -> StoreResult<T> {
-    serde_json::from_slice(bytes).map_err(|_| StoreError::Corrupt(tree))
-}
-
-pub(super) fn key(parts: &[&[u8]]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
-    for p in parts {
-        out.extend_from_slice(p);
-    }
-    out
-}
-
-pub(super) fn u64_of(tree: &'static str, bytes: &[u8]) -> StoreResult<u64> {
-    let arr: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt(tree))?;
-    Ok(u64::from_be_bytes(arr))
-}
-
-pub(super) fn point_of(tree: &'static str, bytes: &[u8]) -> StoreResult<PointBytes> {
-    let arr: [u8; 32] = bytes.try_into().map_err(|_| StoreError::Corrupt(tree))?;
-    Ok(PointBytes(arr))
-}
-
 fn member_prefix(id: &str) -> Vec<u8> {
     key(&[id.as_bytes(), &[0]])
 }
@@ -98,28 +59,6 @@ fn member_prefix(id: &str) -> Vec<u8> {
 /// node representation and write buffers come on top), and the server's
 /// whole budget is 1 GiB at ten million graph identifiers.
 const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
-
-/// Tree of cache runs: `ns | first b·P(y) | tag` → blob pointer.
-pub(super) const CACHE_RUNS: &str = "cache_runs";
-/// Tree of graph-pass pages: `job | 0 | kind | page` → blob pointer.
-const JOB_PAGES: &str = "job_pages";
-/// Tree of uploads: `job | 0 | batch` → content hash | blob pointer.
-const JOB_UPLOADS: &str = "job_uploads";
-
-pub(super) fn cache_base(ns: &[u8]) -> String {
-    format!("cache-{}", hex::encode(ns))
-}
-
-/// Tree of audience member chunks: `id | 0 | first record key` → blob pointer.
-const AUDIENCE_MEMBERS: &str = "audience_members";
-
-fn audience_base(id: &str) -> String {
-    format!("aud-{id}")
-}
-
-fn job_base(job: &str) -> String {
-    format!("job-{job}")
-}
 
 /// A tree whose values are (an inline prefix and) a blob pointer.
 #[derive(Clone, Copy)]
@@ -131,7 +70,6 @@ struct BlobTree {
 
 impl BlobTree {
     fn of(tree: &[u8]) -> Option<Self> {
-        use super::sled_graph::{GRAPH_CHUNKS, GRAPH_COOKIE_CHUNKS, GRAPH_RUNS};
         let name = [
             GRAPH_RUNS,
             GRAPH_CHUNKS,
@@ -149,7 +87,6 @@ impl BlobTree {
 
     /// The blob base owning the value of `k`.
     fn base(&self, k: &[u8]) -> String {
-        use super::sled_graph::{graph_base, runs_base, GRAPH_RUNS};
         let version = || {
             u64::from_be_bytes(
                 k.get(..8)
@@ -174,12 +111,6 @@ impl BlobTree {
     }
 }
 
-/// The blob directory of a database directory: inside it (sled leaves
-/// files it does not know alone), so a restore's directory swap moves both.
-pub(crate) fn blob_dir(db: &Path) -> std::path::PathBuf {
-    db.join("onboard-blobs")
-}
-
 impl SledStore {
     /// Open (creating) the database at `path`.
     pub fn open(path: &Path) -> StoreResult<Self> {
@@ -202,9 +133,9 @@ impl SledStore {
             key_hash: t("key_hash")?,
             imports: t("imports")?,
             import_batches: t("import_batches")?,
-            g_runs: t(super::sled_graph::GRAPH_RUNS)?,
-            g_chunks: t(super::sled_graph::GRAPH_CHUNKS)?,
-            g_cookie_chunks: t(super::sled_graph::GRAPH_COOKIE_CHUNKS)?,
+            g_runs: t(GRAPH_RUNS)?,
+            g_chunks: t(GRAPH_CHUNKS)?,
+            g_cookie_chunks: t(GRAPH_COOKIE_CHUNKS)?,
             g_sealed: t("graph_sealed")?,
             g_supp: t("graph_suppressed")?,
             cache_runs: t(CACHE_RUNS)?,
@@ -219,8 +150,8 @@ impl SledStore {
             job_index: t("job_index")?,
             audience_index: t("audience_index")?,
             optouts: t("optouts")?,
-            erased_persons: t(super::sled_erasure::ERASED_PERSONS)?,
-            erased_points: t(super::sled_erasure::ERASED_POINTS)?,
+            erased_persons: t(ERASED_PERSONS)?,
+            erased_points: t(ERASED_POINTS)?,
             audit: t("audit")?,
             budget: t("budget")?,
             db,
@@ -433,43 +364,6 @@ impl CacheRepo for SledStore {
         let k = key(&[ns, &version.to_be_bytes(), &[kind.to_byte()]]);
         self.cache_done.contains_key(k).map_err(be)
     }
-}
-
-/// The key of a cached run in its namespace: its first point and its
-/// content, so a re-sent page overwrites itself and a different run is kept
-/// beside. `value` is the run's sorted 64-byte pairs, at least one.
-pub(super) fn cache_run_key(ns: &[u8; 16], value: &[u8]) -> Vec<u8> {
-    let tag = Sha256::digest(value);
-    key(&[ns, &value[..value.len().min(32)], &tag[..8]])
-}
-
-/// A cached run's `(b·P(y), a·b·P(y))` pairs from their 64-byte records.
-pub(super) fn decode_pairs(v: &[u8]) -> StoreResult<Vec<(PointBytes, PointBytes)>> {
-    if !v.len().is_multiple_of(64) {
-        return Err(StoreError::Corrupt(CACHE_RUNS));
-    }
-    v.chunks_exact(64)
-        .map(|c| {
-            Ok((
-                point_of(CACHE_RUNS, &c[..32])?,
-                point_of(CACHE_RUNS, &c[32..])?,
-            ))
-        })
-        .collect()
-}
-
-/// Is `p` among the `n` sorted 64-byte `(b·P(y), a·b·P(y))` pairs of `run`?
-pub(super) fn binary_search_run(run: &[u8], n: usize, p: &[u8; 32]) -> bool {
-    let (mut lo, mut hi) = (0, n);
-    while lo < hi {
-        let mid = (lo + hi) / 2;
-        match run[mid * 64..mid * 64 + 32].cmp(&p[..]) {
-            std::cmp::Ordering::Less => lo = mid + 1,
-            std::cmp::Ordering::Greater => hi = mid,
-            std::cmp::Ordering::Equal => return true,
-        }
-    }
-    false
 }
 
 fn page_key(job: &str, kind: MatchKind, page_no: u32) -> Vec<u8> {
@@ -1092,6 +986,17 @@ impl BudgetRepo for SledStore {
             },
         };
         Ok(ledger.spent_since(window_start))
+    }
+}
+
+/// One process owns a sled store (its file lock), so the services'
+/// in-process mutexes already serialise everything: store locks are free.
+impl LockRepo for SledStore {
+    fn lock(&self, _name: &str) -> StoreResult<HeldLock> {
+        Ok(HeldLock::local())
+    }
+    fn try_lock(&self, _name: &str) -> StoreResult<Option<HeldLock>> {
+        Ok(Some(HeldLock::local()))
     }
 }
 

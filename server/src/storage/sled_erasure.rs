@@ -8,19 +8,14 @@
 //! the old generations: no copy of a removed pair is left in a blob file.
 
 use super::blobs::BlobRef;
-use super::sled::{
-    be, binary_search_run, cache_base, cache_run_key, key, point_of, SledStore, CACHE_RUNS,
+use super::sled::SledStore;
+use super::sled_codec::{
+    be, binary_search_run, cache_base, cache_run_key, key, point_of, CACHE_RUNS, ERASED_PERSONS,
 };
 use super::*;
 use ::sled::transaction::{ConflictableTransactionError, TransactionError};
 use ::sled::{Batch, Transactional};
 use std::collections::BTreeSet;
-
-/// Tree of tombstoned persons: person key → its `b·P(y)`, concatenated.
-pub(super) const ERASED_PERSONS: &str = "erased_persons";
-/// Tree of tombstoned points: `b·P(y) | person key` → nothing (a point may
-/// belong to two erased persons, through different graph versions).
-pub(super) const ERASED_POINTS: &str = "erased_points";
 
 /// The points of a tombstone's value.
 fn tombstone_points(value: &[u8]) -> StoreResult<BTreeSet<[u8; 32]>> {

@@ -13,19 +13,16 @@
 //! chunk at most once.
 
 use super::blobs::{BlobRef, BlobStream};
-use super::sled::{be, from_json, json, key, point_of, tx_err, u64_of, SledStore};
+use super::sled::SledStore;
+use super::sled_codec::{
+    be, from_json, graph_base, json, key, point_of, runs_base, tx_err, u64_of, GRAPH_CHUNKS,
+    GRAPH_COOKIE_CHUNKS, GRAPH_RUNS,
+};
 use super::*;
 use ::sled::transaction::ConflictableTransactionError;
 use ::sled::{Batch, Transactional, Tree};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
-
-/// Tree of staged runs: `version | part | batch` → blob pointer.
-pub(super) const GRAPH_RUNS: &str = "graph_runs";
-/// Tree of point chunks.
-pub(super) const GRAPH_CHUNKS: &str = "graph_chunks";
-/// Tree of cookie chunks.
-pub(super) const GRAPH_COOKIE_CHUNKS: &str = "graph_cookie_chunks";
 
 /// Records per chunk (a point chunk is 96 KiB).
 const CHUNK_RECORDS: usize = 2048;
@@ -35,16 +32,6 @@ const MERGE_WINDOW: usize = 64 * 1024;
 const RUN_RECORD: usize = 1 + 32 + 16;
 /// `point | person`.
 const POINT_RECORD: usize = 32 + 16;
-
-/// Blob base of a version's chunks.
-pub(super) fn graph_base(version: u64) -> String {
-    format!("graph-{version}")
-}
-
-/// Blob base of a version's staged runs.
-pub(super) fn runs_base(version: u64) -> String {
-    format!("graph-{version}-runs")
-}
 
 fn chunk_prefix(version: u64, kind: MatchKind) -> Vec<u8> {
     key(&[&version.to_be_bytes(), &[kind.to_byte()]])

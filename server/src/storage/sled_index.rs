@@ -11,7 +11,8 @@
 //! they point to, so a crash never leaves them apart; a store written
 //! before they existed gets them rebuilt from the records when it is opened.
 
-use super::sled::{be, from_json, key, SledStore};
+use super::sled::SledStore;
+use super::sled_codec::{be, from_json, key};
 use super::{Audience, Job, StoreError, StoreResult};
 use ::sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use ::sled::Tree;

@@ -43,6 +43,7 @@ impl TestServer {
             data_dir: data.clone(),
             dev_tls: true,
             admin_key_out: None,
+            database_url: None,
         })
         .unwrap();
         let mut config = test_config(data);

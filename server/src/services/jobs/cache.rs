@@ -152,7 +152,7 @@ mod tests {
     #[test]
     fn cache_merge_yields_overlapping_runs_once_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let repo = crate::storage::open(dir.path()).unwrap();
+        let repo = crate::storage::open_sled(dir.path()).unwrap();
         let services = Services::new(
             repo,
             crate::config::Config::default(),

@@ -8,10 +8,13 @@ use super::*;
 /// walks its own stretch of the graph in order.
 const LOOKUP_STRETCH: usize = 32_768;
 
-/// Marks a job as finishing while held; a second finish gets `job-not-open`.
+/// Marks a job as finishing while held, on this server and (through the
+/// store lock `finish/<id>`) on every server sharing the store; a second
+/// finish gets `job-not-open`.
 struct FinishGuard<'a> {
     services: &'a Services,
     id: String,
+    _store: crate::storage::HeldLock,
 }
 
 impl<'a> FinishGuard<'a> {
@@ -19,9 +22,18 @@ impl<'a> FinishGuard<'a> {
         if !lock(&services.finishing).insert(id.to_string()) {
             return Err(ApiError::JobNotOpen("finishing".into()));
         }
+        let store = match services.repo.try_lock(&crate::services::finish_lock(id)) {
+            Ok(Some(held)) => held,
+            elsewhere => {
+                lock(&services.finishing).remove(id);
+                elsewhere?;
+                return Err(ApiError::JobNotOpen("finishing".into()));
+            }
+        };
         Ok(Self {
             services,
             id: id.to_string(),
+            _store: store,
         })
     }
 }
@@ -111,7 +123,7 @@ impl Services {
                 .set_cache_complete(&ns, job.graph_version, kind_of(kind)?)?;
         }
         {
-            let _g = lock(&self.job_lock);
+            let _g = self.exclusive(&self.job_lock, "jobs")?;
             let mut j = self.repo.job(id)?.ok_or(ApiError::NotFound("job"))?;
             j.status = "finished".into();
             // The end time: retention counts from here.
@@ -177,7 +189,7 @@ impl Services {
                 .map(|segment| self.candidate(segment, &cookies, margin))
                 .collect()
         });
-        let _g = lock(&self.audience_lock);
+        let _g = self.exclusive(&self.audience_lock, "audiences")?;
         timed(&job.id, "difference check", || {
             self.difference_check(job, now, margin, &mut candidates)
         })?;

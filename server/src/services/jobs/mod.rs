@@ -133,7 +133,7 @@ impl Services {
         };
         {
             // Count and reserve under one lock, so concurrent creates cannot pass the limit.
-            let _g = lock(&self.job_lock);
+            let _g = self.exclusive(&self.job_lock, "jobs")?;
             let open = self
                 .repo
                 .jobs_of(&caller.name)?
@@ -147,7 +147,7 @@ impl Services {
         }
         match self.build_graph_pass(&id, ns, graph.version, &kinds) {
             Ok(pass) => {
-                let _g = lock(&self.job_lock);
+                let _g = self.exclusive(&self.job_lock, "jobs")?;
                 job.pass = pass;
                 job.touched = unix_now();
                 self.repo.put_job(&job)?;
@@ -174,7 +174,7 @@ impl Services {
     }
 
     fn touch(&self, id: &str) -> Result<(), ApiError> {
-        let _g = lock(&self.job_lock);
+        let _g = self.exclusive(&self.job_lock, "jobs")?;
         if let Some(mut j) = self.repo.job(id)? {
             j.touched = unix_now();
             self.repo.put_job(&j)?;
@@ -185,7 +185,7 @@ impl Services {
     /// Mark a job failed and delete its transient data.
     pub fn fail_job(&self, id: &str, actor: &str, action: &str) -> Result<(), ApiError> {
         {
-            let _g = lock(&self.job_lock);
+            let _g = self.exclusive(&self.job_lock, "jobs")?;
             if let Some(mut j) = self.repo.job(id)? {
                 j.status = "failed".into();
                 j.touched = unix_now();

@@ -58,7 +58,7 @@ impl Services {
                 .map_err(|e| ApiError::BadFrame(format!("batch {batch_no}: {e}")))?;
             offset += n;
         }
-        let _g = lock(&self.job_lock);
+        let _g = self.exclusive(&self.job_lock, "jobs")?;
         let mut job = self.repo.job(id)?.ok_or(ApiError::NotFound("job"))?;
         if job.status != "open" {
             return Err(ApiError::JobNotOpen(job.status));

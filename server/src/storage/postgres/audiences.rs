@@ -1,0 +1,190 @@
+//! Audiences on PostgreSQL: the record beside its indexed columns, and one
+//! row per member cookie keyed by `(audience, pos)`; `pos` (`len | person |
+//! tag`, as on sled) is the pull position, so a page is an index scan from
+//! the cursor, stable when other members are removed.
+
+use super::*;
+
+fn audiences_of_rows(rows: &[tokio_postgres::Row]) -> StoreResult<Vec<Audience>> {
+    rows.iter()
+        .map(|r| from_json("audiences", r.get(0)))
+        .collect()
+}
+
+/// Upsert an audience record with its indexed columns.
+const PUT_AUDIENCE: &str =
+    "INSERT INTO audiences (id, advertiser, destination, expires_unix, pulled, record)
+     VALUES ($1, $2, $3, $4, $5, $6)
+     ON CONFLICT (id) DO UPDATE SET advertiser = EXCLUDED.advertiser,
+         destination = EXCLUDED.destination, expires_unix = EXCLUDED.expires_unix,
+         pulled = EXCLUDED.pulled, record = EXCLUDED.record";
+
+/// A member's position: `len | person | tag` (person cut at 255 bytes).
+fn member_pos(person: &str, tag: &[u8; 16]) -> Vec<u8> {
+    let p = &person.as_bytes()[..person.len().min(255)];
+    let mut pos = Vec::with_capacity(1 + p.len() + 16);
+    pos.push(p.len() as u8);
+    pos.extend_from_slice(p);
+    pos.extend_from_slice(tag);
+    pos
+}
+
+impl AudienceRepo for PgStore {
+    fn create_audience(
+        &self,
+        a: &Audience,
+        members: &[(String, &[SealedCookie])],
+    ) -> StoreResult<()> {
+        let record = json(a)?;
+        let mut positions = Vec::new();
+        let mut persons = Vec::new();
+        let mut sealed = Vec::new();
+        for (person, cookies) in members {
+            for c in cookies.iter() {
+                positions.push(member_pos(person, &c.tag));
+                persons.push(person.as_str());
+                sealed.push(c.sealed.as_slice());
+            }
+        }
+        let positions: Vec<&[u8]> = positions.iter().map(Vec::as_slice).collect();
+        self.run(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(db_err)?;
+            tx.execute(
+                PUT_AUDIENCE,
+                &[
+                    &a.id,
+                    &a.advertiser,
+                    &a.destination,
+                    &i64_of(a.expires_unix),
+                    &a.pulled,
+                    &record,
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+            tx.execute(
+                "INSERT INTO audience_members (audience, pos, person, sealed)
+                 SELECT $1, k, p, s FROM unnest($2::bytea[], $3::text[], $4::bytea[]) AS u(k, p, s)
+                 ON CONFLICT DO NOTHING",
+                &[&a.id, &positions, &persons, &sealed],
+            )
+            .await
+            .map_err(db_err)?;
+            tx.commit().await.map_err(db_err)
+        })
+    }
+    fn put_audience(&self, a: &Audience) -> StoreResult<()> {
+        self.execute(
+            PUT_AUDIENCE,
+            &[
+                &a.id,
+                &a.advertiser,
+                &a.destination,
+                &i64_of(a.expires_unix),
+                &a.pulled,
+                &json(a)?,
+            ],
+        )?;
+        Ok(())
+    }
+    fn audience(&self, id: &str) -> StoreResult<Option<Audience>> {
+        self.query("SELECT record FROM audiences WHERE id = $1", &[&id])?
+            .first()
+            .map(|r| from_json("audiences", r.get(0)))
+            .transpose()
+    }
+    fn audiences_for_destination(&self, destination: &str) -> StoreResult<Vec<Audience>> {
+        audiences_of_rows(&self.query(
+            "SELECT record FROM audiences WHERE destination = $1 ORDER BY id",
+            &[&destination],
+        )?)
+    }
+    fn audiences_of(&self, advertiser: &str, destination: &str) -> StoreResult<Vec<Audience>> {
+        audiences_of_rows(&self.query(
+            "SELECT record FROM audiences WHERE advertiser = $1 AND destination = $2 ORDER BY id",
+            &[&advertiser, &destination],
+        )?)
+    }
+    fn unpulled_audiences(&self) -> StoreResult<Vec<Audience>> {
+        audiences_of_rows(&self.query(
+            "SELECT record FROM audiences WHERE NOT pulled ORDER BY id",
+            &[],
+        )?)
+    }
+    fn audiences_expiring_by(&self, unix: u64) -> StoreResult<Vec<Audience>> {
+        audiences_of_rows(&self.query(
+            "SELECT record FROM audiences WHERE expires_unix <= $1 ORDER BY expires_unix, id",
+            &[&i64_of(unix)],
+        )?)
+    }
+    fn live_audience_count(&self, now: u64) -> StoreResult<u64> {
+        let rows = self.query(
+            "SELECT count(*) FROM audiences WHERE expires_unix > $1",
+            &[&i64_of(now)],
+        )?;
+        Ok(rows.first().map_or(0, |r| u64_of(r.get(0))))
+    }
+    fn audience_persons(&self, id: &str) -> StoreResult<Vec<String>> {
+        let rows = self.query(
+            "SELECT person FROM audience_members WHERE audience = $1 ORDER BY pos",
+            &[&id],
+        )?;
+        let mut out: Vec<String> = Vec::new();
+        for r in &rows {
+            let p: &str = r.get(0);
+            if out.last().map(String::as_str) != Some(p) {
+                out.push(p.to_string());
+            }
+        }
+        Ok(out)
+    }
+    fn members_after(
+        &self,
+        id: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        let after: &[u8] = after.unwrap_or(&[]);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Ok(self
+            .query(
+                "SELECT pos, sealed FROM audience_members
+                 WHERE audience = $1 AND pos > $2 ORDER BY pos LIMIT $3",
+                &[&id, &after, &limit],
+            )?
+            .iter()
+            .map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, Vec<u8>>(1)))
+            .collect())
+    }
+    fn remove_member(&self, id: &str, person: &str) -> StoreResult<usize> {
+        // The person's rows are one range of positions: an index range scan.
+        let (low, high) = (
+            member_pos(person, &[0; 16]),
+            member_pos(person, &[0xff; 16]),
+        );
+        let n = self.execute(
+            "DELETE FROM audience_members
+             WHERE audience = $1 AND pos >= $2 AND pos <= $3 AND person = $4",
+            &[&id, &low, &high, &person],
+        )?;
+        Ok(n as usize)
+    }
+    fn delete_members(&self, id: &str) -> StoreResult<()> {
+        self.execute("DELETE FROM audience_members WHERE audience = $1", &[&id])?;
+        Ok(())
+    }
+    fn delete_audience(&self, id: &str) -> StoreResult<()> {
+        self.run(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(db_err)?;
+            tx.execute("DELETE FROM audience_members WHERE audience = $1", &[&id])
+                .await
+                .map_err(db_err)?;
+            tx.execute("DELETE FROM audiences WHERE id = $1", &[&id])
+                .await
+                .map_err(db_err)?;
+            tx.commit().await.map_err(db_err)
+        })
+    }
+}

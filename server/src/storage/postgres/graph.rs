@@ -1,0 +1,365 @@
+//! The blinded graph on PostgreSQL: `graph_points` keyed by
+//! `(version, kind, point)` (look-ups and ordered scans are index scans),
+//! `graph_cookies` keyed by `(version, destination, person, tag)`. Import
+//! batches go straight into them, one multi-row statement each (`unnest`),
+//! the first row of a repeated point or cookie winning; sealing only counts.
+//! Look-ups of many points or persons are one `= ANY($1)` query each.
+
+use super::*;
+use std::collections::HashMap;
+
+const META_GRAPH: &str = "graph";
+
+impl GraphRepo for PgStore {
+    fn current_graph(&self) -> StoreResult<Option<GraphInfo>> {
+        self.query("SELECT value FROM meta WHERE key = $1", &[&META_GRAPH])?
+            .first()
+            .map(|r| from_json("meta", r.get(0)))
+            .transpose()
+    }
+    fn allocate_version(&self) -> StoreResult<u64> {
+        let rows = self.query("SELECT nextval('graph_version_seq')", &[])?;
+        rows.first()
+            .map(|r| u64_of(r.get(0)))
+            .ok_or(StoreError::Corrupt("graph_version_seq"))
+    }
+    fn put_import(&self, rec: &ImportRecord) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO imports (id, record) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
+            &[&rec.id, &json(rec)?],
+        )?;
+        Ok(())
+    }
+    fn import(&self, id: &str) -> StoreResult<Option<ImportRecord>> {
+        self.query("SELECT record FROM imports WHERE id = $1", &[&id])?
+            .first()
+            .map(|r| from_json("imports", r.get(0)))
+            .transpose()
+    }
+    fn imports(&self) -> StoreResult<Vec<ImportRecord>> {
+        self.query("SELECT record FROM imports ORDER BY id", &[])?
+            .iter()
+            .map(|r| from_json("imports", r.get(0)))
+            .collect()
+    }
+    fn import_batch_hash(
+        &self,
+        import: &str,
+        part: u8,
+        batch_no: u32,
+    ) -> StoreResult<Option<[u8; 32]>> {
+        self.query(
+            "SELECT hash FROM import_batches WHERE import = $1 AND part = $2 AND batch_no = $3",
+            &[&import, &i16::from(part), &batch_col(batch_no)],
+        )?
+        .first()
+        .map(|r| point_of("import_batches", r.get(0)).map(|p| p.0))
+        .transpose()
+    }
+    fn set_import_batch_hash(
+        &self,
+        import: &str,
+        part: u8,
+        batch_no: u32,
+        hash: [u8; 32],
+    ) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO import_batches (import, part, batch_no, hash) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (import, part, batch_no) DO UPDATE SET hash = EXCLUDED.hash",
+            &[&import, &i16::from(part), &batch_col(batch_no), &&hash[..]],
+        )?;
+        Ok(())
+    }
+    fn put_identifier_run(
+        &self,
+        version: u64,
+        _batch_no: u32,
+        rows: Vec<IdentifierRow>,
+    ) -> StoreResult<()> {
+        let kinds: Vec<i16> = rows.iter().map(|r| kind_col(r.0)).collect();
+        let points: Vec<&[u8]> = rows.iter().map(|r| &r.1 .0[..]).collect();
+        let persons: Vec<&[u8]> = rows.iter().map(|r| &r.2[..]).collect();
+        self.execute(
+            "INSERT INTO graph_points (version, kind, point, person)
+             SELECT $1, k, p, o FROM unnest($2::int2[], $3::bytea[], $4::bytea[]) AS u(k, p, o)
+             ON CONFLICT DO NOTHING",
+            &[&i64_of(version), &kinds, &points, &persons],
+        )?;
+        Ok(())
+    }
+    fn put_cookie_run(
+        &self,
+        version: u64,
+        _batch_no: u32,
+        rows: Vec<CookieRow>,
+    ) -> StoreResult<()> {
+        let destinations: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+        let persons: Vec<&[u8]> = rows.iter().map(|r| &r.1[..]).collect();
+        let tags: Vec<&[u8]> = rows.iter().map(|r| &r.2.tag[..]).collect();
+        let sealed: Vec<&[u8]> = rows.iter().map(|r| r.2.sealed.as_slice()).collect();
+        self.execute(
+            "INSERT INTO graph_cookies (version, destination, person, tag, sealed)
+             SELECT $1, d, o, t, s
+             FROM unnest($2::text[], $3::bytea[], $4::bytea[], $5::bytea[]) AS u(d, o, t, s)
+             ON CONFLICT DO NOTHING",
+            &[&i64_of(version), &destinations, &persons, &tags, &sealed],
+        )?;
+        Ok(())
+    }
+    fn seal_version(&self, version: u64) -> StoreResult<GraphInfo> {
+        let v = i64_of(version);
+        if let Some(row) = self
+            .query("SELECT info FROM graph_sealed WHERE version = $1", &[&v])?
+            .first()
+        {
+            return from_json("graph_sealed", row.get(0));
+        }
+        let mut info = GraphInfo {
+            version,
+            ..GraphInfo::default()
+        };
+        for row in self.query(
+            "SELECT kind, count(*) FROM graph_points WHERE version = $1 GROUP BY kind",
+            &[&v],
+        )? {
+            let kind = kind_of("graph_points", row.get(0))?;
+            info.identifiers
+                .insert(kind.as_str().into(), u64_of(row.get(1)));
+        }
+        for row in self.query(
+            "SELECT destination, count(*) FROM graph_cookies WHERE version = $1 GROUP BY destination",
+            &[&v],
+        )? {
+            info.cookies.insert(row.get(0), u64_of(row.get(1)));
+        }
+        let persons = self.query(
+            "SELECT count(*) FROM (SELECT person FROM graph_points WHERE version = $1
+                                   UNION SELECT person FROM graph_cookies WHERE version = $1) p",
+            &[&v],
+        )?;
+        info.persons = persons.first().map_or(0, |r| u64_of(r.get(0)));
+        self.execute(
+            "INSERT INTO graph_sealed (version, info) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&v, &json(&info)?],
+        )?;
+        Ok(info)
+    }
+    fn point_owner(
+        &self,
+        version: u64,
+        kind: MatchKind,
+        point: &PointBytes,
+    ) -> StoreResult<Option<PersonKey>> {
+        self.query(
+            "SELECT person FROM graph_points WHERE version = $1 AND kind = $2 AND point = $3",
+            &[&i64_of(version), &kind_col(kind), &&point.0[..]],
+        )?
+        .first()
+        .map(|r| person_of("graph_points", r.get(0)))
+        .transpose()
+    }
+    fn points_after(
+        &self,
+        version: u64,
+        kind: MatchKind,
+        after: Option<&PointBytes>,
+        limit: usize,
+    ) -> StoreResult<Vec<(PointBytes, PersonKey)>> {
+        // The empty bytea sorts before every point.
+        let after: &[u8] = after.map_or(&[], |p| &p.0[..]);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.query(
+            "SELECT point, person FROM graph_points
+             WHERE version = $1 AND kind = $2 AND point > $3 ORDER BY point LIMIT $4",
+            &[&i64_of(version), &kind_col(kind), &after, &limit],
+        )?
+        .iter()
+        .map(|r| {
+            Ok((
+                point_of("graph_points", r.get(0))?,
+                person_of("graph_points", r.get(1))?,
+            ))
+        })
+        .collect()
+    }
+    fn owners_of_sorted(
+        &self,
+        version: u64,
+        kind: MatchKind,
+        points: &[PointBytes],
+    ) -> StoreResult<Vec<Option<PersonKey>>> {
+        let rows = self.query(
+            "SELECT point, person FROM graph_points
+             WHERE version = $1 AND kind = $2 AND point = ANY($3::bytea[])",
+            &[&i64_of(version), &kind_col(kind), &point_params(points)],
+        )?;
+        let mut owners: HashMap<[u8; 32], PersonKey> = HashMap::with_capacity(rows.len());
+        for r in &rows {
+            owners.insert(
+                point_of("graph_points", r.get(0))?.0,
+                person_of("graph_points", r.get(1))?,
+            );
+        }
+        Ok(points.iter().map(|p| owners.get(&p.0).copied()).collect())
+    }
+    fn cookies_of_sorted(
+        &self,
+        version: u64,
+        destination: &str,
+        persons: &[PersonKey],
+    ) -> StoreResult<Vec<(PersonKey, Vec<SealedCookie>)>> {
+        let wanted: Vec<&[u8]> = persons.iter().map(|p| &p[..]).collect();
+        let rows = self.query(
+            "SELECT person, tag, sealed FROM graph_cookies
+             WHERE version = $1 AND destination = $2 AND person = ANY($3::bytea[])
+             ORDER BY person, tag",
+            &[&i64_of(version), &destination, &wanted],
+        )?;
+        let mut out: Vec<(PersonKey, Vec<SealedCookie>)> = Vec::new();
+        for r in &rows {
+            let person = person_of("graph_cookies", r.get(0))?;
+            let cookie = SealedCookie {
+                tag: r
+                    .get::<_, &[u8]>(1)
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("graph_cookies"))?,
+                sealed: r.get::<_, &[u8]>(2).to_vec(),
+            };
+            match out.last_mut() {
+                Some((p, cookies)) if *p == person => cookies.push(cookie),
+                _ => out.push((person, vec![cookie])),
+            }
+        }
+        Ok(out)
+    }
+    fn has_destination(&self, version: u64, destination: &str) -> StoreResult<bool> {
+        Ok(!self
+            .query(
+                "SELECT 1 FROM graph_cookies WHERE version = $1 AND destination = $2 LIMIT 1",
+                &[&i64_of(version), &destination],
+            )?
+            .is_empty())
+    }
+    fn suppress(&self, version: u64, person: &PersonKey) -> StoreResult<bool> {
+        let n = self.execute(
+            "INSERT INTO graph_suppressed (version, person) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&i64_of(version), &&person[..]],
+        )?;
+        Ok(n == 1)
+    }
+    fn suppressed_persons(&self, version: u64) -> StoreResult<Vec<PersonKey>> {
+        self.query(
+            "SELECT person FROM graph_suppressed WHERE version = $1 ORDER BY person",
+            &[&i64_of(version)],
+        )?
+        .iter()
+        .map(|r| person_of("graph_suppressed", r.get(0)))
+        .collect()
+    }
+    fn person_points(&self, version: u64, person: &PersonKey) -> StoreResult<Vec<PointBytes>> {
+        // Rare (erasures): a scan of the version, not an index on persons
+        // that every import would pay for.
+        self.query(
+            "SELECT point FROM graph_points WHERE version = $1 AND person = $2 ORDER BY point",
+            &[&i64_of(version), &&person[..]],
+        )?
+        .iter()
+        .map(|r| point_of("graph_points", r.get(0)))
+        .collect()
+    }
+    fn erase_person(&self, version: u64, person: &PersonKey) -> StoreResult<ErasedCounts> {
+        let v = i64_of(version);
+        let (sealed, kinds, destinations) = self.run(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(db_err)?;
+            let sealed = !tx
+                .query("SELECT 1 FROM graph_sealed WHERE version = $1", &[&v])
+                .await
+                .map_err(db_err)?
+                .is_empty();
+            let kinds = tx
+                .query(
+                    "DELETE FROM graph_points WHERE version = $1 AND person = $2 RETURNING kind",
+                    &[&v, &&person[..]],
+                )
+                .await
+                .map_err(db_err)?;
+            let destinations = tx
+                .query(
+                    "DELETE FROM graph_cookies WHERE version = $1 AND person = $2 RETURNING destination",
+                    &[&v, &&person[..]],
+                )
+                .await
+                .map_err(db_err)?;
+            tx.commit().await.map_err(db_err)?;
+            Ok((sealed, kinds, destinations))
+        })?;
+        let mut counts = ErasedCounts::default();
+        // Like sled: the counts are those removed from a sealed version.
+        if sealed {
+            for r in &kinds {
+                let kind = kind_of("graph_points", r.get(0))?;
+                *counts.identifiers.entry(kind.as_str().into()).or_default() += 1;
+            }
+            for r in &destinations {
+                *counts.cookies.entry(r.get(0)).or_default() += 1;
+            }
+        }
+        counts.person = !counts.identifiers.is_empty() || !counts.cookies.is_empty();
+        Ok(counts)
+    }
+    fn commit_graph(&self, info: &GraphInfo) -> StoreResult<Option<u64>> {
+        let value = json(info)?;
+        self.run(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(db_err)?;
+            let old = tx
+                .query(
+                    "SELECT value FROM meta WHERE key = $1 FOR UPDATE",
+                    &[&META_GRAPH],
+                )
+                .await
+                .map_err(db_err)?;
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ($1, $2)
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                &[&META_GRAPH, &value],
+            )
+            .await
+            .map_err(db_err)?;
+            tx.commit().await.map_err(db_err)?;
+            old.first()
+                .map(|r| from_json::<GraphInfo>("meta", r.get(0)).map(|g| g.version))
+                .transpose()
+        })
+    }
+    fn delete_version(&self, version: u64) -> StoreResult<()> {
+        let v = i64_of(version);
+        self.run(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(db_err)?;
+            for table in [
+                "graph_points",
+                "graph_cookies",
+                "graph_suppressed",
+                "graph_sealed",
+            ] {
+                tx.execute(&format!("DELETE FROM {table} WHERE version = $1"), &[&v])
+                    .await
+                    .map_err(db_err)?;
+            }
+            tx.commit().await.map_err(db_err)
+        })
+    }
+}
+
+/// A batch or page number as PostgreSQL's integer (bit for bit).
+pub(super) fn batch_col(n: u32) -> i32 {
+    n as i32
+}
+
+/// An integer column back to the batch or page number it stores.
+pub(super) fn batch_of(n: i32) -> u32 {
+    n as u32
+}
