@@ -250,6 +250,14 @@ fn delivered(server: &TestServer, destination: &str, out: &serde_json::Value) ->
 
 type Audiences = BTreeMap<String, BTreeSet<String>>;
 
+/// `onboard match --dry-run` of `input` with `args`: no server, no key read.
+fn dry_run(input: &Path, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["match", "--dry-run", "--input", input.to_str().unwrap()];
+    all.extend_from_slice(&["--key", "unused.key", "--destination", "dsp-0"]);
+    all.extend_from_slice(args);
+    common::onboard_at("https://127.0.0.1:1", Path::new("unused-ca.pem"), "", &all)
+}
+
 #[test]
 fn every_format_gives_the_same_audiences() {
     let server = TestServer::start(&[
@@ -370,22 +378,9 @@ fn bad_bytes_in_a_forced_encoding_name_their_line() {
     bytes.extend_from_slice(b"c@example.com;Fid\xE8le\r\n");
     std::fs::write(&path, &bytes).unwrap();
     let run = |extra: &[&str]| {
-        let mut args = vec![
-            "match",
-            "--dry-run",
-            "--input",
-            path.to_str().unwrap(),
-            "--key",
-            "unused.key",
-            "--destination",
-            DESTINATIONS[0],
-            "--email-col",
-            "email",
-            "--segment-col",
-            "segment",
-        ];
+        let mut args = vec!["--email-col", "email", "--segment-col", "segment"];
         args.extend_from_slice(extra);
-        common::onboard_at("https://127.0.0.1:1", &dir.path().join("ca.pem"), "", &args)
+        dry_run(&path, &args)
     };
     let out = run(&["--encoding", "utf-8"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -443,25 +438,10 @@ fn typed_cells_in_identifier_columns_are_invalid_with_their_sheet_row() {
     book.save(&path).unwrap();
 
     let run = |extra: &[&str]| {
-        let mut args = vec![
-            "match",
-            "--dry-run",
-            "--json",
-            "--input",
-            path.to_str().unwrap(),
-            "--key",
-            "unused.key",
-            "--destination",
-            "dsp-0",
-            "--email-col",
-            "email",
-            "--phone-col",
-            "phone",
-            "--segment-col",
-            "segment",
-        ];
+        let mut args = vec!["--json", "--email-col", "email", "--phone-col", "phone"];
+        args.extend_from_slice(&["--segment-col", "segment"]);
         args.extend_from_slice(extra);
-        common::onboard_at("https://127.0.0.1:1", &dir.path().join("ca.pem"), "", &args)
+        dry_run(&path, &args)
     };
     let out = run(&[]);
     assert!(

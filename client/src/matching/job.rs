@@ -162,15 +162,7 @@ fn prepare(
         return Err(ClientError::Usage("--destination must not be empty".into()));
     }
     let key = load_key(&opts.key_file)?;
-    let started = Instant::now();
-    let (quality, selected) = quality_pass_with(opts, progress)?;
-    let mut outcome = MatchOutcome {
-        quality,
-        ..MatchOutcome::default()
-    };
-    outcome
-        .timings
-        .push(("quality", started.elapsed().as_secs_f64()));
+    let (outcome, selected) = checked(opts, progress)?;
     if outcome.quality.rows_to_upload == 0 {
         return Err(ClientError::BadInput {
             path: opts.input.clone(),
@@ -184,8 +176,17 @@ fn dry_outcome(
     opts: &MatchOptions,
     progress: &dyn ProgressSink,
 ) -> Result<MatchOutcome, ClientError> {
+    checked(opts, progress).map(|(outcome, _)| outcome)
+}
+
+/// The timed quality pass: an outcome with the quality report, and the rows
+/// chosen for upload.
+fn checked(
+    opts: &MatchOptions,
+    progress: &dyn ProgressSink,
+) -> Result<(MatchOutcome, RowSet), ClientError> {
     let started = Instant::now();
-    let (quality, _) = quality_pass_with(opts, progress)?;
+    let (quality, selected) = quality_pass_with(opts, progress)?;
     let mut outcome = MatchOutcome {
         quality,
         ..MatchOutcome::default()
@@ -193,7 +194,7 @@ fn dry_outcome(
     outcome
         .timings
         .push(("quality", started.elapsed().as_secs_f64()));
-    Ok(outcome)
+    Ok((outcome, selected))
 }
 
 /// Where the upload of a job stands: batches below `skip` were acknowledged

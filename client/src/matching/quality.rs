@@ -325,7 +325,7 @@ pub(super) fn quality_pass_with(
 }
 
 /// Rows of the file with their numbers.
-type Chunk = Vec<(u64, Record)>;
+pub(super) type Chunk = Vec<(u64, Record)>;
 
 /// Parse chunks of rows for the quality pass until the end of the file or
 /// an error. Chunks sent back on `spare` are refilled: their records'
@@ -348,20 +348,35 @@ fn parse_ahead(
 /// Read up to `max` rows into `chunk` (empty at the end of the file),
 /// reusing the records already there.
 fn refill(reader: &mut RowSource, chunk: &mut Chunk, max: usize) -> Result<(), ClientError> {
+    let n = read_rows(reader, chunk, max, || true)?;
+    chunk.truncate(n);
+    Ok(())
+}
+
+/// Read rows into `chunk`, reusing its records, until `max` of them are
+/// kept or the file ends; `keep` says of each row read whether it is.
+/// Returns how many were kept (at the front of `chunk`).
+pub(super) fn read_rows(
+    reader: &mut RowSource,
+    chunk: &mut Chunk,
+    max: usize,
+    mut keep: impl FnMut() -> bool,
+) -> Result<usize, ClientError> {
     let mut n = 0;
     while n < max {
         if n == chunk.len() {
             chunk.push((0, Record::default()));
         }
-        let (line, record) = &mut chunk[n];
+        let (number, record) = &mut chunk[n];
         let Some(read) = reader.next_row(record)? else {
             break;
         };
-        *line = read;
-        n += 1;
+        if keep() {
+            *number = read;
+            n += 1;
+        }
     }
-    chunk.truncate(n);
-    Ok(())
+    Ok(n)
 }
 
 /// Classify a chunk on all cores into `rows` (recycled: its rows' buffers

@@ -4,11 +4,11 @@
 
 use super::job::Upload;
 use super::plan::{Plan, Row};
-use super::quality::RowSet;
+use super::quality::{read_rows, Chunk, RowSet};
 use super::{MatchOptions, UPLOAD_PHASE};
 use crate::api::{segment, ApiClient, Body};
 use crate::error::ClientError;
-use crate::input::{Record, RowSource};
+use crate::input::RowSource;
 use crate::progress::ProgressSink;
 use onboard_protocol::wire::RecordBatch;
 use onboard_protocol::{blind, Digest, MatchKind, SecretKey};
@@ -195,8 +195,7 @@ fn produce_batches(
 ) -> Result<Produced, ClientError> {
     let mut ordinal = 0u64;
     let mut batch_no = 0u32;
-    let mut record = Record::default();
-    let mut chunk: Vec<(u64, Record)> = Vec::new();
+    let mut chunk = Chunk::new();
     let mut rows: Vec<Row> = Vec::new();
     let mut ids_total = 0;
     let mut skipped_records = 0;
@@ -204,45 +203,20 @@ fn produce_batches(
         if failed.load(Ordering::SeqCst) {
             break;
         }
+        // The batch's selected rows, read into the buffers of the previous batch.
+        let n = read_rows(reader, &mut chunk, opts.batch_size, || {
+            ordinal += 1;
+            selected.contains(ordinal - 1)
+        })?;
+        if n == 0 {
+            break;
+        }
         if batch_no < skip {
             // Acknowledged by an earlier run: count the rows, send nothing.
-            let mut n = 0;
-            while n < opts.batch_size {
-                let Some(_) = reader.next_row(&mut record)? else {
-                    break;
-                };
-                if selected.contains(ordinal) {
-                    n += 1;
-                }
-                ordinal += 1;
-            }
-            if n == 0 {
-                break;
-            }
             skipped_records += n as u64;
             progress.advance(UPLOAD_PHASE, n as u64);
             batch_no += 1;
             continue;
-        }
-        // The batch's selected rows, read into (and classified into) the
-        // buffers of the previous batch.
-        let mut n = 0;
-        while n < opts.batch_size {
-            if n == chunk.len() {
-                chunk.push((0, Record::default()));
-            }
-            let (line, record) = &mut chunk[n];
-            let Some(read) = reader.next_row(record)? else {
-                break;
-            };
-            if selected.contains(ordinal) {
-                *line = read;
-                n += 1;
-            }
-            ordinal += 1;
-        }
-        if n == 0 {
-            break;
         }
         rows.resize_with(n, Row::default);
         rows.par_iter_mut()
