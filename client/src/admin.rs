@@ -2,8 +2,8 @@
 //! hashed locally, only digests sent), opt-outs, erasure, audit, stats.
 
 use crate::api::{segment, ApiClient, Body};
-use crate::csv_input::{field, CsvReader};
 use crate::error::ClientError;
+use crate::input::csv::{field, CsvReader};
 use crate::matching::RowIssue;
 use crate::progress::{NoProgress, ProgressSink};
 use onboard_protocol::wire::{

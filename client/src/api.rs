@@ -10,6 +10,7 @@
 //! beyond the limit of its kind ([`limits`]).
 
 use crate::error::ClientError;
+pub use crate::error::{ApiError, ErrorCode};
 use onboard_protocol::endpoint::{check_secret_url, LOCALHOST, LOOPBACK_ADDRS};
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
@@ -21,7 +22,6 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
-use thiserror::Error;
 
 /// How much the client reads of each kind of answer. A larger answer is an
 /// error ([`ClientError::AnswerTooLarge`]) read no further than the limit, so
@@ -66,162 +66,6 @@ pub mod limits {
     /// header line included).
     pub fn members_page(limit: u32) -> u64 {
         (MAX_MEMBER_LINE * (u64::from(limit) + 1)).min(MAX_MEMBERS_PAGE)
-    }
-}
-
-/// The stable error codes of docs/api.md.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
-    /// 401: missing, malformed, unknown or revoked key.
-    Unauthenticated,
-    /// 403: the key's role may not call this endpoint.
-    Forbidden,
-    /// 404: no such object (or it belongs to someone else).
-    NotFound,
-    /// 400: malformed JSON or parameter.
-    BadRequest,
-    /// 400: a binary frame failed to decode.
-    BadFrame,
-    /// 400: a point is not a canonical non-identity encoding.
-    BadPoint,
-    /// 400: a members cursor this server did not issue.
-    BadCursor,
-    /// 409: exists already, or a batch re-sent with different content.
-    Conflict,
-    /// 409: the job is finished, failed or aborted.
-    JobNotOpen,
-    /// 409: finish before every batch / page arrived.
-    Incomplete,
-    /// 410: the audience has expired.
-    Expired,
-    /// 413: body over the route's limit.
-    TooLarge,
-    /// 415: wrong content type.
-    UnsupportedMediaType,
-    /// 422: a job below the minimum number of rows.
-    TooFewRows,
-    /// 422: well-formed but not acceptable.
-    Invalid,
-    /// 429: the advertiser's ε budget is spent.
-    PrivacyBudgetExhausted,
-    /// 429: too many open jobs.
-    TooManyJobs,
-    /// 500: generic server failure.
-    Internal,
-    /// 503: the server's database is unreachable for now (retried).
-    StorageUnavailable,
-    /// A code this client does not know (a newer server).
-    Other(String),
-}
-
-impl ErrorCode {
-    /// Parse a code from the wire.
-    pub fn from_code(code: &str) -> Self {
-        match code {
-            "unauthenticated" => Self::Unauthenticated,
-            "forbidden" => Self::Forbidden,
-            "not-found" => Self::NotFound,
-            "bad-request" => Self::BadRequest,
-            "bad-frame" => Self::BadFrame,
-            "bad-point" => Self::BadPoint,
-            "bad-cursor" => Self::BadCursor,
-            "conflict" => Self::Conflict,
-            "job-not-open" => Self::JobNotOpen,
-            "incomplete" => Self::Incomplete,
-            "expired" => Self::Expired,
-            "too-large" => Self::TooLarge,
-            "unsupported-media-type" => Self::UnsupportedMediaType,
-            "too-few-rows" => Self::TooFewRows,
-            "invalid" => Self::Invalid,
-            "privacy-budget-exhausted" => Self::PrivacyBudgetExhausted,
-            "too-many-jobs" => Self::TooManyJobs,
-            "internal" => Self::Internal,
-            "storage-unavailable" => Self::StorageUnavailable,
-            other => Self::Other(other.to_owned()),
-        }
-    }
-
-    /// The code a bare HTTP status stands for, when the body has none.
-    pub fn from_status(status: u16) -> Self {
-        match status {
-            400 => Self::BadRequest,
-            401 => Self::Unauthenticated,
-            403 => Self::Forbidden,
-            404 => Self::NotFound,
-            409 => Self::Conflict,
-            410 => Self::Expired,
-            413 => Self::TooLarge,
-            415 => Self::UnsupportedMediaType,
-            422 => Self::Invalid,
-            s if s >= 500 => Self::Internal,
-            s => Self::Other(format!("http-{s}")),
-        }
-    }
-
-    /// The kebab-case wire code.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Unauthenticated => "unauthenticated",
-            Self::Forbidden => "forbidden",
-            Self::NotFound => "not-found",
-            Self::BadRequest => "bad-request",
-            Self::BadFrame => "bad-frame",
-            Self::BadPoint => "bad-point",
-            Self::BadCursor => "bad-cursor",
-            Self::Conflict => "conflict",
-            Self::JobNotOpen => "job-not-open",
-            Self::Incomplete => "incomplete",
-            Self::Expired => "expired",
-            Self::TooLarge => "too-large",
-            Self::UnsupportedMediaType => "unsupported-media-type",
-            Self::TooFewRows => "too-few-rows",
-            Self::Invalid => "invalid",
-            Self::PrivacyBudgetExhausted => "privacy-budget-exhausted",
-            Self::TooManyJobs => "too-many-jobs",
-            Self::Internal => "internal",
-            Self::StorageUnavailable => "storage-unavailable",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// An error answer of the server.
-#[derive(Debug, Clone, Error)]
-#[error("{}", describe(self))]
-pub struct ApiError {
-    /// HTTP status.
-    pub status: u16,
-    /// The stable code: branch on this.
-    pub code: ErrorCode,
-    /// The server's message (for people; never parsed).
-    pub message: String,
-}
-
-fn describe(e: &ApiError) -> String {
-    let msg = if e.message.is_empty() {
-        String::new()
-    } else {
-        format!(": {}", e.message)
-    };
-    match e.code {
-        ErrorCode::Unauthenticated => format!(
-            "the server refused the API key (401 unauthenticated{msg}); it is wrong or has been revoked — check --api-key-file or ONBOARD_API_KEY"
-        ),
-        ErrorCode::Forbidden => format!(
-            "this API key has no permission for this command (403 forbidden{msg}); use a key of the right role (admin, advertiser or destination)"
-        ),
-        ErrorCode::NotFound => format!("not found (404{msg})"),
-        ErrorCode::TooFewRows => format!("job refused: too few rows{msg}"),
-        ErrorCode::PrivacyBudgetExhausted => format!("job refused: privacy budget exhausted{msg}"),
-        ErrorCode::TooManyJobs => format!("job refused: too many open jobs{msg}"),
-        ErrorCode::Internal => format!("the server failed (HTTP {}, internal{msg}); see the server log", e.status),
-        _ => format!("the server refused the request (HTTP {}, {}{msg})", e.status, e.code),
     }
 }
 

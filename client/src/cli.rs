@@ -78,9 +78,17 @@ pub struct NormalizeArgs {
 /// `onboard match`.
 #[derive(Debug, Args)]
 pub struct MatchArgs {
-    /// The CRM export (CSV; `,` `;` or tab; UTF-8 with or without BOM).
+    /// The CRM export: CSV (`,` `;` or tab; BOM, UTF-8 or Windows-1252), gzipped
+    /// (`.csv.gz`) or not, or a spreadsheet (`.xlsx`, `.xlsm`, `.xlsb`, `.xls`, `.ods`).
     #[arg(long, value_name = "FILE")]
     pub input: PathBuf,
+    /// Read the CSV in this encoding (a WHATWG label: utf-8, windows-1252, latin1,
+    /// utf-16le, …) instead of finding it out.
+    #[arg(long, value_name = "NAME")]
+    pub encoding: Option<String>,
+    /// The sheet of a spreadsheet to read (default: the first).
+    #[arg(long, value_name = "NAME")]
+    pub sheet: Option<String>,
     /// Your secret key file (from `onboard keygen`): a regular file of yours, mode 0600, not a symlink.
     #[arg(long, value_name = "FILE")]
     pub key: PathBuf,

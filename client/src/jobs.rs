@@ -2,7 +2,7 @@
 
 use crate::api::{segment, ApiClient, Body};
 use crate::error::ClientError;
-use crate::matching::JobReport;
+use crate::report::JobReport;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 

@@ -10,7 +10,8 @@
 //! - [`admin`]: principals and keys, graph import (digests only), opt-outs,
 //!   erasure, audit, stats.
 //! - [`api`]: the HTTP client of docs/api.md with typed errors and retries.
-//! - [`csv_input`]: CSV as CRM exports come (delimiter, BOM, quotes).
+//! - [`input`]: the advertiser's files as they come — CSV in any encoding
+//!   and delimiter, gzipped or not, and spreadsheets — as one [`input::RowSource`].
 //! - [`secret_file`]: key files are read only when they are safely ours.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -19,14 +20,18 @@ pub mod admin;
 pub mod api;
 pub mod cli;
 pub(crate) mod commands;
-pub mod csv_input;
 pub mod destination;
 pub mod error;
+pub mod input;
 pub mod jobs;
 pub mod matching;
 pub mod progress;
 pub mod render;
+pub mod report;
 pub mod secret_file;
+
+/// The CSV reader under its earlier path.
+pub use input::csv as csv_input;
 
 pub use admin::{
     audit, create_key, create_principal, create_principal_with_webhook, erase, import_graph,

@@ -1,7 +1,8 @@
 //! Plain-text rendering of match results: the data-quality report and the
 //! server's report as a table. Used by the CLI and by the demo.
 
-use crate::matching::{JobReport, MatchOutcome, QualityReport, RowIssue};
+use crate::matching::{MatchOutcome, QualityReport, RowIssue};
+use crate::report::JobReport;
 use std::fmt::Write as _;
 
 /// The quality report, then the job report (or the dry-run notice).
@@ -64,14 +65,36 @@ fn lines(issue: &RowIssue) -> String {
     )
 }
 
+/// How the input was read: format, then encoding and delimiter, or sheet.
+fn source(q: &QualityReport) -> String {
+    let mut parts = vec![if q.format.is_empty() {
+        "csv"
+    } else {
+        &q.format
+    }
+    .to_owned()];
+    if let Some(sheet) = &q.sheet {
+        parts.push(format!("sheet '{sheet}'"));
+    }
+    if !q.encoding.is_empty() {
+        let how = match q.encoding_source.as_str() {
+            "bom" => " (BOM)",
+            "fallback" => " (not UTF-8)",
+            "forced" => " (--encoding)",
+            _ => "",
+        };
+        parts.push(format!("encoding {}{how}", q.encoding));
+    }
+    if !q.delimiter.is_empty() {
+        parts.push(format!("delimiter '{}'", q.delimiter));
+    }
+    parts.join(", ")
+}
+
 /// The quality report as text.
 pub fn render_quality(q: &QualityReport) -> String {
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "Data quality of {} (delimiter '{}'):",
-        q.input, q.delimiter
-    );
+    let _ = writeln!(s, "Data quality of {} ({}):", q.input, source(q));
     let _ = writeln!(s, "  rows read                      {:>10}", q.rows_read);
     let _ = writeln!(
         s,

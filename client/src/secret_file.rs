@@ -12,62 +12,12 @@
 
 use crate::error::ClientError;
 use rustix::fs::{Mode, OFlags};
-use std::fmt;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use zeroize::Zeroizing;
 
-/// A key file is a line of text; anything longer is not one.
-pub const MAX_KEY_FILE_BYTES: u64 = 64 << 10;
-
-/// Why a key file is refused; each text names the fix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyFileProblem {
-    /// The path names a symbolic link.
-    Symlink,
-    /// A directory, FIFO, socket or device.
-    NotRegular(&'static str),
-    /// Owned by another user.
-    NotOwned {
-        /// The file's owner.
-        owner: u32,
-        /// The effective user running the client.
-        euid: u32,
-    },
-    /// Some permission bit for group or others is set.
-    OpenToOthers {
-        /// The permission bits (`0o777` part).
-        mode: u32,
-    },
-    /// Larger than [`MAX_KEY_FILE_BYTES`].
-    TooLarge,
-}
-
-impl fmt::Display for KeyFileProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Symlink => write!(
-                f,
-                "is a symbolic link, refused for a key file; give the path of the file itself"
-            ),
-            Self::NotRegular(kind) => write!(f, "is a {kind}, not a regular key file"),
-            Self::NotOwned { owner, euid } => write!(
-                f,
-                "is owned by uid {owner}, not by the user running onboard (uid {euid}); \
-                 use a key file of your own (chown it, or copy it and `chmod 600` the copy)"
-            ),
-            Self::OpenToOthers { mode } => write!(
-                f,
-                "is accessible by group or others (mode {mode:03o}); run `chmod 600` on it"
-            ),
-            Self::TooLarge => write!(
-                f,
-                "is larger than {MAX_KEY_FILE_BYTES} bytes, not a key file"
-            ),
-        }
-    }
-}
+pub use crate::error::{KeyFileProblem, MAX_KEY_FILE_BYTES};
 
 /// What `fstat` says of an opened file, as far as the rule is concerned.
 #[derive(Debug, Clone, Copy)]

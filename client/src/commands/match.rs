@@ -10,6 +10,8 @@ use anyhow::Result;
 pub(super) fn run(ctx: &Context, args: &MatchArgs) -> Result<()> {
     let opts = MatchOptions {
         input: args.input.clone(),
+        encoding: args.encoding.clone(),
+        sheet: args.sheet.clone(),
         key_file: args.key.clone(),
         destination: args.destination.clone(),
         email_cols: args.email_cols.clone(),
@@ -35,6 +37,12 @@ pub(super) fn run(ctx: &Context, args: &MatchArgs) -> Result<()> {
         Some(job_id) => resume_match(&api, &opts, job_id, bars.as_ref())?,
         None => run_match_with(&api, &opts, bars.as_ref())?,
     };
+    if outcome.quality.encoding_fell_back() {
+        ctx.note(format!(
+            "note: {} is not valid UTF-8; it was read as {} (give --encoding NAME if that is wrong)",
+            outcome.quality.input, outcome.quality.encoding
+        ));
+    }
     if !outcome.timings.is_empty() && outcome.report.is_some() {
         let phases: Vec<String> = outcome
             .timings

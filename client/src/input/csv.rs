@@ -1,12 +1,17 @@
-//! Reading CSV files as real CRM exports come: the delimiter (`,`, `;` or
-//! tab) detected from the header line, UTF-8 with or without a BOM, quoted
-//! fields, ragged rows. Rows are streamed, never held whole in memory.
+//! Reading CSV files as real CRM exports come: gzipped or not, in the
+//! encodings of [`super::decode`] (BOM, UTF-8, Windows-1252, forced),
+//! the delimiter (`,`, `;` or tab) detected from the header line, LF, CRLF
+//! or CR line ends, quoted fields, ragged rows. Rows are streamed, never
+//! held whole in memory.
 
+use super::decode::{DecodeError, DecodedAs, DecodingReader, EncodingChoice, LineBreaks};
+use super::header::find_column;
+pub use super::record::{field, FieldError};
 use crate::error::ClientError;
 use csv::ByteRecord;
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{Cursor, Read};
+use std::io::{BufRead, BufReader, Cursor, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -23,11 +28,16 @@ pub struct CsvReader {
     header: Vec<String>,
     reader: csv::Reader<Box<dyn Read + Send>>,
     lines: LineCounter,
+    decoded: DecodedAs,
+    gzip: bool,
 }
 
+/// The two bytes every gzip member starts with.
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
 /// Line numbers of records from their byte offsets: the reader notes where
-/// each newline passes, records consume the notes up to their start. Only
-/// newlines still in csv's buffer are kept, so memory stays bounded.
+/// each line break passes, records consume the notes up to their start.
+/// Only breaks still in csv's buffer are kept, so memory stays bounded.
 #[derive(Clone, Default)]
 struct LineCounter(Arc<Mutex<(u64, VecDeque<u64>)>>);
 
@@ -47,6 +57,7 @@ impl LineCounter {
 struct CountingReader<R> {
     inner: R,
     offset: u64,
+    breaks: LineBreaks,
     lines: LineCounter,
 }
 
@@ -54,46 +65,76 @@ impl<R: Read> Read for CountingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         let mut guard = self.lines.0.lock().expect("line counter lock");
-        for (i, _) in buf[..n].iter().enumerate().filter(|(_, &b)| b == b'\n') {
-            guard.1.push_back(self.offset + i as u64);
-        }
+        let offset = self.offset;
+        self.breaks
+            .scan(&buf[..n], |i| guard.1.push_back(offset + i as u64));
         self.offset += n as u64;
         Ok(n)
     }
 }
 
 impl CsvReader {
-    /// Open a file: detect BOM and delimiter, read the header.
+    /// Open a file: encoding found out (BOM, else UTF-8, else Windows-1252),
+    /// gzip when it starts like one, delimiter detected, header read.
     pub fn open(path: &Path) -> Result<Self, ClientError> {
+        Self::open_with(path, EncodingChoice::Auto)
+    }
+
+    /// [`CsvReader::open`] in a given encoding (or `Auto`).
+    pub fn open_with(path: &Path, encoding: EncodingChoice) -> Result<Self, ClientError> {
         let file = File::open(path).map_err(|e| ClientError::read(path, e))?;
-        Self::from_reader(path, Box::new(file))
+        let mut file = BufReader::with_capacity(64 << 10, file);
+        let head = file.fill_buf().map_err(|e| ClientError::read(path, e))?;
+        let gzip = head.starts_with(&GZIP_MAGIC);
+        let named_gz = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gz"));
+        if named_gz && !gzip && !head.is_empty() {
+            return Err(ClientError::BadInput {
+                path: path.to_owned(),
+                message: "the name ends in .gz but the file is not gzip-compressed".into(),
+            });
+        }
+        let input: Box<dyn Read + Send> = if gzip {
+            // Every member, as `cat a.gz b.gz` and parallel compressors make.
+            Box::new(flate2::bufread::MultiGzDecoder::new(file))
+        } else {
+            Box::new(file)
+        };
+        let mut reader = Self::decoding(path, input, encoding)?;
+        reader.gzip = gzip;
+        Ok(reader)
     }
 
     /// Read from any byte source (`path` only names it in messages).
-    pub fn from_reader(path: &Path, mut input: Box<dyn Read + Send>) -> Result<Self, ClientError> {
+    pub fn from_reader(path: &Path, input: Box<dyn Read + Send>) -> Result<Self, ClientError> {
+        Self::decoding(path, input, EncodingChoice::Auto)
+    }
+
+    fn decoding(
+        path: &Path,
+        input: Box<dyn Read + Send>,
+        encoding: EncodingChoice,
+    ) -> Result<Self, ClientError> {
+        let mut input = DecodingReader::new(input, encoding).map_err(|e| io_error(path, e))?;
+        let decoded = input.decided();
         // Read up to the end of the header line (or a bounded prefix).
         let mut prefix = Vec::with_capacity(8192);
         let mut chunk = [0u8; 8192];
         loop {
-            let n = input
-                .read(&mut chunk)
-                .map_err(|e| ClientError::read(path, e))?;
+            let n = input.read(&mut chunk).map_err(|e| io_error(path, e))?;
             prefix.extend_from_slice(&chunk[..n]);
-            if n == 0 || prefix.contains(&b'\n') || prefix.len() >= MAX_HEADER_BYTES {
+            let line_end = prefix.iter().any(|&b| b == b'\n' || b == b'\r');
+            if n == 0 || line_end || prefix.len() >= MAX_HEADER_BYTES {
                 break;
             }
         }
-        let start = if prefix.starts_with(b"\xEF\xBB\xBF") {
-            3
-        } else {
-            0
-        };
-        let delimiter = detect_delimiter(header_line(&prefix[start..]));
-        prefix.drain(..start);
+        let delimiter = detect_delimiter(header_line(&prefix));
         let lines = LineCounter::default();
         let source: Box<dyn Read + Send> = Box::new(CountingReader {
             inner: Cursor::new(prefix).chain(input),
             offset: 0,
+            breaks: LineBreaks::default(),
             lines: lines.clone(),
         });
         let mut reader = csv::ReaderBuilder::new()
@@ -119,7 +160,20 @@ impl CsvReader {
             header,
             reader,
             lines,
+            decoded,
+            gzip: false,
         })
+    }
+
+    /// The encoding read in, and how it was chosen; final once every row
+    /// was read (a file ASCII so far may still turn out Windows-1252).
+    pub fn encoding(&self) -> super::decode::Decoded {
+        self.decoded.get()
+    }
+
+    /// Whether the file is gzip-compressed.
+    pub fn is_gzip(&self) -> bool {
+        self.gzip
     }
 
     /// The detected delimiter.
@@ -137,22 +191,10 @@ impl CsvReader {
         &self.path
     }
 
-    /// Index of a column: exact name first, then case-insensitively.
+    /// Index of a column: exact name first, then after Unicode NFC,
+    /// trimming and case folding (see [`find_column`]).
     pub fn column(&self, name: &str) -> Result<usize, ClientError> {
-        let wanted = name.trim();
-        self.header
-            .iter()
-            .position(|h| h == wanted)
-            .or_else(|| {
-                self.header
-                    .iter()
-                    .position(|h| h.eq_ignore_ascii_case(wanted))
-            })
-            .ok_or_else(|| ClientError::UnknownColumn {
-                column: wanted.to_owned(),
-                path: self.path.clone(),
-                header: self.header.clone(),
-            })
+        find_column(&self.header, name, &self.path)
     }
 
     /// Read the next row into `record`; returns its line number (1-based,
@@ -191,7 +233,7 @@ impl CsvReader {
 fn csv_error(path: &Path, e: csv::Error) -> ClientError {
     let line = e.position().map(|p| p.line());
     match e.into_kind() {
-        csv::ErrorKind::Io(io) => ClientError::read(path, io),
+        csv::ErrorKind::Io(io) => io_error(path, io),
         _ => ClientError::BadInput {
             path: path.to_owned(),
             message: match line {
@@ -202,8 +244,20 @@ fn csv_error(path: &Path, e: csv::Error) -> ClientError {
     }
 }
 
+/// A read failure; bytes the encoding cannot decode are bad input, named
+/// by their line.
+fn io_error(path: &Path, e: std::io::Error) -> ClientError {
+    match DecodeError::of(&e) {
+        Some(d) => ClientError::BadInput {
+            path: path.to_owned(),
+            message: d.to_string(),
+        },
+        None => ClientError::read(path, e),
+    }
+}
+
 fn header_line(bytes: &[u8]) -> &[u8] {
-    match bytes.iter().position(|&b| b == b'\n') {
+    match bytes.iter().position(|&b| b == b'\n' || b == b'\r') {
         Some(end) => &bytes[..end],
         None => bytes,
     }
@@ -261,21 +315,6 @@ pub fn split_segments(cell: &str) -> Vec<&str> {
         }
     }
     out
-}
-
-/// A field as text; `None` when the row is too short or not UTF-8.
-pub fn field(record: &ByteRecord, index: usize) -> Result<&str, FieldError> {
-    match record.get(index) {
-        None => Ok(""),
-        Some(bytes) => std::str::from_utf8(bytes).map_err(|_| FieldError::NotUtf8),
-    }
-}
-
-/// A cell that could not be read as text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FieldError {
-    /// Bytes that are not UTF-8.
-    NotUtf8,
 }
 
 #[cfg(test)]
