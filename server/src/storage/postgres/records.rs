@@ -146,6 +146,24 @@ impl ErasureRepo for PgStore {
             Ok(n == 1)
         })
     }
+    fn erased_persons_among(&self, persons: &[PersonKey]) -> StoreResult<Vec<bool>> {
+        let keys: Vec<&[u8]> = persons.iter().map(|p| &p[..]).collect();
+        let found = self.query(
+            "SELECT person FROM erased_persons WHERE person = ANY($1::bytea[])",
+            &[&keys],
+        )?;
+        let found: std::collections::HashSet<&[u8]> = found.iter().map(|r| r.get(0)).collect();
+        Ok(keys.iter().map(|k| found.contains(k)).collect())
+    }
+    fn erased_points_among(&self, points: &[PointBytes]) -> StoreResult<Vec<bool>> {
+        let keys = point_params(points);
+        let found = self.query(
+            "SELECT DISTINCT point FROM erased_points WHERE point = ANY($1::bytea[])",
+            &[&keys],
+        )?;
+        let found: std::collections::HashSet<&[u8]> = found.iter().map(|r| r.get(0)).collect();
+        Ok(keys.iter().map(|k| found.contains(k)).collect())
+    }
     fn erasure_count(&self) -> StoreResult<u64> {
         let rows = self.query("SELECT count(*) FROM erased_persons", &[])?;
         Ok(rows.first().map_or(0, |r| u64_of(r.get(0))))
