@@ -23,13 +23,14 @@ fn member_pos(person: &str, tag: &[u8; 16]) -> Vec<u8> {
     pos
 }
 
-impl AudienceRepo for PgStore {
-    fn create_audience(
+impl PgStore {
+    /// An audience record with its members (none for a metadata update), in
+    /// one transaction.
+    fn write_audience(
         &self,
         a: &Audience,
         members: &[(String, &[SealedCookie])],
     ) -> StoreResult<()> {
-        let record = json(a)?;
         let mut positions = Vec::new();
         let mut persons = Vec::new();
         let mut sealed = Vec::new();
@@ -41,46 +42,41 @@ impl AudienceRepo for PgStore {
             }
         }
         let positions: Vec<&[u8]> = positions.iter().map(Vec::as_slice).collect();
-        self.run(async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(db_err)?;
-            tx.execute(
-                PUT_AUDIENCE,
-                &[
-                    &a.id,
-                    &a.advertiser,
-                    &a.destination,
-                    &i64_of(a.expires_unix),
-                    &a.pulled,
-                    &record,
-                ],
-            )
-            .await
-            .map_err(db_err)?;
-            tx.execute(
+        let (expires, record) = (i64_of(a.expires_unix), json(a)?);
+        let audience: Params<'_> = &[
+            &a.id,
+            &a.advertiser,
+            &a.destination,
+            &expires,
+            &a.pulled,
+            &record,
+        ];
+        let members: Params<'_> = &[&a.id, &positions, &persons, &sealed];
+        let statements = [
+            (PUT_AUDIENCE, audience),
+            (
                 "INSERT INTO audience_members (audience, pos, person, sealed)
                  SELECT $1, k, p, s FROM unnest($2::bytea[], $3::text[], $4::bytea[]) AS u(k, p, s)
                  ON CONFLICT DO NOTHING",
-                &[&a.id, &positions, &persons, &sealed],
-            )
-            .await
-            .map_err(db_err)?;
-            tx.commit().await.map_err(db_err)
-        })
+                members,
+            ),
+        ];
+        let count = if positions.is_empty() { 1 } else { 2 };
+        self.execute_all(&statements[..count])?;
+        Ok(())
+    }
+}
+
+impl AudienceRepo for PgStore {
+    fn create_audience(
+        &self,
+        a: &Audience,
+        members: &[(String, &[SealedCookie])],
+    ) -> StoreResult<()> {
+        self.write_audience(a, members)
     }
     fn put_audience(&self, a: &Audience) -> StoreResult<()> {
-        self.execute(
-            PUT_AUDIENCE,
-            &[
-                &a.id,
-                &a.advertiser,
-                &a.destination,
-                &i64_of(a.expires_unix),
-                &a.pulled,
-                &json(a)?,
-            ],
-        )?;
-        Ok(())
+        self.write_audience(a, &[])
     }
     fn audience(&self, id: &str) -> StoreResult<Option<Audience>> {
         self.record(
