@@ -48,6 +48,17 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 fn lines(issue: &RowIssue) -> String {
+    let list = line_list(issue);
+    if list.is_empty() {
+        list
+    } else {
+        format!("  ({list})")
+    }
+}
+
+/// The first line numbers of an issue (`lines 3, 7, …`), empty when none
+/// were kept. Line numbers only: never the rows' values.
+pub(crate) fn line_list(issue: &RowIssue) -> String {
     if issue.first_rows.is_empty() {
         return String::new();
     }
@@ -58,7 +69,7 @@ fn lines(issue: &RowIssue) -> String {
         ""
     };
     format!(
-        "  ({} {}{more})",
+        "{} {}{more}",
         if issue.count == 1 { "line" } else { "lines" },
         list.join(", ")
     )

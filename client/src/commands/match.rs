@@ -3,9 +3,10 @@
 use super::progress::Bars;
 use super::Context;
 use crate::cli::MatchArgs;
+use crate::html::{render_html, HtmlContext};
 use crate::matching::{resume_match, run_match_with, MatchOptions};
 use crate::render::render_outcome;
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 pub(super) fn run(ctx: &Context, args: &MatchArgs) -> Result<()> {
     let opts = MatchOptions {
@@ -48,6 +49,19 @@ pub(super) fn run(ctx: &Context, args: &MatchArgs) -> Result<()> {
             outcome.batches_uploaded,
             phases.join(", ")
         ));
+    }
+    if let Some(path) = &args.html {
+        let page = render_html(
+            &outcome,
+            &HtmlContext {
+                server: ctx.server.clone(),
+                destination: args.destination.clone(),
+                written_at: std::time::SystemTime::now(),
+            },
+        );
+        std::fs::write(path, page)
+            .with_context(|| format!("cannot write the HTML report {}", path.display()))?;
+        ctx.note(format!("wrote the HTML report to {}", path.display()));
     }
     if args.json {
         println!(
