@@ -29,7 +29,9 @@ fn crm() -> String {
         text.push_str(&format!("person{i}@example.com,,Tiny\n"));
     }
     for j in 0..30 {
-        text.push_str(&format!("stranger{j}@elsewhere.example.org,06 12 00 {j:02} 99,{GOLD}\n"));
+        text.push_str(&format!(
+            "stranger{j}@elsewhere.example.org,06 12 00 {j:02} 99,{GOLD}\n"
+        ));
     }
     text.push_str("broken-address,,Lost\n");
     text
@@ -53,14 +55,19 @@ fn identifier_values(crm: &str) -> Vec<String> {
 }
 
 fn select<'a>(page: &'a Html, css: &str) -> Vec<scraper::ElementRef<'a>> {
-    page.select(&Selector::parse(css).expect("selector")).collect()
+    page.select(&Selector::parse(css).expect("selector"))
+        .collect()
 }
 
 /// Structure every report page has: parses cleanly, nothing external, one
 /// bar group of three bars per segment. Returns the groups' segment names.
 fn check_page(text: &str, crm: &str) -> BTreeSet<String> {
     let page = Html::parse_document(text);
-    assert!(page.errors.is_empty(), "HTML5 parse errors: {:?}", page.errors);
+    assert!(
+        page.errors.is_empty(),
+        "HTML5 parse errors: {:?}",
+        page.errors
+    );
     for tag in ["script", "link", "img", "iframe", "object", "embed", "base"] {
         assert!(select(&page, tag).is_empty(), "a <{tag}> in the page");
     }
@@ -73,7 +80,10 @@ fn check_page(text: &str, crm: &str) -> BTreeSet<String> {
             assert!(!value.contains("://"), "a URL in {name}={value:?}");
         }
     }
-    let style: String = select(&page, "style").iter().flat_map(|s| s.text()).collect();
+    let style: String = select(&page, "style")
+        .iter()
+        .flat_map(|s| s.text())
+        .collect();
     assert!(!style.contains("url(") && !style.contains("@import") && !style.contains("@font-face"));
     let groups = select(&page, "svg g.segment");
     for group in &groups {
@@ -84,11 +94,19 @@ fn check_page(text: &str, crm: &str) -> BTreeSet<String> {
         );
     }
     for value in identifier_values(crm) {
-        assert!(!text.contains(&value), "the row value {value} is in the page");
+        assert!(
+            !text.contains(&value),
+            "the row value {value} is in the page"
+        );
     }
     groups
         .iter()
-        .map(|g| g.value().attr("data-segment").unwrap_or_default().to_owned())
+        .map(|g| {
+            g.value()
+                .attr("data-segment")
+                .unwrap_or_default()
+                .to_owned()
+        })
         .collect()
 }
 
@@ -110,6 +128,7 @@ fn segment_row(text: &str, name: &str) -> Vec<String> {
 fn match_writes_a_self_contained_html_report() {
     let server = TestServer::start(&[("K", "50"), ("MIN_JOB_ROWS", "50")]);
     simple_graph(&server, 300, DESTINATION);
+    server.create("destination", DESTINATION);
     let advertiser = server.create("advertiser", "html-advertiser");
     let key = server.path("acme.key");
     server.ok(&advertiser, &["keygen", "--out", key.to_str().unwrap()]);
@@ -179,7 +198,12 @@ fn screenshot(html: &Path, png: &Path) {
     }
     let profile = tempfile::tempdir().unwrap();
     let mut child = Command::new(chromium)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+        ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(format!("--screenshot={}", png.display()))
         .arg("--window-size=1024,1400")
@@ -204,5 +228,9 @@ fn screenshot(html: &Path, png: &Path) {
     let bytes = std::fs::read(png).expect("the screenshot");
     assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
     // A blank 1024×1400 page compresses to a few kB; text and bars do not.
-    assert!(bytes.len() > 20_000, "a nearly empty screenshot: {} bytes", bytes.len());
+    assert!(
+        bytes.len() > 20_000,
+        "a nearly empty screenshot: {} bytes",
+        bytes.len()
+    );
 }

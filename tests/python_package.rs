@@ -23,7 +23,14 @@ fn python_package_pytest_suite() {
         return;
     };
     let out = Command::new(&python)
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "python/tests"])
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "python/tests",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("ONBOARD_SUITE", common::SUITE)
         .output()

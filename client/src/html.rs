@@ -10,7 +10,7 @@
 //! more precise. Every text goes through maud, which escapes it.
 
 use crate::matching::{MatchOutcome, QualityReport, RowIssue, SegmentReport};
-use crate::render::line_list;
+use crate::render::{line_list, phase_times};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use std::time::SystemTime;
 
@@ -193,11 +193,6 @@ fn server_segment(seg: &SegmentReport, rejected: u64) -> SegmentView<'_> {
 /// Job id, server, destination, times, and how the file was read.
 fn metadata(outcome: &MatchOutcome, ctx: &HtmlContext) -> Markup {
     let q = &outcome.quality;
-    let timings: Vec<String> = outcome
-        .timings
-        .iter()
-        .map(|(phase, secs)| format!("{phase} {secs:.1} s"))
-        .collect();
     html! {
         dl.meta {
             @match &outcome.report {
@@ -223,8 +218,8 @@ fn metadata(outcome: &MatchOutcome, ctx: &HtmlContext) -> Markup {
             }
             dt { "Delimiter" } dd { code { (q.delimiter) } }
             dt { "Written at" } dd { (humantime::format_rfc3339_seconds(ctx.written_at)) }
-            @if !timings.is_empty() {
-                dt { "Phases" } dd { (timings.join(", ")) }
+            @if !outcome.timings.is_empty() {
+                dt { "Phases" } dd { (phase_times(&outcome.timings)) }
             }
         }
     }
@@ -315,7 +310,7 @@ fn segment_table(segments: &[SegmentView]) -> Markup {
                         td.n { (seg.rejected) }
                         td.n { (seg.matched.label()) }
                         td.n { (seg.delivered.label()) }
-                        td class=(format!("{}-status", seg.status)) { (seg.status) }
+                        td class=(format!("{}-status", seg.status.replace(' ', "-"))) { (seg.status) }
                         td { (seg.reason) }
                         td { code { (seg.audience) } }
                     }

@@ -17,6 +17,15 @@ pub fn render_outcome(outcome: &MatchOutcome) -> String {
     s
 }
 
+/// Wall time per phase on one line: `quality 0.1 s, create 0.0 s, …`.
+pub(crate) fn phase_times(timings: &[(&str, f64)]) -> String {
+    let phases: Vec<String> = timings
+        .iter()
+        .map(|(name, secs)| format!("{name} {secs:.1} s"))
+        .collect();
+    phases.join(", ")
+}
+
 /// A plain text table, columns padded to their widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
