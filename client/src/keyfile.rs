@@ -8,6 +8,7 @@ use crate::error::ClientError;
 use onboard_protocol::SecretKey;
 use std::io::Write;
 use std::path::Path;
+use zeroize::Zeroizing;
 
 /// Environment variable holding the API key when no key file is named.
 pub const API_KEY_ENV: &str = "ONBOARD_API_KEY";
@@ -47,6 +48,17 @@ pub fn generate_key_file(path: &Path) -> Result<SecretKey, ClientError> {
     Ok(key)
 }
 
+/// The API key from `ONBOARD_API_KEY`, when it is set and not blank.
+pub fn api_key_from_env() -> Option<Zeroizing<String>> {
+    std::env::var(API_KEY_ENV)
+        .ok()
+        .filter(|k| !k.trim().is_empty())
+        .map(Zeroizing::new)
+}
+
+/// What to do when no API key is given.
+pub const NO_API_KEY: &str = "no API key: pass --api-key-file FILE or set ONBOARD_API_KEY";
+
 /// A client of `server` with the API key from `api_key_file` (refused
 /// unless a regular file of ours, mode 0600: [`crate::secret_file`]) or,
 /// without one, from `ONBOARD_API_KEY`.
@@ -57,15 +69,7 @@ pub fn api_client(
 ) -> Result<ApiClient, ClientError> {
     let key = match api_key_file {
         Some(path) => crate::secret_file::read_key_file(path)?,
-        None => std::env::var(API_KEY_ENV)
-            .ok()
-            .filter(|k| !k.trim().is_empty())
-            .map(zeroize::Zeroizing::new)
-            .ok_or_else(|| {
-                ClientError::Usage(format!(
-                    "no API key: pass --api-key-file FILE or set {API_KEY_ENV}"
-                ))
-            })?,
+        None => api_key_from_env().ok_or_else(|| ClientError::Usage(NO_API_KEY.into()))?,
     };
     ApiClient::new(server, ca, key.trim())
 }

@@ -13,7 +13,7 @@ mod normalize;
 use crate::api::ApiClient;
 use crate::cli::{Cli, Command};
 pub(crate) use crate::render::table;
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 /// Global options every command may need.
 pub(crate) struct Context {
@@ -26,10 +26,17 @@ pub(crate) struct Context {
 impl Context {
     /// A client with the API key from `--api-key-file` or `ONBOARD_API_KEY`.
     pub fn api(&self) -> Result<ApiClient> {
-        Ok(crate::keyfile::api_client(
+        let key = match &self.api_key_file {
+            // Refused unless a regular file of ours, mode 0600 (secret_file).
+            Some(path) => {
+                crate::secret_file::read_key_file(path).context("cannot use the API key file")?
+            }
+            None => crate::keyfile::api_key_from_env().context(crate::keyfile::NO_API_KEY)?,
+        };
+        Ok(ApiClient::new(
             &self.server,
             self.ca.as_deref(),
-            self.api_key_file.as_deref(),
+            key.trim(),
         )?)
     }
 
