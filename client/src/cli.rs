@@ -125,6 +125,10 @@ pub struct MatchArgs {
     /// Print one JSON object (quality + report) instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Also write the report as one self-contained HTML page (no external
+    /// resources; counts and line numbers, never a row's value).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
     /// Continue an interrupted job from its last acknowledged batch (same file and options).
     #[arg(long, value_name = "JOB_ID", conflicts_with = "dry_run")]
     pub resume: Option<String>,

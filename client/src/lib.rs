@@ -12,6 +12,9 @@
 //! - [`api`]: the HTTP client of docs/api.md with typed errors and retries.
 //! - [`input`]: the advertiser's files as they come — CSV in any encoding
 //!   and delimiter, gzipped or not, and spreadsheets — as one [`input::RowSource`].
+//! - [`html`]: the match report as one self-contained HTML page.
+//! - [`rows`]: match rows held in memory (the Python package) like a file.
+//! - [`keyfile`]: a new advertiser key file; the API client from a key file.
 //! - [`secret_file`]: key files are read only when they are safely ours.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -23,11 +26,14 @@ pub(crate) mod commands;
 pub mod destination;
 pub mod error;
 pub mod input;
+pub mod html;
 pub mod jobs;
+pub mod keyfile;
 pub mod matching;
 pub mod progress;
 pub mod render;
 pub mod report;
+pub mod rows;
 pub mod secret_file;
 
 /// The CSV reader under its earlier path.
@@ -41,13 +47,16 @@ pub use admin::{
 pub use api::{ApiClient, ApiError, ErrorCode, RetryPolicy};
 pub use destination::{list_audiences, pull_audience, pull_audience_paged, AudienceInfo};
 pub use error::ClientError;
+pub use html::{render_html, HtmlContext};
 pub use jobs::{abort_job, get_job, list_jobs, JobInfo};
+pub use keyfile::{api_client, generate_key_file};
 pub use matching::{
     data_quality, resume_match, run_match, run_match_with, JobReport, MatchOptions, MatchOutcome,
     QualityReport, SegmentReport,
 };
 pub use onboard_protocol::Region;
 pub use render::{render_outcome, render_quality, render_report};
+pub use rows::RowsInput;
 
 use clap::Parser;
 use std::process::ExitCode;

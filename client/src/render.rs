@@ -18,6 +18,15 @@ pub fn render_outcome(outcome: &MatchOutcome) -> String {
     s
 }
 
+/// Wall time per phase on one line: `quality 0.1 s, create 0.0 s, …`.
+pub(crate) fn phase_times(timings: &[(&str, f64)]) -> String {
+    let phases: Vec<String> = timings
+        .iter()
+        .map(|(name, secs)| format!("{name} {secs:.1} s"))
+        .collect();
+    phases.join(", ")
+}
+
 /// A plain text table, columns padded to their widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
@@ -49,6 +58,17 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 fn lines(issue: &RowIssue) -> String {
+    let list = line_list(issue);
+    if list.is_empty() {
+        list
+    } else {
+        format!("  ({list})")
+    }
+}
+
+/// The first line numbers of an issue (`lines 3, 7, …`), empty when none
+/// were kept. Line numbers only: never the rows' values.
+pub(crate) fn line_list(issue: &RowIssue) -> String {
     if issue.first_rows.is_empty() {
         return String::new();
     }
@@ -59,7 +79,7 @@ fn lines(issue: &RowIssue) -> String {
         ""
     };
     format!(
-        "  ({} {}{more})",
+        "{} {}{more}",
         if issue.count == 1 { "line" } else { "lines" },
         list.join(", ")
     )

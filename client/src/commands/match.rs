@@ -3,9 +3,10 @@
 use super::progress::Bars;
 use super::Context;
 use crate::cli::MatchArgs;
+use crate::html::{render_html, HtmlContext};
 use crate::matching::{resume_match, run_match_with, MatchOptions};
-use crate::render::render_outcome;
-use anyhow::Result;
+use crate::render::{phase_times, render_outcome};
+use anyhow::{Context as _, Result};
 
 pub(super) fn run(ctx: &Context, args: &MatchArgs) -> Result<()> {
     let opts = MatchOptions {
@@ -44,17 +45,12 @@ pub(super) fn run(ctx: &Context, args: &MatchArgs) -> Result<()> {
         ));
     }
     if !outcome.timings.is_empty() && outcome.report.is_some() {
-        let phases: Vec<String> = outcome
-            .timings
-            .iter()
-            .map(|(name, secs)| format!("{name} {secs:.1} s"))
-            .collect();
         ctx.note(format!(
             "{} graph points re-blinded, {} identifiers blinded in {} batches; {}",
             outcome.graph_points_blinded,
             outcome.identifiers_blinded,
             outcome.batches_uploaded,
-            phases.join(", ")
+            phase_times(&outcome.timings)
         ));
     }
     if args.json {
@@ -64,8 +60,23 @@ pub(super) fn run(ctx: &Context, args: &MatchArgs) -> Result<()> {
                 &serde_json::json!({ "quality": outcome.quality, "report": outcome.report })
             )?
         );
-        return Ok(());
+    } else {
+        print!("{}", render_outcome(&outcome));
     }
-    print!("{}", render_outcome(&outcome));
+    // Written after the report is printed: a page that cannot be written
+    // loses nothing of the job's outcome.
+    if let Some(path) = &args.html {
+        let page = render_html(
+            &outcome,
+            &HtmlContext {
+                server: ctx.server.clone(),
+                destination: args.destination.clone(),
+                written_at: std::time::SystemTime::now(),
+            },
+        );
+        std::fs::write(path, page)
+            .with_context(|| format!("cannot write the HTML report {}", path.display()))?;
+        ctx.note(format!("wrote the HTML report to {}", path.display()));
+    }
     Ok(())
 }

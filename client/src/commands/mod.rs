@@ -26,16 +26,12 @@ pub(crate) struct Context {
 impl Context {
     /// A client with the API key from `--api-key-file` or `ONBOARD_API_KEY`.
     pub fn api(&self) -> Result<ApiClient> {
-        let key: zeroize::Zeroizing<String> = match &self.api_key_file {
+        let key = match &self.api_key_file {
             // Refused unless a regular file of ours, mode 0600 (secret_file).
             Some(path) => {
                 crate::secret_file::read_key_file(path).context("cannot use the API key file")?
             }
-            None => std::env::var("ONBOARD_API_KEY")
-                .ok()
-                .filter(|k| !k.trim().is_empty())
-                .map(zeroize::Zeroizing::new)
-                .context("no API key: pass --api-key-file FILE or set ONBOARD_API_KEY")?,
+            None => crate::keyfile::api_key_from_env().context(crate::keyfile::NO_API_KEY)?,
         };
         Ok(ApiClient::new(
             &self.server,
