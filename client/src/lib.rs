@@ -6,7 +6,8 @@
 //! - [`matching`]: the match pipeline — a local data-quality pass over a CRM
 //!   export, then the double-blind job (graph pass, blinded batch upload,
 //!   report). Raw identifiers never leave the machine; only `a·P(x)` does.
-//! - [`destination`]: list and pull audiences.
+//! - [`destination`]: list and pull audiences; [`webhooks`]: the push
+//!   endpoint and deliveries; [`receiver`]: the reference webhook receiver.
 //! - [`admin`]: principals and keys, graph import (digests only), opt-outs,
 //!   erasure, audit, stats.
 //! - [`api`]: the HTTP client of docs/api.md with typed errors and retries.
@@ -25,8 +26,10 @@ pub mod error;
 pub mod jobs;
 pub mod matching;
 pub mod progress;
+pub mod receiver;
 pub mod render;
 pub mod secret_file;
+pub mod webhooks;
 
 pub use admin::{
     audit, create_key, create_principal, create_principal_with_webhook, erase, import_graph,

@@ -112,7 +112,7 @@ impl DeliveryMetrics {
 /// What one attempt came to.
 enum Outcome {
     /// 2xx.
-    Delivered,
+    Delivered(u16),
     /// 410: the endpoint is disabled.
     Gone(u16),
     /// Another status (with an optional `Retry-After`, in seconds).
@@ -248,7 +248,7 @@ impl Dispatcher {
                 Some(e) => self.attempt(&m, e).await,
                 None => Outcome::Undeliverable("no-endpoint"),
             };
-            let delivered = matches!(outcome, Outcome::Delivered);
+            let delivered = matches!(outcome, Outcome::Delivered(_));
             let gone = matches!(outcome, Outcome::Gone(_));
             self.record(m, outcome).await?;
             if gone {
@@ -286,7 +286,8 @@ impl Dispatcher {
         }
         m.last_error = None;
         let (label, retry_after) = match outcome {
-            Outcome::Delivered => {
+            Outcome::Delivered(status) => {
+                m.last_status = Some(status);
                 m.status = DeliveryStatus::Delivered;
                 m.delivered_ms = Some(now);
                 metrics.latency(now.saturating_sub(m.created_ms) as f64 / 1000.0);
@@ -392,7 +393,7 @@ impl Dispatcher {
                     .and_then(|v| v.trim().parse::<u64>().ok());
                 // The body is dropped unread.
                 match status {
-                    200..=299 => Outcome::Delivered,
+                    200..=299 => Outcome::Delivered(status),
                     410 => Outcome::Gone(status),
                     _ => Outcome::Status(status, retry_after),
                 }
