@@ -128,14 +128,7 @@ pub fn run(args: &DemoArgs) -> Result<bool> {
     let t = Instant::now();
     let outcome = onboard_client::run_match(
         &advertiser,
-        &MatchOptions {
-            email_cols: vec!["email".into()],
-            phone_cols: vec!["phone".into()],
-            maid_cols: vec!["mobile_ad_id".into()],
-            consent_col: Some("consent".into()),
-            batch_size: 4096,
-            ..MatchOptions::new(&crm_csv, &key_file, DESTINATIONS[0], "segment")
-        },
+        &match_options(&crm_csv, &key_file, DESTINATIONS[0]),
     )?;
     step(
         "advertiser",
@@ -280,27 +273,17 @@ fn push_demo(
         &format!("push endpoint {hook} (members mode, reference receiver)"),
     );
     let t = Instant::now();
-    let outcome = onboard_client::run_match(
-        advertiser,
-        &MatchOptions {
-            email_cols: vec!["email".into()],
-            phone_cols: vec!["phone".into()],
-            maid_cols: vec!["mobile_ad_id".into()],
-            consent_col: Some("consent".into()),
-            batch_size: 4096,
-            ..MatchOptions::new(crm_csv, key_file, name, "segment")
-        },
-    )?;
+    let outcome = onboard_client::run_match(advertiser, &match_options(crm_csv, key_file, name))?;
     let report = outcome
         .report
         .as_ref()
         .context("the job returned no report")?;
-    let released = t.elapsed();
+    let released_at = Instant::now();
     step(
         "advertiser",
         &format!(
             "match job for {name} finished ({:.1} s)",
-            released.as_secs_f64()
+            t.elapsed().as_secs_f64()
         ),
     );
     let mut all_ok = true;
@@ -325,11 +308,11 @@ fn push_demo(
                 let ok = pushed == expected && persons >= k;
                 all_ok &= ok;
                 format!(
-                    "{segment:<9} expected {:>5}, pushed {:>5}, {} ({:.2} s after the job's start)",
+                    "{segment:<9} expected {:>5}, pushed {:>5}, {} (written {} ms after the report)",
                     expected.len(),
                     pushed.len(),
                     if ok { "identical" } else { "MISMATCH" },
-                    t.elapsed().as_secs_f64()
+                    released_at.elapsed().as_millis()
                 )
             }
             None => {
@@ -345,6 +328,18 @@ fn push_demo(
     }
     receiver.stop();
     Ok(all_ok)
+}
+
+/// The demo CRM export's columns, matched for `destination`.
+fn match_options(crm_csv: &Path, key_file: &Path, destination: &str) -> MatchOptions {
+    MatchOptions {
+        email_cols: vec!["email".into()],
+        phone_cols: vec!["phone".into()],
+        maid_cols: vec!["mobile_ad_id".into()],
+        consent_col: Some("consent".into()),
+        batch_size: 4096,
+        ..MatchOptions::new(crm_csv, key_file, destination, "segment")
+    }
 }
 
 fn step(who: &str, what: &str) {

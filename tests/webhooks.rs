@@ -205,6 +205,16 @@ fn https_client(server: &TestServer) -> reqwest::blocking::Client {
         .unwrap()
 }
 
+/// The server's `/metrics` text.
+fn metrics(server: &TestServer) -> String {
+    https_client(server)
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap()
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -473,12 +483,7 @@ fn a_receiver_failing_three_times_gets_the_same_message_id_four_times() {
         "{ids:?}"
     );
     assert_eq!(list[0]["id"], ids[0].as_str());
-    let metrics = https_client(&server)
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = metrics(&server);
     assert!(
         metrics.contains("onboard_webhook_deliveries_total{outcome=\"retried\"} 3"),
         "{metrics}"
@@ -619,5 +624,61 @@ fn after_a_rotation_both_secrets_sign_during_the_overlap() {
             webhook::verify(&secrets, headers, &body, unix_now(), 300),
             Ok(id.as_str())
         );
+    }
+}
+
+/// Not a test: the figures of docs/api.md's closing note. Pushes one
+/// audience in members mode with pages of 10 cookie IDs to the reference
+/// receiver and prints the delivery latency after the release and the
+/// messages per second. `cargo test --release --test webhooks -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn measure_push_latency_and_throughput() {
+    let mut server = TestServer::start(&[
+        ("K", "50"),
+        ("MIN_JOB_ROWS", "100"),
+        ("MEMBERS_PAGE_LIMIT", "10"),
+        ("WEBHOOK_ALLOW_PRIVATE_TARGETS", "true"),
+    ]);
+    server.stop();
+    serve_trusting_ca(&mut server);
+    let (advertiser, key_file) = advertiser(&server);
+    let dsp = server.create("destination", "dsp-p");
+    let persons = 5_000;
+    graph(&server, persons, &["dsp-p"]);
+    let port = free_port();
+    let secret = set_webhook(&server, &dsp, port, "members");
+    let listener = Listener::spawn(&server, "dsp-p", port, &secret);
+    let crm = crm_file(&server, "crm-p.csv", "Gold", 0..persons, 100);
+    let started = Instant::now();
+    let out = match_emails(&server, &advertiser, &key_file, &crm, "dsp-p");
+    assert!(out.status.success());
+    let released = Instant::now();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let audience = segment_of(&report, "Gold")["audience_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let first = wait_for("the notification", Duration::from_secs(60), || {
+        listener.events().into_iter().next().map(|_| Instant::now())
+    });
+    let csv = listener.out.join(format!("{audience}.csv"));
+    let done = wait_for("the last page", Duration::from_secs(600), || {
+        csv.exists().then(Instant::now)
+    });
+    let messages = listener.events().len();
+    println!(
+        "job {:.2} s; first message {:.0} ms after the finish answered; {messages} messages in {:.2} s after it: {:.0} messages/s",
+        (released - started).as_secs_f64(),
+        (first.saturating_duration_since(released)).as_secs_f64() * 1000.0,
+        (done - released).as_secs_f64(),
+        messages as f64 / (done - released).as_secs_f64(),
+    );
+    let metrics = metrics(&server);
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("onboard_webhook_delivery_latency_seconds_"))
+    {
+        println!("{line}");
     }
 }

@@ -79,6 +79,44 @@ impl SledStore {
     }
 }
 
+/// An indexed JSON record to write: its ID, value and index entries.
+struct Record<'a> {
+    id: &'a str,
+    value: Vec<u8>,
+    keys: Vec<Vec<u8>>,
+}
+
+impl SledStore {
+    /// Write an indexed record and enqueue `messages`, in one transaction.
+    fn put_with_messages<T: serde::de::DeserializeOwned>(
+        &self,
+        records: &Tree,
+        index: &Tree,
+        record: Record<'_>,
+        keys_of: impl Fn(&T) -> Vec<Vec<u8>>,
+        messages: Vec<OutboxMessage>,
+    ) -> StoreResult<()> {
+        let messages = self.sequenced(messages)?;
+        let (outbox, idx) = (self.tree(OUTBOX)?, self.tree(OUTBOX_INDEX)?);
+        (records, index, &outbox, &idx)
+            .transaction(|(records, index, outbox, idx)| {
+                put_indexed(
+                    records,
+                    index,
+                    record.id,
+                    &record.value,
+                    &record.keys,
+                    &keys_of,
+                )?;
+                for (m, value) in &messages {
+                    put_message_tx(outbox, idx, m, value)?;
+                }
+                Ok(())
+            })
+            .map_err(tx_err)
+    }
+}
+
 impl OutboxRepo for SledStore {
     fn put_webhook_endpoint(&self, e: &WebhookEndpoint) -> StoreResult<()> {
         self.tree(ENDPOINTS)?
@@ -104,19 +142,12 @@ impl OutboxRepo for SledStore {
     }
 
     fn put_job_with_messages(&self, job: &Job, messages: Vec<OutboxMessage>) -> StoreResult<()> {
-        let record = json(job)?;
-        let keys = job_keys(job);
-        let messages = self.sequenced(messages)?;
-        let (outbox, idx) = (self.tree(OUTBOX)?, self.tree(OUTBOX_INDEX)?);
-        (&self.jobs, &self.job_index, &outbox, &idx)
-            .transaction(|(jobs, job_idx, outbox, idx)| {
-                put_indexed(jobs, job_idx, &job.id, &record, &keys, job_keys)?;
-                for (m, value) in &messages {
-                    put_message_tx(outbox, idx, m, value)?;
-                }
-                Ok(())
-            })
-            .map_err(tx_err)
+        let record = Record {
+            id: &job.id,
+            value: json(job)?,
+            keys: job_keys(job),
+        };
+        self.put_with_messages(&self.jobs, &self.job_index, record, job_keys, messages)
     }
 
     fn put_audience_with_messages(
@@ -124,19 +155,18 @@ impl OutboxRepo for SledStore {
         a: &Audience,
         messages: Vec<OutboxMessage>,
     ) -> StoreResult<()> {
-        let record = json(a)?;
-        let keys = audience_keys(a);
-        let messages = self.sequenced(messages)?;
-        let (outbox, idx) = (self.tree(OUTBOX)?, self.tree(OUTBOX_INDEX)?);
-        (&self.audiences, &self.audience_index, &outbox, &idx)
-            .transaction(|(auds, aud_idx, outbox, idx)| {
-                put_indexed(auds, aud_idx, &a.id, &record, &keys, audience_keys)?;
-                for (m, value) in &messages {
-                    put_message_tx(outbox, idx, m, value)?;
-                }
-                Ok(())
-            })
-            .map_err(tx_err)
+        let record = Record {
+            id: &a.id,
+            value: json(a)?,
+            keys: audience_keys(a),
+        };
+        self.put_with_messages(
+            &self.audiences,
+            &self.audience_index,
+            record,
+            audience_keys,
+            messages,
+        )
     }
 
     fn update_message(&self, m: &OutboxMessage) -> StoreResult<()> {
