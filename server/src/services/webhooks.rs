@@ -69,7 +69,8 @@ pub fn host_port(url: &url::Url) -> Result<(String, u16), ApiError> {
     Ok((host, url.port_or_known_default().unwrap_or(443)))
 }
 
-/// A page of members: ([`MessageData::MembersPage`] positions, cookie count).
+/// Where a page of members starts (after) and ends (last), as in
+/// [`MessageData::MembersPage`].
 type PageBounds = (Option<Vec<u8>>, Vec<u8>);
 
 fn endpoint_view(e: &WebhookEndpoint) -> serde_json::Value {
@@ -469,8 +470,7 @@ impl Services {
                     self.config.members_page_limit,
                 )?;
                 let mut cookies = Vec::new();
-                for (pos, sealed) in rows.iter().filter(|(pos, _)| pos <= last) {
-                    let _ = pos;
+                for (_, sealed) in rows.iter().filter(|(pos, _)| pos <= last) {
                     cookies.push(super::seal::open(self.pepper(), sealed).ok_or_else(|| {
                         ApiError::Internal("a stored cookie ID failed authentication".into())
                     })?);
