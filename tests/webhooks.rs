@@ -371,6 +371,13 @@ fn notify_and_members_modes_deliver_exactly_the_released_audience() {
         post_signed(&client, port, &secret, "msg_t4", now, body, body),
         200
     );
+    // A second request with a processed webhook-id is acknowledged, not processed again.
+    let events = listener_n.events().len();
+    assert_eq!(
+        post_signed(&client, port, &secret, "msg_t4", now, body, body),
+        200
+    );
+    assert_eq!(listener_n.events().len(), events);
 
     // No identifier or cookie ID in the server's log lines.
     let log = server.log();
@@ -391,14 +398,14 @@ struct Received {
     signed: Vec<(String, String, Vec<u8>)>,
 }
 
-/// A test receiver: answers 500 to the first `fail_first` requests, then 200.
+/// A test receiver: answers `fail_status` to the first `fail_first` requests, then 200.
 struct Recorder {
     received: Arc<Mutex<Received>>,
     _server: actix_web::dev::ServerHandle,
 }
 
 impl Recorder {
-    fn start(server: &TestServer, port: u16, fail_first: usize) -> Self {
+    fn start(server: &TestServer, port: u16, fail_first: usize, fail_status: u16) -> Self {
         use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
         let tls = server.data_dir.join("tls");
         let config =
@@ -431,7 +438,10 @@ impl Recorder {
                                 );
                                 r.signed.push(signed);
                                 if r.ids.len() <= fail_first {
-                                    HttpResponse::InternalServerError().finish()
+                                    HttpResponse::build(
+                                        actix_web::http::StatusCode::from_u16(fail_status).unwrap(),
+                                    )
+                                    .finish()
                                 } else {
                                     HttpResponse::Ok().finish()
                                 }
@@ -468,7 +478,7 @@ fn a_receiver_failing_three_times_gets_the_same_message_id_four_times() {
     graph(&server, 300, &["dsp-r"]);
     let port = free_port();
     set_webhook(&server, &dsp, port, "notify");
-    let recorder = Recorder::start(&server, port, 3);
+    let recorder = Recorder::start(&server, port, 3, 500);
     release(&server, &advertiser, &key_file, "dsp-r");
     let list = wait_for("the delivery", Duration::from_secs(60), || {
         let list = deliveries(&server, &dsp);
@@ -494,6 +504,36 @@ fn a_receiver_failing_three_times_gets_the_same_message_id_four_times() {
 }
 
 #[test]
+fn gone_fails_the_message_and_disables_the_endpoint() {
+    let server = push_server();
+    let (advertiser, key_file) = advertiser(&server);
+    let dsp = server.create("destination", "dsp-g");
+    graph(&server, 300, &["dsp-g"]);
+    let port = free_port();
+    set_webhook(&server, &dsp, port, "members");
+    let recorder = Recorder::start(&server, port, usize::MAX, 410);
+    release(&server, &advertiser, &key_file, "dsp-g");
+    let list = wait_for("every message ended", Duration::from_secs(60), || {
+        let list = deliveries(&server, &dsp);
+        (!list.is_empty() && list.iter().all(|d| d["status"] == "failed")).then_some(list)
+    });
+    // The first message got 410; the pages behind it failed without an attempt.
+    let first = list.last().unwrap();
+    assert_eq!(first["attempts"], 1, "{first}");
+    assert_eq!(first["last_status"], 410, "{first}");
+    assert!(list.len() > 1);
+    for page in &list[..list.len() - 1] {
+        assert_eq!(page["attempts"], 0, "{page}");
+        assert_eq!(page["last_error"], "endpoint-disabled", "{page}");
+    }
+    assert_eq!(recorder.ids().len(), 1);
+    let shown = server.json(&dsp, &["destination", "webhook", "show", "--json"]);
+    assert_eq!(shown["status"], "disabled", "{shown}");
+    assert_eq!(shown["disabled_reason"], "gone", "{shown}");
+    assert!(metrics(&server).contains("onboard_webhook_deliveries_total{outcome=\"gone\"} 1"));
+}
+
+#[test]
 fn a_message_pending_at_sigkill_is_delivered_after_restart_and_never_again() {
     let mut server = push_server();
     let (advertiser, key_file) = advertiser(&server);
@@ -511,7 +551,7 @@ fn a_message_pending_at_sigkill_is_delivered_after_restart_and_never_again() {
     assert_eq!(pending[0]["last_error"], "connect");
     server.kill();
 
-    let recorder = Recorder::start(&server, port, 0);
+    let recorder = Recorder::start(&server, port, 0, 200);
     serve_trusting_ca(&mut server);
     wait_for(
         "the delivery after restart",
@@ -602,7 +642,7 @@ fn after_a_rotation_both_secrets_sign_during_the_overlap() {
         "show never prints a secret"
     );
 
-    let recorder = Recorder::start(&server, port, 0);
+    let recorder = Recorder::start(&server, port, 0, 200);
     release(&server, &advertiser, &key_file, "dsp-s");
     wait_for("the delivery", Duration::from_secs(60), || {
         recorder.ids().first().cloned()

@@ -244,8 +244,9 @@ impl Dispatcher {
             if m.next_attempt_ms > now_ms() {
                 break;
             }
-            let outcome = match endpoint.as_ref().filter(|e| e.disabled.is_none()) {
-                Some(e) => self.attempt(&m, e).await,
+            let outcome = match &endpoint {
+                Some(e) if e.disabled.is_none() => self.attempt(&m, e).await,
+                Some(_) => Outcome::Undeliverable("endpoint-disabled"),
                 None => Outcome::Undeliverable("no-endpoint"),
             };
             let delivered = matches!(outcome, Outcome::Delivered(_));
