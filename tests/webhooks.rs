@@ -339,6 +339,13 @@ fn notify_and_members_modes_deliver_exactly_the_released_audience() {
         }
     }
     assert_eq!(deliveries(&server, &members).len() as u64, pages + 1);
+    // Pushed pages are audited like pulled ones.
+    let audit = server.ok(&server.admin_key, &["admin", "audit", "--json"]);
+    assert_eq!(
+        audit.matches("audience.push").count() as u64,
+        pages,
+        "{audit}"
+    );
 
     // The reference receiver refuses a tampered body and an old timestamp.
     let client = https_client(&server);

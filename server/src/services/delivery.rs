@@ -14,7 +14,7 @@
 use super::webhooks::{host_port, now_ms, pick_target, TargetError};
 use super::{blocking, lock, unix_now, Services};
 use crate::error::ApiError;
-use crate::storage::{DeliveryStatus, OutboxMessage, WebhookEndpoint};
+use crate::storage::{DeliveryStatus, MessageData, OutboxMessage, WebhookEndpoint};
 use onboard_protocol::webhook::{self, signature_header};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -348,7 +348,18 @@ impl Dispatcher {
             "webhook attempt"
         );
         let s = self.services.clone();
-        blocking(move || Ok(s.repo.update_message(&m)?)).await
+        blocking(move || {
+            s.repo.update_message(&m)?;
+            // Pushed members are audited like pulled ones, page by page.
+            if let (DeliveryStatus::Delivered, MessageData::MembersPage { page, pages, .. }) =
+                (m.status, &m.data)
+            {
+                let outcome = if page == pages { "ok:last-page" } else { "ok" };
+                s.audit(&m.destination, "audience.push", &m.audience_id, outcome)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// One POST of one message.
