@@ -58,6 +58,9 @@ pub fn run(args: &DemoArgs) -> Result<bool> {
         k: args.k,
         // The demo needs no Prometheus endpoint (nor a fixed port).
         metrics_listen: None,
+        // The push receiver below runs on 127.0.0.1 with a dev certificate.
+        webhook_allow_private_targets: true,
+        webhook_ca: Some(ca.clone()),
         ..Default::default()
     };
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -128,14 +131,7 @@ pub fn run(args: &DemoArgs) -> Result<bool> {
     let t = Instant::now();
     let outcome = onboard_client::run_match(
         &advertiser,
-        &MatchOptions {
-            email_cols: vec!["email".into()],
-            phone_cols: vec!["phone".into()],
-            maid_cols: vec!["mobile_ad_id".into()],
-            consent_col: Some("consent".into()),
-            batch_size: 4096,
-            ..MatchOptions::new(&crm_csv, &key_file, DESTINATIONS[0], "segment")
-        },
+        &match_options(&crm_csv, &key_file, DESTINATIONS[0]),
     )?;
     step(
         "advertiser",
@@ -201,6 +197,20 @@ pub fn run(args: &DemoArgs) -> Result<bool> {
     all_ok &= leaked == 0;
     println!("  {other_name:<9} sees {leaked} audience(s) of this job (expected 0)");
 
+    all_ok &= push_demo(
+        &url,
+        &ca,
+        &data_dir,
+        work,
+        (other_name, other_key),
+        &advertiser,
+        &crm_csv,
+        &key_file,
+        &graph,
+        &truth,
+        args.k,
+    )?;
+
     server.stop();
     println!();
     println!(
@@ -217,6 +227,122 @@ pub fn run(args: &DemoArgs) -> Result<bool> {
         "more audiences than segments"
     );
     Ok(all_ok)
+}
+
+/// The second destination takes its audiences pushed: it registers a
+/// `members` endpoint served by the reference receiver, the advertiser
+/// matches for it, and each pushed file is checked against the ground truth.
+#[allow(clippy::too_many_arguments)]
+fn push_demo(
+    url: &str,
+    ca: &Path,
+    data_dir: &Path,
+    work: &Path,
+    (name, key): (&str, &str),
+    advertiser: &ApiClient,
+    crm_csv: &Path,
+    key_file: &Path,
+    graph: &Graph,
+    truth: &synth::CrmTruth,
+    k: u64,
+) -> Result<bool> {
+    use onboard_client::receiver::{self, ReceiverOptions};
+    println!();
+    let destination = ApiClient::new(url, Some(ca), key)?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let hook = format!(
+        "https://127.0.0.1:{}/onboard",
+        listener.local_addr()?.port()
+    );
+    let endpoint = onboard_client::webhooks::set_webhook(&destination, &hook, Some("members"))?;
+    let secret = endpoint.secret.context("a new endpoint has a secret")?;
+    let out_dir = work.join("pushed");
+    // The dev certificate of the server's data dir stands in for the DSP's.
+    let tls = receiver::tls_config(
+        &data_dir.join("tls").join("cert.pem"),
+        &data_dir.join("tls").join("key.pem"),
+    )?;
+    let receiver = receiver::start(
+        ReceiverOptions {
+            secrets: vec![onboard_protocol::webhook::SigningSecret::parse(&secret)?],
+            out_dir: out_dir.clone(),
+            tolerance_secs: onboard_protocol::webhook::DEFAULT_TOLERANCE_SECS,
+        },
+        listener,
+        tls,
+    )?;
+    step(
+        name,
+        &format!("push endpoint {hook} (members mode, reference receiver)"),
+    );
+    let t = Instant::now();
+    let outcome = onboard_client::run_match(advertiser, &match_options(crm_csv, key_file, name))?;
+    let report = outcome
+        .report
+        .as_ref()
+        .context("the job returned no report")?;
+    let released_at = Instant::now();
+    step(
+        "advertiser",
+        &format!(
+            "match job for {name} finished ({:.1} s)",
+            t.elapsed().as_secs_f64()
+        ),
+    );
+    let mut all_ok = true;
+    println!("Pushed to {name} (checked against the ground truth):");
+    for segment in truth.matched.keys() {
+        let expected = truth.expected_cookies(graph, segment, name);
+        let persons = truth.persons_with_cookies(graph, segment, name) as u64;
+        let released = report
+            .segments
+            .iter()
+            .find(|s| &s.name == segment)
+            .and_then(|s| s.audience_id.clone());
+        let line = match released {
+            Some(id) => {
+                let file = out_dir.join(format!("{id}.csv"));
+                let deadline = Instant::now() + std::time::Duration::from_secs(60);
+                while !file.exists() && Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                let text = std::fs::read_to_string(&file).unwrap_or_default();
+                let pushed: BTreeSet<String> = text.lines().skip(1).map(str::to_owned).collect();
+                let ok = pushed == expected && persons >= k;
+                all_ok &= ok;
+                format!(
+                    "{segment:<9} expected {:>5}, pushed {:>5}, {} (written {} ms after the report)",
+                    expected.len(),
+                    pushed.len(),
+                    if ok { "identical" } else { "MISMATCH" },
+                    released_at.elapsed().as_millis()
+                )
+            }
+            None => {
+                let ok = persons < k;
+                all_ok &= ok;
+                format!(
+                    "{segment:<9} withheld {}",
+                    if ok { "as expected" } else { "WRONGLY" }
+                )
+            }
+        };
+        println!("  {line}");
+    }
+    receiver.stop();
+    Ok(all_ok)
+}
+
+/// The demo CRM export's columns, matched for `destination`.
+fn match_options(crm_csv: &Path, key_file: &Path, destination: &str) -> MatchOptions {
+    MatchOptions {
+        email_cols: vec!["email".into()],
+        phone_cols: vec!["phone".into()],
+        maid_cols: vec!["mobile_ad_id".into()],
+        consent_col: Some("consent".into()),
+        batch_size: 4096,
+        ..MatchOptions::new(crm_csv, key_file, destination, "segment")
+    }
 }
 
 fn step(who: &str, what: &str) {

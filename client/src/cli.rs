@@ -48,6 +48,9 @@ pub enum Command {
     /// Audiences delivered to you (destination key).
     #[command(subcommand)]
     Audiences(AudiencesCommand),
+    /// Push delivery to you: your webhook endpoint, deliveries, a reference receiver.
+    #[command(subcommand)]
+    Destination(PushCommand),
     /// Operator commands (admin key).
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -264,12 +267,107 @@ pub enum DestinationCommand {
     Create {
         /// Destination name (as used in `match --destination` and cookies.csv).
         name: String,
-        /// A push URL, recorded for the destination (https, or http to a loopback
-        /// address); push delivery is not implemented yet, so destinations pull
-        /// with `audiences pull`.
+        /// A URL recorded on the principal (https, or http to a loopback
+        /// address); pushes go to the endpoint set with `admin destination
+        /// webhook set` or `destination webhook set`.
         #[arg(long, value_name = "URL")]
         webhook_url: Option<String>,
     },
+    /// A destination's push endpoint.
+    #[command(subcommand)]
+    Webhook(AdminWebhookCommand),
+}
+
+/// `onboard admin destination webhook …`.
+#[derive(Debug, Subcommand)]
+pub enum AdminWebhookCommand {
+    /// Register or change a destination's endpoint; a new endpoint's signing
+    /// secret is printed once, alone on the last line (hand it to the destination).
+    Set {
+        /// Destination name.
+        name: String,
+        /// The endpoint: https only.
+        #[arg(long, value_name = "URL")]
+        url: String,
+        /// `notify` (events; the destination pulls) or `members` (events and the members pushed).
+        #[arg(long, value_parser = ["notify", "members"])]
+        mode: Option<String>,
+    },
+}
+
+/// `onboard destination …` (destination key).
+#[derive(Debug, Subcommand)]
+pub enum PushCommand {
+    /// Your push endpoint.
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
+    /// Messages pushed to you: status, attempts, last HTTP status, next attempt.
+    Deliveries {
+        /// Most messages listed, newest first.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a message again now, with the same webhook-id.
+    Redeliver {
+        /// Message ID (`msg_…`).
+        id: String,
+    },
+    /// Run the reference receiver: verify signatures and timestamps (401
+    /// otherwise), deduplicate on webhook-id, write DIR/<audience id>.csv
+    /// when an audience's last members page arrives.
+    Listen(ListenArgs),
+}
+
+/// `onboard destination webhook …`.
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Register or change your endpoint; a new endpoint's signing secret is
+    /// printed once, alone on the last line.
+    Set {
+        /// The endpoint: https only.
+        #[arg(long, value_name = "URL")]
+        url: String,
+        /// `notify` (events; you pull) or `members` (events and the members pushed in pages).
+        #[arg(long, value_parser = ["notify", "members"])]
+        mode: Option<String>,
+    },
+    /// Show your endpoint (never its secrets).
+    Show {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A new signing secret, printed once on the last line; the old one keeps
+    /// signing beside it for 24 hours.
+    RotateSecret,
+    /// Remove your endpoint (pending messages fail).
+    Remove,
+}
+
+/// `onboard destination listen`.
+#[derive(Debug, Args)]
+pub struct ListenArgs {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// File with the signing secret(s), one `whsec_…` a line; mode 0600.
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: PathBuf,
+    /// Directory for events.ndjson and the audiences' CSV files.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// TLS certificate chain (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: PathBuf,
+    /// TLS private key (PEM); mode 0600.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: PathBuf,
+    /// Accepted distance between a request's timestamp and now, in seconds.
+    #[arg(long, default_value_t = onboard_protocol::webhook::DEFAULT_TOLERANCE_SECS, hide = true)]
+    pub tolerance: u64,
 }
 
 /// `onboard admin keys …`.
@@ -301,9 +399,9 @@ pub enum PrincipalsCommand {
         /// admin, advertiser or destination.
         #[arg(long, value_parser = parse_role)]
         role: crate::admin::Role,
-        /// A push URL for a destination (https, or http to a loopback address),
-        /// recorded only: push delivery is not implemented yet, so destinations
-        /// pull with `audiences pull`.
+        /// A URL recorded on a destination (https, or http to a loopback
+        /// address); pushes go to the endpoint set with `admin destination
+        /// webhook set` or `destination webhook set`.
         #[arg(long, value_name = "URL")]
         webhook_url: Option<String>,
     },

@@ -6,7 +6,8 @@
 //! - [`matching`]: the match pipeline — a local data-quality pass over a CRM
 //!   export, then the double-blind job (graph pass, blinded batch upload,
 //!   report). Raw identifiers never leave the machine; only `a·P(x)` does.
-//! - [`destination`]: list and pull audiences.
+//! - [`destination`]: list and pull audiences; [`webhooks`]: the push
+//!   endpoint and deliveries; [`receiver`]: the reference webhook receiver.
 //! - [`admin`]: principals and keys, graph import (digests only), opt-outs,
 //!   erasure, audit, stats.
 //! - [`api`]: the HTTP client of docs/api.md with typed errors and retries.
@@ -31,10 +32,12 @@ pub mod jobs;
 pub mod keyfile;
 pub mod matching;
 pub mod progress;
+pub mod receiver;
 pub mod render;
 pub mod report;
 pub mod rows;
 pub mod secret_file;
+pub mod webhooks;
 
 /// The CSV reader under its earlier path.
 pub use input::csv as csv_input;

@@ -71,6 +71,9 @@ pub enum EndpointError {
     /// Plain `http` to a host that is not a loopback address.
     #[error("plain http is allowed only to a loopback address (127.0.0.0/8, [::1] or localhost), and the host is `{0}`; use https")]
     PlainHttpNotLoopback(String),
+    /// A webhook URL that is not `https`.
+    #[error("a webhook URL must be https")]
+    WebhookNotHttps,
 }
 
 impl EndpointError {
@@ -84,6 +87,7 @@ impl EndpointError {
             Self::Scheme(_) => "scheme",
             Self::QueryOrFragment => "query-or-fragment",
             Self::PlainHttpNotLoopback(_) => "plain-http-not-loopback",
+            Self::WebhookNotHttps => "webhook-not-https",
         }
     }
 }
@@ -115,6 +119,51 @@ pub fn check_secret_url(text: &str) -> Result<Url, EndpointError> {
         )),
         other => Err(EndpointError::Scheme(other.chars().take(32).collect())),
     }
+}
+
+/// The rule for a destination's webhook URL: [`check_secret_url`], and
+/// `https` only (no plain http, not even to a loopback address). Whether
+/// the host's addresses may be called is the caller's check, on the
+/// addresses it resolves ([`is_forbidden_target`]).
+pub fn check_webhook_url(text: &str) -> Result<Url, EndpointError> {
+    let url = check_secret_url(text)?;
+    if url.scheme() != "https" {
+        return Err(EndpointError::WebhookNotHttps);
+    }
+    Ok(url)
+}
+
+/// Whether a server-side request must not go to `ip` (unless the operator
+/// allows private targets): loopback, private (RFC 1918, IPv6 unique local),
+/// link-local, shared (100.64.0.0/10), multicast, broadcast, unspecified,
+/// and IPv4-mapped or -compatible IPv6 forms of those.
+pub fn is_forbidden_target(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => forbidden_v4(a),
+        IpAddr::V6(a) => {
+            if let Some(v4) = a.to_ipv4() {
+                // `::ffff:a.b.c.d` and `::a.b.c.d` reach the IPv4 host.
+                return forbidden_v4(v4) || a.is_unspecified() || a.is_loopback();
+            }
+            a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || a.is_unique_local()
+                || a.is_unicast_link_local()
+        }
+    }
+}
+
+fn forbidden_v4(a: Ipv4Addr) -> bool {
+    let [first, second, ..] = a.octets();
+    a.is_loopback()
+        || a.is_private()
+        || a.is_link_local()
+        || a.is_multicast()
+        || a.is_broadcast()
+        || a.is_unspecified()
+        || first == 0
+        || (first == 100 && (64..128).contains(&second))
 }
 
 /// Whether the parsed host is `127.0.0.0/8`, `::1` or exactly `localhost`.
@@ -154,6 +203,54 @@ mod tests {
         match check_secret_url(text) {
             Ok(url) => panic!("{text} accepted as {url}"),
             Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn webhook_urls_are_https_only() {
+        assert!(check_webhook_url("https://dsp.example/hooks/onboard").is_ok());
+        for text in ["http://127.0.0.1/hook", "http://localhost/hook"] {
+            assert_eq!(
+                check_webhook_url(text).unwrap_err(),
+                EndpointError::WebhookNotHttps
+            );
+        }
+        assert_eq!(
+            check_webhook_url("https://user@dsp.example").unwrap_err(),
+            EndpointError::UserInfo
+        );
+    }
+
+    #[test]
+    fn private_targets_are_forbidden_and_public_ones_are_not() {
+        for text in [
+            "127.0.0.1",
+            "127.9.9.9",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "0.1.2.3",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12::1",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::ffff:169.254.169.254",
+        ] {
+            let ip: IpAddr = text.parse().unwrap();
+            assert!(is_forbidden_target(ip), "{text} allowed");
+        }
+        for text in ["93.184.216.34", "8.8.8.8", "100.128.0.1", "2606:4700::1111"] {
+            let ip: IpAddr = text.parse().unwrap();
+            assert!(!is_forbidden_target(ip), "{text} forbidden");
         }
     }
 

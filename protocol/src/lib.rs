@@ -39,11 +39,12 @@ pub mod endpoint;
 pub mod error;
 pub mod keys;
 pub mod normalize;
+pub mod webhook;
 pub mod wire;
 
 pub use curve::PointBytes;
 pub use digest::Digest;
-pub use endpoint::{check_secret_url, EndpointError};
+pub use endpoint::{check_secret_url, check_webhook_url, is_forbidden_target, EndpointError};
 pub use error::{IndexedPointError, KeyError, NormalizeError, PointError, WireError};
 pub use keys::{Fingerprint, SecretKey};
 pub use normalize::{normalize, IdKind, MatchKind, Normalized, Region};

@@ -110,6 +110,10 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> anyhow::Result<
     let services = Arc::new(
         Services::new(repo.clone(), config.clone(), secrets).context("cannot load the store")?,
     );
+    let dispatcher = Arc::new(
+        crate::services::delivery::Dispatcher::new(services.clone())
+            .context("cannot set up webhook delivery")?,
+    );
     let discarded = services
         .discard_unfinished_audiences()
         .context("cannot discard the audiences of interrupted finishes")?;
@@ -201,6 +205,9 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> anyhow::Result<
                         tracing::warn!(error = %e, "control socket not served");
                     }
                 }
+                // Push delivery: the outbox is sent from here, also what a
+                // previous run left undelivered.
+                actix_web::rt::spawn(dispatcher.run());
                 let cleaner = services.clone();
                 actix_web::rt::spawn(async move {
                     let mut tick = actix_web::rt::time::interval(cleanup_every);

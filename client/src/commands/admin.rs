@@ -3,8 +3,8 @@
 use super::{plain, table, Context};
 use crate::admin::{self, Role};
 use crate::cli::{
-    AdminCommand, AdvertiserCommand, DestinationCommand, GraphCommand, KeysCommand,
-    PrincipalsCommand,
+    AdminCommand, AdminWebhookCommand, AdvertiserCommand, DestinationCommand, GraphCommand,
+    KeysCommand, PrincipalsCommand,
 };
 use crate::matching::RowIssue;
 use anyhow::Result;
@@ -34,6 +34,11 @@ pub(super) fn run(ctx: &Context, cmd: AdminCommand) -> Result<()> {
                 &p.api_key,
             );
         }
+        AdminCommand::Destination(DestinationCommand::Webhook(AdminWebhookCommand::Set {
+            name,
+            url,
+            mode,
+        })) => super::destination::admin_set(ctx, &name, &url, mode.as_deref())?,
         AdminCommand::Keys(KeysCommand::Create { name }) => {
             let p = admin::create_key(&api, &name)?;
             print_new_key(

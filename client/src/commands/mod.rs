@@ -5,6 +5,7 @@ pub mod progress;
 
 mod admin;
 mod audiences;
+mod destination;
 mod jobs;
 mod keygen;
 mod r#match;
@@ -69,6 +70,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Match(args) => r#match::run(&ctx, &args),
         Command::Jobs(cmd) => jobs::run(&ctx, cmd),
         Command::Audiences(cmd) => audiences::run(&ctx, cmd),
+        Command::Destination(cmd) => destination::run(&ctx, cmd),
         Command::Admin(cmd) => admin::run(&ctx, cmd),
     }
 }

@@ -7,6 +7,7 @@ mod body;
 mod error;
 mod metrics;
 mod parse;
+mod webhooks;
 
 pub use auth_limit::AuthFailureLimiter;
 pub use metrics::Metrics;
@@ -219,6 +220,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/jobs/{id}/finish", web::post().to(finish_job))
         .route("/v1/audiences", web::get().to(list_audiences))
         .route("/v1/audiences/{id}/members", web::get().to(members))
+        .route("/v1/webhook", web::put().to(webhooks::set_own))
+        .route("/v1/webhook", web::get().to(webhooks::show))
+        .route("/v1/webhook", web::delete().to(webhooks::remove))
+        .route(
+            "/v1/webhook/rotate-secret",
+            web::post().to(webhooks::rotate),
+        )
+        .route("/v1/deliveries", web::get().to(webhooks::deliveries))
+        .route(
+            "/v1/deliveries/{id}/redeliver",
+            web::post().to(webhooks::redeliver),
+        )
+        .route(
+            "/v1/admin/destinations/{name}/webhook",
+            web::put().to(webhooks::set_for),
+        )
         .default_service(web::to(|| async {
             Err::<HttpResponse, _>(ApiError::NotFound("route"))
         }));
@@ -253,12 +270,15 @@ async fn metrics_text(state: State, metrics: web::Data<Metrics>) -> HttpResponse
     let job_counts = blocking(move || s.job_counts_by_status())
         .await
         .unwrap_or_default();
+    let s = svc(&state);
+    // When storage fails, the depth line is left out rather than shown as zero.
+    let depth = blocking(move || Ok(s.repo.pending_count()?)).await.ok();
     let imported = state
         .identifiers_imported
         .load(std::sync::atomic::Ordering::Relaxed);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(metrics.render(imported, &job_counts))
+        .body(metrics.render(imported, &job_counts) + &state.delivery_metrics.render(depth))
 }
 
 async fn openapi() -> HttpResponse {

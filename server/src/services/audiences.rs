@@ -142,9 +142,15 @@ impl Services {
             let removed = self.repo.remove_member(&a.id, person)?;
             if removed > 0 {
                 a.size = a.size.saturating_sub(removed as u64);
-                self.repo.put_audience(&a)?;
+                let data =
+                    serde_json::json!({"audience_id": a.id, "removed": removed, "size": a.size});
+                let messages = self.audience_message(&a, super::webhooks::WITHDRAWN, data)?;
+                self.repo.put_audience_with_messages(&a, messages)?;
                 n += 1;
             }
+        }
+        if n > 0 {
+            self.outbox_wake.notify_one();
         }
         Ok(n)
     }
@@ -196,10 +202,13 @@ impl Services {
                 // Members go at expiry; the record stays a while so pulls answer 410.
                 let _g = self.exclusive(&self.audience_lock, "audiences")?;
                 self.repo.delete_members(&a.id)?;
-                self.repo.put_audience(&Audience {
+                let expired = Audience {
                     size: 0,
                     ..a.clone()
-                })?;
+                };
+                let data = serde_json::json!({"audience_id": a.id, "expired": a.expires});
+                let messages = self.audience_message(&expired, super::webhooks::EXPIRED, data)?;
+                self.repo.put_audience_with_messages(&expired, messages)?;
                 self.audit("system", "audience.expire", &a.id, "ok")?;
                 auds += 1;
             }

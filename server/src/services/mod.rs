@@ -5,6 +5,7 @@
 pub mod audiences;
 pub mod audit;
 pub mod auth;
+pub mod delivery;
 pub mod graph;
 pub mod jobs;
 pub mod privacy;
@@ -12,6 +13,7 @@ pub mod recovery;
 pub mod release;
 pub mod seal;
 pub mod uniform;
+pub mod webhooks;
 
 use crate::config::Config;
 pub use crate::keyfiles::ServerSecrets;
@@ -49,6 +51,12 @@ pub struct Services {
     audit_lock: Mutex<()>,
     /// Identifiers imported since start, for /metrics.
     pub identifiers_imported: AtomicU64,
+    /// Serialises webhook endpoint changes.
+    webhook_lock: Mutex<()>,
+    /// Wakes the webhook dispatcher when messages are enqueued.
+    pub outbox_wake: tokio::sync::Notify,
+    /// Webhook delivery counters, for /metrics.
+    pub delivery_metrics: delivery::DeliveryMetrics,
 }
 
 /// An in-process mutex and the store lock of the same name, held together:
@@ -115,6 +123,9 @@ impl Services {
             finishing: Mutex::new(Default::default()),
             audit_lock: Mutex::new(()),
             identifiers_imported: AtomicU64::new(0),
+            webhook_lock: Mutex::new(()),
+            outbox_wake: tokio::sync::Notify::new(),
+            delivery_metrics: Default::default(),
         })
     }
 

@@ -14,6 +14,7 @@ mod sled_codec;
 mod sled_erasure;
 mod sled_graph;
 mod sled_index;
+mod sled_outbox;
 
 use onboard_protocol::{MatchKind, PointBytes};
 use serde::{Deserialize, Serialize};
@@ -253,6 +254,109 @@ pub struct AuditEntry {
     /// HMAC-SHA256 under the audit key (kept outside the store) over
     /// prev_hash and the entry's canonical JSON (hex).
     pub hash: String,
+}
+
+/// How a destination wants its audiences pushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookMode {
+    /// Events only; the destination pulls the members.
+    Notify,
+    /// Events, and each released audience's members in NDJSON pages.
+    Members,
+}
+
+/// A signing secret of an endpoint, sealed at rest (never stored in clear).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SealedWebhookSecret {
+    /// `nonce || ciphertext || mac` of the secret's bytes.
+    pub sealed: Vec<u8>,
+    /// Unix seconds it was made.
+    pub created: u64,
+    /// Unix seconds after which it no longer signs (a rotated-out secret).
+    pub expires: Option<u64>,
+}
+
+/// A destination's push endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WebhookEndpoint {
+    /// The destination (principal name).
+    pub destination: String,
+    /// Canonical `https://` URL.
+    pub url: String,
+    /// What is pushed.
+    pub mode: WebhookMode,
+    /// Signing secrets, newest first.
+    pub secrets: Vec<SealedWebhookSecret>,
+    /// Why deliveries stopped (`gone`: the endpoint answered 410), if they did.
+    pub disabled: Option<String>,
+    /// Unix seconds of creation.
+    pub created: u64,
+}
+
+/// Where an outbox message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    /// Waiting for its next attempt.
+    Pending,
+    /// A 2xx answer was received.
+    Delivered,
+    /// Given up (retries exhausted, endpoint gone or removed).
+    Failed,
+}
+
+/// What a message carries: event data kept as is, or one page of an
+/// audience's members, read from the audience when it is sent (so the
+/// outbox never holds a cookie ID).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageData {
+    /// The event's `data` object.
+    Event(serde_json::Value),
+    /// Page `page` (from 1) of `pages`: the members after position `after`
+    /// up to and including position `last`.
+    MembersPage {
+        /// Page number, from 1.
+        page: u32,
+        /// Pages of the audience.
+        pages: u32,
+        /// Position the page starts after (none: the first page).
+        after: Option<Vec<u8>>,
+        /// The page's last position.
+        last: Vec<u8>,
+    },
+}
+
+/// One message of the durable outbox.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OutboxMessage {
+    /// `msg_…`: the `webhook-id`, the same on every attempt.
+    pub id: String,
+    /// Destination it goes to.
+    pub destination: String,
+    /// Order within the destination, assigned by storage at enqueue.
+    pub seq: u64,
+    /// `audience.released`, `audience.members`, `audience.expired`, `audience.withdrawn`.
+    pub event: String,
+    /// The audience it is about.
+    pub audience_id: String,
+    /// The payload's data.
+    pub data: MessageData,
+    /// Where it stands.
+    pub status: DeliveryStatus,
+    /// Attempts made.
+    pub attempts: u32,
+    /// HTTP status of the last answer, if one came.
+    pub last_status: Option<u16>,
+    /// Why the last attempt failed without an HTTP status (`timeout`, `connect`, …).
+    pub last_error: Option<String>,
+    /// Unix milliseconds of enqueueing.
+    pub created_ms: u64,
+    /// Unix milliseconds of the next attempt (pending messages).
+    pub next_attempt_ms: u64,
+    /// Unix milliseconds of the acknowledged attempt.
+    pub delivered_ms: Option<u64>,
 }
 
 /// Schema version and durability.
@@ -646,6 +750,44 @@ pub trait LockRepo {
     fn try_lock(&self, name: &str) -> StoreResult<Option<HeldLock>>;
 }
 
+/// Push delivery: destinations' webhook endpoints and the durable outbox.
+///
+/// A message is enqueued in the same transaction as the record change that
+/// causes it ([`OutboxRepo::put_job_with_messages`] when a finish marks its
+/// job finished, which releases its audiences;
+/// [`OutboxRepo::put_audience_with_messages`] at expiry or withdrawal), so a
+/// crash never leaves an event without its message or a message without its
+/// event. A PostgreSQL backend does each in one transaction and assigns
+/// `seq` from a sequence.
+pub trait OutboxRepo {
+    /// Create or replace a destination's endpoint.
+    fn put_webhook_endpoint(&self, e: &WebhookEndpoint) -> StoreResult<()>;
+    /// A destination's endpoint.
+    fn webhook_endpoint(&self, destination: &str) -> StoreResult<Option<WebhookEndpoint>>;
+    /// Remove a destination's endpoint; `false` if it had none.
+    fn delete_webhook_endpoint(&self, destination: &str) -> StoreResult<bool>;
+    /// Save a job record and enqueue `messages` (their `seq` assigned in
+    /// the order given), atomically.
+    fn put_job_with_messages(&self, job: &Job, messages: Vec<OutboxMessage>) -> StoreResult<()>;
+    /// Save an audience record and enqueue `messages`, atomically.
+    fn put_audience_with_messages(
+        &self,
+        a: &Audience,
+        messages: Vec<OutboxMessage>,
+    ) -> StoreResult<()>;
+    /// Save a message's new state (status, attempts, next attempt).
+    fn update_message(&self, m: &OutboxMessage) -> StoreResult<()>;
+    /// One message.
+    fn message(&self, id: &str) -> StoreResult<Option<OutboxMessage>>;
+    /// A destination's messages, newest first, at most `limit`.
+    fn messages_of(&self, destination: &str, limit: usize) -> StoreResult<Vec<OutboxMessage>>;
+    /// The oldest `per_destination` pending messages of every destination
+    /// that has one, each destination's in order (by index).
+    fn pending_heads(&self, per_destination: usize) -> StoreResult<Vec<OutboxMessage>>;
+    /// Pending messages (index entries only).
+    fn pending_count(&self) -> StoreResult<u64>;
+}
+
 /// Everything a server needs.
 pub trait Repo:
     MetaRepo
@@ -659,6 +801,7 @@ pub trait Repo:
     + AuditRepo
     + BudgetRepo
     + LockRepo
+    + OutboxRepo
     + Send
     + Sync
 {
@@ -676,6 +819,7 @@ impl<T> Repo for T where
         + AuditRepo
         + BudgetRepo
         + LockRepo
+        + OutboxRepo
         + Send
         + Sync
 {
@@ -958,6 +1102,23 @@ impl<R: BudgetRepo> BudgetRepo for Guarded<R> {
     }
     guarded_writes! {
         fn try_spend(&self, advertiser: &str, job: &str, now: u64, window_start: u64, cost_micro: u64, budget_micro: u64) -> StoreResult<Result<BudgetCharge, BudgetExhausted>>;
+    }
+}
+
+impl<R: OutboxRepo> OutboxRepo for Guarded<R> {
+    guarded_reads! {
+        fn webhook_endpoint(&self, destination: &str) -> StoreResult<Option<WebhookEndpoint>>;
+        fn message(&self, id: &str) -> StoreResult<Option<OutboxMessage>>;
+        fn messages_of(&self, destination: &str, limit: usize) -> StoreResult<Vec<OutboxMessage>>;
+        fn pending_heads(&self, per_destination: usize) -> StoreResult<Vec<OutboxMessage>>;
+        fn pending_count(&self) -> StoreResult<u64>;
+    }
+    guarded_writes! {
+        fn put_webhook_endpoint(&self, e: &WebhookEndpoint) -> StoreResult<()>;
+        fn delete_webhook_endpoint(&self, destination: &str) -> StoreResult<bool>;
+        fn put_job_with_messages(&self, job: &Job, messages: Vec<OutboxMessage>) -> StoreResult<()>;
+        fn put_audience_with_messages(&self, a: &Audience, messages: Vec<OutboxMessage>) -> StoreResult<()>;
+        fn update_message(&self, m: &OutboxMessage) -> StoreResult<()>;
     }
 }
 

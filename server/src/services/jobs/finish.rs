@@ -129,12 +129,16 @@ impl Services {
             // The end time: retention counts from here.
             j.touched = unix_now();
             j.report = Some(report.clone());
-            self.repo.put_job(&j)?;
+            // Finishing releases the audiences: their push messages are
+            // enqueued in the same transaction (webhooks.rs).
+            let messages = self.release_messages(&j, &released_audiences(&report))?;
+            self.repo.put_job_with_messages(&j, messages)?;
         }
         timed(id, "delete job data", || self.repo.delete_job_data(id))?;
         self.audit(&caller.name, "job.finish", id, "ok")?;
         // The report the advertiser receives describes audiences that survive a crash.
         timed(id, "flush", || self.repo.flush())?;
+        self.outbox_wake.notify_one();
         Ok(report)
     }
 
@@ -519,6 +523,19 @@ impl Services {
 
 /// Run one step of the finish and log how long it took (debug level: for
 /// an operator sizing the finish of large jobs; job ids only, no data).
+/// The IDs of the audiences a report released.
+fn released_audiences(report: &serde_json::Value) -> Vec<String> {
+    report["segments"]
+        .as_array()
+        .map(|segments| {
+            segments
+                .iter()
+                .filter_map(|s| s["audience_id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn timed<T>(job: &str, step: &'static str, f: impl FnOnce() -> T) -> T {
     let started = Instant::now();
     let out = f();

@@ -1,0 +1,731 @@
+//! Push delivery end to end: the real server over TLS pushes to receivers on
+//! 127.0.0.1 that present the server's dev certificate (the server trusts
+//! its dev CA through `webhook_ca` and may call loopback through
+//! `webhook_allow_private_targets`). The reference receiver is the real
+//! `onboard destination listen`; a test receiver answers as told and
+//! records what it got.
+
+mod common;
+
+use common::{crm_file, match_emails, segment_of, TestServer};
+use onboard_protocol::webhook::{self, SigningSecret};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Persons in the released segment: k = 50 plus the release margin 28 and slack.
+const SEGMENT: usize = 200;
+
+/// Server settings of these tests; the CA is added by [`push_server`].
+const SETTINGS: &[(&str, &str)] = &[
+    ("K", "50"),
+    ("MIN_JOB_ROWS", "100"),
+    ("MEMBERS_PAGE_LIMIT", "64"),
+    ("WEBHOOK_ALLOW_PRIVATE_TARGETS", "true"),
+    ("WEBHOOK_RETRY_BASE", "50ms"),
+];
+
+/// A server that trusts its own dev CA for webhook receivers (restarted
+/// once: the CA exists only after `init`).
+fn push_server() -> TestServer {
+    let mut server = TestServer::start(SETTINGS);
+    server.stop();
+    serve_trusting_ca(&mut server);
+    server
+}
+
+fn serve_trusting_ca(server: &mut TestServer) {
+    let ca = server.ca.to_str().unwrap().to_owned();
+    server.serve_with(&[("ONBOARD_WEBHOOK_CA", &ca)]);
+}
+
+/// A graph where person `p{i}` has `person{i}@example.com` and the cookie
+/// `{destination}-ck-{i}` at each destination.
+fn graph(server: &TestServer, persons: usize, destinations: &[&str]) {
+    let ids = server.path("ids.csv");
+    let cookies = server.path("cookies.csv");
+    let mut id_lines = String::from("person_id,kind,value\n");
+    let mut cookie_lines = String::from("person_id,destination,cookie_id\n");
+    for i in 0..persons {
+        id_lines.push_str(&format!("p{i},email,person{i}@example.com\n"));
+        for d in destinations {
+            cookie_lines.push_str(&format!("p{i},{d},{d}-ck-{i}\n"));
+        }
+    }
+    std::fs::write(&ids, id_lines).unwrap();
+    std::fs::write(&cookies, cookie_lines).unwrap();
+    server.import(&ids, Some(&cookies));
+}
+
+/// Match the segment `Gold` (persons 0..SEGMENT plus strangers) for
+/// `destination`; returns the released audience's ID.
+fn release(server: &TestServer, advertiser: &str, key: &Path, destination: &str) -> String {
+    let crm = crm_file(
+        server,
+        &format!("crm-{destination}.csv"),
+        "Gold",
+        0..SEGMENT,
+        60,
+    );
+    let out = match_emails(server, advertiser, key, &crm, destination);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let gold = segment_of(&report, "Gold");
+    assert_eq!(gold["status"], "delivered", "{report}");
+    gold["audience_id"].as_str().unwrap().to_owned()
+}
+
+fn advertiser(server: &TestServer) -> (String, PathBuf) {
+    let key = server.create("advertiser", "acme");
+    let key_file = server.path("acme.key");
+    server.ok(&key, &["keygen", "--out", key_file.to_str().unwrap()]);
+    (key, key_file)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `destination webhook set`: the secret printed alone on the last line.
+fn set_webhook(server: &TestServer, key: &str, port: u16, mode: &str) -> String {
+    let url = format!("https://127.0.0.1:{port}/hooks/onboard");
+    let out = server.ok(
+        key,
+        &[
+            "destination",
+            "webhook",
+            "set",
+            "--url",
+            &url,
+            "--mode",
+            mode,
+        ],
+    );
+    let secret = out.lines().last().unwrap().trim().to_owned();
+    assert!(secret.starts_with("whsec_"), "{out}");
+    secret
+}
+
+fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+}
+
+/// Wait (bounded) until `f` gives a value.
+fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn deliveries(server: &TestServer, key: &str) -> Vec<serde_json::Value> {
+    server.json(key, &["destination", "deliveries", "--json"])["deliveries"]
+        .as_array()
+        .cloned()
+        .unwrap()
+}
+
+/// The reference receiver, as a DSP would run it.
+struct Listener {
+    child: Child,
+    out: PathBuf,
+    port: u16,
+}
+
+impl Listener {
+    fn spawn(server: &TestServer, name: &str, port: u16, secret: &str) -> Self {
+        let secret_file = server.path(&format!("{name}.secret"));
+        write_private(&secret_file, secret);
+        let out = server.path(&format!("{name}-received"));
+        let tls = server.data_dir.join("tls");
+        let child = Command::new(common::SUITE)
+            .args(["client", "destination", "listen", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--secret-file")
+            .arg(&secret_file)
+            .arg("--out")
+            .arg(&out)
+            .arg("--tls-cert")
+            .arg(tls.join("cert.pem"))
+            .arg("--tls-key")
+            .arg(tls.join("key.pem"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for("the receiver to listen", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Self { child, out, port }
+    }
+
+    fn events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.out.join("events.ndjson"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking HTTPS client trusting the server's dev CA.
+fn https_client(server: &TestServer) -> reqwest::blocking::Client {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&server.ca).unwrap()).unwrap();
+    reqwest::blocking::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap()
+}
+
+/// The server's `/metrics` text.
+fn metrics(server: &TestServer) -> String {
+    https_client(server)
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// POST a body with the given signing inputs to a receiver; the status.
+fn post_signed(
+    client: &reqwest::blocking::Client,
+    port: u16,
+    secret: &SigningSecret,
+    id: &str,
+    timestamp: u64,
+    signed: &[u8],
+    sent: &[u8],
+) -> u16 {
+    client
+        .post(format!("https://127.0.0.1:{port}/"))
+        .header(webhook::HEADER_ID, id)
+        .header(webhook::HEADER_TIMESTAMP, timestamp.to_string())
+        .header(
+            webhook::HEADER_SIGNATURE,
+            secret.sign(id, timestamp, signed),
+        )
+        .body(sent.to_vec())
+        .send()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[test]
+fn notify_and_members_modes_deliver_exactly_the_released_audience() {
+    let server = push_server();
+    let (advertiser, key_file) = advertiser(&server);
+    let notify = server.create("destination", "dsp-n");
+    let members = server.create("destination", "dsp-m");
+    graph(&server, 400, &["dsp-n", "dsp-m"]);
+    let (port_n, port_m) = (free_port(), free_port());
+    let secret_n = set_webhook(&server, &notify, port_n, "notify");
+    let secret_m = set_webhook(&server, &members, port_m, "members");
+    let listener_n = Listener::spawn(&server, "dsp-n", port_n, &secret_n);
+    let listener_m = Listener::spawn(&server, "dsp-m", port_m, &secret_m);
+
+    let audience_n = release(&server, &advertiser, &key_file, "dsp-n");
+    let audience_m = release(&server, &advertiser, &key_file, "dsp-m");
+
+    // Members mode: the pushed file is exactly what a pull returns.
+    let csv = listener_m.out.join(format!("{audience_m}.csv"));
+    let pushed = wait_for("the pushed audience", Duration::from_secs(60), || {
+        std::fs::read_to_string(&csv).ok()
+    });
+    let mut lines = pushed.lines();
+    assert_eq!(lines.next(), Some("cookie_id"));
+    let pushed: BTreeSet<String> = lines.map(str::to_owned).collect();
+    let pulled: BTreeSet<String> = server
+        .ok(
+            &members,
+            &["audiences", "pull", &audience_m, "--page-size", "64"],
+        )
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let truth: BTreeSet<String> = (0..SEGMENT).map(|i| format!("dsp-m-ck-{i}")).collect();
+    assert_eq!(pushed, truth);
+    assert_eq!(pulled, truth);
+    let events_m = listener_m.events();
+    assert_eq!(
+        events_m[0]["type"], "audience.released",
+        "released comes first"
+    );
+    let pages = events_m[0]["data"]["pages"].as_u64().unwrap();
+    assert_eq!(pages, SEGMENT.div_ceil(64) as u64);
+    let page_numbers: Vec<u64> = events_m[1..]
+        .iter()
+        .map(|e| e["data"]["page"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        page_numbers,
+        (1..=pages).collect::<Vec<_>>(),
+        "pages in order"
+    );
+
+    // Notify mode: one event describing the audience, no members.
+    let released = wait_for("the notification", Duration::from_secs(60), || {
+        listener_n.events().into_iter().next()
+    });
+    assert_eq!(released["type"], "audience.released");
+    let data = &released["data"];
+    assert_eq!(data["audience_id"], audience_n.as_str());
+    assert_eq!(data["segment"], "Gold");
+    assert_eq!(data["advertiser"], "acme");
+    assert_eq!(data["size"], SEGMENT);
+    assert_eq!(
+        data["members_url"],
+        format!("/v1/audiences/{audience_n}/members")
+    );
+    assert!(!listener_n.out.join(format!("{audience_n}.csv")).exists());
+    assert!(
+        !std::fs::read_to_string(listener_n.out.join("events.ndjson"))
+            .unwrap()
+            .contains("-ck-")
+    );
+
+    // Every request verified the first time: one attempt each, all delivered.
+    for key in [&notify, &members] {
+        let list = wait_for(
+            "every delivery acknowledged",
+            Duration::from_secs(30),
+            || {
+                let list = deliveries(&server, key);
+                list.iter()
+                    .all(|d| d["status"] == "delivered")
+                    .then_some(list)
+            },
+        );
+        assert!(!list.is_empty());
+        for d in &list {
+            assert_eq!(d["attempts"], 1, "{d}");
+            assert_eq!(d["last_status"], 200, "{d}");
+        }
+    }
+    assert_eq!(deliveries(&server, &members).len() as u64, pages + 1);
+    // Pushed pages are audited like pulled ones.
+    let audit = server.ok(&server.admin_key, &["admin", "audit", "--json"]);
+    assert_eq!(
+        audit.matches("audience.push").count() as u64,
+        pages,
+        "{audit}"
+    );
+
+    // The reference receiver refuses a tampered body and an old timestamp.
+    let client = https_client(&server);
+    let secret = SigningSecret::parse(&secret_n).unwrap();
+    let body = br#"{"type":"audience.expired","timestamp":"x","data":{}}"#;
+    let now = unix_now();
+    let port = listener_n.port;
+    assert_eq!(
+        post_signed(
+            &client,
+            port,
+            &secret,
+            "msg_t1",
+            now,
+            body,
+            b"{\"tampered\":1}"
+        ),
+        401
+    );
+    assert_eq!(
+        post_signed(&client, port, &secret, "msg_t2", now - 600, body, body),
+        401
+    );
+    let stranger = SigningSecret::generate(&mut rand::thread_rng());
+    assert_eq!(
+        post_signed(&client, port, &stranger, "msg_t3", now, body, body),
+        401
+    );
+    assert_eq!(
+        post_signed(&client, port, &secret, "msg_t4", now, body, body),
+        200
+    );
+    // A second request with a processed webhook-id is acknowledged, not processed again.
+    let events = listener_n.events().len();
+    assert_eq!(
+        post_signed(&client, port, &secret, "msg_t4", now, body, body),
+        200
+    );
+    assert_eq!(listener_n.events().len(), events);
+
+    // No identifier or cookie ID in the server's log lines.
+    let log = server.log();
+    assert!(
+        log.contains("webhook attempt"),
+        "the dispatcher logs its attempts"
+    );
+    for needle in ["-ck-", "@example.com", "whsec_"] {
+        assert!(!log.contains(needle), "{needle} in the server log");
+    }
+}
+
+/// What a test receiver got: each request's headers.
+#[derive(Default)]
+struct Received {
+    ids: Vec<String>,
+    /// (timestamp, signature header, body) of each request.
+    signed: Vec<(String, String, Vec<u8>)>,
+}
+
+/// A test receiver: answers `fail_status` to the first `fail_first` requests, then 200.
+struct Recorder {
+    received: Arc<Mutex<Received>>,
+    _server: actix_web::dev::ServerHandle,
+}
+
+impl Recorder {
+    fn start(server: &TestServer, port: u16, fail_first: usize, fail_status: u16) -> Self {
+        use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+        let tls = server.data_dir.join("tls");
+        let config =
+            onboard_client::receiver::tls_config(&tls.join("cert.pem"), &tls.join("key.pem"))
+                .unwrap();
+        let received = Arc::new(Mutex::new(Received::default()));
+        let state = received.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let srv = HttpServer::new(move || {
+                    let state = state.clone();
+                    App::new().default_service(web::to(
+                        move |req: HttpRequest, body: web::Bytes| {
+                            let state = state.clone();
+                            async move {
+                                let header = |n: &str| {
+                                    req.headers()
+                                        .get(n)
+                                        .and_then(|v| v.to_str().ok())
+                                        .unwrap_or("")
+                                        .to_owned()
+                                };
+                                let mut r = state.lock().unwrap();
+                                r.ids.push(header(webhook::HEADER_ID));
+                                let signed = (
+                                    header(webhook::HEADER_TIMESTAMP),
+                                    header(webhook::HEADER_SIGNATURE),
+                                    body.to_vec(),
+                                );
+                                r.signed.push(signed);
+                                if r.ids.len() <= fail_first {
+                                    HttpResponse::build(
+                                        actix_web::http::StatusCode::from_u16(fail_status).unwrap(),
+                                    )
+                                    .finish()
+                                } else {
+                                    HttpResponse::Ok().finish()
+                                }
+                            }
+                        },
+                    ))
+                })
+                .workers(1)
+                .disable_signals()
+                .bind_rustls_0_23(("127.0.0.1", port), config)
+                .unwrap()
+                .run();
+                tx.send(srv.handle()).unwrap();
+                let _ = srv.await;
+            });
+        });
+        let handle = rx.recv().unwrap();
+        Self {
+            received,
+            _server: handle,
+        }
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.received.lock().unwrap().ids.clone()
+    }
+}
+
+#[test]
+fn a_receiver_failing_three_times_gets_the_same_message_id_four_times() {
+    let server = push_server();
+    let (advertiser, key_file) = advertiser(&server);
+    let dsp = server.create("destination", "dsp-r");
+    graph(&server, 300, &["dsp-r"]);
+    let port = free_port();
+    set_webhook(&server, &dsp, port, "notify");
+    let recorder = Recorder::start(&server, port, 3, 500);
+    release(&server, &advertiser, &key_file, "dsp-r");
+    let list = wait_for("the delivery", Duration::from_secs(60), || {
+        let list = deliveries(&server, &dsp);
+        (list.len() == 1 && list[0]["status"] == "delivered").then_some(list)
+    });
+    assert_eq!(list[0]["attempts"], 4, "{list:?}");
+    assert_eq!(list[0]["last_status"], 200);
+    let ids = recorder.ids();
+    assert_eq!(ids.len(), 4);
+    assert!(
+        ids.iter().all(|id| id == &ids[0] && id.starts_with("msg_")),
+        "{ids:?}"
+    );
+    assert_eq!(list[0]["id"], ids[0].as_str());
+    let metrics = metrics(&server);
+    assert!(
+        metrics.contains("onboard_webhook_deliveries_total{outcome=\"retried\"} 3"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("onboard_webhook_deliveries_total{outcome=\"delivered\"} 1"));
+    assert!(metrics.contains("onboard_webhook_outbox_depth 0"));
+    assert!(metrics.contains("onboard_webhook_delivery_latency_seconds_count 1"));
+}
+
+#[test]
+fn gone_fails_the_message_and_disables_the_endpoint() {
+    let server = push_server();
+    let (advertiser, key_file) = advertiser(&server);
+    let dsp = server.create("destination", "dsp-g");
+    graph(&server, 300, &["dsp-g"]);
+    let port = free_port();
+    set_webhook(&server, &dsp, port, "members");
+    let recorder = Recorder::start(&server, port, usize::MAX, 410);
+    release(&server, &advertiser, &key_file, "dsp-g");
+    let list = wait_for("every message ended", Duration::from_secs(60), || {
+        let list = deliveries(&server, &dsp);
+        (!list.is_empty() && list.iter().all(|d| d["status"] == "failed")).then_some(list)
+    });
+    // The first message got 410; the pages behind it failed without an attempt.
+    let first = list.last().unwrap();
+    assert_eq!(first["attempts"], 1, "{first}");
+    assert_eq!(first["last_status"], 410, "{first}");
+    assert!(list.len() > 1);
+    for page in &list[..list.len() - 1] {
+        assert_eq!(page["attempts"], 0, "{page}");
+        assert_eq!(page["last_error"], "endpoint-disabled", "{page}");
+    }
+    assert_eq!(recorder.ids().len(), 1);
+    let shown = server.json(&dsp, &["destination", "webhook", "show", "--json"]);
+    assert_eq!(shown["status"], "disabled", "{shown}");
+    assert_eq!(shown["disabled_reason"], "gone", "{shown}");
+    assert!(metrics(&server).contains("onboard_webhook_deliveries_total{outcome=\"gone\"} 1"));
+}
+
+#[test]
+fn a_message_pending_at_sigkill_is_delivered_after_restart_and_never_again() {
+    let mut server = push_server();
+    let (advertiser, key_file) = advertiser(&server);
+    let dsp = server.create("destination", "dsp-k");
+    graph(&server, 300, &["dsp-k"]);
+    // Nothing listens yet: the first attempt fails and the message waits.
+    let port = free_port();
+    set_webhook(&server, &dsp, port, "notify");
+    release(&server, &advertiser, &key_file, "dsp-k");
+    let pending = wait_for("a failed first attempt", Duration::from_secs(30), || {
+        let list = deliveries(&server, &dsp);
+        (list.len() == 1 && list[0]["attempts"].as_u64() >= Some(1)).then_some(list)
+    });
+    assert_eq!(pending[0]["status"], "pending");
+    assert_eq!(pending[0]["last_error"], "connect");
+    server.kill();
+
+    let recorder = Recorder::start(&server, port, 0, 200);
+    serve_trusting_ca(&mut server);
+    wait_for(
+        "the delivery after restart",
+        Duration::from_secs(60),
+        || {
+            let list = deliveries(&server, &dsp);
+            (list[0]["status"] == "delivered").then_some(())
+        },
+    );
+    assert_eq!(recorder.ids(), [pending[0]["id"].as_str().unwrap()]);
+
+    // Acknowledged: a second restart does not send it again. The dispatcher
+    // reads the outbox at start and then every second; give it a few rounds.
+    server.stop();
+    serve_trusting_ca(&mut server);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(recorder.ids().len(), 1);
+}
+
+#[test]
+fn a_url_resolving_to_loopback_is_refused_without_the_allow_flag() {
+    let server = TestServer::start(&[("K", "50")]);
+    let dsp = server.create("destination", "dsp-x");
+    for url in [
+        "https://127.0.0.1:8443/hook",
+        "https://localhost:8443/hook",
+        "https://10.0.0.1/hook",
+        "https://[::1]/hook",
+        "https://169.254.169.254/latest",
+    ] {
+        let out = server.onboard(&dsp, &["destination", "webhook", "set", "--url", url]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{url}: {stderr}");
+        assert!(
+            stderr.contains("webhook_allow_private_targets"),
+            "{url}: {stderr}"
+        );
+    }
+    let out = server.onboard(
+        &dsp,
+        &[
+            "destination",
+            "webhook",
+            "set",
+            "--url",
+            "http://127.0.0.1/hook",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("https"));
+    let out = server.onboard(&dsp, &["destination", "webhook", "show"]);
+    assert_eq!(out.status.code(), Some(1), "nothing was registered");
+    // The operator's command follows the same rule.
+    let out = server.onboard(
+        &server.admin_key,
+        &[
+            "admin",
+            "destination",
+            "webhook",
+            "set",
+            "dsp-x",
+            "--url",
+            "https://127.0.0.2/h",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn after_a_rotation_both_secrets_sign_during_the_overlap() {
+    let server = push_server();
+    let (advertiser, key_file) = advertiser(&server);
+    let dsp = server.create("destination", "dsp-s");
+    graph(&server, 300, &["dsp-s"]);
+    let port = free_port();
+    let old = set_webhook(&server, &dsp, port, "notify");
+    let out = server.ok(&dsp, &["destination", "webhook", "rotate-secret"]);
+    let new = out.lines().last().unwrap().trim().to_owned();
+    assert!(new.starts_with("whsec_") && new != old, "{out}");
+    let shown = server.json(&dsp, &["destination", "webhook", "show", "--json"]);
+    let secrets = shown["secrets"].as_array().unwrap();
+    assert_eq!(secrets.len(), 2, "{shown}");
+    assert!(
+        secrets[0]["expires"].is_null() && secrets[1]["expires"].is_string(),
+        "{shown}"
+    );
+    assert!(
+        !shown.to_string().contains("whsec_"),
+        "show never prints a secret"
+    );
+
+    let recorder = Recorder::start(&server, port, 0, 200);
+    release(&server, &advertiser, &key_file, "dsp-s");
+    wait_for("the delivery", Duration::from_secs(60), || {
+        recorder.ids().first().cloned()
+    });
+    let (id, (timestamp, header, body)) = {
+        let r = recorder.received.lock().unwrap();
+        (r.ids[0].clone(), r.signed[0].clone())
+    };
+    assert_eq!(header.split(' ').count(), 2, "{header}");
+    // Each secret alone verifies the request (a receiver may hold either).
+    for secret in [&old, &new] {
+        let secrets = [SigningSecret::parse(secret).unwrap()];
+        let headers = webhook::SignedHeaders {
+            id: Some(&id),
+            timestamp: Some(&timestamp),
+            signature: Some(&header),
+        };
+        assert_eq!(
+            webhook::verify(&secrets, headers, &body, unix_now(), 300),
+            Ok(id.as_str())
+        );
+    }
+}
+
+/// Not a test: the figures of docs/api.md's closing note. Pushes one
+/// audience in members mode with pages of 10 cookie IDs to the reference
+/// receiver and prints the delivery latency after the release and the
+/// messages per second. `cargo test --release --test webhooks -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn measure_push_latency_and_throughput() {
+    let mut server = TestServer::start(&[
+        ("K", "50"),
+        ("MIN_JOB_ROWS", "100"),
+        ("MEMBERS_PAGE_LIMIT", "10"),
+        ("WEBHOOK_ALLOW_PRIVATE_TARGETS", "true"),
+    ]);
+    server.stop();
+    serve_trusting_ca(&mut server);
+    let (advertiser, key_file) = advertiser(&server);
+    let dsp = server.create("destination", "dsp-p");
+    let persons = 5_000;
+    graph(&server, persons, &["dsp-p"]);
+    let port = free_port();
+    let secret = set_webhook(&server, &dsp, port, "members");
+    let listener = Listener::spawn(&server, "dsp-p", port, &secret);
+    let crm = crm_file(&server, "crm-p.csv", "Gold", 0..persons, 100);
+    let started = Instant::now();
+    let out = match_emails(&server, &advertiser, &key_file, &crm, "dsp-p");
+    assert!(out.status.success());
+    let released = Instant::now();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let audience = segment_of(&report, "Gold")["audience_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let first = wait_for("the notification", Duration::from_secs(60), || {
+        listener.events().into_iter().next().map(|_| Instant::now())
+    });
+    let csv = listener.out.join(format!("{audience}.csv"));
+    let done = wait_for("the last page", Duration::from_secs(600), || {
+        csv.exists().then(Instant::now)
+    });
+    let messages = listener.events().len();
+    println!(
+        "job {:.2} s; first message {:.0} ms after the finish answered; {messages} messages in {:.2} s after it: {:.0} messages/s",
+        (released - started).as_secs_f64(),
+        (first.saturating_duration_since(released)).as_secs_f64() * 1000.0,
+        (done - released).as_secs_f64(),
+        messages as f64 / (done - released).as_secs_f64(),
+    );
+    let metrics = metrics(&server);
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("onboard_webhook_delivery_latency_seconds_"))
+    {
+        println!("{line}");
+    }
+}
