@@ -9,7 +9,8 @@
 //! Messages are written in the same sled transaction as the job or audience
 //! record whose change causes them, with their index entries.
 
-use super::sled::{be, from_json, json, key, tx_err, SledStore};
+use super::sled::SledStore;
+use super::sled_codec::{be, from_json, json, key, tx_err};
 use super::sled_index::{audience_keys, job_keys, put_indexed};
 use super::*;
 use ::sled::transaction::{ConflictableTransactionError, TransactionalTree};

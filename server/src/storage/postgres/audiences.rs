@@ -6,7 +6,7 @@
 use super::*;
 
 /// Upsert an audience record with its indexed columns.
-const PUT_AUDIENCE: &str =
+pub(super) const PUT_AUDIENCE: &str =
     "INSERT INTO audiences (id, advertiser, destination, expires_unix, pulled, record)
      VALUES ($1, $2, $3, $4, $5, $6)
      ON CONFLICT (id) DO UPDATE SET advertiser = EXCLUDED.advertiser,

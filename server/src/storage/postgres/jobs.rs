@@ -5,7 +5,7 @@ use super::graph::{batch_col, batch_of};
 use super::*;
 
 /// Upsert a job record with its indexed columns.
-const PUT_JOB: &str = "INSERT INTO jobs (id, advertiser, status, touched, record)
+pub(super) const PUT_JOB: &str = "INSERT INTO jobs (id, advertiser, status, touched, record)
      VALUES ($1, $2, $3, $4, $5)
      ON CONFLICT (id) DO UPDATE SET advertiser = EXCLUDED.advertiser,
          status = EXCLUDED.status, touched = EXCLUDED.touched, record = EXCLUDED.record";

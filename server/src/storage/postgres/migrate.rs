@@ -7,11 +7,18 @@ use super::{db_err, StoreError, StoreResult};
 use deadpool_postgres::Object;
 
 /// Every migration: (version, name, SQL). Versions are 1, 2, … in order.
-const MIGRATIONS: &[(u32, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../../../migrations/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(u32, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../../migrations/0001_initial.sql"),
+    ),
+    (
+        2,
+        "outbox",
+        include_str!("../../../migrations/0002_outbox.sql"),
+    ),
+];
 
 /// The schema version this build writes: its last migration's.
 pub const PG_SCHEMA_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].0;

@@ -15,6 +15,7 @@ mod cache;
 mod graph;
 mod jobs;
 mod migrate;
+mod outbox;
 mod records;
 #[cfg(test)]
 pub(crate) mod test_db;
