@@ -17,13 +17,14 @@ pub const FIRST_ROWS_KEPT: usize = 5;
 /// Rows classified per parallel chunk in the quality pass.
 const QUALITY_CHUNK: usize = 8192;
 
-/// How many rows had one problem, and the first few of them (line numbers
-/// in the file, the header being line 1). Never the values.
+/// How many rows had one problem, and the first few of them: line numbers
+/// in a CSV (the header being line 1), row numbers in a spreadsheet's
+/// sheet. Never the values.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RowIssue {
     /// Rows with the problem.
     pub count: u64,
-    /// Line numbers of the first few.
+    /// Line (or sheet row) numbers of the first few.
     pub first_rows: Vec<u64>,
 }
 
@@ -292,7 +293,7 @@ pub(super) fn quality_pass_with(
     let (spare_tx, spare_rx) = mpsc::channel::<Chunk>();
     let rows = &mut reader;
     std::thread::scope(|s| -> Result<(), ClientError> {
-        // Parsing the CSV is sequential: it runs a chunk or two ahead of the
+        // Reading the file is sequential: it runs a chunk or two ahead of the
         // parallel classification instead of between its rounds.
         s.spawn(move || parse_ahead(rows, tx, spare_rx));
         // Rows classified and waiting for the tally; the buffer for the next.
