@@ -189,6 +189,21 @@ impl Services {
         self.cleanup()
     }
 
+    /// Forget delivered and failed push messages older than `job_retention`.
+    fn prune_ended_messages(&self, now: u64) -> Result<usize, ApiError> {
+        let before_ms = now
+            .saturating_sub(self.config.job_retention.as_secs())
+            .saturating_mul(1000);
+        let mut pruned = 0;
+        loop {
+            let n = self.repo.prune_messages(before_ms, CLEANUP_PAGE)?;
+            pruned += n;
+            if n < CLEANUP_PAGE {
+                return Ok(pruned);
+            }
+        }
+    }
+
     /// Delete expired audiences, fail abandoned jobs and forget long-ended
     /// ones; returns (audiences, abandoned jobs).
     pub fn cleanup(&self) -> Result<(usize, usize), ApiError> {
@@ -228,6 +243,7 @@ impl Services {
             }
         }
         self.prune_ended_jobs(now)?;
+        self.prune_ended_messages(now)?;
         self.cleanup_graph_versions()?;
         Ok((auds, jobs))
     }

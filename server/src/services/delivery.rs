@@ -337,6 +337,9 @@ impl Dispatcher {
         } else {
             metrics.outcome(label);
         }
+        if m.status != DeliveryStatus::Pending {
+            m.ended_ms = Some(now);
+        }
         tracing::info!(
             message = %m.id,
             destination = %m.destination,

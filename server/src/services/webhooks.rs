@@ -312,6 +312,7 @@ impl Services {
         m.attempts = 0;
         m.next_attempt_ms = now_ms();
         m.delivered_ms = None;
+        m.ended_ms = None;
         self.repo.update_message(&m)?;
         self.audit(actor, "webhook.redeliver", id, "ok")?;
         self.outbox_wake.notify_one();
@@ -347,6 +348,7 @@ impl Services {
             created_ms: now,
             next_attempt_ms: now,
             delivered_ms: None,
+            ended_ms: None,
         }
     }
 

@@ -357,6 +357,9 @@ pub struct OutboxMessage {
     pub next_attempt_ms: u64,
     /// Unix milliseconds of the acknowledged attempt.
     pub delivered_ms: Option<u64>,
+    /// Unix milliseconds it was delivered or failed (pruned a retention after).
+    #[serde(default)]
+    pub ended_ms: Option<u64>,
 }
 
 /// Schema version and durability.
@@ -786,6 +789,9 @@ pub trait OutboxRepo {
     fn pending_heads(&self, per_destination: usize) -> StoreResult<Vec<OutboxMessage>>;
     /// Pending messages (index entries only).
     fn pending_count(&self) -> StoreResult<u64>;
+    /// Delete up to `limit` messages that ended (delivered or failed) before
+    /// `ended_before_ms`, by index; returns how many.
+    fn prune_messages(&self, ended_before_ms: u64, limit: usize) -> StoreResult<usize>;
 }
 
 /// Everything a server needs.
@@ -1119,6 +1125,7 @@ impl<R: OutboxRepo> OutboxRepo for Guarded<R> {
         fn put_job_with_messages(&self, job: &Job, messages: Vec<OutboxMessage>) -> StoreResult<()>;
         fn put_audience_with_messages(&self, a: &Audience, messages: Vec<OutboxMessage>) -> StoreResult<()>;
         fn update_message(&self, m: &OutboxMessage) -> StoreResult<()>;
+        fn prune_messages(&self, ended_before_ms: u64, limit: usize) -> StoreResult<usize>;
     }
 }
 

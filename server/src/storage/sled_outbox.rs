@@ -4,7 +4,8 @@
 //! - `p 0 destination 0 seq(8, BE)` → ID while a message is pending, so the
 //!   dispatcher finds each destination's oldest pending message with one
 //!   seek per destination;
-//! - `a 0 destination 0 seq(8, BE)` → ID for every message (listings).
+//! - `a 0 destination 0 seq(8, BE)` → ID for every message (listings);
+//! - `e 0 ended(8, BE) ID` → ID once a message is delivered or failed (pruning).
 //!
 //! Messages are written in the same sled transaction as the job or audience
 //! record whose change causes them, with their index entries.
@@ -26,6 +27,11 @@ fn index_key(kind: u8, destination: &str, seq: u64) -> Vec<u8> {
     key(&[&[kind, 0], destination.as_bytes(), &[0], &seq.to_be_bytes()])
 }
 
+/// `e 0 ended(8, BE) id`: ended messages by end time, for pruning.
+fn ended_key(ended_ms: u64, id: &str) -> Vec<u8> {
+    key(&[b"e\0", &ended_ms.to_be_bytes(), id.as_bytes()])
+}
+
 /// Write a message and its index entries inside a transaction.
 fn put_message_tx(
     outbox: &TransactionalTree,
@@ -33,7 +39,17 @@ fn put_message_tx(
     m: &OutboxMessage,
     value: &[u8],
 ) -> TxResult<()> {
-    outbox.insert(m.id.as_bytes(), value)?;
+    if let Some(old) = outbox.insert(m.id.as_bytes(), value)? {
+        // An unreadable old record aborts: its index entries are unknown.
+        let old: OutboxMessage =
+            serde_json::from_slice(&old).map_err(|_| ConflictableTransactionError::Abort(()))?;
+        if let Some(ended) = old.ended_ms {
+            idx.remove(ended_key(ended, &old.id))?;
+        }
+    }
+    if let (Some(ended), false) = (m.ended_ms, m.status == DeliveryStatus::Pending) {
+        idx.insert(ended_key(ended, &m.id), m.id.as_bytes())?;
+    }
     idx.insert(index_key(b'a', &m.destination, m.seq), m.id.as_bytes())?;
     let pending = index_key(b'p', &m.destination, m.seq);
     if m.status == DeliveryStatus::Pending {
@@ -229,6 +245,32 @@ impl OutboxRepo for SledStore {
         Ok(heads)
     }
 
+    fn prune_messages(&self, ended_before_ms: u64, limit: usize) -> StoreResult<usize> {
+        let (outbox, idx) = (self.tree(OUTBOX)?, self.tree(OUTBOX_INDEX)?);
+        let end = key(&[b"e\0", &ended_before_ms.to_be_bytes()]);
+        // Each ended entry with its message (none if the record is gone already).
+        let mut ended: Vec<(Vec<u8>, Option<OutboxMessage>)> = Vec::new();
+        for entry in idx.range(b"e\0".to_vec()..end).take(limit) {
+            let (k, id) = entry.map_err(be)?;
+            let m = outbox.get(&id).map_err(be)?;
+            ended.push((k.to_vec(), m.map(|v| from_json(OUTBOX, &v)).transpose()?));
+        }
+        (&outbox, &idx)
+            .transaction(|(outbox, idx)| {
+                for (k, m) in &ended {
+                    idx.remove(k.as_slice())?;
+                    if let Some(m) = m {
+                        outbox.remove(m.id.as_bytes())?;
+                        idx.remove(index_key(b'a', &m.destination, m.seq))?;
+                        idx.remove(index_key(b'p', &m.destination, m.seq))?;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(tx_err)?;
+        Ok(ended.len())
+    }
+
     fn pending_count(&self) -> StoreResult<u64> {
         let mut n = 0;
         for k in self.tree(OUTBOX_INDEX)?.scan_prefix(b"p\0").keys() {
@@ -258,6 +300,7 @@ mod tests {
             created_ms: 1,
             next_attempt_ms: 1,
             delivered_ms: None,
+            ended_ms: None,
         }
     }
 
@@ -336,6 +379,25 @@ mod tests {
             .collect();
         assert_eq!(listed, ["m2", "m1"], "newest first");
         assert_eq!(store.messages_of("dsp", 1).unwrap().len(), 1);
+
+        // Only ended messages are pruned, by their end time.
+        m1.ended_ms = Some(100);
+        store.update_message(&m1).unwrap();
+        assert_eq!(store.prune_messages(100, 10).unwrap(), 0);
+        assert_eq!(store.prune_messages(101, 10).unwrap(), 1);
+        assert_eq!(store.message("m1").unwrap(), None);
+        assert_eq!(store.messages_of("dsp", 10).unwrap().len(), 1);
+        assert_eq!(store.pending_count().unwrap(), 2);
+        // Redelivered (pending again), a message leaves the ended index.
+        let mut m2 = store.message("m2").unwrap().unwrap();
+        m2.status = DeliveryStatus::Failed;
+        m2.ended_ms = Some(5);
+        store.update_message(&m2).unwrap();
+        m2.status = DeliveryStatus::Pending;
+        m2.ended_ms = None;
+        store.update_message(&m2).unwrap();
+        assert_eq!(store.prune_messages(u64::MAX, 10).unwrap(), 0);
+        assert!(store.message("m2").unwrap().is_some());
     }
 
     #[test]
