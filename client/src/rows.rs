@@ -102,7 +102,7 @@ impl RowsInput {
     /// The data-quality pass over the rows (nothing is sent).
     pub fn quality(mut self, opts: &MatchOptions) -> Result<QualityReport, ClientError> {
         let opts = self.finish(opts)?;
-        let mut q = data_quality(&opts)?;
+        let mut q = data_quality(&opts).map_err(|e| self.named(e))?;
         q.input = ROWS_INPUT_NAME.into();
         Ok(q)
     }
@@ -116,7 +116,7 @@ impl RowsInput {
         progress: &dyn ProgressSink,
     ) -> Result<MatchOutcome, ClientError> {
         let opts = self.finish(opts)?;
-        let mut outcome = run_match_with(api, &opts, progress)?;
+        let mut outcome = run_match_with(api, &opts, progress).map_err(|e| self.named(e))?;
         outcome.quality.input = ROWS_INPUT_NAME.into();
         Ok(outcome)
     }
@@ -138,6 +138,27 @@ impl RowsInput {
             };
             self.write_error(source)
         })
+    }
+
+    /// `e` naming the rows rather than the file that holds them.
+    fn named(&self, e: ClientError) -> ClientError {
+        let rows = || PathBuf::from(ROWS_INPUT_NAME);
+        match e {
+            ClientError::BadInput { path, message } if path == self.path => ClientError::BadInput {
+                path: rows(),
+                message,
+            },
+            ClientError::File {
+                action,
+                path,
+                source,
+            } if path == self.path => ClientError::File {
+                action,
+                path: rows(),
+                source,
+            },
+            other => other,
+        }
     }
 
     fn write_error(&self, source: std::io::Error) -> ClientError {
@@ -231,6 +252,28 @@ mod tests {
         from_file.input = ROWS_INPUT_NAME.into();
         assert_eq!(from_rows, from_file);
         assert_eq!(from_rows.rows_to_upload, 2, "{from_rows:?}");
+    }
+
+    #[test]
+    fn errors_name_the_rows_not_the_file_holding_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = opts();
+        opts.dry_run = false;
+        opts.key_file = dir.path().join("k.key");
+        crate::keyfile::generate_key_file(&opts.key_file).unwrap();
+        let mut input = RowsInput::new(&opts).unwrap();
+        input
+            .push(&["not an email".into(), String::new(), "Gold".into()])
+            .unwrap();
+        // Never contacted: no row can be uploaded, which is known before.
+        let api = ApiClient::new("https://127.0.0.1:1", None, "obk_test").unwrap();
+        let err = input
+            .run_match(&api, &opts, &crate::progress::NoProgress)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "(rows): no row can be uploaded (see the data-quality report)"
+        );
     }
 
     #[test]
