@@ -40,13 +40,20 @@ fn verify(data_dir: &Path, anchors: &[String]) -> Output {
     server_cmd(&args, data_dir)
 }
 
+/// The data dir's store on its configured backend (sled, or PostgreSQL
+/// when the data dir or the environment names a database).
+fn store(data_dir: &Path) -> std::sync::Arc<dyn onboard_server::storage::Repo> {
+    let config = onboard_server::Config::for_data_dir(data_dir, None).unwrap();
+    onboard_server::storage::open(data_dir, &config.storage_config().unwrap()).unwrap()
+}
+
 fn entries(data_dir: &Path) -> Vec<AuditEntry> {
-    let repo = onboard_server::storage::open_sled(data_dir).unwrap();
+    let repo = store(data_dir);
     repo.audit_after(0, 10_000).unwrap()
 }
 
 fn put_entries(data_dir: &Path, list: &[AuditEntry]) {
-    let repo = onboard_server::storage::open_sled(data_dir).unwrap();
+    let repo = store(data_dir);
     for e in list {
         repo.put_audit(e).unwrap();
     }

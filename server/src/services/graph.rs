@@ -16,7 +16,7 @@ use onboard_protocol::PointBytes;
 use onboard_protocol::{blind, MatchKind};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::Ordering;
 
 /// One cookie row of a cookies batch.
@@ -223,20 +223,16 @@ impl Services {
         &self,
         rows: Vec<IdentifierRow>,
     ) -> Result<Vec<IdentifierRow>, ApiError> {
-        let mut erased: HashMap<PersonKey, bool> = HashMap::new();
-        let mut kept = Vec::with_capacity(rows.len());
-        for row in rows {
-            let person_erased = match erased.get(&row.2) {
-                Some(e) => *e,
-                None => *erased
-                    .entry(row.2)
-                    .or_insert(self.repo.is_erased_person(&row.2)?),
-            };
-            if !person_erased && !self.repo.is_erased_point(&row.1)? {
-                kept.push(row);
-            }
-        }
-        Ok(kept)
+        // One batched check per kind of tombstone, not one call per row.
+        let erased_persons = self.erased_among(rows.iter().map(|r| r.2))?;
+        let points: Vec<PointBytes> = rows.iter().map(|r| r.1).collect();
+        let erased_points = self.repo.erased_points_among(&points)?;
+        Ok(rows
+            .into_iter()
+            .zip(erased_points)
+            .filter(|(row, point_erased)| !point_erased && !erased_persons.contains(&row.2))
+            .map(|(row, _)| row)
+            .collect())
     }
 
     /// Cookie rows whose person is not tombstoned.
@@ -244,20 +240,28 @@ impl Services {
         &self,
         rows: &'r [CookieRow],
     ) -> Result<Vec<&'r CookieRow>, ApiError> {
-        let mut erased: HashMap<&str, bool> = HashMap::new();
-        let mut kept = Vec::with_capacity(rows.len());
-        for row in rows {
-            let person_erased = match erased.get(row.person.as_str()) {
-                Some(e) => *e,
-                None => *erased
-                    .entry(&row.person)
-                    .or_insert(self.repo.is_erased_person(&self.person_key(&row.person))?),
-            };
-            if !person_erased {
-                kept.push(row);
-            }
-        }
-        Ok(kept)
+        let keys: Vec<PersonKey> = rows.iter().map(|r| self.person_key(&r.person)).collect();
+        let erased = self.erased_among(keys.iter().copied())?;
+        Ok(rows
+            .iter()
+            .zip(keys)
+            .filter(|(_, key)| !erased.contains(key))
+            .map(|(row, _)| row)
+            .collect())
+    }
+
+    /// The tombstoned ones among `persons` (each asked once, in one call).
+    fn erased_among(
+        &self,
+        persons: impl Iterator<Item = PersonKey>,
+    ) -> Result<HashSet<PersonKey>, ApiError> {
+        let distinct: Vec<PersonKey> = persons.collect::<BTreeSet<_>>().into_iter().collect();
+        let erased = self.repo.erased_persons_among(&distinct)?;
+        Ok(distinct
+            .into_iter()
+            .zip(erased)
+            .filter_map(|(p, e)| e.then_some(p))
+            .collect())
     }
 
     /// Rows of an import dropped so far because their person or identifier

@@ -548,6 +548,15 @@ pub trait ErasureRepo {
     fn lift_erasure(&self, person: &PersonKey) -> StoreResult<bool>;
     /// Tombstoned persons.
     fn erasure_count(&self) -> StoreResult<u64>;
+    /// [`ErasureRepo::is_erased_person`] of each of `persons`, in one call
+    /// (an import batch's check; a database answers it in one round trip).
+    fn erased_persons_among(&self, persons: &[PersonKey]) -> StoreResult<Vec<bool>> {
+        persons.iter().map(|p| self.is_erased_person(p)).collect()
+    }
+    /// [`ErasureRepo::is_erased_point`] of each of `points`, in one call.
+    fn erased_points_among(&self, points: &[PointBytes]) -> StoreResult<Vec<bool>> {
+        points.iter().map(|p| self.is_erased_point(p)).collect()
+    }
 }
 
 /// The hash-chained audit log.
@@ -917,6 +926,8 @@ impl<R: ErasureRepo> ErasureRepo for Guarded<R> {
         fn is_erased_person(&self, person: &PersonKey) -> StoreResult<bool>;
         fn is_erased_point(&self, point: &PointBytes) -> StoreResult<bool>;
         fn erasure_count(&self) -> StoreResult<u64>;
+        fn erased_persons_among(&self, persons: &[PersonKey]) -> StoreResult<Vec<bool>>;
+        fn erased_points_among(&self, points: &[PointBytes]) -> StoreResult<Vec<bool>>;
     }
     guarded_writes! {
         fn add_erasure(&self, person: &PersonKey, points: &[PointBytes]) -> StoreResult<Vec<PointBytes>>;

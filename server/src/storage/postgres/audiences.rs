@@ -5,12 +5,6 @@
 
 use super::*;
 
-fn audiences_of_rows(rows: &[tokio_postgres::Row]) -> StoreResult<Vec<Audience>> {
-    rows.iter()
-        .map(|r| from_json("audiences", r.get(0)))
-        .collect()
-}
-
 /// Upsert an audience record with its indexed columns.
 const PUT_AUDIENCE: &str =
     "INSERT INTO audiences (id, advertiser, destination, expires_unix, pulled, record)
@@ -29,13 +23,14 @@ fn member_pos(person: &str, tag: &[u8; 16]) -> Vec<u8> {
     pos
 }
 
-impl AudienceRepo for PgStore {
-    fn create_audience(
+impl PgStore {
+    /// An audience record with its members (none for a metadata update), in
+    /// one transaction.
+    fn write_audience(
         &self,
         a: &Audience,
         members: &[(String, &[SealedCookie])],
     ) -> StoreResult<()> {
-        let record = json(a)?;
         let mut positions = Vec::new();
         let mut persons = Vec::new();
         let mut sealed = Vec::new();
@@ -47,83 +42,82 @@ impl AudienceRepo for PgStore {
             }
         }
         let positions: Vec<&[u8]> = positions.iter().map(Vec::as_slice).collect();
-        self.run(async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(db_err)?;
-            tx.execute(
-                PUT_AUDIENCE,
-                &[
-                    &a.id,
-                    &a.advertiser,
-                    &a.destination,
-                    &i64_of(a.expires_unix),
-                    &a.pulled,
-                    &record,
-                ],
-            )
-            .await
-            .map_err(db_err)?;
-            tx.execute(
+        let (expires, record) = (i64_of(a.expires_unix), json(a)?);
+        let audience: Params<'_> = &[
+            &a.id,
+            &a.advertiser,
+            &a.destination,
+            &expires,
+            &a.pulled,
+            &record,
+        ];
+        let members: Params<'_> = &[&a.id, &positions, &persons, &sealed];
+        let statements = [
+            (PUT_AUDIENCE, audience),
+            (
                 "INSERT INTO audience_members (audience, pos, person, sealed)
                  SELECT $1, k, p, s FROM unnest($2::bytea[], $3::text[], $4::bytea[]) AS u(k, p, s)
                  ON CONFLICT DO NOTHING",
-                &[&a.id, &positions, &persons, &sealed],
-            )
-            .await
-            .map_err(db_err)?;
-            tx.commit().await.map_err(db_err)
-        })
-    }
-    fn put_audience(&self, a: &Audience) -> StoreResult<()> {
-        self.execute(
-            PUT_AUDIENCE,
-            &[
-                &a.id,
-                &a.advertiser,
-                &a.destination,
-                &i64_of(a.expires_unix),
-                &a.pulled,
-                &json(a)?,
-            ],
-        )?;
+                members,
+            ),
+        ];
+        let count = if positions.is_empty() { 1 } else { 2 };
+        self.execute_all(&statements[..count])?;
         Ok(())
     }
+}
+
+impl AudienceRepo for PgStore {
+    fn create_audience(
+        &self,
+        a: &Audience,
+        members: &[(String, &[SealedCookie])],
+    ) -> StoreResult<()> {
+        self.write_audience(a, members)
+    }
+    fn put_audience(&self, a: &Audience) -> StoreResult<()> {
+        self.write_audience(a, &[])
+    }
     fn audience(&self, id: &str) -> StoreResult<Option<Audience>> {
-        self.query("SELECT record FROM audiences WHERE id = $1", &[&id])?
-            .first()
-            .map(|r| from_json("audiences", r.get(0)))
-            .transpose()
+        self.record(
+            "audiences",
+            "SELECT record FROM audiences WHERE id = $1",
+            &[&id],
+        )
     }
     fn audiences_for_destination(&self, destination: &str) -> StoreResult<Vec<Audience>> {
-        audiences_of_rows(&self.query(
+        self.records(
+            "audiences",
             "SELECT record FROM audiences WHERE destination = $1 ORDER BY id",
             &[&destination],
-        )?)
+        )
     }
     fn audiences_of(&self, advertiser: &str, destination: &str) -> StoreResult<Vec<Audience>> {
-        audiences_of_rows(&self.query(
+        self.records(
+            "audiences",
             "SELECT record FROM audiences WHERE advertiser = $1 AND destination = $2 ORDER BY id",
             &[&advertiser, &destination],
-        )?)
+        )
     }
     fn unpulled_audiences(&self) -> StoreResult<Vec<Audience>> {
-        audiences_of_rows(&self.query(
+        self.records(
+            "audiences",
             "SELECT record FROM audiences WHERE NOT pulled ORDER BY id",
             &[],
-        )?)
+        )
     }
     fn audiences_expiring_by(&self, unix: u64) -> StoreResult<Vec<Audience>> {
-        audiences_of_rows(&self.query(
+        self.records(
+            "audiences",
             "SELECT record FROM audiences WHERE expires_unix <= $1 ORDER BY expires_unix, id",
             &[&i64_of(unix)],
-        )?)
+        )
     }
     fn live_audience_count(&self, now: u64) -> StoreResult<u64> {
-        let rows = self.query(
+        self.count(
             "SELECT count(*) FROM audiences WHERE expires_unix > $1",
             &[&i64_of(now)],
-        )?;
-        Ok(rows.first().map_or(0, |r| u64_of(r.get(0))))
+        )
     }
     fn audience_persons(&self, id: &str) -> StoreResult<Vec<String>> {
         let rows = self.query(
@@ -175,16 +169,10 @@ impl AudienceRepo for PgStore {
         Ok(())
     }
     fn delete_audience(&self, id: &str) -> StoreResult<()> {
-        self.run(async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(db_err)?;
-            tx.execute("DELETE FROM audience_members WHERE audience = $1", &[&id])
-                .await
-                .map_err(db_err)?;
-            tx.execute("DELETE FROM audiences WHERE id = $1", &[&id])
-                .await
-                .map_err(db_err)?;
-            tx.commit().await.map_err(db_err)
-        })
+        self.execute_all(&[
+            ("DELETE FROM audience_members WHERE audience = $1", &[&id]),
+            ("DELETE FROM audiences WHERE id = $1", &[&id]),
+        ])?;
+        Ok(())
     }
 }

@@ -12,10 +12,11 @@ const META_GRAPH: &str = "graph";
 
 impl GraphRepo for PgStore {
     fn current_graph(&self) -> StoreResult<Option<GraphInfo>> {
-        self.query("SELECT value FROM meta WHERE key = $1", &[&META_GRAPH])?
-            .first()
-            .map(|r| from_json("meta", r.get(0)))
-            .transpose()
+        self.record(
+            "meta",
+            "SELECT value FROM meta WHERE key = $1",
+            &[&META_GRAPH],
+        )
     }
     fn allocate_version(&self) -> StoreResult<u64> {
         let rows = self.query("SELECT nextval('graph_version_seq')", &[])?;
@@ -32,16 +33,14 @@ impl GraphRepo for PgStore {
         Ok(())
     }
     fn import(&self, id: &str) -> StoreResult<Option<ImportRecord>> {
-        self.query("SELECT record FROM imports WHERE id = $1", &[&id])?
-            .first()
-            .map(|r| from_json("imports", r.get(0)))
-            .transpose()
+        self.record(
+            "imports",
+            "SELECT record FROM imports WHERE id = $1",
+            &[&id],
+        )
     }
     fn imports(&self) -> StoreResult<Vec<ImportRecord>> {
-        self.query("SELECT record FROM imports ORDER BY id", &[])?
-            .iter()
-            .map(|r| from_json("imports", r.get(0)))
-            .collect()
+        self.records("imports", "SELECT record FROM imports ORDER BY id", &[])
     }
     fn import_batch_hash(
         &self,
@@ -133,12 +132,11 @@ impl GraphRepo for PgStore {
         )? {
             info.cookies.insert(row.get(0), u64_of(row.get(1)));
         }
-        let persons = self.query(
+        info.persons = self.count(
             "SELECT count(*) FROM (SELECT person FROM graph_points WHERE version = $1
                                    UNION SELECT person FROM graph_cookies WHERE version = $1) p",
             &[&v],
         )?;
-        info.persons = persons.first().map_or(0, |r| u64_of(r.get(0)));
         self.execute(
             "INSERT INTO graph_sealed (version, info) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             &[&v, &json(&info)?],
@@ -234,12 +232,10 @@ impl GraphRepo for PgStore {
         Ok(out)
     }
     fn has_destination(&self, version: u64, destination: &str) -> StoreResult<bool> {
-        Ok(!self
-            .query(
-                "SELECT 1 FROM graph_cookies WHERE version = $1 AND destination = $2 LIMIT 1",
-                &[&i64_of(version), &destination],
-            )?
-            .is_empty())
+        self.exists(
+            "SELECT 1 FROM graph_cookies WHERE version = $1 AND destination = $2 LIMIT 1",
+            &[&i64_of(version), &destination],
+        )
     }
     fn suppress(&self, version: u64, person: &PersonKey) -> StoreResult<bool> {
         let n = self.execute(
@@ -336,21 +332,13 @@ impl GraphRepo for PgStore {
     }
     fn delete_version(&self, version: u64) -> StoreResult<()> {
         let v = i64_of(version);
-        self.run(async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(db_err)?;
-            for table in [
-                "graph_points",
-                "graph_cookies",
-                "graph_suppressed",
-                "graph_sealed",
-            ] {
-                tx.execute(&format!("DELETE FROM {table} WHERE version = $1"), &[&v])
-                    .await
-                    .map_err(db_err)?;
-            }
-            tx.commit().await.map_err(db_err)
-        })
+        self.execute_all(&[
+            ("DELETE FROM graph_points WHERE version = $1", &[&v]),
+            ("DELETE FROM graph_cookies WHERE version = $1", &[&v]),
+            ("DELETE FROM graph_suppressed WHERE version = $1", &[&v]),
+            ("DELETE FROM graph_sealed WHERE version = $1", &[&v]),
+        ])?;
+        Ok(())
     }
 }
 

@@ -4,10 +4,6 @@
 use super::graph::{batch_col, batch_of};
 use super::*;
 
-fn jobs_of_rows(rows: &[tokio_postgres::Row]) -> StoreResult<Vec<Job>> {
-    rows.iter().map(|r| from_json("jobs", r.get(0))).collect()
-}
-
 /// Upsert a job record with its indexed columns.
 const PUT_JOB: &str = "INSERT INTO jobs (id, advertiser, status, touched, record)
      VALUES ($1, $2, $3, $4, $5)
@@ -29,16 +25,14 @@ impl JobRepo for PgStore {
         Ok(())
     }
     fn job(&self, id: &str) -> StoreResult<Option<Job>> {
-        self.query("SELECT record FROM jobs WHERE id = $1", &[&id])?
-            .first()
-            .map(|r| from_json("jobs", r.get(0)))
-            .transpose()
+        self.record("jobs", "SELECT record FROM jobs WHERE id = $1", &[&id])
     }
     fn jobs_of(&self, advertiser: &str) -> StoreResult<Vec<Job>> {
-        jobs_of_rows(&self.query(
+        self.records(
+            "jobs",
             "SELECT record FROM jobs WHERE advertiser = $1 ORDER BY id",
             &[&advertiser],
-        )?)
+        )
     }
     fn jobs_touched_before(
         &self,
@@ -47,11 +41,12 @@ impl JobRepo for PgStore {
         limit: usize,
     ) -> StoreResult<Vec<Job>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        jobs_of_rows(&self.query(
+        self.records(
+            "jobs",
             "SELECT record FROM jobs WHERE status = $1 AND touched <= $2
              ORDER BY touched, id LIMIT $3",
             &[&status, &i64_of(before_unix), &limit],
-        )?)
+        )
     }
     fn job_counts(&self) -> StoreResult<BTreeMap<String, u64>> {
         Ok(self
@@ -99,12 +94,10 @@ impl JobRepo for PgStore {
         Ok(())
     }
     fn page_done(&self, job: &str, kind: MatchKind, page_no: u32) -> StoreResult<bool> {
-        Ok(!self
-            .query(
-                "SELECT 1 FROM job_pages_done WHERE job = $1 AND kind = $2 AND page_no = $3",
-                &[&job, &kind_col(kind), &batch_col(page_no)],
-            )?
-            .is_empty())
+        self.exists(
+            "SELECT 1 FROM job_pages_done WHERE job = $1 AND kind = $2 AND page_no = $3",
+            &[&job, &kind_col(kind), &batch_col(page_no)],
+        )
     }
     fn put_upload(
         &self,
@@ -114,30 +107,19 @@ impl JobRepo for PgStore {
         frame: &[u8],
     ) -> StoreResult<()> {
         let record = json(job)?;
-        self.run(async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(db_err)?;
-            tx.execute(
+        let touched = i64_of(job.touched);
+        self.execute_all(&[
+            (
                 "INSERT INTO job_uploads (job, batch_no, hash, frame) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (job, batch_no) DO UPDATE SET hash = EXCLUDED.hash, frame = EXCLUDED.frame",
                 &[&job.id, &batch_col(batch_no), &&hash[..], &frame],
-            )
-            .await
-            .map_err(db_err)?;
-            tx.execute(
+            ),
+            (
                 PUT_JOB,
-                &[
-                    &job.id,
-                    &job.advertiser,
-                    &job.status,
-                    &i64_of(job.touched),
-                    &record,
-                ],
-            )
-            .await
-            .map_err(db_err)?;
-            tx.commit().await.map_err(db_err)
-        })
+                &[&job.id, &job.advertiser, &job.status, &touched, &record],
+            ),
+        ])?;
+        Ok(())
     }
     fn upload_hash(&self, job: &str, batch_no: u32) -> StoreResult<Option<[u8; 32]>> {
         self.query(
@@ -168,26 +150,20 @@ impl JobRepo for PgStore {
             .collect())
     }
     fn delete_job_data(&self, job: &str) -> StoreResult<()> {
-        self.run(async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(db_err)?;
-            for table in ["job_uploads", "job_pages", "job_pages_done"] {
-                tx.execute(&format!("DELETE FROM {table} WHERE job = $1"), &[&job])
-                    .await
-                    .map_err(db_err)?;
-            }
-            tx.commit().await.map_err(db_err)
-        })
+        self.execute_all(&[
+            ("DELETE FROM job_uploads WHERE job = $1", &[&job]),
+            ("DELETE FROM job_pages WHERE job = $1", &[&job]),
+            ("DELETE FROM job_pages_done WHERE job = $1", &[&job]),
+        ])?;
+        Ok(())
     }
     fn job_data_count(&self, job: &str) -> StoreResult<usize> {
-        let rows = self.query(
+        let n = self.count(
             "SELECT (SELECT count(*) FROM job_uploads WHERE job = $1)
                   + (SELECT count(*) FROM job_pages WHERE job = $1)
                   + (SELECT count(*) FROM job_pages_done WHERE job = $1)",
             &[&job],
         )?;
-        Ok(rows
-            .first()
-            .map_or(0, |r| usize::try_from(r.get::<_, i64>(0)).unwrap_or(0)))
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 }

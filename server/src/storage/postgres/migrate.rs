@@ -25,8 +25,10 @@ pub(super) async fn migrate(client: &mut Object) -> StoreResult<()> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(db_err)?;
+    // Quiet: "already exists, skipping" is the normal case.
     tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (
+        "SET LOCAL client_min_messages = warning;
+         CREATE TABLE IF NOT EXISTS schema_migrations (
              version integer PRIMARY KEY,
              name    text NOT NULL,
              applied timestamptz NOT NULL DEFAULT now()

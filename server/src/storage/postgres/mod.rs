@@ -155,6 +155,9 @@ fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
     }
 }
 
+/// The parameters of one statement.
+pub(super) type Params<'a> = &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)];
+
 /// An unsigned value (a time, a count, a sequence number) as PostgreSQL's
 /// bigint, saturating: stored values are far below 2^63, and a bound such
 /// as "touched before `u64::MAX`" must stay the largest, not wrap negative.
@@ -275,7 +278,7 @@ impl PgStore {
     pub(super) fn query(
         &self,
         sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        params: Params<'_>,
     ) -> StoreResult<Vec<tokio_postgres::Row>> {
         self.run(async {
             let client = self.client().await?;
@@ -285,11 +288,7 @@ impl PgStore {
     }
 
     /// Rows changed by one statement (its own transaction).
-    pub(super) fn execute(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> StoreResult<u64> {
+    pub(super) fn execute(&self, sql: &str, params: Params<'_>) -> StoreResult<u64> {
         self.run(async {
             let client = self.client().await?;
             let statement = client.prepare_cached(sql).await.map_err(db_err)?;
@@ -297,11 +296,63 @@ impl PgStore {
         })
     }
 
+    /// Statements run in order in one transaction; the rows each changed.
+    pub(super) fn execute_all(&self, statements: &[(&str, Params<'_>)]) -> StoreResult<Vec<u64>> {
+        self.run(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(db_err)?;
+            let mut changed = Vec::with_capacity(statements.len());
+            for (sql, params) in statements {
+                let statement = tx.prepare_cached(sql).await.map_err(db_err)?;
+                changed.push(tx.execute(&statement, params).await.map_err(db_err)?);
+            }
+            tx.commit().await.map_err(db_err)?;
+            Ok(changed)
+        })
+    }
+
+    /// The JSON record in the first column of the first row, if any.
+    pub(super) fn record<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: &'static str,
+        sql: &str,
+        params: Params<'_>,
+    ) -> StoreResult<Option<T>> {
+        self.query(sql, params)?
+            .first()
+            .map(|r| from_json(table, r.get(0)))
+            .transpose()
+    }
+
+    /// The JSON records in the first column of every row.
+    pub(super) fn records<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: &'static str,
+        sql: &str,
+        params: Params<'_>,
+    ) -> StoreResult<Vec<T>> {
+        self.query(sql, params)?
+            .iter()
+            .map(|r| from_json(table, r.get(0)))
+            .collect()
+    }
+
+    /// Does the query return a row?
+    pub(super) fn exists(&self, sql: &str, params: Params<'_>) -> StoreResult<bool> {
+        Ok(!self.query(sql, params)?.is_empty())
+    }
+
+    /// The bigint in the first column of the first row (a count), 0 if none.
+    pub(super) fn count(&self, sql: &str, params: Params<'_>) -> StoreResult<u64> {
+        Ok(self
+            .query(sql, params)?
+            .first()
+            .map_or(0, |r| u64_of(r.get(0))))
+    }
+
     /// Does the database hold any principal (a deployment's data)?
     pub fn has_deployment(&self) -> StoreResult<bool> {
-        Ok(!self
-            .query("SELECT 1 FROM principals LIMIT 1", &[])?
-            .is_empty())
+        self.exists("SELECT 1 FROM principals LIMIT 1", &[])
     }
 }
 

@@ -12,16 +12,18 @@ impl PrincipalRepo for PgStore {
         Ok(if n == 1 { Ok(()) } else { Err(AlreadyExists) })
     }
     fn principal(&self, name: &str) -> StoreResult<Option<Principal>> {
-        self.query("SELECT record FROM principals WHERE name = $1", &[&name])?
-            .first()
-            .map(|r| from_json("principals", r.get(0)))
-            .transpose()
+        self.record(
+            "principals",
+            "SELECT record FROM principals WHERE name = $1",
+            &[&name],
+        )
     }
     fn principals(&self) -> StoreResult<Vec<Principal>> {
-        self.query("SELECT record FROM principals ORDER BY name", &[])?
-            .iter()
-            .map(|r| from_json("principals", r.get(0)))
-            .collect()
+        self.records(
+            "principals",
+            "SELECT record FROM principals ORDER BY name",
+            &[],
+        )
     }
     fn insert_key(&self, k: &ApiKeyRecord) -> StoreResult<()> {
         self.execute(
@@ -38,16 +40,18 @@ impl PrincipalRepo for PgStore {
             .transpose()
     }
     fn key(&self, key_id: &str) -> StoreResult<Option<ApiKeyRecord>> {
-        self.query("SELECT record FROM api_keys WHERE key_id = $1", &[&key_id])?
-            .first()
-            .map(|r| from_json("api_keys", r.get(0)))
-            .transpose()
+        self.record(
+            "api_keys",
+            "SELECT record FROM api_keys WHERE key_id = $1",
+            &[&key_id],
+        )
     }
     fn keys(&self) -> StoreResult<Vec<ApiKeyRecord>> {
-        self.query("SELECT record FROM api_keys ORDER BY key_id", &[])?
-            .iter()
-            .map(|r| from_json("api_keys", r.get(0)))
-            .collect()
+        self.records(
+            "api_keys",
+            "SELECT record FROM api_keys ORDER BY key_id",
+            &[],
+        )
     }
 }
 
@@ -126,38 +130,48 @@ impl ErasureRepo for PgStore {
             .is_empty())
     }
     fn lift_erasure(&self, person: &PersonKey) -> StoreResult<bool> {
-        self.run(async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(db_err)?;
-            let n = tx
-                .execute(
-                    "DELETE FROM erased_persons WHERE person = $1",
-                    &[&&person[..]],
-                )
-                .await
-                .map_err(db_err)?;
-            tx.execute(
+        let changed = self.execute_all(&[
+            (
+                "DELETE FROM erased_persons WHERE person = $1",
+                &[&&person[..]],
+            ),
+            (
                 "DELETE FROM erased_points WHERE person = $1",
                 &[&&person[..]],
-            )
-            .await
-            .map_err(db_err)?;
-            tx.commit().await.map_err(db_err)?;
-            Ok(n == 1)
-        })
+            ),
+        ])?;
+        Ok(changed.first() == Some(&1))
+    }
+    fn erased_persons_among(&self, persons: &[PersonKey]) -> StoreResult<Vec<bool>> {
+        let keys: Vec<&[u8]> = persons.iter().map(|p| &p[..]).collect();
+        let found = self.query(
+            "SELECT person FROM erased_persons WHERE person = ANY($1::bytea[])",
+            &[&keys],
+        )?;
+        let found: std::collections::HashSet<&[u8]> = found.iter().map(|r| r.get(0)).collect();
+        Ok(keys.iter().map(|k| found.contains(k)).collect())
+    }
+    fn erased_points_among(&self, points: &[PointBytes]) -> StoreResult<Vec<bool>> {
+        let keys = point_params(points);
+        let found = self.query(
+            "SELECT DISTINCT point FROM erased_points WHERE point = ANY($1::bytea[])",
+            &[&keys],
+        )?;
+        let found: std::collections::HashSet<&[u8]> = found.iter().map(|r| r.get(0)).collect();
+        Ok(keys.iter().map(|k| found.contains(k)).collect())
     }
     fn erasure_count(&self) -> StoreResult<u64> {
-        let rows = self.query("SELECT count(*) FROM erased_persons", &[])?;
-        Ok(rows.first().map_or(0, |r| u64_of(r.get(0))))
+        self.count("SELECT count(*) FROM erased_persons", &[])
     }
 }
 
 impl AuditRepo for PgStore {
     fn last_audit(&self) -> StoreResult<Option<AuditEntry>> {
-        self.query("SELECT entry FROM audit ORDER BY seq DESC LIMIT 1", &[])?
-            .first()
-            .map(|r| from_json("audit", r.get(0)))
-            .transpose()
+        self.record(
+            "audit",
+            "SELECT entry FROM audit ORDER BY seq DESC LIMIT 1",
+            &[],
+        )
     }
     fn put_audit(&self, e: &AuditEntry) -> StoreResult<()> {
         self.execute(
@@ -169,13 +183,11 @@ impl AuditRepo for PgStore {
     }
     fn audit_after(&self, after: u64, limit: usize) -> StoreResult<Vec<AuditEntry>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.query(
+        self.records(
+            "audit",
             "SELECT entry FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
             &[&i64_of(after), &limit],
-        )?
-        .iter()
-        .map(|r| from_json("audit", r.get(0)))
-        .collect()
+        )
     }
 }
 

@@ -74,6 +74,15 @@ fn principals_keys_optouts_and_tombstones_round_trip() {
     assert!(s.is_erased_person(&person(1)).unwrap());
     assert!(s.is_erased_point(&point(8)).unwrap());
     assert_eq!(s.erasure_count().unwrap(), 1);
+    assert_eq!(
+        s.erased_points_among(&[point(8), point(5), point(9)])
+            .unwrap(),
+        [true, false, true]
+    );
+    assert_eq!(
+        s.erased_persons_among(&[person(2), person(1)]).unwrap(),
+        [false, true]
+    );
     // An erased point is never cached again.
     s.cache_put(&[1; 16], &[(point(8), point(80)), (point(7), point(70))])
         .unwrap();
