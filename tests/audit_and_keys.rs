@@ -103,9 +103,6 @@ fn audited_actions(server: &TestServer, names: &[&str]) {
 
 #[test]
 fn a_rewritten_audit_chain_fails_verify_at_the_first_rewritten_entry() {
-    if common::postgres::on_postgres() {
-        return; // sled only: rewrites sled's records in place
-    }
     let mut server = TestServer::start(&[]);
     audited_actions(&server, &["dsp-a", "dsp-b", "dsp-c", "dsp-d"]);
     server.stop();
@@ -306,9 +303,6 @@ fn chown(path: &Path, uid: u32) {
 
 #[test]
 fn a_data_dir_without_an_audit_key_is_upgraded_keeping_its_chain() {
-    if common::postgres::on_postgres() {
-        return; // sled only: rewrites sled's records in place
-    }
     let mut server = TestServer::start(&[]);
     audited_actions(&server, &["dsp-a", "dsp-b"]);
     server.stop();

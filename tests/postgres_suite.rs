@@ -5,10 +5,10 @@
 //! that may create databases); without it the binary prints one line and
 //! passes, under `CI=true` it fails.
 //!
-//! Sled-only, returning early on `common::postgres::on_postgres()` in their files:
-//! the audit-chain tests that rewrite the store's records in place through
-//! the sled API, and the backup/restore round trip (on PostgreSQL backups
-//! are `pg_dump`'s, see docs/operations.md).
+//! Sled-only, returning early on `common::postgres::on_postgres()` in its
+//! file: the backup/restore round trip of `audit_and_keys.rs` (on PostgreSQL
+//! `onboard-server backup` refuses; backups are `pg_dump`'s, see
+//! docs/operations.md).
 
 // Each file declares `mod common;` as it does in its own binary, so this one
 // holds several copies of the harness.

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 const DSP: &str = "dsp-alpha";
 
-/// Takes the database away at the job's first progress report, that is
-/// after its first acknowledged graph page or batch.
+/// Takes the database away when the job's first batch is acknowledged (the
+/// quality pass reports progress too, before the job exists).
 struct OutageMidJob<'a> {
     database: &'a TestDatabase,
     started: AtomicBool,
@@ -24,9 +24,10 @@ struct OutageMidJob<'a> {
 
 impl ProgressSink for OutageMidJob<'_> {
     fn begin(&self, _: &str, _: u64) {}
-    fn advance(&self, _: &str, _: u64) {
-        if !self.started.swap(true, Ordering::SeqCst) {
+    fn advance(&self, phase: &str, _: u64) {
+        if phase == "upload" && !self.started.load(Ordering::SeqCst) {
             self.database.set_available(false);
+            self.started.store(true, Ordering::SeqCst);
         }
     }
     fn end(&self, _: &str) {}
@@ -68,15 +69,27 @@ fn a_database_outage_mid_job_answers_503_and_the_retried_job_completes() {
         let http = Http::new(&server);
         wait_for("a 503 storage-unavailable", || {
             let (status, body) = http.get("/v1/jobs", &advertiser);
+            if status != 200 && status != 503 {
+                eprintln!("during the outage: {status} {body}");
+            }
             status == 503 && body["error"]["code"] == "storage-unavailable"
         });
         wait_for("the client refused on a job route", || {
-            refused_job_requests(&server, &admin) > 0
+            refused_job_requests(&server, &admin) > 0 || job.is_finished()
         });
         database.set_available(true);
         job.join().expect("the match thread")
     });
-    let outcome = outcome.expect("the job completes through the client's retries");
+    let outcome = outcome.unwrap_or_else(|e| {
+        panic!(
+            "the job failed through the outage: {e}; server log: {}",
+            server.log()
+        )
+    });
+    assert!(
+        refused_job_requests(&server, &admin) > 0,
+        "the client never met the outage"
+    );
     let report = outcome.report.expect("a report");
     assert_eq!(report.status, "finished", "{report:?}");
 
