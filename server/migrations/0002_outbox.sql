@@ -14,7 +14,10 @@ CREATE TABLE outbox (
     destination text    NOT NULL,
     seq         bigint  NOT NULL,
     pending     boolean NOT NULL,
+    -- Unix ms when delivered or failed (NULL while pending): pruning.
+    ended_ms    bigint,
     record      bytea   NOT NULL
 );
 CREATE INDEX outbox_by_destination ON outbox (destination, seq);
 CREATE INDEX outbox_pending ON outbox (destination, seq) WHERE pending;
+CREATE INDEX outbox_ended ON outbox (ended_ms) WHERE ended_ms IS NOT NULL;

@@ -197,6 +197,13 @@ impl Dispatcher {
     /// One round: every destination's due messages, destinations side by
     /// side; returns when the earliest pending message is due (`None`: none).
     async fn round(self: &Arc<Self>) -> Result<Option<u64>, ApiError> {
+        // One dispatcher per deployment: servers sharing a database would
+        // otherwise send a message twice and out of order. The others poll.
+        let s = self.services.clone();
+        let Some(_leading) = blocking(move || Ok(s.repo.try_lock("webhook-dispatch")?)).await?
+        else {
+            return Ok(Some(now_ms() + IDLE_POLL.as_millis() as u64));
+        };
         let s = self.services.clone();
         let heads = blocking(move || Ok(s.repo.pending_heads(PER_DESTINATION)?)).await?;
         let mut by_destination: BTreeMap<String, Vec<OutboxMessage>> = BTreeMap::new();

@@ -8,9 +8,16 @@ use super::audiences::PUT_AUDIENCE;
 use super::jobs::PUT_JOB;
 use super::*;
 
-const PUT_MESSAGE: &str = "INSERT INTO outbox (id, destination, seq, pending, record)
-     VALUES ($1, $2, $3, $4, $5)
-     ON CONFLICT (id) DO UPDATE SET pending = EXCLUDED.pending, record = EXCLUDED.record";
+const PUT_MESSAGE: &str = "INSERT INTO outbox (id, destination, seq, pending, ended_ms, record)
+     VALUES ($1, $2, $3, $4, $5, $6)
+     ON CONFLICT (id) DO UPDATE SET pending = EXCLUDED.pending,
+         ended_ms = EXCLUDED.ended_ms, record = EXCLUDED.record";
+
+/// Whether a message waits, and since when it has ended if it has.
+fn state(m: &OutboxMessage) -> (bool, Option<i64>) {
+    let pending = m.status == DeliveryStatus::Pending;
+    (pending, m.ended_ms.filter(|_| !pending).map(i64_of))
+}
 
 impl PgStore {
     /// Write one record (`sql` with `params`) and enqueue `messages`, their
@@ -33,8 +40,8 @@ impl PgStore {
                     .map_err(db_err)?
                     .get(0);
                 m.seq = u64::try_from(seq).map_err(|_| StoreError::Corrupt("outbox"))?;
-                let pending = m.status == DeliveryStatus::Pending;
-                tx.execute(&put, &[&m.id, &m.destination, &seq, &pending, &json(m)?])
+                let (pending, ended) = state(m);
+                tx.execute(&put, &[&m.id, &m.destination, &seq, &pending, &ended, &json(m)?])
                     .await
                     .map_err(db_err)?;
             }
@@ -93,10 +100,10 @@ impl OutboxRepo for PgStore {
     }
 
     fn update_message(&self, m: &OutboxMessage) -> StoreResult<()> {
-        let pending = m.status == DeliveryStatus::Pending;
+        let (pending, ended) = state(m);
         self.execute(
-            "UPDATE outbox SET pending = $2, record = $3 WHERE id = $1",
-            &[&m.id, &pending, &json(m)?],
+            "UPDATE outbox SET pending = $2, ended_ms = $3, record = $4 WHERE id = $1",
+            &[&m.id, &pending, &ended, &json(m)?],
         )?;
         Ok(())
     }
@@ -129,5 +136,15 @@ impl OutboxRepo for PgStore {
 
     fn pending_count(&self) -> StoreResult<u64> {
         self.count("SELECT count(*) FROM outbox WHERE pending", &[])
+    }
+
+    fn prune_messages(&self, ended_before_ms: u64, limit: usize) -> StoreResult<usize> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let n = self.execute(
+            "DELETE FROM outbox WHERE id IN (
+                 SELECT id FROM outbox WHERE ended_ms < $1 ORDER BY ended_ms LIMIT $2)",
+            &[&i64_of(ended_before_ms), &limit],
+        )?;
+        Ok(n as usize)
     }
 }
