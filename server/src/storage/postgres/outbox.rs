@@ -41,9 +41,12 @@ impl PgStore {
                     .get(0);
                 m.seq = u64::try_from(seq).map_err(|_| StoreError::Corrupt("outbox"))?;
                 let (pending, ended) = state(m);
-                tx.execute(&put, &[&m.id, &m.destination, &seq, &pending, &ended, &json(m)?])
-                    .await
-                    .map_err(db_err)?;
+                tx.execute(
+                    &put,
+                    &[&m.id, &m.destination, &seq, &pending, &ended, &json(m)?],
+                )
+                .await
+                .map_err(db_err)?;
             }
             tx.commit().await.map_err(db_err)
         })
