@@ -82,6 +82,9 @@ pub enum ApiError {
         /// Seconds until one more attempt is allowed (the Retry-After header).
         retry_after: u64,
     },
+    /// A server key rotation is running: retry (or `--resume`) when it ends.
+    #[error("a server key rotation is in progress; retry when it has finished (a job or import can then be resumed)")]
+    KeyRotation,
     /// Anything else; the text is for the log only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -110,6 +113,7 @@ impl ApiError {
             Self::TooManyJobs(_) => "too-many-jobs",
             Self::BodyTimeout => "body-timeout",
             Self::TooManyAuthFailures { .. } => "too-many-auth-failures",
+            Self::KeyRotation => "key-rotation-in-progress",
             Self::Internal(_) => "internal",
         }
     }
@@ -129,6 +133,7 @@ impl ApiError {
             Self::BudgetExhausted { .. } | Self::TooManyJobs(_) => 429,
             Self::BodyTimeout => 408,
             Self::TooManyAuthFailures { .. } => 429,
+            Self::KeyRotation => 503,
             Self::Internal(_) => 500,
         }
     }

@@ -89,6 +89,9 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> anyhow::Result<
     let services = Arc::new(
         Services::new(repo.clone(), config.clone(), secrets).context("cannot load the store")?,
     );
+    services
+        .resume_rotation()
+        .context("cannot resume the unfinished server key rotation")?;
     let discarded = services
         .discard_unfinished_audiences()
         .context("cannot discard the audiences of interrupted finishes")?;
@@ -176,7 +179,7 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> anyhow::Result<
                 };
                 let _ = tx.send(Ok(server.handle()));
                 if let Some(control) = control {
-                    if let Err(e) = control.serve(store) {
+                    if let Err(e) = control.serve(store, services.clone()) {
                         tracing::warn!(error = %e, "control socket not served");
                     }
                 }
