@@ -515,3 +515,154 @@ fn sync_dir(dir: &std::path::Path) {
         let _ = d.sync_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::IdentifierRow;
+
+    fn services_in(dir: &std::path::Path, label: &str) -> Arc<Services> {
+        let config = crate::config::Config {
+            data_dir: dir.to_path_buf(),
+            ..crate::config::Config::default()
+        };
+        Arc::new(
+            Services::new(
+                crate::storage::open(dir).unwrap(),
+                config,
+                crate::keyfiles::ServerSecrets::derive_for_tests(label),
+            )
+            .unwrap(),
+        )
+    }
+
+    fn wait_until_idle(services: &Services) {
+        for _ in 0..2_000 {
+            if !lock(&services.rotation_status).running {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("the rotation did not end: {}", services.rotation_status());
+    }
+
+    fn open_job() -> crate::storage::Job {
+        crate::storage::Job {
+            id: "j-open".into(),
+            advertiser: "acme".into(),
+            destination: "dsp".into(),
+            kinds: vec!["email".into()],
+            key_fingerprint: "00".repeat(16),
+            graph_version: 1,
+            status: "open".into(),
+            created: String::new(),
+            touched: 0,
+            batches: 0,
+            records: 0,
+            pass: Default::default(),
+            report: None,
+        }
+    }
+
+    #[test]
+    fn an_open_job_holds_the_rotation_back_and_new_work_is_refused_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let services = services_in(dir.path(), "gate");
+        let mut job = open_job();
+        services.repo.put_job(&job).unwrap();
+        services.start_rotation().unwrap();
+        assert!(matches!(
+            services.start_rotation(),
+            Err(RotationError::Running)
+        ));
+        assert!(matches!(
+            services.key_gate(KeyUse::Start),
+            Err(ApiError::KeyRotation)
+        ));
+        // The open job goes on, on the old key.
+        let old = services
+            .key_gate(KeyUse::Continue)
+            .unwrap()
+            .key()
+            .fingerprint();
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        assert!(services
+            .rotation_status()
+            .starts_with("running waiting for 1 open jobs"));
+        assert!(dir.path().join(SERVER_KEY_NEXT_FILE).exists());
+
+        job.status = "finished".into();
+        services.repo.put_job(&job).unwrap();
+        wait_until_idle(&services);
+        assert!(services.rotation_status().contains("finished"));
+        let new = services
+            .key_gate(KeyUse::Start)
+            .unwrap()
+            .key()
+            .fingerprint();
+        assert_ne!(old, new);
+        assert!(!dir.path().join(SERVER_KEY_NEXT_FILE).exists());
+        let on_disk = keyfiles::read_server_key(dir.path()).unwrap();
+        assert_eq!(on_disk.fingerprint(), new);
+        assert_eq!(services.repo.rotation().unwrap(), None);
+    }
+
+    /// The rotation's throughput on a graph of `ROTATION_BENCH_POINTS`
+    /// identifiers (1,000,000 unless set). Ignored by default (minutes);
+    /// prints points per second, asserts nothing about time.
+    #[test]
+    #[ignore]
+    fn rotation_throughput() {
+        let points: usize = std::env::var("ROTATION_BENCH_POINTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000);
+        let dir = tempfile::tempdir().unwrap();
+        let services = services_in(dir.path(), "bench");
+        let repo = &services.repo;
+        let version = repo.allocate_version().unwrap();
+        let key = SecretKey::derive_for_tests("bench");
+        for (batch_no, start) in (0..points).step_by(GRAPH_BATCH).enumerate() {
+            let items: Vec<_> = (start..(start + GRAPH_BATCH).min(points))
+                .map(|i| {
+                    (
+                        MatchKind::Email,
+                        onboard_protocol::Digest::of(&format!("p{i}@example.com")),
+                    )
+                })
+                .collect();
+            let blinded = blind::hash_and_blind(&key, &items);
+            let rows: Vec<IdentifierRow> = blinded
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let mut person = [0u8; 16];
+                    person[..8].copy_from_slice(&((start + i) as u64).to_be_bytes());
+                    (MatchKind::Email, p, person)
+                })
+                .collect();
+            repo.put_identifier_run(version, batch_no as u32, rows)
+                .unwrap();
+        }
+        let info = repo.seal_version(version).unwrap();
+        repo.commit_graph(&info).unwrap();
+        let started = std::time::Instant::now();
+        services.start_rotation().unwrap();
+        while lock(&services.rotation_status).running {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        assert!(
+            services.rotation_status().contains("finished"),
+            "{}",
+            services.rotation_status()
+        );
+        let after = repo.current_graph().unwrap().unwrap();
+        assert_eq!(after.identifiers.get("email"), Some(&(points as u64)));
+        println!(
+            "rotated {points} graph points in {seconds:.1} s: {:.0} points/s (whole rotation, {} threads)",
+            points as f64 / seconds,
+            rayon::current_num_threads()
+        );
+    }
+}
