@@ -163,6 +163,13 @@ fn status(s: &Setup) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The port accepts before the server has opened its store and control
+/// socket: one answered request shows both are there.
+fn wait_until_serving(s: &Setup) {
+    s.server
+        .json(&s.server.admin_key.clone(), &["admin", "stats", "--json"]);
+}
+
 fn crash_and_resume(point: &str) {
     let mut s = setup();
     let before = audience_at(&s, 0);
@@ -170,10 +177,12 @@ fn crash_and_resume(point: &str) {
     s.server.stop();
     s.server
         .serve_with(&[("FAILPOINTS", &format!("{point}=return(durable)"))]);
+    wait_until_serving(&s);
     let out = rotate(&s);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         !out.status.success(),
-        "the server crashed under keys rotate"
+        "the server crashed under keys rotate: {said}"
     );
     let exit = s.server.wait_for_exit(Duration::from_secs(120));
     assert_eq!(exit.signal(), Some(libc::SIGABRT), "{}", s.server.log());
@@ -185,6 +194,7 @@ fn crash_and_resume(point: &str) {
 
     // Restarted: the rotation resumes by itself and ends.
     s.server.serve();
+    wait_until_serving(&s);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let line = status(&s);

@@ -644,14 +644,15 @@ async fn rotation_reply(
 
 /// `onboard-server keys rotate`: ask the running server to rotate its key
 /// (`status` only asks how the rotation goes); the server's status line.
+/// Only the control socket is tried (never the store, which a server still
+/// starting may be about to open).
 pub fn rotate_key(data_dir: &Path, status: bool) -> Result<String, BackupError> {
-    if crate::storage::try_open_at(&crate::storage::db_dir(data_dir))?.is_some() {
-        return Err(BackupError::Usage(format!(
-            "no server is running on {}: a key rotation runs in the server; start it and run this again",
-            data_dir.display()
-        )));
-    }
-    control_request(data_dir, if status { "rotate-status" } else { "rotate" })
+    control_request(data_dir, if status { "rotate-status" } else { "rotate" }).map_err(|e| match e {
+        BackupError::Server(m) if m.contains("cannot be reached") => BackupError::Server(format!(
+            "{m}; a key rotation runs in the server: start it (`onboard-server serve`) and run this again"
+        )),
+        other => other,
+    })
 }
 
 fn one_line(s: &str) -> String {
