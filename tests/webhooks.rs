@@ -207,8 +207,8 @@ fn https_client(server: &TestServer) -> reqwest::blocking::Client {
 
 /// The server's `/metrics` text.
 fn metrics(server: &TestServer) -> String {
-    https_client(server)
-        .get(format!("{}/metrics", server.url))
+    reqwest::blocking::Client::new()
+        .get(server.metrics_url())
         .send()
         .unwrap()
         .text()

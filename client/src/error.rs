@@ -198,6 +198,8 @@ pub enum ErrorCode {
     PrivacyBudgetExhausted,
     /// 429: too many open jobs.
     TooManyJobs,
+    /// 503: the server is rotating its key; resume when it has finished.
+    KeyRotationInProgress,
     /// 500: generic server failure.
     Internal,
     /// 503: the server's database is unreachable for now (retried).
@@ -227,6 +229,7 @@ impl ErrorCode {
             "invalid" => Self::Invalid,
             "privacy-budget-exhausted" => Self::PrivacyBudgetExhausted,
             "too-many-jobs" => Self::TooManyJobs,
+            "key-rotation-in-progress" => Self::KeyRotationInProgress,
             "internal" => Self::Internal,
             "storage-unavailable" => Self::StorageUnavailable,
             other => Self::Other(other.to_owned()),
@@ -270,6 +273,7 @@ impl ErrorCode {
             Self::Invalid => "invalid",
             Self::PrivacyBudgetExhausted => "privacy-budget-exhausted",
             Self::TooManyJobs => "too-many-jobs",
+            Self::KeyRotationInProgress => "key-rotation-in-progress",
             Self::Internal => "internal",
             Self::StorageUnavailable => "storage-unavailable",
             Self::Other(s) => s,
@@ -312,6 +316,9 @@ fn describe(e: &ApiError) -> String {
         ErrorCode::TooFewRows => format!("job refused: too few rows{msg}"),
         ErrorCode::PrivacyBudgetExhausted => format!("job refused: privacy budget exhausted{msg}"),
         ErrorCode::TooManyJobs => format!("job refused: too many open jobs{msg}"),
+        ErrorCode::KeyRotationInProgress => format!(
+            "the server is rotating its key (503 key-rotation-in-progress{msg}); run the command again when it has finished (an interrupted match with --resume JOB_ID)"
+        ),
         ErrorCode::Internal => format!("the server failed (HTTP {}, internal{msg}); see the server log", e.status),
         _ => format!("the server refused the request (HTTP {}, {}{msg})", e.status, e.code),
     }

@@ -87,6 +87,15 @@ impl SecretKey {
         Fingerprint(out)
     }
 
+    /// The factor `new·old⁻¹` of a key rotation: it turns `old·X` into
+    /// `new·X` (and `a·old·X` into `a·new·X`) in one multiplication.
+    pub fn rotation_factor(old: &SecretKey, new: &SecretKey) -> SecretKey {
+        // `old` is non-zero (every constructor refuses zero), so it inverts.
+        Self {
+            scalar: new.scalar * old.scalar.invert(),
+        }
+    }
+
     pub(crate) fn scalar(&self) -> &Scalar {
         &self.scalar
     }
@@ -123,6 +132,22 @@ impl fmt::Display for Fingerprint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rotation_factor_moves_points_from_the_old_key_to_the_new() {
+        use crate::blind::{blind_with, reblind};
+        use curve25519_dalek::constants::RISTRETTO_BASEPOINT_POINT as G;
+        let old = SecretKey::derive_for_tests("old");
+        let new = SecretKey::derive_for_tests("new");
+        let a = SecretKey::derive_for_tests("advertiser");
+        let factor = SecretKey::rotation_factor(&old, &new);
+        let under_old = blind_with(&old, &G);
+        let rotated = reblind(&factor, &[under_old]).unwrap();
+        assert_eq!(rotated[0], blind_with(&new, &G));
+        let ab_old = reblind(&a, &[under_old]).unwrap();
+        let ab_rotated = reblind(&factor, &ab_old).unwrap();
+        assert_eq!(ab_rotated, reblind(&a, &[blind_with(&new, &G)]).unwrap());
+    }
 
     #[test]
     fn key_file_round_trips_and_rejects_junk() {

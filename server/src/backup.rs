@@ -536,7 +536,11 @@ impl ControlSocket {
     }
 
     /// Serve requests on the current tokio runtime until the task is dropped.
-    pub fn serve<R>(mut self, store: std::sync::Arc<Guarded<R>>) -> Result<(), BackupError>
+    pub fn serve<R>(
+        mut self,
+        store: std::sync::Arc<Guarded<R>>,
+        services: std::sync::Arc<crate::services::Services>,
+    ) -> Result<(), BackupError>
     where
         R: ExportRepo + AuditRepo + Send + Sync + 'static,
     {
@@ -557,8 +561,9 @@ impl ControlSocket {
                     }
                 };
                 let store = store.clone();
+                let services = services.clone();
                 actix_web::rt::spawn(async move {
-                    if let Err(e) = handle(stream, store).await {
+                    if let Err(e) = handle(stream, store, services).await {
                         tracing::warn!(error = %e, "control request failed");
                     }
                 });
@@ -577,6 +582,7 @@ impl Drop for ControlSocket {
 async fn handle<R>(
     stream: tokio::net::UnixStream,
     store: std::sync::Arc<Guarded<R>>,
+    services: std::sync::Arc<crate::services::Services>,
 ) -> std::io::Result<()>
 where
     R: ExportRepo + AuditRepo + Send + Sync + 'static,
@@ -596,6 +602,11 @@ where
         write.write_all(reply.as_bytes()).await?;
         return write.shutdown().await;
     }
+    if request == "rotate" || request == "rotate-status" {
+        let reply = rotation_reply(request, services).await;
+        write.write_all(reply.as_bytes()).await?;
+        return write.shutdown().await;
+    }
     let reply = match request.strip_prefix("backup ") {
         Some(p) if Path::new(p).is_absolute() => {
             let out = PathBuf::from(p);
@@ -609,11 +620,40 @@ where
             }
         }
         Some(_) => "error the backup path must be absolute\n".to_string(),
-        None => "error unknown request (expected `backup <absolute path>` or `audit-head`)\n"
+        None => "error unknown request (expected `backup <absolute path>`, `audit-head`, `rotate` or `rotate-status`)\n"
             .to_string(),
     };
     write.write_all(reply.as_bytes()).await?;
     write.shutdown().await
+}
+
+/// The reply to `rotate` (start one) or `rotate-status`.
+async fn rotation_reply(
+    request: &str,
+    services: std::sync::Arc<crate::services::Services>,
+) -> String {
+    if request == "rotate-status" {
+        return format!("ok {}\n", one_line(&services.rotation_status()));
+    }
+    tracing::info!("key rotation requested over the control socket");
+    match tokio::task::spawn_blocking(move || services.start_rotation()).await {
+        Ok(Ok(())) => "ok started\n".to_string(),
+        Ok(Err(e)) => format!("error {}\n", one_line(&e.to_string())),
+        Err(e) => format!("error rotation task: {}\n", one_line(&e.to_string())),
+    }
+}
+
+/// `onboard-server keys rotate`: ask the running server to rotate its key
+/// (`status` only asks how the rotation goes); the server's status line.
+/// Only the control socket is tried (never the store, which a server still
+/// starting may be about to open).
+pub fn rotate_key(data_dir: &Path, status: bool) -> Result<String, BackupError> {
+    control_request(data_dir, if status { "rotate-status" } else { "rotate" }).map_err(|e| match e {
+        BackupError::Server(m) if m.contains("cannot be reached") => BackupError::Server(format!(
+            "{m}; a key rotation runs in the server: start it (`onboard-server serve`) and run this again"
+        )),
+        other => other,
+    })
 }
 
 fn one_line(s: &str) -> String {

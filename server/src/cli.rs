@@ -1,5 +1,5 @@
 //! The `onboard-server` command line: `init`, `serve`, `backup`, `restore`,
-//! `audit verify`, `audit head`, `keys add-audit-key`.
+//! `audit verify`, `audit head`, `keys add-audit-key`, `keys rotate`.
 
 use crate::config::Config;
 use crate::init::{init, InitOptions};
@@ -157,6 +157,21 @@ enum KeysCommand {
         /// the data dir's onboard.toml, then ONBOARD_DATABASE_URL.
         #[arg(long)]
         database_url: Option<String>,
+    },
+    /// Rotate the server key `b` of the running server (through the control
+    /// socket): new jobs and imports wait, open ones finish, then every
+    /// stored point is moved to the new key and the old key is destroyed.
+    /// Prints the progress until it ends.
+    Rotate {
+        /// Data directory of the running server.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Only print how the current (or last) rotation goes.
+        #[arg(long)]
+        status: bool,
+        /// Start it and return at once.
+        #[arg(long, conflicts_with = "status")]
+        no_wait: bool,
     },
 }
 
@@ -347,6 +362,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         ),
         Command::Keys {
             command:
+                KeysCommand::Rotate {
+                    data_dir,
+                    status,
+                    no_wait,
+                },
+        } => rotate_key(&data_dir, status, no_wait),
+        Command::Keys {
+            command:
                 KeysCommand::AddAuditKey {
                     data_dir,
                     database_url,
@@ -419,6 +442,37 @@ fn audit_verify(
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// `keys rotate`: start (unless `status`), then follow the status line
+/// until the rotation ends (unless `no_wait`).
+fn rotate_key(data_dir: &std::path::Path, status: bool, no_wait: bool) -> anyhow::Result<ExitCode> {
+    let mut line = crate::backup::rotate_key(data_dir, true)?;
+    if !status {
+        crate::backup::rotate_key(data_dir, false)?;
+        println!("key rotation started");
+        if no_wait {
+            return Ok(ExitCode::SUCCESS);
+        }
+        line.clear();
+        loop {
+            let now = crate::backup::rotate_key(data_dir, true)?;
+            if now != line {
+                println!("{now}");
+            }
+            if let Some(end) = now.strip_prefix("idle ") {
+                return Ok(if end.starts_with("finished") {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                });
+            }
+            line = now;
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    }
+    println!("{line}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn audit_head(

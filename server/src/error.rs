@@ -86,6 +86,9 @@ pub enum ApiError {
     /// for the log only.
     #[error("storage unavailable: {0}")]
     StorageUnavailable(String),
+    /// A server key rotation is running: retry (or `--resume`) when it ends.
+    #[error("a server key rotation is in progress; retry when it has finished (a job or import can then be resumed)")]
+    KeyRotation,
     /// Anything else; the text is for the log only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -115,6 +118,7 @@ impl ApiError {
             Self::BodyTimeout => "body-timeout",
             Self::TooManyAuthFailures { .. } => "too-many-auth-failures",
             Self::StorageUnavailable(_) => "storage-unavailable",
+            Self::KeyRotation => "key-rotation-in-progress",
             Self::Internal(_) => "internal",
         }
     }
@@ -135,6 +139,7 @@ impl ApiError {
             Self::BodyTimeout => 408,
             Self::TooManyAuthFailures { .. } => 429,
             Self::StorageUnavailable(_) => 503,
+            Self::KeyRotation => 503,
             Self::Internal(_) => 500,
         }
     }

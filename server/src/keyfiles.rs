@@ -18,6 +18,8 @@ use zeroize::Zeroizing;
 
 /// The server's blinding key file, relative to the data dir.
 pub const SERVER_KEY_FILE: &str = "server.key";
+/// The next server key while a rotation runs (see `services::rotation`).
+pub const SERVER_KEY_NEXT_FILE: &str = "server.key.next";
 /// The API-key pepper file, relative to the data dir.
 pub const PEPPER_FILE: &str = "pepper.key";
 /// The audit chain's HMAC key file, relative to the data dir.
@@ -233,7 +235,12 @@ fn read_text(path: &Path) -> Result<Zeroizing<String>, KeyFileError> {
 
 /// Read the server key.
 pub fn read_server_key(data_dir: &Path) -> Result<SecretKey, KeyFileError> {
-    let path = data_dir.join(SERVER_KEY_FILE);
+    read_server_key_file(data_dir, SERVER_KEY_FILE)
+}
+
+/// Read a server key file of the data dir (`server.key` or `server.key.next`).
+pub fn read_server_key_file(data_dir: &Path, name: &str) -> Result<SecretKey, KeyFileError> {
+    let path = data_dir.join(name);
     let text = read_text(&path)?;
     SecretKey::from_file_string(&text).map_err(|e| format_error(&path, e.to_string()))
 }

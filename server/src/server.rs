@@ -114,6 +114,9 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> anyhow::Result<
         crate::services::delivery::Dispatcher::new(services.clone())
             .context("cannot set up webhook delivery")?,
     );
+    services
+        .resume_rotation()
+        .context("cannot resume the unfinished server key rotation")?;
     let discarded = services
         .discard_unfinished_audiences()
         .context("cannot discard the audiences of interrupted finishes")?;
@@ -201,7 +204,7 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> anyhow::Result<
                 };
                 let _ = tx.send(Ok(server.handle()));
                 if let Some((control, store)) = control {
-                    if let Err(e) = control.serve(store) {
+                    if let Err(e) = control.serve(store, services.clone()) {
                         tracing::warn!(error = %e, "control socket not served");
                     }
                 }

@@ -163,6 +163,20 @@ impl TestServer {
     }
 
     /// The stderr of the latest server process so far.
+    /// `http://ADDR/metrics` of the running server's metrics listener, from
+    /// the line its log prints at start.
+    pub fn metrics_url(&self) -> String {
+        let log = self.log();
+        let addr = log
+            .lines()
+            .filter(|l| l.contains("serving /metrics over plain HTTP"))
+            .filter_map(|l| l.split("metrics=").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .last()
+            .unwrap_or_else(|| panic!("no metrics address in the server log: {log}"));
+        format!("http://{addr}/metrics")
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.path("server.log")).unwrap_or_default()
     }

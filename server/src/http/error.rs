@@ -19,6 +19,9 @@ impl ResponseError for ApiError {
             _ => {}
         }
         let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::KeyRotation = self {
+            response.insert_header((actix_web::http::header::RETRY_AFTER, 10));
+        }
         if let ApiError::TooManyAuthFailures { retry_after } = self {
             response.insert_header((actix_web::http::header::RETRY_AFTER, *retry_after));
         }

@@ -9,6 +9,7 @@
 use super::{lock, new_id, rfc3339, unix_now, Services};
 use crate::error::ApiError;
 use crate::services::auth::Caller;
+use crate::services::rotation::KeyUse;
 use crate::services::seal;
 use crate::storage::{GraphInfo, IdentifierRow, ImportRecord, PersonKey, SealedCookie};
 use onboard_protocol::wire::DigestBatch;
@@ -44,6 +45,7 @@ fn sealed_cookie(pepper: &[u8; 32], cookie: &str) -> Result<SealedCookie, ApiErr
 impl Services {
     /// Open an import session writing a new, not yet current, version.
     pub fn create_import(&self, actor: &Caller) -> Result<String, ApiError> {
+        let _key = self.key_gate(KeyUse::Start)?;
         let version = self.repo.allocate_version()?;
         let rec = ImportRecord {
             id: new_id("i-"),
@@ -125,7 +127,8 @@ impl Services {
         let hash: [u8; 32] = Sha256::digest(body).into();
         let items: Vec<(MatchKind, onboard_protocol::Digest)> =
             batch.entries.iter().map(|e| (e.kind, e.digest)).collect();
-        let points = blind::hash_and_blind(self.key(), &items);
+        let key = self.key_gate(KeyUse::Continue)?;
+        let points = blind::hash_and_blind(key.key(), &items);
         drop(items);
         let rows: Vec<IdentifierRow> = {
             use rayon::prelude::*;
@@ -194,6 +197,7 @@ impl Services {
         }
         let hash: [u8; 32] = Sha256::digest(body).into();
         let rows_len = rows.len();
+        let _key = self.key_gate(KeyUse::Continue)?;
         let _g = self.exclusive(&self.import_lock, "graph-imports")?;
         let mut rec = self.open_import(id)?;
         if self.seen_batch(id, b'c', batch_no, &hash)? {
@@ -279,6 +283,7 @@ impl Services {
         id_batches: u32,
         cookie_batches: u32,
     ) -> Result<GraphInfo, ApiError> {
+        let _key = self.key_gate(KeyUse::Continue)?;
         let _g = self.exclusive(&self.import_lock, "graph-imports")?;
         let mut rec = self.open_import(id)?;
         for (part, n, what) in [
@@ -391,7 +396,8 @@ impl Services {
             )));
         }
         let items: Vec<_> = batch.entries.iter().map(|e| (e.kind, e.digest)).collect();
-        let points = blind::hash_and_blind(self.key(), &items);
+        let key = self.key_gate(KeyUse::Continue)?;
+        let points = blind::hash_and_blind(key.key(), &items);
         drop(items);
         self.repo.add_optouts(&points)?;
         {
@@ -426,6 +432,7 @@ impl Services {
     /// finishes the job.
     pub fn erase(&self, actor: &Caller, person: &str) -> Result<usize, ApiError> {
         let key = self.person_key(Self::valid_person(person)?);
+        let _key = self.key_gate(KeyUse::Continue)?;
         let points = {
             let _g = self.exclusive(&self.import_lock, "graph-imports")?;
             let versions = self.versions_with_data()?;
@@ -452,6 +459,7 @@ impl Services {
     /// 404 if the person has none.
     pub fn lift_erasure(&self, actor: &Caller, person: &str) -> Result<(), ApiError> {
         let key = self.person_key(Self::valid_person(person)?);
+        let _key = self.key_gate(KeyUse::Continue)?;
         let lifted = {
             let _g = self.exclusive(&self.import_lock, "graph-imports")?;
             self.repo.lift_erasure(&key)?
@@ -585,7 +593,10 @@ mod tests {
     }
 
     fn bpy(s: &Services, i: u32) -> PointBytes {
-        blind::hash_and_blind(s.key(), &[(MatchKind::Email, email(i))])[0]
+        blind::hash_and_blind(
+            s.key_gate(KeyUse::Continue).unwrap().key(),
+            &[(MatchKind::Email, email(i))],
+        )[0]
     }
 
     fn blob_files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {

@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod privacy;
 pub mod recovery;
 pub mod release;
+pub mod rotation;
 pub mod seal;
 pub mod uniform;
 pub mod webhooks;
@@ -19,7 +20,7 @@ use crate::config::Config;
 pub use crate::keyfiles::ServerSecrets;
 use crate::storage::Repo;
 use bloomfilter::Bloom;
-use onboard_protocol::{PointBytes, SecretKey};
+use onboard_protocol::PointBytes;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,8 +32,12 @@ pub struct Services {
     pub repo: Arc<dyn Repo>,
     /// Settings.
     pub config: Config,
-    /// The server blinding key `b`.
-    key: SecretKey,
+    /// The server blinding key `b` and whether a rotation holds it back
+    /// (see [`rotation`]): every use of `b` or of data blinded by it holds
+    /// the read side through [`Services::key_gate`].
+    key_state: std::sync::RwLock<rotation::KeyState>,
+    /// What the rotation thread is doing, for `keys rotate --status`.
+    rotation_status: Mutex<rotation::Status>,
     /// HMAC pepper for API keys, cursors and audit pseudonyms.
     pepper: Zeroizing<[u8; 32]>,
     /// HMAC key of the audit chain (kept outside the store).
@@ -105,18 +110,14 @@ impl Services {
             pepper,
             audit_key,
         } = secrets;
-        let optouts = repo.optouts()?;
-        let mut bloom = new_bloom(optouts.len());
-        for p in &optouts {
-            bloom.set(&p.0);
-        }
-        Ok(Self {
+        let services = Self {
             repo,
             config,
-            key,
+            key_state: std::sync::RwLock::new(rotation::KeyState::steady(key)),
+            rotation_status: Mutex::new(rotation::Status::default()),
             pepper,
             audit_key,
-            optout_bloom: Mutex::new(bloom),
+            optout_bloom: Mutex::new(new_bloom(0)),
             import_lock: Mutex::new(()),
             job_lock: Mutex::new(()),
             audience_lock: Mutex::new(()),
@@ -126,15 +127,25 @@ impl Services {
             webhook_lock: Mutex::new(()),
             outbox_wake: tokio::sync::Notify::new(),
             delivery_metrics: Default::default(),
-        })
-    }
-
-    pub(crate) fn key(&self) -> &SecretKey {
-        &self.key
+        };
+        services.reload_optout_filter()?;
+        Ok(services)
     }
 
     pub(crate) fn pepper(&self) -> &[u8; 32] {
         &self.pepper
+    }
+
+    /// Refill the opt-out filter from the store (after a key rotation
+    /// replaced every opt-out point).
+    pub(crate) fn reload_optout_filter(&self) -> Result<(), crate::storage::StoreError> {
+        let optouts = self.repo.optouts()?;
+        let mut bloom = new_bloom(optouts.len());
+        for p in &optouts {
+            bloom.set(&p.0);
+        }
+        *lock(&self.optout_bloom) = bloom;
+        Ok(())
     }
 
     /// Exact opt-out check behind the bloom filter.

@@ -15,10 +15,11 @@ mod sled_erasure;
 mod sled_graph;
 mod sled_index;
 mod sled_outbox;
+mod sled_rotation;
 
 use onboard_protocol::{MatchKind, PointBytes};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use thiserror::Error;
 
 /// The on-disk schema this build reads and writes.
@@ -676,6 +677,50 @@ pub trait AuditRepo {
     fn audit_after(&self, after: u64, limit: usize) -> StoreResult<Vec<AuditEntry>>;
 }
 
+/// Progress of a server key rotation (see `services::rotation`), saved
+/// with each step it finishes so that a restart resumes after the last one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RotationRecord {
+    /// Rotation ID (for the audit log).
+    pub id: String,
+    /// The graph version being written under the new key, once allocated.
+    pub new_version: Option<u64>,
+    /// Finished steps (`graph`, `optouts`, `tombstones`, `cache:<ns hex>`).
+    pub done: BTreeSet<String>,
+}
+
+/// What a server key rotation rewrites besides the graph: every stored
+/// `b·P(y)` (opt-outs, tombstones) and every cached pair. Each `replace_*`
+/// saves `rec` (the step marked done) in the same atomic write as the data,
+/// so a crash never leaves a step applied but not recorded, or the reverse.
+pub trait RotationRepo {
+    /// The rotation in progress, if any.
+    fn rotation(&self) -> StoreResult<Option<RotationRecord>>;
+    /// Save (`Some`) or forget (`None`) the rotation record, durable on return.
+    fn put_rotation(&self, rec: Option<&RotationRecord>) -> StoreResult<()>;
+    /// Every cache namespace holding a run, in order.
+    fn cached_namespaces(&self) -> StoreResult<Vec<[u8; 16]>>;
+    /// Replace every opt-out point with `points`, saving `rec` with them.
+    fn replace_optouts(&self, points: &[PointBytes], rec: &RotationRecord) -> StoreResult<()>;
+    /// Every tombstone: the person and its points.
+    fn tombstones(&self) -> StoreResult<Vec<(PersonKey, Vec<PointBytes>)>>;
+    /// Replace every tombstone's points (same persons), saving `rec` with them.
+    fn replace_tombstones(
+        &self,
+        tombstones: &[(PersonKey, Vec<PointBytes>)],
+        rec: &RotationRecord,
+    ) -> StoreResult<()>;
+    /// Replace a namespace's cached runs with `pairs` (any order, repeats
+    /// dropped), saving `rec` with them; no copy of the old pairs is left
+    /// in the cache's files.
+    fn replace_cache(
+        &self,
+        ns: &[u8; 16],
+        pairs: Vec<(PointBytes, PointBytes)>,
+        rec: &RotationRecord,
+    ) -> StoreResult<()>;
+}
+
 /// How long budget charges are kept, in seconds: the longest budget window
 /// the configuration accepts (366 days), so lengthening the window never
 /// forgets charges that fall inside it.
@@ -808,6 +853,7 @@ pub trait Repo:
     + BudgetRepo
     + LockRepo
     + OutboxRepo
+    + RotationRepo
     + Send
     + Sync
 {
@@ -826,6 +872,7 @@ impl<T> Repo for T where
         + BudgetRepo
         + LockRepo
         + OutboxRepo
+        + RotationRepo
         + Send
         + Sync
 {
@@ -1126,6 +1173,20 @@ impl<R: OutboxRepo> OutboxRepo for Guarded<R> {
         fn put_audience_with_messages(&self, a: &Audience, messages: Vec<OutboxMessage>) -> StoreResult<()>;
         fn update_message(&self, m: &OutboxMessage) -> StoreResult<()>;
         fn prune_messages(&self, ended_before_ms: u64, limit: usize) -> StoreResult<usize>;
+    }
+}
+
+impl<R: RotationRepo> RotationRepo for Guarded<R> {
+    guarded_reads! {
+        fn rotation(&self) -> StoreResult<Option<RotationRecord>>;
+        fn cached_namespaces(&self) -> StoreResult<Vec<[u8; 16]>>;
+        fn tombstones(&self) -> StoreResult<Vec<(PersonKey, Vec<PointBytes>)>>;
+    }
+    guarded_writes! {
+        fn put_rotation(&self, rec: Option<&RotationRecord>) -> StoreResult<()>;
+        fn replace_optouts(&self, points: &[PointBytes], rec: &RotationRecord) -> StoreResult<()>;
+        fn replace_tombstones(&self, tombstones: &[(PersonKey, Vec<PointBytes>)], rec: &RotationRecord) -> StoreResult<()>;
+        fn replace_cache(&self, ns: &[u8; 16], pairs: Vec<(PointBytes, PointBytes)>, rec: &RotationRecord) -> StoreResult<()>;
     }
 }
 

@@ -44,7 +44,7 @@ pub struct SledStore {
     pub(super) aud_mem: Tree,
     pub(super) job_index: Tree,
     pub(super) audience_index: Tree,
-    optouts: Tree,
+    pub(super) optouts: Tree,
     pub(super) erased_persons: Tree,
     pub(super) erased_points: Tree,
     audit: Tree,

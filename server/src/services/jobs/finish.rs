@@ -52,6 +52,7 @@ impl Services {
         id: &str,
         batches: u32,
     ) -> Result<serde_json::Value, ApiError> {
+        let _key = self.key_gate(KeyUse::Continue)?;
         let job = self.own_open_job(caller, id)?;
         let _finishing = FinishGuard::take(self, id)?;
         let received: BTreeSet<u32> = self.repo.upload_numbers(id)?.into_iter().collect();

@@ -112,6 +112,7 @@ impl Services {
         body: &[u8],
     ) -> Result<usize, ApiError> {
         let kind = kind_of(kind)?;
+        let _key = self.key_gate(KeyUse::Continue)?;
         let job = self.own_open_job(caller, id)?;
         let sent = self
             .repo

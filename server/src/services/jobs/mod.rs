@@ -15,6 +15,7 @@ use crate::error::ApiError;
 use crate::services::auth::Caller;
 use crate::services::privacy::{shown_count, symmetric_difference};
 use crate::services::release;
+use crate::services::rotation::KeyUse;
 use crate::services::uniform::{self, UniformMap, UniformSet};
 use crate::storage::{Audience, Job, PassInfo, PersonKey, Role, SealedCookie};
 use onboard_protocol::wire::{PointPage, RecordBatch};
@@ -100,6 +101,7 @@ impl Services {
         if kinds.is_empty() {
             return Err(ApiError::BadRequest("kinds: at least one kind".into()));
         }
+        let _key = self.key_gate(KeyUse::Start)?;
         match self.repo.principal(&req.destination)? {
             Some(p) if p.role == Role::Destination => {}
             _ => {

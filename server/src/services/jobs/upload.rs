@@ -39,7 +39,8 @@ impl Services {
             }
             None => {}
         }
-        let reblinded = blind::reblind(self.key(), batch.points()).map_err(|e| {
+        let key = self.key_gate(KeyUse::Continue)?;
+        let reblinded = blind::reblind(key.key(), batch.points()).map_err(|e| {
             ApiError::BadPoint(format!("batch {batch_no}: point {}: {}", e.index, e.error))
         })?;
         let mut stored = RecordBatch::new(batch_no, batch.labels.clone())

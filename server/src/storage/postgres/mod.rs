@@ -16,6 +16,7 @@ mod graph;
 mod jobs;
 mod migrate;
 mod outbox;
+mod rotation;
 mod records;
 #[cfg(test)]
 pub(crate) mod test_db;

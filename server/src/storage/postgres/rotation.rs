@@ -1,0 +1,143 @@
+//! Server key rotation on PostgreSQL ([`RotationRepo`]): each step replaces
+//! its rows and saves the rotation record (`meta` key `rotation`) in one
+//! transaction, so a restart resumes after the last step that committed.
+
+use super::*;
+
+const ROTATION_KEY: &str = "rotation";
+
+const SAVE_ROTATION: &str = "INSERT INTO meta (key, value) VALUES ($1, $2)
+     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value";
+
+impl PgStore {
+    /// Run `statements` then save `rec`, in one transaction.
+    fn replace_with_record(
+        &self,
+        statements: &[(&str, Params<'_>)],
+        rec: &RotationRecord,
+    ) -> StoreResult<()> {
+        let record = json(rec)?;
+        let save: (&str, Params<'_>) = (SAVE_ROTATION, &[&ROTATION_KEY, &record]);
+        let all: Vec<(&str, Params<'_>)> = statements
+            .iter()
+            .copied()
+            .chain(std::iter::once(save))
+            .collect();
+        self.execute_all(&all)?;
+        Ok(())
+    }
+}
+
+impl RotationRepo for PgStore {
+    fn rotation(&self) -> StoreResult<Option<RotationRecord>> {
+        self.record(
+            "meta",
+            "SELECT value FROM meta WHERE key = $1",
+            &[&ROTATION_KEY],
+        )
+    }
+
+    fn put_rotation(&self, rec: Option<&RotationRecord>) -> StoreResult<()> {
+        match rec {
+            Some(rec) => self.execute(SAVE_ROTATION, &[&ROTATION_KEY, &json(rec)?])?,
+            None => self.execute("DELETE FROM meta WHERE key = $1", &[&ROTATION_KEY])?,
+        };
+        Ok(())
+    }
+
+    fn cached_namespaces(&self) -> StoreResult<Vec<[u8; 16]>> {
+        self.query("SELECT DISTINCT ns FROM cache_pairs ORDER BY ns", &[])?
+            .iter()
+            .map(|r| {
+                <[u8; 16]>::try_from(r.get::<_, &[u8]>(0))
+                    .map_err(|_| StoreError::Corrupt("cache_pairs"))
+            })
+            .collect()
+    }
+
+    fn replace_optouts(&self, points: &[PointBytes], rec: &RotationRecord) -> StoreResult<()> {
+        let points = point_params(points);
+        self.replace_with_record(
+            &[
+                ("DELETE FROM optouts", &[]),
+                (
+                    "INSERT INTO optouts (point) SELECT unnest($1::bytea[]) ON CONFLICT DO NOTHING",
+                    &[&points],
+                ),
+            ],
+            rec,
+        )
+    }
+
+    fn tombstones(&self) -> StoreResult<Vec<(PersonKey, Vec<PointBytes>)>> {
+        let mut out: Vec<(PersonKey, Vec<PointBytes>)> = Vec::new();
+        let rows = self.query(
+            "SELECT p.person, e.point FROM erased_persons p
+             LEFT JOIN erased_points e ON e.person = p.person
+             ORDER BY p.person, e.point",
+            &[],
+        )?;
+        for r in &rows {
+            let person = PersonKey::try_from(r.get::<_, &[u8]>(0))
+                .map_err(|_| StoreError::Corrupt("erased_persons"))?;
+            if out.last().map(|(p, _)| *p) != Some(person) {
+                out.push((person, Vec::new()));
+            }
+            if let Some(point) = r.get::<_, Option<&[u8]>>(1) {
+                let point = point_of("erased_points", point)?;
+                if let Some((_, points)) = out.last_mut() {
+                    points.push(point);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn replace_tombstones(
+        &self,
+        tombstones: &[(PersonKey, Vec<PointBytes>)],
+        rec: &RotationRecord,
+    ) -> StoreResult<()> {
+        let (mut points, mut persons) = (Vec::new(), Vec::new());
+        for (person, person_points) in tombstones {
+            for p in person_points {
+                points.push(&p.0[..]);
+                persons.push(&person[..]);
+            }
+        }
+        self.replace_with_record(
+            &[
+                ("DELETE FROM erased_points", &[]),
+                (
+                    "INSERT INTO erased_points (point, person)
+                     SELECT p, q FROM unnest($1::bytea[], $2::bytea[]) AS u(p, q)
+                     ON CONFLICT DO NOTHING",
+                    &[&points, &persons],
+                ),
+            ],
+            rec,
+        )
+    }
+
+    fn replace_cache(
+        &self,
+        ns: &[u8; 16],
+        pairs: Vec<(PointBytes, PointBytes)>,
+        rec: &RotationRecord,
+    ) -> StoreResult<()> {
+        let bpys: Vec<&[u8]> = pairs.iter().map(|p| &p.0 .0[..]).collect();
+        let abpys: Vec<&[u8]> = pairs.iter().map(|p| &p.1 .0[..]).collect();
+        self.replace_with_record(
+            &[
+                ("DELETE FROM cache_pairs WHERE ns = $1", &[&&ns[..]]),
+                (
+                    "INSERT INTO cache_pairs (ns, bpy, abpy)
+                     SELECT $1, b, ab FROM unnest($2::bytea[], $3::bytea[]) AS u(b, ab)
+                     ON CONFLICT DO NOTHING",
+                    &[&&ns[..], &bpys, &abpys],
+                ),
+            ],
+            rec,
+        )
+    }
+}

@@ -1,0 +1,220 @@
+//! Server key rotation end to end (issue #23): `onboard-server keys rotate`
+//! against a running server moves the graph, the opt-outs and the
+//! advertiser's cache to a new key, audiences stay the same, the old key
+//! leaves no byte in the data dir, and a crash half-way resumes at start.
+
+mod common;
+
+use common::{all_files, contains, crm_file, match_emails, pull_all, TestServer};
+use std::collections::BTreeSet;
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const PERSONS: usize = 200;
+const DESTINATIONS: [&str; 3] = ["dsp-one", "dsp-two", "dsp-three"];
+
+struct Setup {
+    server: TestServer,
+    advertiser: String,
+    destinations: Vec<String>,
+    key: PathBuf,
+}
+
+/// Persons `p{i}` with `person{i}@example.com` and the cookie `ck-{i}` at
+/// every destination; persons 0–4 opted out.
+fn setup() -> Setup {
+    let server = TestServer::start(&[
+        ("K", "50"),
+        ("MIN_JOB_ROWS", "50"),
+        ("PRIVACY_BUDGET", "100"),
+    ]);
+    let advertiser = server.create("advertiser", "acme");
+    let destinations = DESTINATIONS
+        .iter()
+        .map(|d| server.create("destination", d))
+        .collect();
+    let ids = server.path("ids.csv");
+    let cookies = server.path("cookies.csv");
+    let mut id_lines = String::from("person_id,kind,value\n");
+    let mut cookie_lines = String::from("person_id,destination,cookie_id\n");
+    for i in 0..PERSONS {
+        id_lines.push_str(&format!("p{i},email,person{i}@example.com\n"));
+        for d in DESTINATIONS {
+            cookie_lines.push_str(&format!("p{i},{d},ck-{i}\n"));
+        }
+    }
+    std::fs::write(&ids, id_lines).unwrap();
+    std::fs::write(&cookies, cookie_lines).unwrap();
+    server.import(&ids, Some(&cookies));
+    opt_out(&server, 0..5);
+    let key = server.path("acme.key");
+    server.ok(&advertiser, &["keygen", "--out", key.to_str().unwrap()]);
+    Setup {
+        server,
+        advertiser,
+        destinations,
+        key,
+    }
+}
+
+fn opt_out(server: &TestServer, persons: std::ops::Range<usize>) {
+    let file = server.path("optouts.csv");
+    let mut text = String::from("kind,value\n");
+    for i in persons {
+        text.push_str(&format!("email,person{i}@example.com\n"));
+    }
+    std::fs::write(&file, text).unwrap();
+    server.ok(
+        &server.admin_key.clone(),
+        &["admin", "optout", "--file", file.to_str().unwrap()],
+    );
+}
+
+/// The same CRM (persons 0–159) sent to destination `d`; the cookies it got.
+fn audience_at(s: &Setup, d: usize) -> BTreeSet<String> {
+    let crm = crm_file(&s.server, "crm.csv", "Buyers", 0..160, 0);
+    let out = match_emails(&s.server, &s.advertiser, &s.key, &crm, DESTINATIONS[d]);
+    assert!(
+        out.status.success(),
+        "match to {}: {}",
+        DESTINATIONS[d],
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pulled = pull_all(&s.server, &s.destinations[d]);
+    assert_eq!(pulled.len(), 1, "{pulled:?}");
+    pulled.into_iter().next().unwrap().1
+}
+
+/// The scalar of `server.key`: its hex text and its raw bytes.
+fn server_key(s: &Setup) -> (String, Vec<u8>) {
+    let text = std::fs::read_to_string(s.server.data_dir.join("server.key")).unwrap();
+    let hex_part = text.split_whitespace().nth(1).unwrap().to_string();
+    let raw = hex::decode(&hex_part).unwrap();
+    (hex_part, raw)
+}
+
+fn rotate(s: &Setup) -> std::process::Output {
+    s.server.server_cmd(&[
+        "keys",
+        "rotate",
+        "--data-dir",
+        s.server.data_dir.to_str().unwrap(),
+    ])
+}
+
+fn assert_old_key_gone(s: &Setup, old: &(String, Vec<u8>)) {
+    assert!(!s.server.data_dir.join("server.key.next").exists());
+    assert_ne!(&server_key(s), old, "server.key holds a new scalar");
+    for (path, bytes) in all_files(&s.server.data_dir) {
+        assert!(
+            !contains(&bytes, old.0.as_bytes()) && !contains(&bytes, &old.1),
+            "{} holds the old scalar",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn a_rotation_keeps_audiences_and_opt_outs_and_leaves_no_byte_of_the_old_key() {
+    let s = setup();
+    let before = audience_at(&s, 0);
+    assert_eq!(before.len(), 155, "persons 0–159 minus the 5 opted out");
+    let old = server_key(&s);
+
+    let out = rotate(&s);
+    assert!(
+        out.status.success(),
+        "keys rotate: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("finished"));
+    assert_old_key_gone(&s, &old);
+
+    // The same job (same advertiser key, so the client's `a` is unchanged)
+    // after the rotation: the same audience, opted-out persons still out.
+    assert_eq!(audience_at(&s, 1), before);
+
+    // Opt-outs made after it are blinded by the new key and still hit.
+    opt_out(&s.server, 10..11);
+    let after = audience_at(&s, 2);
+    assert!(!after.contains("ck-10"));
+    assert_eq!(after.len(), before.len() - 1);
+
+    let audit = s.server.server_cmd(&[
+        "audit",
+        "head",
+        "--data-dir",
+        s.server.data_dir.to_str().unwrap(),
+    ]);
+    assert!(audit.status.success());
+}
+
+/// The `keys rotate --status` line.
+fn status(s: &Setup) -> String {
+    let out = s.server.server_cmd(&[
+        "keys",
+        "rotate",
+        "--status",
+        "--data-dir",
+        s.server.data_dir.to_str().unwrap(),
+    ]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The port accepts before the server has opened its store and control
+/// socket: one answered request shows both are there.
+fn wait_until_serving(s: &Setup) {
+    s.server
+        .json(&s.server.admin_key.clone(), &["admin", "stats", "--json"]);
+}
+
+fn crash_and_resume(point: &str) {
+    let mut s = setup();
+    let before = audience_at(&s, 0);
+    let old = server_key(&s);
+    s.server.stop();
+    s.server
+        .serve_with(&[("FAILPOINTS", &format!("{point}=return(durable)"))]);
+    wait_until_serving(&s);
+    let out = rotate(&s);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "the server crashed under keys rotate: {said}"
+    );
+    let exit = s.server.wait_for_exit(Duration::from_secs(120));
+    assert_eq!(exit.signal(), Some(libc::SIGABRT), "{}", s.server.log());
+    assert!(s
+        .server
+        .log()
+        .contains(&format!("crash point {point}: aborting")));
+    assert!(s.server.data_dir.join("server.key.next").exists());
+
+    // Restarted: the rotation resumes by itself and ends.
+    s.server.serve();
+    wait_until_serving(&s);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let line = status(&s);
+        if line.contains("idle finished") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no end: {line}");
+        assert!(!line.contains("failed"), "{line}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_old_key_gone(&s, &old);
+    assert_eq!(audience_at(&s, 1), before);
+}
+
+#[test]
+fn a_rotation_crashed_after_the_graph_copy_resumes_at_start() {
+    crash_and_resume("rotation-graph-written");
+}
+
+#[test]
+fn a_rotation_crashed_before_its_commit_resumes_at_start() {
+    crash_and_resume("rotation-rewritten");
+}
