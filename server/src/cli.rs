@@ -447,6 +447,15 @@ fn audit_verify(
 /// `keys rotate`: start (unless `status`), then follow the status line
 /// until the rotation ends (unless `no_wait`).
 fn rotate_key(data_dir: &std::path::Path, status: bool, no_wait: bool) -> anyhow::Result<ExitCode> {
+    // Servers sharing a database each hold `b`: rotating it under one of
+    // them would leave the others matching with the old key.
+    if let StorageConfig::Postgres(url) = storage_of(data_dir, None)? {
+        anyhow::bail!(
+            "`keys rotate` works on sled data dirs only for now; this data dir's state is in \
+             the PostgreSQL database {url}, which several servers may share (see \"Rotating the server \
+             key\" in docs/operations.md)"
+        );
+    }
     let mut line = crate::backup::rotate_key(data_dir, true)?;
     if !status {
         crate::backup::rotate_key(data_dir, false)?;

@@ -169,10 +169,10 @@ impl TestServer {
         let log = self.log();
         let addr = log
             .lines()
+            .rev()
             .filter(|l| l.contains("serving /metrics over plain HTTP"))
             .filter_map(|l| l.split("metrics=").nth(1))
-            .filter_map(|rest| rest.split_whitespace().next())
-            .last()
+            .find_map(|rest| rest.split_whitespace().next())
             .unwrap_or_else(|| panic!("no metrics address in the server log: {log}"));
         format!("http://{addr}/metrics")
     }

@@ -60,7 +60,6 @@ fn a_database_outage_mid_job_answers_503_and_the_retried_job_completes() {
         database: &database,
         started: AtomicBool::new(false),
     };
-    let admin = server.admin_key.clone();
     let outcome = std::thread::scope(|s| {
         let job = s.spawn(|| run_match_with(&api, &opts, &sink));
         // Once the database is gone: a request of ours is refused with
@@ -75,7 +74,7 @@ fn a_database_outage_mid_job_answers_503_and_the_retried_job_completes() {
             status == 503 && body["error"]["code"] == "storage-unavailable"
         });
         wait_for("the client refused on a job route", || {
-            refused_job_requests(&server, &admin) > 0 || job.is_finished()
+            refused_job_requests(&server) > 0 || job.is_finished()
         });
         database.set_available(true);
         job.join().expect("the match thread")
@@ -87,7 +86,7 @@ fn a_database_outage_mid_job_answers_503_and_the_retried_job_completes() {
         )
     });
     assert!(
-        refused_job_requests(&server, &admin) > 0,
+        refused_job_requests(&server) > 0,
         "the client never met the outage"
     );
     let report = outcome.report.expect("a report");
@@ -101,10 +100,9 @@ fn a_database_outage_mid_job_answers_503_and_the_retried_job_completes() {
     server.assert_audit_verifies("after the outage");
 }
 
-/// Requests to a job's pages or batches answered 503, from `/metrics`.
-fn refused_job_requests(server: &TestServer, admin: &str) -> u64 {
-    let http = Http::new(server);
-    let Ok(resp) = http.req("GET", "/metrics", Some(admin)).send() else {
+/// Requests to a job's pages or batches answered 503, from the metrics listener.
+fn refused_job_requests(server: &TestServer) -> u64 {
+    let Ok(resp) = reqwest::blocking::get(server.metrics_url()) else {
         return 0;
     };
     resp.text()

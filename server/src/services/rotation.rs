@@ -528,7 +528,7 @@ mod tests {
         };
         Arc::new(
             Services::new(
-                crate::storage::open(dir).unwrap(),
+                crate::storage::open_sled(dir).unwrap(),
                 config,
                 crate::keyfiles::ServerSecrets::derive_for_tests(label),
             )

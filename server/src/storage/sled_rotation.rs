@@ -4,8 +4,9 @@
 //! its mark are written together.
 
 use super::blobs::BlobRef;
-use super::sled::{be, cache_base, cache_run_key, from_json, json, key, point_of, tx_err};
-use super::sled::{SledStore, CACHE_RUNS};
+use super::sled::SledStore;
+use super::sled_codec::CACHE_RUNS;
+use super::sled_codec::{be, cache_base, cache_run_key, from_json, json, key, point_of, tx_err};
 use super::*;
 use ::sled::transaction::TransactionError;
 use ::sled::{IVec, Transactional};

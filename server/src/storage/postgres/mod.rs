@@ -16,8 +16,8 @@ mod graph;
 mod jobs;
 mod migrate;
 mod outbox;
-mod rotation;
 mod records;
+mod rotation;
 #[cfg(test)]
 pub(crate) mod test_db;
 #[cfg(test)]
@@ -149,10 +149,16 @@ pub(super) fn db_err(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
+/// No connection to be had, whatever the reason (the database refusing
+/// connections, e.g. `ALLOW_CONNECTIONS false` (55000), too many clients, a
+/// timeout): the store is unavailable, not broken.
 fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
     use deadpool_postgres::PoolError;
     match e {
-        PoolError::Backend(e) => db_err(e),
+        PoolError::Backend(e) => match db_err(e) {
+            StoreError::Backend(text) => StoreError::Unavailable(text),
+            other => other,
+        },
         other => StoreError::Unavailable(other.to_string()),
     }
 }
