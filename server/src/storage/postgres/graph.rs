@@ -141,6 +141,10 @@ impl GraphRepo for PgStore {
             "INSERT INTO graph_sealed (version, info) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             &[&v, &json(&info)?],
         )?;
+        // Fresh statistics before the version serves: without them the
+        // planner may scan and sort the whole table for each graph-pass chunk
+        // instead of walking the primary key.
+        self.execute("ANALYZE graph_points, graph_cookies", &[])?;
         Ok(info)
     }
     fn point_owner(
