@@ -114,10 +114,18 @@ impl TestDatabase {
     /// Make the database refuse (`false`) or accept (`true`) connections.
     /// Refusing also ends its open sessions, as a database restart would.
     pub fn set_available(&self, available: bool) {
-        psql(
-            &self.cluster,
-            &format!("ALTER DATABASE {} ALLOW_CONNECTIONS {available}", self.name),
-        );
+        // Autovacuum may update the database's catalog row at the same
+        // moment ("tuple concurrently updated"): a bounded retry.
+        let alter = format!("ALTER DATABASE {} ALLOW_CONNECTIONS {available}", self.name);
+        let mut attempts = 0;
+        while let Err(e) = onboard_suite::harness::psql(&self.cluster, &alter) {
+            attempts += 1;
+            assert!(
+                attempts < 20 && e.to_string().contains("concurrently updated"),
+                "{alter}: {e}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         if !available {
             psql(
                 &self.cluster,
