@@ -1,12 +1,18 @@
 //! The blinded graph on PostgreSQL: `graph_points` keyed by
 //! `(version, kind, point)` (look-ups and ordered scans are index scans),
-//! `graph_cookies` keyed by `(version, destination, person, tag)`. Import
-//! batches go straight into them, one multi-row statement each (`unnest`),
-//! the first row of a repeated point or cookie winning; sealing only counts.
-//! Look-ups of many points or persons are one `= ANY($1)` query each.
+//! `graph_cookies` keyed by `(version, destination, person, tag)`, both
+//! partitioned by version (`graph_points_v7`, …). Import batches are
+//! `COPY`ed (binary) into their version's partitions, which have no index
+//! yet; sealing builds each partition's primary key in one sort (the first
+//! row of a repeated point or cookie winning) and counts; deleting a
+//! version drops its partitions. Look-ups of many points or persons are one
+//! `= ANY($1)` query each.
 
 use super::*;
 use std::collections::HashMap;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
 
 const META_GRAPH: &str = "graph";
 
@@ -20,9 +26,12 @@ impl GraphRepo for PgStore {
     }
     fn allocate_version(&self) -> StoreResult<u64> {
         let rows = self.query("SELECT nextval('graph_version_seq')", &[])?;
-        rows.first()
+        let version = rows
+            .first()
             .map(|r| u64_of(r.get(0)))
-            .ok_or(StoreError::Corrupt("graph_version_seq"))
+            .ok_or(StoreError::Corrupt("graph_version_seq"))?;
+        self.ensure_partitions(version)?;
+        Ok(version)
     }
     fn put_import(&self, rec: &ImportRecord) -> StoreResult<()> {
         self.execute(
@@ -76,16 +85,18 @@ impl GraphRepo for PgStore {
         _batch_no: u32,
         rows: Vec<IdentifierRow>,
     ) -> StoreResult<()> {
+        let v = i64_of(version);
         let kinds: Vec<i16> = rows.iter().map(|r| kind_col(r.0)).collect();
         let points: Vec<&[u8]> = rows.iter().map(|r| &r.1 .0[..]).collect();
         let persons: Vec<&[u8]> = rows.iter().map(|r| &r.2[..]).collect();
-        self.execute(
-            "INSERT INTO graph_points (version, kind, point, person)
-             SELECT $1, k, p, o FROM unnest($2::int2[], $3::bytea[], $4::bytea[]) AS u(k, p, o)
-             ON CONFLICT DO NOTHING",
-            &[&i64_of(version), &kinds, &points, &persons],
-        )?;
-        Ok(())
+        let table = partition("graph_points", version);
+        let columns = (
+            "version, kind, point, person",
+            &[Type::INT8, Type::INT2, Type::BYTEA, Type::BYTEA][..],
+        );
+        self.copy_into_version(version, &table, columns, rows.len(), |i| {
+            vec![&v, &kinds[i], &points[i], &persons[i]]
+        })
     }
     fn put_cookie_run(
         &self,
@@ -93,18 +104,23 @@ impl GraphRepo for PgStore {
         _batch_no: u32,
         rows: Vec<CookieRow>,
     ) -> StoreResult<()> {
-        let destinations: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+        let v = i64_of(version);
         let persons: Vec<&[u8]> = rows.iter().map(|r| &r.1[..]).collect();
         let tags: Vec<&[u8]> = rows.iter().map(|r| &r.2.tag[..]).collect();
-        let sealed: Vec<&[u8]> = rows.iter().map(|r| r.2.sealed.as_slice()).collect();
-        self.execute(
-            "INSERT INTO graph_cookies (version, destination, person, tag, sealed)
-             SELECT $1, d, o, t, s
-             FROM unnest($2::text[], $3::bytea[], $4::bytea[], $5::bytea[]) AS u(d, o, t, s)
-             ON CONFLICT DO NOTHING",
-            &[&i64_of(version), &destinations, &persons, &tags, &sealed],
-        )?;
-        Ok(())
+        let table = partition("graph_cookies", version);
+        let columns = (
+            "version, destination, person, tag, sealed",
+            &[
+                Type::INT8,
+                Type::TEXT,
+                Type::BYTEA,
+                Type::BYTEA,
+                Type::BYTEA,
+            ][..],
+        );
+        self.copy_into_version(version, &table, columns, rows.len(), |i| {
+            vec![&v, &rows[i].0, &persons[i], &tags[i], &rows[i].2.sealed]
+        })
     }
     fn seal_version(&self, version: u64) -> StoreResult<GraphInfo> {
         let v = i64_of(version);
@@ -114,6 +130,8 @@ impl GraphRepo for PgStore {
         {
             return from_json("graph_sealed", row.get(0));
         }
+        self.ensure_partitions(version)?;
+        self.build_primary_keys(version)?;
         let mut info = GraphInfo {
             version,
             ..GraphInfo::default()
@@ -144,7 +162,14 @@ impl GraphRepo for PgStore {
         // Fresh statistics before the version serves: without them the
         // planner may scan and sort the whole table for each graph-pass chunk
         // instead of walking the primary key.
-        self.execute("ANALYZE graph_points, graph_cookies", &[])?;
+        self.execute(
+            &format!(
+                "ANALYZE {}, {}",
+                partition("graph_points", version),
+                partition("graph_cookies", version)
+            ),
+            &[],
+        )?;
         Ok(info)
     }
     fn point_owner(
@@ -336,13 +361,138 @@ impl GraphRepo for PgStore {
     }
     fn delete_version(&self, version: u64) -> StoreResult<()> {
         let v = i64_of(version);
+        let drop = format!(
+            "DROP TABLE IF EXISTS {}, {}",
+            partition("graph_points", version),
+            partition("graph_cookies", version)
+        );
         self.execute_all(&[
-            ("DELETE FROM graph_points WHERE version = $1", &[&v]),
-            ("DELETE FROM graph_cookies WHERE version = $1", &[&v]),
+            (drop.as_str(), &[]),
             ("DELETE FROM graph_suppressed WHERE version = $1", &[&v]),
             ("DELETE FROM graph_sealed WHERE version = $1", &[&v]),
         ])?;
         Ok(())
+    }
+}
+
+/// The partition of `table` (`graph_points` or `graph_cookies`) holding
+/// `version`. Versions come from our own sequence: the name is never
+/// built from input.
+fn partition(table: &str, version: u64) -> String {
+    format!("{table}_v{version}")
+}
+
+/// Serialises the creation of version partitions between servers.
+const PARTITION_LOCK: i64 = 0x6f6e_626f_6172_6402;
+
+impl PgStore {
+    /// Create `version`'s partitions (unindexed) unless they exist.
+    fn ensure_partitions(&self, version: u64) -> StoreResult<()> {
+        let ddl = format!(
+            "SET LOCAL client_min_messages = warning;
+             CREATE TABLE IF NOT EXISTS {} PARTITION OF graph_points FOR VALUES IN ({version});
+             CREATE TABLE IF NOT EXISTS {} PARTITION OF graph_cookies FOR VALUES IN ({version});",
+            partition("graph_points", version),
+            partition("graph_cookies", version)
+        );
+        self.run(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(db_err)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
+                .await
+                .map_err(db_err)?;
+            tx.batch_execute(&ddl).await.map_err(db_err)?;
+            tx.commit().await.map_err(db_err)
+        })
+    }
+
+    /// `COPY` `count` rows (`row(i)` gives the i-th row's columns) into
+    /// `table`, a partition of `version`, creating the version's
+    /// partitions first if they are missing (an import opened before they
+    /// existed). A failed `COPY` would leave its connection unusable, hence
+    /// the look first.
+    fn copy_into_version<'r>(
+        &self,
+        version: u64,
+        table: &str,
+        columns: (&str, &[Type]),
+        count: usize,
+        row: impl Fn(usize) -> Vec<&'r (dyn ToSql + Sync)>,
+    ) -> StoreResult<()> {
+        if !self.exists("SELECT 1 WHERE to_regclass($1) IS NOT NULL", &[&table])? {
+            self.ensure_partitions(version)?;
+        }
+        let copy = format!("COPY {table} ({}) FROM STDIN (FORMAT binary)", columns.0);
+        self.run(async {
+            let client = self.client().await?;
+            let sink = client.copy_in(&copy).await.map_err(db_err)?;
+            let writer = BinaryCopyInWriter::new(sink, columns.1);
+            futures_util::pin_mut!(writer);
+            for i in 0..count {
+                writer.as_mut().write(&row(i)).await.map_err(db_err)?;
+            }
+            writer.finish().await.map(drop).map_err(db_err)
+        })
+    }
+
+    /// Build the primary keys of `version`'s partitions if they have none
+    /// yet: one sort each. Should a repeated point or cookie make a key
+    /// fail, the later copies are deleted (the first row wins, as on sled)
+    /// and the key built again. One transaction: a crash leaves the
+    /// partitions as they were.
+    fn build_primary_keys(&self, version: u64) -> StoreResult<()> {
+        let points = partition("graph_points", version);
+        let cookies = partition("graph_cookies", version);
+        let keys = [
+            (points.clone(), "kind, point"),
+            (cookies.clone(), "destination, person, tag"),
+        ];
+        self.run(async {
+            let mut client = self.client().await?;
+            let mut tx = client.transaction().await.map_err(db_err)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
+                .await
+                .map_err(db_err)?;
+            for (table, columns) in &keys {
+                let keyed = tx
+                    .query_opt(
+                        "SELECT 1 FROM pg_index WHERE indrelid = to_regclass($1) AND indisprimary",
+                        &[table],
+                    )
+                    .await
+                    .map_err(db_err)?
+                    .is_some();
+                if keyed {
+                    continue;
+                }
+                let add_key =
+                    format!("ALTER TABLE {table} ADD PRIMARY KEY (version, {columns})");
+                let first_try = {
+                    let sp = tx.savepoint("primary_key").await.map_err(db_err)?;
+                    match sp.batch_execute(&add_key).await {
+                        Ok(()) => sp.commit().await.map_err(db_err).map(|()| true),
+                        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                            sp.rollback().await.map_err(db_err).map(|()| false)
+                        }
+                        Err(e) => Err(db_err(e)),
+                    }
+                }?;
+                if !first_try {
+                    tx.batch_execute(&format!(
+                        "DELETE FROM {table} t USING (
+                             SELECT ctid FROM (
+                                 SELECT ctid, row_number() OVER (PARTITION BY {columns} ORDER BY ctid) AS n
+                                 FROM {table}) d
+                             WHERE d.n > 1) later
+                         WHERE t.ctid = later.ctid;
+                         {add_key}"
+                    ))
+                    .await
+                    .map_err(db_err)?;
+                }
+            }
+            tx.commit().await.map_err(db_err)
+        })
     }
 }
 

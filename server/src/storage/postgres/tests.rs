@@ -427,6 +427,78 @@ fn try_lock_is_exclusive_across_stores_and_released_on_drop() {
     assert!(b.try_lock("cleanup").unwrap().is_some());
 }
 
+/// Whether `table` (a name on the search path) has a primary key.
+fn has_primary_key(s: &PgStore, table: &str) -> bool {
+    s.exists(
+        "SELECT 1 FROM pg_index WHERE indrelid = to_regclass($1) AND indisprimary",
+        &[&table],
+    )
+    .unwrap()
+}
+
+#[test]
+fn an_import_fills_unindexed_partitions_and_sealing_keys_them() {
+    let Some(db) = TestDb::new() else { return };
+    let s = db.store();
+    let v = s.allocate_version().unwrap();
+    let points = format!("graph_points_v{v}");
+    s.put_identifier_run(v, 0, vec![(MatchKind::Email, point(1), person(1))])
+        .unwrap();
+    assert!(!has_primary_key(&s, &points));
+    s.seal_version(v).unwrap();
+    assert!(has_primary_key(&s, &points));
+    assert!(has_primary_key(&s, &format!("graph_cookies_v{v}")));
+    s.delete_version(v).unwrap();
+    assert!(!s
+        .exists("SELECT 1 WHERE to_regclass($1) IS NOT NULL", &[&points])
+        .unwrap());
+    // A batch for a version whose partitions are missing (an import opened
+    // before they existed) creates them.
+    s.put_identifier_run(v + 100, 0, vec![(MatchKind::Email, point(2), person(2))])
+        .unwrap();
+    assert_eq!(
+        s.point_owner(v + 100, MatchKind::Email, &point(2)).unwrap(),
+        Some(person(2))
+    );
+}
+
+#[test]
+fn a_graph_stored_before_partitions_moves_into_them_keys_and_all() {
+    let Some(db) = TestDb::new() else { return };
+    // A database at schema 2, with a stored version 7.
+    admin(
+        &db.admin_url,
+        &format!(
+            "SET search_path TO {};
+             {}
+             {}
+             CREATE TABLE schema_migrations (
+                 version integer PRIMARY KEY, name text NOT NULL,
+                 applied timestamptz NOT NULL DEFAULT now());
+             INSERT INTO schema_migrations (version, name) VALUES (1, 'initial'), (2, 'outbox');
+             INSERT INTO graph_points VALUES (7, 1, '\\x0102', '\\x0a'), (7, 1, '\\x0103', '\\x0b');
+             INSERT INTO graph_cookies VALUES (7, 'dsp', '\\x0a', '\\x01', '\\x02');",
+            db.schema,
+            include_str!("../../../migrations/0001_initial.sql"),
+            include_str!("../../../migrations/0002_outbox.sql"),
+        ),
+    );
+    let s = db.store();
+    assert_eq!(s.schema_version().unwrap(), Some(PG_SCHEMA_VERSION));
+    assert!(has_primary_key(&s, "graph_points_v7"));
+    assert!(has_primary_key(&s, "graph_cookies_v7"));
+    assert_eq!(
+        s.count("SELECT count(*) FROM graph_points WHERE version = 7", &[])
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        s.count("SELECT count(*) FROM graph_cookies_v7", &[])
+            .unwrap(),
+        1
+    );
+}
+
 #[test]
 fn migrations_apply_once_and_a_newer_schema_is_refused() {
     let Some(db) = TestDb::new() else { return };
