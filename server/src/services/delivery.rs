@@ -14,7 +14,7 @@
 use super::webhooks::{host_port, now_ms, pick_target, TargetError};
 use super::{blocking, lock, unix_now, Services};
 use crate::error::ApiError;
-use crate::storage::{DeliveryStatus, MessageData, OutboxMessage, WebhookEndpoint};
+use crate::storage::{DeliveryStatus, HeldLock, MessageData, OutboxMessage, WebhookEndpoint};
 use onboard_protocol::webhook::{self, signature_header};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -200,7 +200,7 @@ impl Dispatcher {
         // One dispatcher per deployment: servers sharing a database would
         // otherwise send a message twice and out of order. The others poll.
         let s = self.services.clone();
-        let Some(_leading) = blocking(move || Ok(s.repo.try_lock("webhook-dispatch")?)).await?
+        let Some(leading) = blocking(move || Ok(s.repo.try_lock("webhook-dispatch")?)).await?
         else {
             return Ok(Some(now_ms() + IDLE_POLL.as_millis() as u64));
         };
@@ -218,7 +218,9 @@ impl Dispatcher {
         let mut next: Option<u64> = None;
         for (_, queue) in by_destination {
             match queue.first() {
-                Some(first) if first.next_attempt_ms <= now => tasks.push(self.drain(queue)),
+                Some(first) if first.next_attempt_ms <= now => {
+                    tasks.push(self.drain(queue, &leading))
+                }
                 Some(first) => {
                     next =
                         Some(next.map_or(first.next_attempt_ms, |n| n.min(first.next_attempt_ms)))
@@ -242,13 +244,18 @@ impl Dispatcher {
 
     /// A destination's queue in order, stopping at the first message that
     /// is not delivered (it keeps its place until its retry).
-    async fn drain(&self, queue: Vec<OutboxMessage>) -> Result<(), ApiError> {
+    async fn drain(&self, queue: Vec<OutboxMessage>, leading: &HeldLock) -> Result<(), ApiError> {
         let destination = queue[0].destination.clone();
         let s = self.services.clone();
         let dest = destination.clone();
         let endpoint = blocking(move || Ok(s.repo.webhook_endpoint(&dest)?)).await?;
         for m in queue {
             if m.next_attempt_ms > now_ms() {
+                break;
+            }
+            if !leading.is_held() {
+                // Another server may be the dispatcher now: leave it the queue.
+                tracing::warn!("the webhook-dispatch lock was lost with its database session");
                 break;
             }
             let outcome = match &endpoint {

@@ -770,8 +770,16 @@ pub trait BudgetRepo {
     fn budget_spent(&self, advertiser: &str, window_start: u64) -> StoreResult<u64>;
 }
 
+/// What keeps a store-wide lock, released when dropped.
+pub trait LockHold: Send {
+    /// Whether the lock still holds: a database releases a session's locks
+    /// when the session ends (a failover, a network cut), and then another
+    /// server may take it.
+    fn is_held(&self) -> bool;
+}
+
 /// A held store-wide lock, released when dropped.
-pub struct HeldLock(#[allow(dead_code)] Option<Box<dyn Send>>);
+pub struct HeldLock(Option<Box<dyn LockHold>>);
 
 impl HeldLock {
     /// A lock that needs no release (one process owns the store).
@@ -780,8 +788,13 @@ impl HeldLock {
     }
 
     /// A lock released by dropping `inner`.
-    pub fn held_by(inner: Box<dyn Send>) -> Self {
+    pub fn held_by(inner: Box<dyn LockHold>) -> Self {
         Self(Some(inner))
+    }
+
+    /// Whether the lock still holds; long holders check it between steps.
+    pub fn is_held(&self) -> bool {
+        self.0.as_ref().is_none_or(|hold| hold.is_held())
     }
 }
 

@@ -418,6 +418,12 @@ impl Drop for PgLock {
     }
 }
 
+impl LockHold for PgLock {
+    fn is_held(&self) -> bool {
+        self.client.as_ref().is_some_and(|c| !c.is_closed())
+    }
+}
+
 impl PgStore {
     fn held(&self, client: Object, key: i64) -> StoreResult<HeldLock> {
         let runtime = self

@@ -500,6 +500,34 @@ fn a_graph_stored_before_partitions_moves_into_them_keys_and_all() {
 }
 
 #[test]
+fn a_lock_whose_session_ends_says_it_is_no_longer_held() {
+    let Some(db) = TestDb::new() else { return };
+    let (a, b) = (db.store(), db.store());
+    let held = a.try_lock("webhook-dispatch").unwrap().expect("free");
+    assert!(held.is_held());
+    assert!(b.try_lock("webhook-dispatch").unwrap().is_none());
+    // The database ends the holder's session (a failover, a cut network).
+    admin(
+        &db.admin_url,
+        &format!(
+            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l
+             JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.locktype = 'advisory' AND a.application_name = '{}'",
+            db.schema
+        ),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while held.is_held() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lost lock still says held"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(b.try_lock("webhook-dispatch").unwrap().is_some());
+}
+
+#[test]
 fn migrations_apply_once_and_a_newer_schema_is_refused() {
     let Some(db) = TestDb::new() else { return };
     let s = db.store();
