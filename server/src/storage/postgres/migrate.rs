@@ -18,6 +18,11 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         "outbox",
         include_str!("../../../migrations/0002_outbox.sql"),
     ),
+    (
+        3,
+        "console",
+        include_str!("../../../migrations/0003_console.sql"),
+    ),
 ];
 
 /// The schema version this build writes: its last migration's.
