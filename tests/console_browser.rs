@@ -137,6 +137,32 @@ async fn path_of(c: &Client) -> String {
     c.current_url().await.unwrap().path().to_string()
 }
 
+/// Longest wait for a page the browser is loading.
+const PAGE_WAIT: Duration = Duration::from_secs(15);
+
+/// Wait until the browser's URL satisfies `ready` (a click's navigation
+/// finishes after `click` returns).
+async fn wait_for_url(c: &Client, what: &str, ready: impl Fn(&url::Url) -> bool) {
+    let deadline = Instant::now() + PAGE_WAIT;
+    loop {
+        let url = c.current_url().await.unwrap();
+        if ready(&url) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never reached {what}: at {url}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Wait until the page holds an element matching `locator`.
+async fn wait_for(c: &Client, locator: Locator<'_>) -> fantoccini::elements::Element {
+    c.wait()
+        .at_most(PAGE_WAIT)
+        .for_element(locator)
+        .await
+        .unwrap_or_else(|e| panic!("{locator:?} never appeared: {e}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_works_through_the_console_in_chromium() {
     let Some(driver) = start_driver() else {
@@ -161,7 +187,7 @@ async fn an_operator_works_through_the_console_in_chromium() {
     fill(&c, "input[name=password]", &ana.password.clone()).await;
     fill(&c, "input[name=totp]", &ana.fresh_code()).await;
     click(&c, "form.login button").await;
-    assert_eq!(path_of(&c).await, "/console/");
+    wait_for_url(&c, "the overview", |u| u.path() == "/console/").await;
     assert!(c
         .source()
         .await
@@ -181,10 +207,8 @@ async fn an_operator_works_through_the_console_in_chromium() {
         .await
         .unwrap();
     click(&c, "form.inline button").await;
-    let key = c
-        .find(Locator::Css("pre.key"))
+    let key = wait_for(&c, Locator::Css("pre.key"))
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -244,7 +268,7 @@ async fn an_operator_works_through_the_console_in_chromium() {
         .unwrap();
     shots.take(&c, "06-jobs").await;
     click(&c, "td a[href^='/console/jobs/j-']").await;
-    assert!(path_of(&c).await.starts_with("/console/jobs/j-"));
+    wait_for_url(&c, "the job", |u| u.path().starts_with("/console/jobs/j-")).await;
     let job = c.source().await.unwrap();
     assert!(
         job.contains("finished") && job.contains("Gold") && job.contains("delivered"),
@@ -252,7 +276,10 @@ async fn an_operator_works_through_the_console_in_chromium() {
     );
     shots.take(&c, "07-job").await;
     click(&c, "td a[href^='/console/audiences/a-']").await;
-    assert!(path_of(&c).await.starts_with("/console/audiences/a-"));
+    wait_for_url(&c, "the audience", |u| {
+        u.path().starts_with("/console/audiences/a-")
+    })
+    .await;
     assert!(c.source().await.unwrap().contains("dsp-browser"));
     shots.take(&c, "08-audience").await;
     c.goto(&format!("{}/console/audiences", server.url))
@@ -288,6 +315,11 @@ async fn an_operator_works_through_the_console_in_chromium() {
         .await
         .unwrap();
     click(&c, &format!("form:has(input[value='{key_id}']) button")).await;
+    wait_for(
+        &c,
+        Locator::XPath("//span[contains(@class, 'badge') and text()='revoked']"),
+    )
+    .await;
     assert_eq!(path_of(&c).await, "/console/principals");
     shots.take(&c, "12-key-revoked").await;
     let refused = server.onboard(&key, &["audiences", "list", "--json"]);
@@ -302,6 +334,10 @@ async fn an_operator_works_through_the_console_in_chromium() {
         .unwrap();
     fill(&c, "input[name=q]", "operator:ana").await;
     click(&c, "form.inline button").await;
+    wait_for_url(&c, "the search", |u| {
+        u.query().is_some_and(|q| q.contains("q="))
+    })
+    .await;
     let audit = c.source().await.unwrap();
     assert!(audit.contains("Chain verified"), "{audit}");
     for action in [
@@ -318,7 +354,7 @@ async fn an_operator_works_through_the_console_in_chromium() {
 
     // Logout ends the session.
     click(&c, "form.logout button").await;
-    assert_eq!(path_of(&c).await, "/console/login");
+    wait_for_url(&c, "the login form", |u| u.path() == "/console/login").await;
     c.goto(&format!("{}/console/jobs", server.url))
         .await
         .unwrap();

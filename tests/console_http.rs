@@ -275,6 +275,9 @@ fn pages_carry_security_headers_and_show_no_identifier_digest_or_cookie_id() {
     for j in 0..60 {
         crm_lines.push_str(&format!("nobody{j}@else.example,Gold\n"));
     }
+    for j in 0..5 {
+        crm_lines.push_str(&format!("not-an-email-{j},Gold\n"));
+    }
     std::fs::write(&crm, crm_lines).unwrap();
     let key = server.path("acme.key");
     server.ok(&advertiser, &["keygen", "--out", key.to_str().unwrap()]);

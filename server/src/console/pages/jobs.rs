@@ -1,10 +1,12 @@
 //! Jobs of every advertiser: the list, one job's detail (status, rows,
 //! the report's per-segment status and reasons, the noisy counts and match
-//! rate it released), and abort of an open job.
+//! rate it released, the advertiser's own quality counts), and abort of an
+//! open job.
 
 use super::layout::{badge, csrf, figures, page};
 use crate::console::{see_other, svc, Operator, Page, State};
 use crate::services::blocking;
+use crate::services::jobs::LocalQuality;
 use actix_web::web;
 use maud::html;
 use serde::Deserialize;
@@ -39,6 +41,7 @@ pub async fn detail(state: State, op: Operator, path: web::Path<String>) -> Page
     let s = svc(&state);
     let job = blocking(move || s.console_job(&path)).await?;
     let report = job.report.clone().unwrap_or_default();
+    let quality: Option<LocalQuality> = serde_json::from_value(report["quality"].clone()).ok();
     let none = Vec::new();
     let segments = report["segments"].as_array().unwrap_or(&none);
     let text = |v: &serde_json::Value| match v {
@@ -62,6 +65,14 @@ pub async fn detail(state: State, op: Operator, path: web::Path<String>) -> Page
             form method="post" action=(format!("/console/jobs/{}/abort", job.id)) {
                 (csrf(&op.session))
                 button.danger type="submit" { "Abort this job" }
+            }
+        }
+        @if let Some(q) = &quality {
+            h2 { "The advertiser's file" }
+            p { (q.rows_read) " rows read, " (q.rows_rejected) " not uploaded (no consent, no valid identifier, duplicates, bad cells)." }
+            table {
+                thead { tr { th { "identifier kind" } th.num { "valid values" } th.num { "invalid values" } } }
+                tbody { @for (kind, k) in &q.kinds { tr { td { (kind) } td.num { (k.valid) } td.num { (k.invalid) } } } }
             }
         }
         @if !segments.is_empty() {
