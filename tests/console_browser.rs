@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::console::add_operator;
+use common::console::{add_operator, Scenario};
 use common::TestServer;
 use fantoccini::{Client, ClientBuilder, Locator};
 use std::path::{Path, PathBuf};
@@ -217,39 +217,12 @@ async fn an_operator_works_through_the_console_in_chromium() {
 
     // The operator's other tools: a graph and a match through the command lines.
     let advertiser = server.create("advertiser", "acme");
-    let ids = server.path("ids.csv");
-    let cookies = server.path("cookies.csv");
-    let (mut id_lines, mut cookie_lines) = (
-        String::from("person_id,kind,value\n"),
-        String::from("person_id,destination,cookie_id\n"),
-    );
-    for i in 0..300 {
-        id_lines.push_str(&format!("p{i},email,browser{i}@example.com\n"));
-        cookie_lines.push_str(&format!("p{i},dsp-browser,bck-{i}\n"));
-    }
-    std::fs::write(&ids, id_lines).unwrap();
-    std::fs::write(&cookies, cookie_lines).unwrap();
-    server.import(&ids, Some(&cookies));
-    let crm = server.path("crm.csv");
-    let mut crm_text = String::from("email,segment\n");
-    for i in 0..260 {
-        crm_text.push_str(&format!("browser{i}@example.com,Gold\n"));
-    }
-    for j in 0..40 {
-        crm_text.push_str(&format!("stranger{j}@elsewhere.example,Gold\n"));
-    }
-    std::fs::write(&crm, crm_text).unwrap();
-    let acme_key = server.path("acme.key");
-    server.ok(
-        &advertiser,
-        &["keygen", "--out", acme_key.to_str().unwrap()],
-    );
-    let out = common::match_emails(&server, &advertiser, &acme_key, &crm, "dsp-browser");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let data = Scenario {
+        persons: 300,
+        email: |i| format!("browser{i}@example.com"),
+        cookie_id: |i| format!("bck-{i}"),
+    };
+    data.import_and_match(&server, &advertiser, "dsp-browser", 260, 40, 0);
     assert_eq!(
         server.audiences(&key).len(),
         1,

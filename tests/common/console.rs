@@ -34,13 +34,14 @@ impl ConsoleOperator {
         self.totp.generate(step as u64 * 30)
     }
 
-    /// A code of a step no earlier code used, within the ±1 window (waits,
-    /// bounded, when the window's steps are used up).
+    /// A code of a step no earlier code used: the current step, else the
+    /// next (both stay in the server's ±1 window if a step boundary passes
+    /// before it checks); waits, bounded, when both are used.
     pub fn fresh_code(&mut self) -> String {
         let deadline = Instant::now() + Duration::from_secs(70);
         loop {
             let current = now() / 30;
-            let step = (self.last_step + 1).max(current.saturating_sub(1));
+            let step = (self.last_step + 1).max(current);
             if step <= current + 1 {
                 self.last_step = step;
                 return self.totp.generate(step * 30);
@@ -243,4 +244,66 @@ pub fn console_links(html: &str) -> Vec<String> {
         .filter(|h| h.starts_with("/console/"))
         .map(str::to_string)
         .collect()
+}
+
+/// The test data of a console scenario: who has which email and cookie ID.
+pub struct Scenario {
+    /// Persons in the graph, `person-0`…
+    pub persons: usize,
+    /// Their emails.
+    pub email: fn(usize) -> String,
+    /// Their cookie IDs at the destination.
+    pub cookie_id: fn(usize) -> String,
+}
+
+impl Scenario {
+    /// Import the graph (emails, and cookies at `destination`), then have
+    /// `advertiser_key` match the first `members` persons plus `strangers`
+    /// unknown emails and `invalid` malformed ones, all in segment `Gold`.
+    pub fn import_and_match(
+        &self,
+        server: &TestServer,
+        advertiser_key: &str,
+        destination: &str,
+        members: usize,
+        strangers: usize,
+        invalid: usize,
+    ) {
+        let (ids, cookies, crm) = (
+            server.path("ids.csv"),
+            server.path("cookies.csv"),
+            server.path("crm.csv"),
+        );
+        let mut id_lines = String::from("person_id,kind,value\n");
+        let mut cookie_lines = String::from("person_id,destination,cookie_id\n");
+        for i in 0..self.persons {
+            id_lines.push_str(&format!("person-{i},email,{}\n", (self.email)(i)));
+            cookie_lines.push_str(&format!(
+                "person-{i},{destination},{}\n",
+                (self.cookie_id)(i)
+            ));
+        }
+        std::fs::write(&ids, id_lines).unwrap();
+        std::fs::write(&cookies, cookie_lines).unwrap();
+        server.import(&ids, Some(&cookies));
+        let mut crm_lines = String::from("email,segment\n");
+        for i in 0..members {
+            crm_lines.push_str(&format!("{},Gold\n", (self.email)(i)));
+        }
+        for j in 0..strangers {
+            crm_lines.push_str(&format!("nobody{j}@else.example,Gold\n"));
+        }
+        for j in 0..invalid {
+            crm_lines.push_str(&format!("not-an-email-{j},Gold\n"));
+        }
+        std::fs::write(&crm, crm_lines).unwrap();
+        let key = server.path("advertiser.key");
+        server.ok(advertiser_key, &["keygen", "--out", key.to_str().unwrap()]);
+        let out = super::match_emails(server, advertiser_key, &key, &crm, destination);
+        assert!(
+            out.status.success(),
+            "match: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
