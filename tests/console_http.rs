@@ -282,7 +282,34 @@ fn pages_carry_security_headers_and_show_no_identifier_digest_or_cookie_id() {
         &[("csrf", &csrf), ("person", "person-1")],
     );
     assert_eq!(a.status, 200, "{}", a.body);
+    // An open job (created through the API, never finished), aborted here.
+    let http = common::http::Http::new(&server);
+    let (status, created) = http.json(
+        "POST",
+        "/v1/jobs",
+        &advertiser,
+        serde_json::json!({"destination": "dsp-alpha", "kinds": ["email"], "key_fingerprint": "ab".repeat(16)}),
+    );
+    assert_eq!(status, 201, "{created}");
+    let job = created["job_id"].as_str().unwrap().to_string();
+    let page = format!("/console/jobs/{job}");
+    let csrf = c.csrf(&page);
+    let a = c.post(&format!("{page}/abort"), &[("csrf", &csrf)]);
+    assert_eq!(
+        (a.status, a.location.as_deref()),
+        (303, Some(page.as_str()))
+    );
+    assert!(c.get(&page).body.contains("failed"));
+    let a = c.post(&format!("{page}/abort"), &[("csrf", &csrf)]);
+    assert_eq!(a.status, 409, "a failed job is not aborted twice");
     let entries = audit_entries(&server);
+    assert!(has_entry(
+        &entries,
+        "operator:ana",
+        "job.abort",
+        &job,
+        "failed"
+    ));
     assert!(
         entries
             .iter()

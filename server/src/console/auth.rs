@@ -300,6 +300,7 @@ impl Services {
                     created: now,
                     last_seen: now,
                 })?;
+                self.prune_console_sessions()?;
                 self.audit(&actor, "console.login", "session", "ok")?;
                 Ok(Ok(id))
             }
@@ -368,13 +369,19 @@ impl Services {
     /// End a session (logout), and forget every expired one.
     pub fn console_logout(&self, id: &str, operator: &OperatorSession) -> Result<(), ApiError> {
         self.repo.delete_session(&self.session_hash(id))?;
-        let now = unix_now();
-        self.repo.prune_sessions(
-            now.saturating_sub(self.config.console_idle_timeout.as_secs()),
-            now.saturating_sub(self.config.console_session_lifetime.as_secs()),
-        )?;
+        self.prune_console_sessions()?;
         self.audit(&operator.caller().name, "console.logout", "session", "ok")?;
         Ok(())
+    }
+
+    /// Forget the sessions past their idle or absolute limit (at every login
+    /// and logout: sessions are few, and an expired one never comes back).
+    fn prune_console_sessions(&self) -> Result<usize, ApiError> {
+        let now = unix_now();
+        Ok(self.repo.prune_sessions(
+            now.saturating_sub(self.config.console_idle_timeout.as_secs()),
+            now.saturating_sub(self.config.console_session_lifetime.as_secs()),
+        )?)
     }
 }
 
