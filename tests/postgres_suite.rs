@@ -18,6 +18,8 @@ mod common;
 
 #[path = "audit_and_keys.rs"]
 mod audit_and_keys;
+#[path = "console_http.rs"]
+mod console_http;
 #[path = "crash_safety.rs"]
 mod crash_safety;
 #[path = "end_to_end.rs"]

@@ -1,5 +1,6 @@
 //! The `onboard-server` command line: `init`, `serve`, `backup`, `restore`,
-//! `audit verify`, `audit head`, `keys add-audit-key`, `keys rotate`.
+//! `audit verify`, `audit head`, `keys add-audit-key`, `keys rotate`,
+//! `operator add|remove|reset-2fa`.
 
 use crate::config::Config;
 use crate::init::{init, InitOptions};
@@ -107,6 +108,40 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Operators of the web console (https://HOST:PORT/console/). On sled
+    /// the server must be stopped; on PostgreSQL it may run.
+    Operator {
+        #[command(subcommand)]
+        command: OperatorCommand,
+    },
+}
+
+/// The data dir (and database) an operator command works on.
+#[derive(Debug, clap::Args)]
+struct OperatorTarget {
+    /// The operator's name (1-64 of letters, digits, '.', '_', '-').
+    name: String,
+    /// Data directory.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// PostgreSQL database (postgres://USER:PASSWORD@HOST:PORT/DB); default:
+    /// the data dir's onboard.toml, then ONBOARD_DATABASE_URL.
+    #[arg(long)]
+    database_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum OperatorCommand {
+    /// Create a console operator. Prints, once, its random password and its
+    /// otpauth://totp/ URI (for an authenticator app: SHA-1, 6 digits, 30 s),
+    /// each alone on a line.
+    Add(OperatorTarget),
+    /// Delete an operator; its sessions end.
+    Remove(OperatorTarget),
+    /// Give an operator a new TOTP secret (printed once as an otpauth:// URI);
+    /// the password stays, its sessions end.
+    #[command(name = "reset-2fa")]
+    Reset2fa(OperatorTarget),
 }
 
 #[derive(Debug, Subcommand)]
@@ -360,6 +395,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             &storage_of(&data_dir, database_url.as_deref())?,
             json,
         ),
+        Command::Operator { command } => operator(command),
         Command::Keys {
             command:
                 KeysCommand::Rotate {
@@ -391,6 +427,34 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `operator add|remove|reset-2fa`, on the data dir's backend.
+fn operator(command: OperatorCommand) -> anyhow::Result<ExitCode> {
+    use crate::console::auth;
+    let (OperatorCommand::Add(t) | OperatorCommand::Remove(t) | OperatorCommand::Reset2fa(t)) =
+        &command;
+    let storage = storage_of(&t.data_dir, t.database_url.as_deref())?;
+    let pepper = crate::keyfiles::read_pepper(&t.data_dir)?;
+    let audit_key = crate::keyfiles::read_audit_key(&t.data_dir)?;
+    let repo = crate::storage::open(&t.data_dir, &storage)?;
+    let credentials = match &command {
+        OperatorCommand::Add(t) => auth::add_operator(repo.as_ref(), &pepper, &audit_key, &t.name)?,
+        OperatorCommand::Remove(t) => {
+            auth::remove_operator(repo.as_ref(), &audit_key, &t.name)?;
+            println!("operator {} removed", t.name);
+            return Ok(ExitCode::SUCCESS);
+        }
+        OperatorCommand::Reset2fa(t) => {
+            auth::reset_second_factor(repo.as_ref(), &pepper, &audit_key, &t.name)?
+        }
+    };
+    repo.flush()?;
+    if let Some(password) = &credentials.password {
+        println!("{}", password.as_str());
+    }
+    println!("{}", credentials.otpauth_uri.as_str());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The backend of a data dir: its onboard.toml, ONBOARD_*, `--database-url`.

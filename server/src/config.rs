@@ -328,6 +328,12 @@ pub struct Config {
     pub webhook_retry_base: Duration,
     /// Time a webhook receiver has to answer one attempt.
     pub webhook_timeout: Duration,
+    /// Serve the operator console at `/console/`.
+    pub console: bool,
+    /// A console session unused for this long ends.
+    pub console_idle_timeout: Duration,
+    /// A console session ends this long after its login, used or not.
+    pub console_session_lifetime: Duration,
 }
 
 /// The `storage` setting.
@@ -393,6 +399,9 @@ impl Default for Config {
             webhook_ca: None,
             webhook_retry_base: Duration::from_secs(5),
             webhook_timeout: Duration::from_secs(10),
+            console: true,
+            console_idle_timeout: Duration::from_secs(30 * 60),
+            console_session_lifetime: Duration::from_secs(12 * 3600),
         }
     }
 }
@@ -434,6 +443,9 @@ pub const KEYS: &[&str] = &[
     "webhook_ca",
     "webhook_retry_base",
     "webhook_timeout",
+    "console",
+    "console_idle_timeout",
+    "console_session_lifetime",
 ];
 
 impl Config {
@@ -592,6 +604,9 @@ impl Config {
             "webhook_ca" => self.webhook_ca = Some(PathBuf::from(value)),
             "webhook_retry_base" => self.webhook_retry_base = duration(key, value)?,
             "webhook_timeout" => self.webhook_timeout = duration(key, value)?,
+            "console" => self.console = parse(key, value)?,
+            "console_idle_timeout" => self.console_idle_timeout = duration(key, value)?,
+            "console_session_lifetime" => self.console_session_lifetime = duration(key, value)?,
             _ => {
                 return Err(ConfigError::UnknownKey {
                     key: key.to_string(),
@@ -651,6 +666,8 @@ impl Config {
             ("client_body_timeout", self.client_body_timeout),
             ("webhook_retry_base", self.webhook_retry_base),
             ("webhook_timeout", self.webhook_timeout),
+            ("console_idle_timeout", self.console_idle_timeout),
+            ("console_session_lifetime", self.console_session_lifetime),
         ] {
             if d.is_zero() {
                 return Err(bad(key, "must be longer than zero"));
@@ -823,6 +840,18 @@ mod tests {
         assert_eq!(
             (c.client_body_min_rate, c.auth_failures_per_minute),
             (d.client_body_min_rate, d.auth_failures_per_minute)
+        );
+        assert_eq!(
+            (
+                c.console,
+                c.console_idle_timeout,
+                c.console_session_lifetime
+            ),
+            (
+                d.console,
+                d.console_idle_timeout,
+                d.console_session_lifetime
+            )
         );
         assert_eq!(d.epsilon, Epsilon::new(1, 2).unwrap());
         assert_eq!(d.privacy_budget_micro, 20_000_000);

@@ -6,6 +6,7 @@
 //!
 //! Layers, outermost first:
 //! - [`http`]: thin actix-web handlers, one route table, one error mapping;
+//! - [`console`]: the operators' web console (server-rendered HTML) over the services;
 //! - [`services`]: auth, graph, jobs, audiences, privacy, audit;
 //! - [`storage`]: narrow repository traits; `storage/sled.rs` is the only
 //!   file that knows sled, so another backend can be added beside it.
@@ -14,6 +15,7 @@
 pub mod backup;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod error;
 mod faults;
 pub mod http;

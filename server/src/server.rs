@@ -151,6 +151,7 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> anyhow::Result<
                 let metrics = web::Data::new(Metrics::default());
                 let state = web::Data::new(services.clone());
                 let limiter = web::Data::new(AuthFailureLimiter::new(failures_per_minute));
+                let console = services.config.console;
                 let metrics_server = match metrics_listener {
                     Some(l) => match serve_metrics(l, state.clone(), metrics.clone()) {
                         Ok(s) => Some(s),
@@ -186,6 +187,7 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> anyhow::Result<
                                 Ok(res)
                             }
                         })
+                        .configure(|cfg| crate::console::configure(cfg, console))
                         .configure(http::configure)
                 })
                 .workers(workers)

@@ -11,6 +11,7 @@
 //! the `onboard-server` and `onboard` binaries.
 #![allow(dead_code)]
 
+pub mod console;
 pub mod http;
 pub mod postgres;
 

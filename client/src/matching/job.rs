@@ -258,7 +258,10 @@ fn exchange_and_finish(
     let report: JobReport = api.call_json(
         Method::POST,
         &format!("/v1/jobs/{}/finish", segment(up.job_id)),
-        &Body::json(&serde_json::json!({ "batches": batches })),
+        &Body::json(&serde_json::json!({
+            "batches": batches,
+            "quality": outcome.quality.server_counts(),
+        })),
     )?;
     outcome.timings.push(("finish", t.elapsed().as_secs_f64()));
     Ok(report)

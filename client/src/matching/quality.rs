@@ -113,6 +113,32 @@ pub struct QualityReport {
 }
 
 impl QualityReport {
+    /// The counts sent with the finish for the operators' data-quality view
+    /// (docs/api.md): rows read and not uploaded, valid and invalid values
+    /// per identifier kind. Counts only, never a value or a row number.
+    pub fn server_counts(&self) -> serde_json::Value {
+        let mut kinds: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        for c in &self.columns {
+            let e = kinds.entry(c.kind.as_str()).or_default();
+            e.0 += c.valid;
+            e.1 += c.invalid.values().map(|i| i.count).sum::<u64>();
+        }
+        let kinds: serde_json::Map<String, serde_json::Value> = kinds
+            .into_iter()
+            .map(|(k, (valid, invalid))| {
+                (
+                    k.to_string(),
+                    serde_json::json!({"valid": valid, "invalid": invalid}),
+                )
+            })
+            .collect();
+        serde_json::json!({
+            "rows_read": self.rows_read,
+            "rows_rejected": self.rows_read.saturating_sub(self.rows_to_upload),
+            "kinds": kinds,
+        })
+    }
+
     /// Whether the file was not UTF-8 and read as Windows-1252 instead
     /// (worth a notice: the user may know better, see `--encoding`).
     pub fn encoding_fell_back(&self) -> bool {

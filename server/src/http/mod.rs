@@ -556,6 +556,8 @@ async fn upload_batch(
 #[serde(deny_unknown_fields)]
 struct Finish {
     batches: u32,
+    #[serde(default)]
+    quality: Option<crate::services::jobs::LocalQuality>,
 }
 
 async fn finish_job(
@@ -568,7 +570,7 @@ async fn finish_job(
     let caller = auth.role(Role::Advertiser)?;
     let (f, _): (Finish, _) = json_body(&req, payload, &state, false).await?;
     let s = svc(&state);
-    ok(blocking(move || s.finish_job(&caller, &path, f.batches)).await?)
+    ok(blocking(move || s.finish_job(&caller, &path, f.batches, f.quality)).await?)
 }
 
 async fn list_audiences(state: State, auth: Auth) -> Reply {

@@ -436,6 +436,11 @@ impl Services {
         .map(|_| ())
     }
 
+    /// Verify the whole chain under the server's audit key (the console's status).
+    pub fn verify_audit_chain(&self) -> Result<Result<u64, BrokenLink>, StoreError> {
+        verify(self.repo.as_ref(), &self.audit_key, &[])
+    }
+
     /// A pseudonym for a person ID in the audit log (HMAC under the pepper).
     pub fn person_pseudonym(&self, person: &str) -> String {
         format!(

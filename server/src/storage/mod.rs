@@ -8,9 +8,12 @@
 //! the graph holds only `b·P(y)` (compressed, 32 bytes).
 
 pub mod blobs;
+#[cfg(test)]
+pub(crate) mod console_tests;
 pub mod postgres;
 pub mod sled;
 mod sled_codec;
+mod sled_console;
 mod sled_erasure;
 mod sled_graph;
 mod sled_index;
@@ -852,6 +855,64 @@ pub trait OutboxRepo {
     fn prune_messages(&self, ended_before_ms: u64, limit: usize) -> StoreResult<usize>;
 }
 
+/// An operator of the console (see `crate::console`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Operator {
+    /// Unique name (the audit log's `operator:NAME`).
+    pub name: String,
+    /// Argon2id hash of the password, as a PHC string (salt and parameters inside).
+    pub password_hash: String,
+    /// The TOTP secret sealed under the server's sealing key, bound to the
+    /// name (`nonce || ciphertext || tag`); never stored in clear.
+    pub totp_sealed: Vec<u8>,
+    /// The last TOTP time step accepted: a code of this step or an earlier
+    /// one is refused, so each code logs in once.
+    pub totp_last_step: u64,
+    /// RFC 3339 creation time.
+    pub created: String,
+}
+
+/// A console session. Only a hash of its ID is stored, so a copy of the
+/// store does not let anyone into the console.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConsoleSession {
+    /// `HMAC(pepper, "console-session" || id)`.
+    pub id_hash: [u8; 32],
+    /// The operator logged in.
+    pub operator: String,
+    /// Unix seconds of the login (absolute expiry).
+    pub created: u64,
+    /// Unix seconds of the last request (idle expiry).
+    pub last_seen: u64,
+}
+
+/// Console operators and their sessions.
+pub trait ConsoleRepo {
+    /// Create an operator.
+    fn create_operator(&self, op: &Operator) -> StoreResult<Result<(), AlreadyExists>>;
+    /// One operator.
+    fn operator(&self, name: &str) -> StoreResult<Option<Operator>>;
+    /// Replace an operator's password and second factor (its TOTP step
+    /// counter included) and end its sessions, atomically; `false` if there
+    /// is no such operator.
+    fn reset_operator(&self, op: &Operator) -> StoreResult<bool>;
+    /// Delete an operator and its sessions, atomically; `false` if there was none.
+    fn delete_operator(&self, name: &str) -> StoreResult<bool>;
+    /// Record `step` as the operator's last accepted TOTP step if it is
+    /// later than the one recorded, in one atomic compare-and-set (across
+    /// servers too): `false` when it is not (a replayed code).
+    fn accept_totp_step(&self, name: &str, step: u64) -> StoreResult<bool>;
+    /// Save a session (new, or its `last_seen` moved).
+    fn put_session(&self, s: &ConsoleSession) -> StoreResult<()>;
+    /// The session with this ID hash.
+    fn session(&self, id_hash: &[u8; 32]) -> StoreResult<Option<ConsoleSession>>;
+    /// End a session.
+    fn delete_session(&self, id_hash: &[u8; 32]) -> StoreResult<()>;
+    /// Delete the sessions idle since before `idle_before` or created before
+    /// `created_before` (Unix seconds); returns how many.
+    fn prune_sessions(&self, idle_before: u64, created_before: u64) -> StoreResult<usize>;
+}
+
 /// Everything a server needs.
 pub trait Repo:
     MetaRepo
@@ -867,6 +928,7 @@ pub trait Repo:
     + LockRepo
     + OutboxRepo
     + RotationRepo
+    + ConsoleRepo
     + Send
     + Sync
 {
@@ -886,6 +948,7 @@ impl<T> Repo for T where
         + LockRepo
         + OutboxRepo
         + RotationRepo
+        + ConsoleRepo
         + Send
         + Sync
 {
@@ -1200,6 +1263,22 @@ impl<R: RotationRepo> RotationRepo for Guarded<R> {
         fn replace_optouts(&self, points: &[PointBytes], rec: &RotationRecord) -> StoreResult<()>;
         fn replace_tombstones(&self, tombstones: &[(PersonKey, Vec<PointBytes>)], rec: &RotationRecord) -> StoreResult<()>;
         fn replace_cache(&self, ns: &[u8; 16], pairs: Vec<(PointBytes, PointBytes)>, rec: &RotationRecord) -> StoreResult<()>;
+    }
+}
+
+impl<R: ConsoleRepo> ConsoleRepo for Guarded<R> {
+    guarded_reads! {
+        fn operator(&self, name: &str) -> StoreResult<Option<Operator>>;
+        fn session(&self, id_hash: &[u8; 32]) -> StoreResult<Option<ConsoleSession>>;
+    }
+    guarded_writes! {
+        fn create_operator(&self, op: &Operator) -> StoreResult<Result<(), AlreadyExists>>;
+        fn reset_operator(&self, op: &Operator) -> StoreResult<bool>;
+        fn delete_operator(&self, name: &str) -> StoreResult<bool>;
+        fn accept_totp_step(&self, name: &str, step: u64) -> StoreResult<bool>;
+        fn put_session(&self, s: &ConsoleSession) -> StoreResult<()>;
+        fn delete_session(&self, id_hash: &[u8; 32]) -> StoreResult<()>;
+        fn prune_sessions(&self, idle_before: u64, created_before: u64) -> StoreResult<usize>;
     }
 }
 

@@ -46,12 +46,17 @@ impl Drop for FinishGuard<'_> {
 
 impl Services {
     /// Finish: check completeness, rows and budget, join, release audiences.
+    /// The advertiser's local `quality` counts, if sent, are kept in the report.
     pub fn finish_job(
         &self,
         caller: &Caller,
         id: &str,
         batches: u32,
+        quality: Option<LocalQuality>,
     ) -> Result<serde_json::Value, ApiError> {
+        if let Some(q) = &quality {
+            q.check()?;
+        }
         let _key = self.key_gate(KeyUse::Continue)?;
         let job = self.own_open_job(caller, id)?;
         let _finishing = FinishGuard::take(self, id)?;
@@ -110,13 +115,16 @@ impl Services {
         let result = timed(id, "join and release", || {
             self.join_and_release(&job, batches, uploaded.wanted, charged)
         });
-        let report = match result {
+        let mut report = match result {
             Ok(r) => r,
             Err(e) => {
                 self.fail_job(id, &caller.name, "job.fail.internal")?;
                 return Err(e);
             }
         };
+        if let Some(q) = quality {
+            report["quality"] = serde_json::to_value(q).unwrap_or_default();
+        }
         // Every page came back: this key now caches the whole version.
         let ns = cache_namespace(&job.advertiser, &job.key_fingerprint);
         for kind in job.pass.keys() {

@@ -21,7 +21,7 @@ use crate::storage::{Audience, Job, PassInfo, PersonKey, Role, SealedCookie};
 use onboard_protocol::wire::{PointPage, RecordBatch};
 use onboard_protocol::{blind, Fingerprint, MatchKind, PointBytes};
 use rayon::prelude::*;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -38,6 +38,58 @@ pub struct CreateJob {
     pub kinds: Vec<String>,
     /// The advertiser key's fingerprint (32 hex).
     pub key_fingerprint: String,
+}
+
+/// The advertiser's own counts of its file, sent with the finish (optional)
+/// and kept in the job's report for the console's data-quality view: rows
+/// its tool read and rejected before blinding (no consent, no valid
+/// identifier, duplicates, bad cells), and per identifier kind the valid and
+/// invalid values. Aggregates of the advertiser's file only: nothing of the
+/// graph, and no row.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalQuality {
+    /// Data rows read.
+    pub rows_read: u64,
+    /// Rows not uploaded.
+    pub rows_rejected: u64,
+    /// Per identifier kind (`email`, `phone`, `maid`, `email_sha256`, `phone_sha256`).
+    #[serde(default)]
+    pub kinds: BTreeMap<String, KindQuality>,
+}
+
+/// Valid and invalid values of one identifier kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KindQuality {
+    /// Values that normalised.
+    pub valid: u64,
+    /// Values refused (empty cells not counted).
+    pub invalid: u64,
+}
+
+impl LocalQuality {
+    /// Refuse counts that cannot describe a file, naming the field.
+    pub fn check(&self) -> Result<(), ApiError> {
+        let bad = |what: String| ApiError::BadRequest(format!("quality: {what}"));
+        if self.rows_rejected > self.rows_read {
+            return Err(bad("rows_rejected is larger than rows_read".into()));
+        }
+        for kind in self.kinds.keys() {
+            if onboard_protocol::IdKind::from_str(kind).is_err() {
+                return Err(bad(format!(
+                    "kinds: `{}` is not an identifier kind",
+                    kind.chars().take(20).collect::<String>()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The share of rows rejected, in percent.
+    pub fn rejected_percent(&self) -> Option<f64> {
+        (self.rows_read > 0).then(|| 100.0 * self.rows_rejected as f64 / self.rows_read as f64)
+    }
 }
 
 /// Outcome of an upload.
@@ -266,5 +318,40 @@ impl Services {
             .map(Self::job_view)
             .collect();
         Ok(serde_json::json!({ "jobs": jobs }))
+    }
+}
+
+#[cfg(test)]
+mod quality_tests {
+    use super::{KindQuality, LocalQuality};
+
+    #[test]
+    fn local_quality_counts_must_describe_a_file() {
+        let mut q = LocalQuality {
+            rows_read: 10,
+            rows_rejected: 4,
+            kinds: [(
+                "email".to_string(),
+                KindQuality {
+                    valid: 6,
+                    invalid: 3,
+                },
+            )]
+            .into(),
+        };
+        assert!(q.check().is_ok());
+        assert_eq!(q.rejected_percent(), Some(40.0));
+        q.kinds
+            .insert("email_sha256".into(), KindQuality::default());
+        assert!(q.check().is_ok());
+        q.kinds.insert("fax".into(), KindQuality::default());
+        assert!(q.check().unwrap_err().to_string().contains("`fax`"));
+        q.kinds.remove("fax");
+        q.rows_rejected = 11;
+        assert!(q.check().unwrap_err().to_string().contains("rows_rejected"));
+        let parsed: Result<LocalQuality, _> =
+            serde_json::from_str(r#"{"rows_read":1,"rows_rejected":0,"extra":1}"#);
+        assert!(parsed.is_err(), "unknown fields are refused");
+        assert_eq!(LocalQuality::default().rejected_percent(), None);
     }
 }

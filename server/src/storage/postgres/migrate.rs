@@ -23,6 +23,11 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         "graph_partitions",
         include_str!("../../../migrations/0003_graph_partitions.sql"),
     ),
+    (
+        4,
+        "console",
+        include_str!("../../../migrations/0004_console.sql"),
+    ),
 ];
 
 /// The schema version this build writes: its last migration's.

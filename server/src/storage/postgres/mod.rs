@@ -12,6 +12,7 @@
 
 mod audiences;
 mod cache;
+mod console;
 mod graph;
 mod jobs;
 mod migrate;

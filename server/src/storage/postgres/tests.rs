@@ -608,3 +608,9 @@ fn database_urls_never_show_their_password() {
     let err = "mysql://u:hunter2@h/db".parse::<DatabaseUrl>().unwrap_err();
     assert!(!err.to_string().contains("hunter2"), "{err}");
 }
+
+#[test]
+fn console_operators_and_sessions() {
+    let Some(db) = TestDb::new() else { return };
+    crate::storage::console_tests::console_contract(&db.store());
+}
