@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 
 /// Digests per graph-import or opt-out frame.
@@ -25,6 +26,8 @@ pub const DIGEST_BATCH_SIZE: usize = MAX_DIGESTS_PER_BATCH;
 pub const DIGEST_FRAME_BYTES: usize = 4 << 20;
 /// Cookies per JSON batch.
 pub const COOKIE_BATCH_SIZE: usize = 50_000;
+/// Digest frames in flight at once.
+const SENDERS: usize = 2;
 /// Person IDs per removals batch.
 pub const REMOVAL_BATCH_SIZE: usize = 50_000;
 
@@ -557,17 +560,39 @@ fn send_digests(
     send: impl Fn(u32, Vec<u8>) -> Result<(), ClientError> + Sync,
 ) -> Result<(), ClientError> {
     let [person_col, kind_col, value_col] = cols;
-    let (tx, rx) = mpsc::sync_channel::<(u32, usize, Vec<u8>)>(1);
+    let (tx, rx) = mpsc::sync_channel::<(u32, usize, Vec<u8>)>(SENDERS);
+    let rx = std::sync::Mutex::new(rx);
+    let failed = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
-        let sender = s.spawn(|| -> Result<u32, ClientError> {
-            let mut batches = 0;
-            for (batch_no, n, bytes) in rx {
-                send(batch_no, bytes)?;
-                batches = batch_no + 1;
-                progress.advance(phase, n as u64);
-            }
-            Ok(batches)
-        });
+        // Several frames in flight: while the server stores one batch (one
+        // core), it computes the points of the next (all cores).
+        let senders: Vec<_> = (0..SENDERS)
+            .map(|_| {
+                s.spawn(|| -> Result<u32, ClientError> {
+                    let mut batches = 0;
+                    let mut outcome = Ok(());
+                    loop {
+                        let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let Ok((batch_no, n, bytes)) = next else {
+                            break;
+                        };
+                        // After a failure, drain (so the producer never
+                        // blocks) without sending.
+                        if outcome.is_err() || failed.load(Ordering::SeqCst) {
+                            continue;
+                        }
+                        outcome = send(batch_no, bytes);
+                        if outcome.is_err() {
+                            failed.store(true, Ordering::SeqCst);
+                            continue;
+                        }
+                        batches = batches.max(batch_no + 1);
+                        progress.advance(phase, n as u64);
+                    }
+                    outcome.map(|()| batches)
+                })
+            })
+            .collect();
         let produced = (|| -> Result<(), ClientError> {
             let mut batch_no = 0u32;
             loop {
@@ -638,7 +663,7 @@ fn send_digests(
                     .map_err(|e| {
                         ClientError::Protocol(format!("building digest batch {batch_no}: {e}"))
                     })?;
-                    if tx.send((batch_no, n, bytes)).is_err() {
+                    if failed.load(Ordering::SeqCst) || tx.send((batch_no, n, bytes)).is_err() {
                         return Ok(());
                     }
                     batch_no += 1;
@@ -646,7 +671,13 @@ fn send_digests(
             }
         })();
         drop(tx);
-        let batches = sender.join().expect("sender panicked")?;
+        let mut batches = 0;
+        for sender in senders {
+            let sent = sender
+                .join()
+                .map_err(|_| ClientError::Protocol("a batch sender panicked".into()))??;
+            batches = batches.max(sent);
+        }
         produced?;
         summary.identifier_batches = batches;
         Ok(())

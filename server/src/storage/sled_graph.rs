@@ -380,12 +380,13 @@ impl SledStore {
         out.finish()
     }
 
+    /// Merge the cookie runs; `persons` gets each person once per destination.
     fn seal_cookies(
         &self,
         version: u64,
         base: Option<(u64, &HashSet<PersonKey>)>,
         info: &mut GraphInfo,
-        persons: &mut HashSet<PersonKey>,
+        persons: &mut Vec<PersonKey>,
     ) -> StoreResult<Batch> {
         let mut streams = self.merge_sources(version, b'c', base)?;
         let first_run = usize::from(base.is_some());
@@ -415,7 +416,9 @@ impl SledStore {
             }
             let destination = &k[1..1 + dlen];
             let person = person_of(&k[1 + dlen..17 + dlen])?;
-            persons.insert(person);
+            if persons.last() != Some(&person) {
+                persons.push(person);
+            }
             *info
                 .cookies
                 .entry(String::from_utf8_lossy(destination).into_owned())
@@ -447,8 +450,27 @@ impl SledStore {
         let removed = self.staged_removals(version)?;
         let base = base.map(|b| (b, &removed));
         let mut persons = HashSet::new();
-        let points = self.seal_points(version, base, &mut info, &mut persons)?;
-        let cookies = self.seal_cookies(version, base, &mut info, &mut persons)?;
+        // Points and cookies are merged side by side, one core each (the
+        // blob file takes appends from both).
+        let (points, cookies) = std::thread::scope(|s| {
+            let cookies = s.spawn(|| {
+                let mut counts = GraphInfo::default();
+                let mut owners = Vec::new();
+                self.seal_cookies(version, base, &mut counts, &mut owners)
+                    .map(|batch| (batch, counts, owners))
+            });
+            let points = self.seal_points(version, base, &mut info, &mut persons);
+            let cookies = cookies
+                .join()
+                .unwrap_or_else(|_| Err(StoreError::Backend("the cookie seal panicked".into())));
+            (points, cookies)
+        });
+        let points = points?;
+        let (cookies, counts, owners) = cookies?;
+        info.cookies = counts.cookies;
+        info.added += counts.added;
+        info.removed += counts.removed;
+        persons.extend(owners);
         info.persons = persons.len() as u64;
         drop(persons);
         let sealed = json(&info)?;
