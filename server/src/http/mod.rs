@@ -18,8 +18,7 @@ use crate::services::auth::Caller;
 use crate::services::graph::{CookieRow, ImportBatches};
 use crate::services::jobs::CreateJob;
 use crate::services::{blocking, Services};
-use crate::storage::Role;
-use crate::storage::{GraphInfo, ImportMode};
+use crate::storage::{GraphInfo, ImportMode, Role};
 use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
@@ -382,13 +381,15 @@ async fn import_removals(
     path: web::Path<(String, String)>,
     payload: web::Payload,
 ) -> Reply {
-    auth.role(Role::Admin)?;
-    let (id, batch) = path.into_inner();
-    let batch = path_u32(&batch, "batch_no")?;
-    let (rows, raw): (Removals, _) = json_body(&req, payload, &state, false).await?;
-    let s = svc(&state);
-    let n = blocking(move || s.import_removals(&id, batch, &raw, &rows.persons)).await?;
-    ok(serde_json::json!({"batch_no": batch, "accepted": n}))
+    json_import_batch(
+        state,
+        auth,
+        req,
+        path,
+        payload,
+        |s, id, batch, raw, rows: Removals| s.import_removals(id, batch, raw, &rows.persons),
+    )
+    .await
 }
 
 /// A graph version's counts as the API shows them (every kind named).
@@ -463,12 +464,32 @@ async fn import_cookies(
     path: web::Path<(String, String)>,
     payload: web::Payload,
 ) -> Reply {
+    json_import_batch(
+        state,
+        auth,
+        req,
+        path,
+        payload,
+        |s, id, batch, raw, rows: Cookies| s.import_cookies(id, batch, raw, &rows.cookies),
+    )
+    .await
+}
+
+/// A JSON batch of an import (`{id}/…/{batch_no}`), applied by `apply`.
+async fn json_import_batch<T: for<'de> Deserialize<'de> + Send + 'static>(
+    state: State,
+    auth: Auth,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    apply: impl FnOnce(&Services, &str, u32, &[u8], T) -> Result<usize, ApiError> + Send + 'static,
+) -> Reply {
     auth.role(Role::Admin)?;
     let (id, batch) = path.into_inner();
     let batch = path_u32(&batch, "batch_no")?;
-    let (rows, raw): (Cookies, _) = json_body(&req, payload, &state, false).await?;
+    let (rows, raw): (T, _) = json_body(&req, payload, &state, false).await?;
     let s = svc(&state);
-    let n = blocking(move || s.import_cookies(&id, batch, &raw, &rows.cookies)).await?;
+    let n = blocking(move || apply(&s, &id, batch, &raw, rows)).await?;
     ok(serde_json::json!({"batch_no": batch, "accepted": n}))
 }
 

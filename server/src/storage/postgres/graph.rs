@@ -172,22 +172,19 @@ impl GraphRepo for PgStore {
                 )
                 .await
                 .map_err(db_err)?;
-                let own: i64 = tx
-                    .query_one(
-                        &format!("SELECT count(*) FROM {table} WHERE version = $1"),
-                        &[&v],
-                    )
-                    .await
-                    .map_err(db_err)?
-                    .get(0);
-                let total: i64 = tx
-                    .query_one(
-                        &format!("SELECT count(*) FROM {table} WHERE version = $1"),
-                        &[&b],
-                    )
-                    .await
-                    .map_err(db_err)?
-                    .get(0);
+                // The delta's own rows left, and the base's rows.
+                let mut rows = [0i64; 2];
+                for (n, version) in rows.iter_mut().zip([&v, &b]) {
+                    *n = tx
+                        .query_one(
+                            &format!("SELECT count(*) FROM {table} WHERE version = $1"),
+                            &[version],
+                        )
+                        .await
+                        .map_err(db_err)?
+                        .get(0);
+                }
+                let [own, total] = rows;
                 let cols = key.to_string()
                     + if table == "graph_points" {
                         ", person"
