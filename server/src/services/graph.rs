@@ -42,6 +42,9 @@ fn sealed_cookie(pepper: &[u8; 32], cookie: &str) -> Result<SealedCookie, ApiErr
     })
 }
 
+/// Opted-out points looked up in a version per store call.
+const OPTOUTS_PER_LOOKUP: usize = 8192;
+
 /// Most person IDs per removals batch.
 pub const MAX_REMOVALS_PER_BATCH: usize = 65_536;
 
@@ -468,9 +471,14 @@ impl Services {
     /// Suppress, in `version`, the owners of every opted-out point: the
     /// opt-outs recorded while the version was built or since it was current.
     fn apply_optouts(&self, version: u64) -> Result<(), ApiError> {
-        for point in self.repo.optouts()? {
-            for kind in MatchKind::ALL {
-                if let Some(person) = self.repo.point_owner(version, kind, &point)? {
+        let mut points = self.repo.optouts()?;
+        points.sort_unstable();
+        points.dedup();
+        // Ordered look-ups: each chunk of the version is read once per kind.
+        for kind in MatchKind::ALL {
+            for stretch in points.chunks(OPTOUTS_PER_LOOKUP) {
+                let owners = self.repo.owners_of_sorted(version, kind, stretch)?;
+                for person in owners.into_iter().flatten() {
                     self.repo.suppress(version, &person)?;
                 }
             }
