@@ -456,6 +456,29 @@ fn a_delta_killed_half_sent_keeps_the_old_version_and_can_be_run_again() {
         .send()
         .unwrap();
     assert_eq!(refused.status().as_u16(), 409);
+    let commit_refused = http
+        .post(format!(
+            "{base}/{}/commit",
+            full["import_id"].as_str().unwrap()
+        ))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"identifier_batches": 0, "removal_batches": 1}))
+        .send()
+        .unwrap();
+    assert_eq!(
+        commit_refused.status().as_u16(),
+        400,
+        "a full import removes no one"
+    );
+    // A removals batch is validated, and the error names the entry.
+    let bad = http
+        .put(format!("{import}/removals/1"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({ "persons": ["p1", ""] }))
+        .send()
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+    assert!(bad.text().unwrap().contains("persons[1]"));
 
     server.kill();
     server.assert_audit_verifies("after the SIGKILL");
