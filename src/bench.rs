@@ -17,8 +17,8 @@
 //! `exchange` is timed from their common start to the later end.
 
 use crate::harness::{
-    busy_share, cpu_ticks, peak_rss, postgres_sizes, steal_share, thread_cpu_seconds,
-    PostgresMemory, ServerProcess,
+    busy_share, cpu_ticks, peak_rss, postgres_sizes, process_cpu_seconds, steal_share,
+    thread_cpu_seconds, PostgresMemory, ServerProcess,
 };
 use anyhow::{bail, Result};
 use curve25519_dalek::ristretto::RistrettoPoint;
@@ -57,6 +57,18 @@ pub struct BenchArgs {
     /// of the ratio's ruler.
     #[arg(long, value_name = "MULS", num_args = 0..=1, default_missing_value = "1000000")]
     pub calibrate: Option<usize>,
+    /// After the jobs, a delta import replacing P% of the graph's
+    /// identifiers (persons removed, as many new ones added), timed against
+    /// its own bound.
+    #[arg(long, value_name = "P", value_parser = parse_percent)]
+    pub delta_percent: Option<f64>,
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if p > 0.0 && p <= 50.0 => Ok(p),
+        _ => Err("a percentage above 0 and at most 50".into()),
+    }
 }
 
 #[derive(Serialize)]
@@ -289,6 +301,19 @@ struct Report {
     fastest_t_hash_to_point_us: f64,
     fastest_t_scalar_mul_us: f64,
     import_wall_s: f64,
+    /// The import's curve work (hash-to-point and `b·P(y)` per identifier)
+    /// on all cores, at the unit times sampled during the import.
+    import_bound_s: f64,
+    import_ratio: f64,
+    /// Share of the machine's CPU time busy during the import.
+    import_cpu_busy: f64,
+    /// CPU seconds the server and this client (normalising and hashing)
+    /// spent on the import: where its wall time above the bound goes.
+    import_server_cpu_s: f64,
+    import_client_cpu_s: f64,
+    /// Both processes' CPU time over the bound's (bound × cores): the
+    /// import's overhead with the machine's other load taken out.
+    import_cpu_ratio: f64,
     wall_s: f64,
     bound_s: f64,
     ratio: f64,
@@ -301,6 +326,7 @@ struct Report {
     cpu_steal: f64,
     phases: Vec<Phase>,
     repeat: Option<RepeatReport>,
+    delta: Option<DeltaReport>,
     server_peak_rss_bytes: u64,
     client_peak_rss_bytes: u64,
     /// On PostgreSQL (`--database-url`).
@@ -320,6 +346,22 @@ struct DatabaseReport {
     tables_after_import: Vec<(String, u64)>,
     /// The same after the jobs (graph-pass caches, uploads and audiences added).
     tables: Vec<(String, u64)>,
+}
+
+/// A delta import (`--delta-percent`).
+#[derive(Serialize)]
+struct DeltaReport {
+    percent: f64,
+    /// New identifiers (hashed and blinded: the bound's work).
+    added_identifiers: usize,
+    /// Persons removed (as many identifiers as added).
+    removed_persons: usize,
+    wall_s: f64,
+    bound_s: f64,
+    ratio: f64,
+    /// The target: 1.25 × the bound + 10 s (the base's bulk copy).
+    target_s: f64,
+    cpu_busy: f64,
 }
 
 /// The second job with the same key: its graph pass is served by the cache.
@@ -361,15 +403,23 @@ pub fn run(args: &BenchArgs) -> Result<bool> {
         onboard_client::create_principal(&admin, "bench-advertiser", Role::Advertiser)?.api_key;
     onboard_client::create_principal(&admin, "bench-dsp", Role::Destination)?;
 
-    let t = Instant::now();
-    onboard_client::import_graph(
-        &admin,
-        &ids_csv,
-        Some(&cookies_csv),
-        Region::default(),
-        false,
-    )?;
-    let import_wall_s = t.elapsed().as_secs_f64();
+    let cpu_before = (
+        server.cpu_seconds()?,
+        process_cpu_seconds(std::process::id())?,
+    );
+    let (imported, import) = sampled(|| {
+        onboard_client::import_graph(
+            &admin,
+            &ids_csv,
+            Some(&cookies_csv),
+            Region::default(),
+            false,
+        )
+    })?;
+    imported?;
+    let import_server_cpu_s = server.cpu_seconds()? - cpu_before.0;
+    let import_client_cpu_s = process_cpu_seconds(std::process::id())? - cpu_before.1;
+    let import_bound_s = import_bound(import.during, args.graph, cores);
     let after_import = database_url.map(postgres_sizes).transpose()?;
 
     let key_file = work.join("bench.key");
@@ -394,6 +444,11 @@ pub fn run(args: &BenchArgs) -> Result<bool> {
         Some(r)
     } else {
         None
+    };
+
+    let delta = match args.delta_percent {
+        Some(percent) => Some(run_delta(&admin, dir.path(), args.graph, percent, cores)?),
+        None => None,
     };
 
     // Only the graph's emails take part in an email-only job.
@@ -451,7 +506,14 @@ pub fn run(args: &BenchArgs) -> Result<bool> {
         primitive_samples: job.timing.samples,
         fastest_t_hash_to_point_us: prims.hash_s * 1e6,
         fastest_t_scalar_mul_us: prims.mul_s * 1e6,
-        import_wall_s,
+        import_wall_s: import.wall_s,
+        import_bound_s,
+        import_ratio: import.wall_s / import_bound_s,
+        import_cpu_busy: import.cpu_busy,
+        import_server_cpu_s,
+        import_client_cpu_s,
+        import_cpu_ratio: (import_server_cpu_s + import_client_cpu_s)
+            / (import_bound_s * cores as f64),
         wall_s: job.timing.wall_s,
         bound_s,
         ratio: job.timing.wall_s / bound_s,
@@ -466,6 +528,7 @@ pub fn run(args: &BenchArgs) -> Result<bool> {
             graph_bound,
         ),
         repeat: repeat_report,
+        delta,
         server_peak_rss_bytes: server.peak_rss()?,
         client_peak_rss_bytes: peak_rss(std::process::id())?,
         database,
@@ -477,6 +540,59 @@ pub fn run(args: &BenchArgs) -> Result<bool> {
         print_table(&report);
     }
     Ok(true)
+}
+
+/// An import's curve work on all cores: one hash-to-point and one
+/// multiplication by `b` per identifier.
+fn import_bound(p: Primitives, identifiers: usize, cores: usize) -> f64 {
+    identifiers as f64 * (p.hash_s + p.mul_s) / cores as f64
+}
+
+/// A delta replacing `percent`% of the graph's identifiers: the first
+/// persons removed, as many new persons (an email and a phone each, one
+/// cookie) added.
+fn run_delta(
+    admin: &ApiClient,
+    dir: &Path,
+    graph: usize,
+    percent: f64,
+    cores: usize,
+) -> Result<DeltaReport> {
+    let persons = ((graph as f64 * percent / 100.0) / 2.0).round().max(1.0) as usize;
+    let ids = dir.join("delta-ids.csv");
+    let cookies = dir.join("delta-cookies.csv");
+    let removed = dir.join("delta-remove.csv");
+    write_persons(graph / 2..graph / 2 + persons, &ids, &cookies)?;
+    let mut out = BufWriter::new(std::fs::File::create(&removed)?);
+    writeln!(out, "person_id")?;
+    for i in 0..persons {
+        writeln!(out, "p{i}")?;
+    }
+    out.flush()?;
+    drop(out);
+    let files = onboard_client::GraphFiles {
+        identifiers: Some(&ids),
+        cookies: Some(&cookies),
+        remove_persons: Some(&removed),
+    };
+    let (imported, timing) =
+        sampled(|| onboard_client::import_delta(admin, files, Region::default(), false))?;
+    let summary = imported?;
+    if summary.removed == 0 || summary.added == 0 {
+        bail!("the delta changed nothing: {summary:?}");
+    }
+    let added_identifiers = 2 * persons;
+    let bound_s = import_bound(timing.during, added_identifiers, cores);
+    Ok(DeltaReport {
+        percent,
+        added_identifiers,
+        removed_persons: persons,
+        wall_s: timing.wall_s,
+        bound_s,
+        ratio: timing.wall_s / bound_s,
+        target_s: 1.25 * bound_s + 10.0,
+        cpu_busy: timing.cpu_busy,
+    })
 }
 
 /// The curve work of an email-only job.
@@ -552,8 +668,15 @@ fn print_table(r: &Report) {
         r.fastest_t_scalar_mul_us
     );
     println!(
-        "graph import (not in the match timing): {:.1} s",
-        r.import_wall_s
+        "graph import (not in the match timing): wall {:.1} s, bound {:.1} s, import_ratio {:.2}; \
+         CPU busy {:.1}%; CPU time: server {:.1} s, client {:.1} s, {:.2} × the bound's",
+        r.import_wall_s,
+        r.import_bound_s,
+        r.import_ratio,
+        r.import_cpu_busy * 100.0,
+        r.import_server_cpu_s,
+        r.import_client_cpu_s,
+        r.import_cpu_ratio
     );
     println!(
         "{:<14} {:>10} {:>10} {:>7} {:>12}",
@@ -585,6 +708,21 @@ fn print_table(r: &Report) {
             rep.ratio_vs_fastest,
             rep.cpu_busy * 100.0,
             rep.cpu_steal * 100.0
+        );
+    }
+    if let Some(d) = &r.delta {
+        println!(
+            "delta import ({}% of the graph: {} identifiers added, {} persons removed): \
+             wall {:.1} s, bound {:.1} s, ratio {:.2}, target {:.1} s (1.25 × bound + 10 s); \
+             CPU busy {:.1}%",
+            d.percent,
+            d.added_identifiers,
+            d.removed_persons,
+            d.wall_s,
+            d.bound_s,
+            d.ratio,
+            d.target_s,
+            d.cpu_busy * 100.0
         );
     }
     println!(
@@ -621,11 +759,16 @@ fn print_phase(p: &Phase) {
 
 /// `M` identifiers: `M/2` persons with an email and a phone, one cookie each.
 fn write_graph(m: usize, ids: &Path, cookies: &Path) -> Result<()> {
+    write_persons(0..m / 2, ids, cookies)
+}
+
+/// Persons `persons`, each with an email, a phone and a cookie.
+fn write_persons(persons: std::ops::Range<usize>, ids: &Path, cookies: &Path) -> Result<()> {
     let mut ids = BufWriter::new(std::fs::File::create(ids)?);
     let mut cookies = BufWriter::new(std::fs::File::create(cookies)?);
     writeln!(ids, "person_id,kind,value")?;
     writeln!(cookies, "person_id,destination,cookie_id")?;
-    for i in 0..m / 2 {
+    for i in persons {
         writeln!(ids, "p{i},email,user{i}@bench.example.com")?;
         writeln!(
             ids,

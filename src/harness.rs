@@ -91,6 +91,32 @@ impl ServerProcess {
     pub fn peak_rss(&self) -> Result<u64> {
         peak_rss(self.child.id())
     }
+
+    /// CPU time the server has used so far (user and system), in seconds.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        process_cpu_seconds(self.child.id())
+    }
+}
+
+/// CPU time a process has used (user and system, all its threads), in seconds.
+pub fn process_cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) are plain;
+    // utime and stime are the 14th and 15th fields of the whole line.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("no command name in /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .context("short /proc stat")
+    };
+    // SAFETY: sysconf only reads a constant of the running kernel.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok((ticks(11)? + ticks(12)?) as f64 / per_second)
 }
 
 impl Drop for ServerProcess {

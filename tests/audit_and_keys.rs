@@ -44,7 +44,22 @@ fn verify(data_dir: &Path, anchors: &[String]) -> Output {
 /// when the data dir or the environment names a database).
 fn store(data_dir: &Path) -> std::sync::Arc<dyn onboard_server::storage::Repo> {
     let config = onboard_server::Config::for_data_dir(data_dir, None).unwrap();
-    onboard_server::storage::open(data_dir, &config.storage_config().unwrap()).unwrap()
+    let storage = config.storage_config().unwrap();
+    // sled's flusher thread of a store just dropped may still hold the
+    // directory's lock for a moment: a bounded retry.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match onboard_server::storage::open(data_dir, &storage) {
+            Ok(repo) => return repo,
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            Err(e) => panic!("opening the store: {e}"),
+        }
+    }
 }
 
 fn entries(data_dir: &Path) -> Vec<AuditEntry> {

@@ -118,6 +118,16 @@ fn assert_old_key_gone(s: &Setup, old: &(String, Vec<u8>)) {
 #[test]
 fn a_rotation_keeps_audiences_and_opt_outs_and_leaves_no_byte_of_the_old_key() {
     let s = setup();
+    // A second version, so that an older kept one is blinded by the old key too.
+    s.server.import(
+        &s.server.path("ids.csv"),
+        Some(&s.server.path("cookies.csv")),
+    );
+    let admin = s.server.admin_key.clone();
+    let kept = s
+        .server
+        .json(&admin, &["admin", "graph", "versions", "--json"]);
+    assert_eq!(kept.as_array().unwrap().len(), 2, "{kept}");
     let before = audience_at(&s, 0);
     assert_eq!(before.len(), 155, "persons 0–159 minus the 5 opted out");
     let old = server_key(&s);
@@ -131,6 +141,16 @@ fn a_rotation_keeps_audiences_and_opt_outs_and_leaves_no_byte_of_the_old_key() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("finished"));
     assert_old_key_gone(&s, &old);
+    // Only the rotated version is kept: the others were blinded by `b`.
+    let kept = s
+        .server
+        .json(&admin, &["admin", "graph", "versions", "--json"]);
+    let kept = kept.as_array().unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(
+        (kept[0]["importer"].as_str(), kept[0]["current"].as_bool()),
+        (Some("key-rotation"), Some(true))
+    );
 
     // The same job (same advertiser key, so the client's `a` is unchanged)
     // after the rotation: the same audience, opted-out persons still out.

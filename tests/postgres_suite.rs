@@ -24,6 +24,8 @@ mod console_http;
 mod crash_safety;
 #[path = "end_to_end.rs"]
 mod end_to_end;
+#[path = "graph_updates.rs"]
+mod graph_updates;
 #[path = "hostile_input.rs"]
 mod hostile_input;
 #[path = "privacy_attacks.rs"]

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 
 /// Digests per graph-import or opt-out frame.
@@ -25,6 +26,10 @@ pub const DIGEST_BATCH_SIZE: usize = MAX_DIGESTS_PER_BATCH;
 pub const DIGEST_FRAME_BYTES: usize = 4 << 20;
 /// Cookies per JSON batch.
 pub const COOKIE_BATCH_SIZE: usize = 50_000;
+/// Digest frames in flight at once.
+const SENDERS: usize = 2;
+/// Person IDs per removals batch.
+pub const REMOVAL_BATCH_SIZE: usize = 50_000;
 
 /// A principal's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,6 +225,24 @@ pub struct ImportSummary {
     /// Rows the server dropped because their person or identifier is erased.
     #[serde(default)]
     pub skipped_erased: u64,
+    /// A delta (built from the version current when it started)?
+    #[serde(default)]
+    pub delta: bool,
+    /// Persons to remove sent (a delta).
+    #[serde(default)]
+    pub removals_sent: u64,
+    /// Removal batches sent.
+    #[serde(default)]
+    pub removal_batches: u32,
+    /// Invalid removal rows, by reason, skipped.
+    #[serde(default)]
+    pub invalid_removals: BTreeMap<String, RowIssue>,
+    /// Rows (identifiers and cookies) the new version took from this import.
+    #[serde(default)]
+    pub added: u64,
+    /// Rows of the base version a delta removed.
+    #[serde(default)]
+    pub removed: u64,
 }
 
 #[derive(Deserialize)]
@@ -234,11 +257,26 @@ struct CommitAnswer {
     cookies: BTreeMap<String, u64>,
     #[serde(default)]
     skipped_erased: u64,
+    #[serde(default)]
+    added: u64,
+    #[serde(default)]
+    removed: u64,
+}
+
+/// The files of a graph import.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GraphFiles<'a> {
+    /// `person_id,kind,value` rows (required for a full import).
+    pub identifiers: Option<&'a Path>,
+    /// `person_id,destination,cookie_id` rows.
+    pub cookies: Option<&'a Path>,
+    /// `person_id` rows: persons a delta removes (a delta only).
+    pub remove_persons: Option<&'a Path>,
 }
 
 /// Import a graph version: `person_id,kind,value` rows normalised and
-/// hashed locally (only digests sent), then `person_id,destination,cookie_id`
-/// rows, then commit.
+/// hashed locally (only digests sent) while `person_id,destination,cookie_id`
+/// rows are sent beside them, then commit.
 pub fn import_graph(
     api: &ApiClient,
     identifiers_csv: &Path,
@@ -247,36 +285,68 @@ pub fn import_graph(
     show_progress: bool,
 ) -> Result<ImportSummary, ClientError> {
     let sink = crate::commands::progress::Bars::new_sink(show_progress);
-    import_graph_with(api, identifiers_csv, cookies_csv, region, sink.as_ref())
+    let files = GraphFiles {
+        identifiers: Some(identifiers_csv),
+        cookies: cookies_csv,
+        remove_persons: None,
+    };
+    import_graph_with(api, files, false, region, sink.as_ref())
 }
 
-/// [`import_graph`] reporting progress to `progress`.
+/// Import a delta: a new version made of the current one, minus the rows of
+/// the persons in `files.remove_persons`, plus the rows of the other files.
+pub fn import_delta(
+    api: &ApiClient,
+    files: GraphFiles<'_>,
+    region: Region,
+    show_progress: bool,
+) -> Result<ImportSummary, ClientError> {
+    let sink = crate::commands::progress::Bars::new_sink(show_progress);
+    import_graph_with(api, files, true, region, sink.as_ref())
+}
+
+/// A CSV file and the positions of the named columns.
+fn open_columns<const N: usize>(
+    path: &Path,
+    names: [&str; N],
+) -> Result<(CsvReader, [usize; N]), ClientError> {
+    let r = CsvReader::open(path)?;
+    let mut cols = [0; N];
+    for (c, name) in cols.iter_mut().zip(names) {
+        *c = r.column(name)?;
+    }
+    Ok((r, cols))
+}
+
+/// [`import_graph`] or [`import_delta`] reporting progress to `progress`.
 pub fn import_graph_with(
     api: &ApiClient,
-    identifiers_csv: &Path,
-    cookies_csv: Option<&Path>,
+    files: GraphFiles<'_>,
+    delta: bool,
     region: Region,
     progress: &dyn ProgressSink,
 ) -> Result<ImportSummary, ClientError> {
-    // Open both files first: a missing file fails before anything is sent.
-    let mut ids = CsvReader::open(identifiers_csv)?;
-    let id_cols = [
-        ids.column("person_id")?,
-        ids.column("kind")?,
-        ids.column("value")?,
-    ];
-    let mut cookies = match cookies_csv {
-        Some(p) => {
-            let r = CsvReader::open(p)?;
-            let cols = [
-                r.column("person_id")?,
-                r.column("destination")?,
-                r.column("cookie_id")?,
-            ];
-            Some((r, cols))
-        }
-        None => None,
-    };
+    if !delta && files.remove_persons.is_some() {
+        return Err(ClientError::Usage("--remove-persons needs --delta".into()));
+    }
+    if !delta && files.identifiers.is_none() {
+        return Err(ClientError::Usage(
+            "a full import needs --identifiers".into(),
+        ));
+    }
+    // Open every file first: a missing file fails before anything is sent.
+    let ids = files
+        .identifiers
+        .map(|p| open_columns(p, ["person_id", "kind", "value"]))
+        .transpose()?;
+    let cookies = files
+        .cookies
+        .map(|p| open_columns(p, ["person_id", "destination", "cookie_id"]))
+        .transpose()?;
+    let removals = files
+        .remove_persons
+        .map(|p| open_columns(p, ["person_id"]))
+        .transpose()?;
     #[derive(Deserialize)]
     struct Created {
         import_id: String,
@@ -284,40 +354,68 @@ pub fn import_graph_with(
     let created: Created = api.call_json(
         Method::POST,
         "/v1/admin/graph/imports",
-        &Body::json(&serde_json::json!({})),
+        &Body::json(&serde_json::json!({"mode": if delta { "delta" } else { "full" }})),
     )?;
     let base = format!("/v1/admin/graph/imports/{}", segment(&created.import_id));
     let mut summary = ImportSummary {
         import_id: created.import_id.clone(),
         ..ImportSummary::default()
     };
-
-    progress.begin("identifiers", 0);
-    let sent = send_digests(
-        &mut ids,
-        id_cols,
-        true,
-        region,
-        (progress, "identifiers"),
-        &mut summary,
-        |batch_no, bytes| {
-            let _: serde_json::Value = api.call_json(
-                Method::PUT,
-                &format!("{base}/identifiers/{batch_no}"),
-                &Body::Frame(bytes),
-            )?;
-            Ok(())
-        },
-    );
-    progress.end("identifiers");
-    sent?;
-
-    if let Some((mut reader, cols)) = cookies.take() {
-        progress.begin("cookies", 0);
-        let r = send_cookies(api, &base, &mut reader, cols, progress, &mut summary);
-        progress.end("cookies");
+    if let Some((mut reader, [col])) = removals {
+        progress.begin("removals", 0);
+        let r = send_removals(api, &base, &mut reader, col, progress, &mut summary);
+        progress.end("removals");
         r?;
     }
+    // Identifiers and cookies side by side: the server seals cookies while
+    // it computes points, and neither waits for the other's network.
+    let mut cookie_summary = ImportSummary::default();
+    std::thread::scope(|s| -> Result<(), ClientError> {
+        let cookies_sent = cookies.map(|(mut reader, cols)| {
+            let cookie_summary = &mut cookie_summary;
+            let base = &base;
+            s.spawn(move || {
+                progress.begin("cookies", 0);
+                let r = send_cookies(api, base, &mut reader, cols, progress, cookie_summary);
+                progress.end("cookies");
+                r
+            })
+        });
+        let ids_sent = match ids {
+            Some((mut reader, cols)) => {
+                progress.begin("identifiers", 0);
+                let r = send_digests(
+                    &mut reader,
+                    cols,
+                    true,
+                    region,
+                    (progress, "identifiers"),
+                    &mut summary,
+                    |batch_no, bytes| {
+                        let _: serde_json::Value = api.call_json(
+                            Method::PUT,
+                            &format!("{base}/identifiers/{batch_no}"),
+                            &Body::Frame(bytes),
+                        )?;
+                        Ok(())
+                    },
+                );
+                progress.end("identifiers");
+                r
+            }
+            None => Ok(()),
+        };
+        let cookies_sent = match cookies_sent {
+            Some(h) => h
+                .join()
+                .map_err(|_| ClientError::Protocol("the cookies sender panicked".into()))?,
+            None => Ok(()),
+        };
+        ids_sent.and(cookies_sent)
+    })?;
+    summary.cookies_sent = cookie_summary.cookies_sent;
+    summary.cookie_batches = cookie_summary.cookie_batches;
+    summary.invalid_cookies = cookie_summary.invalid_cookies;
 
     let commit: CommitAnswer = api.call_json(
         Method::POST,
@@ -325,14 +423,128 @@ pub fn import_graph_with(
         &Body::json(&serde_json::json!({
             "identifier_batches": summary.identifier_batches,
             "cookie_batches": summary.cookie_batches,
+            "removal_batches": summary.removal_batches,
         })),
     )?;
+    summary.delta = delta;
     summary.version = commit.version;
     summary.persons = commit.persons;
     summary.identifiers = commit.identifiers;
     summary.cookies = commit.cookies;
+    summary.added = commit.added;
+    summary.removed = commit.removed;
     summary.skipped_erased = commit.skipped_erased;
     Ok(summary)
+}
+
+/// Send the `person_id` rows of a removals file in batches.
+fn send_removals(
+    api: &ApiClient,
+    base: &str,
+    reader: &mut CsvReader,
+    person_col: usize,
+    progress: &dyn ProgressSink,
+    summary: &mut ImportSummary,
+) -> Result<(), ClientError> {
+    let mut batch_no = 0u32;
+    loop {
+        let chunk = reader.next_chunk(REMOVAL_BATCH_SIZE)?;
+        if chunk.is_empty() {
+            break;
+        }
+        let mut persons = Vec::with_capacity(chunk.len());
+        for (line, rec) in &chunk {
+            let parsed = field(rec, person_col)
+                .map_err(|_| "not-utf8")
+                .map(str::trim)
+                .and_then(|p| match p {
+                    "" => Err("empty-person-id"),
+                    p if p.len() > MAX_PERSON_ID_BYTES || p.chars().any(char::is_control) => {
+                        Err("bad-person-id")
+                    }
+                    p => Ok(p),
+                });
+            match parsed {
+                Ok(p) => persons.push(p),
+                Err(code) => note_issue(&mut summary.invalid_removals, code, *line),
+            }
+        }
+        if persons.is_empty() {
+            continue;
+        }
+        let n = persons.len();
+        let _: serde_json::Value = api.call_json(
+            Method::PUT,
+            &format!("{base}/removals/{batch_no}"),
+            &Body::json(&serde_json::json!({ "persons": persons })),
+        )?;
+        summary.removals_sent += n as u64;
+        progress.advance("removals", n as u64);
+        batch_no += 1;
+    }
+    summary.removal_batches = batch_no;
+    Ok(())
+}
+
+/// Count a skipped row under its reason, keeping the first line numbers.
+fn note_issue(issues: &mut BTreeMap<String, RowIssue>, code: &str, line: u64) {
+    let issue = issues.entry(code.to_owned()).or_default();
+    issue.count += 1;
+    if issue.first_rows.len() < crate::matching::FIRST_ROWS_KEPT {
+        issue.first_rows.push(line);
+    }
+}
+
+/// One kept graph version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GraphVersion {
+    /// Version number.
+    pub version: u64,
+    /// Is it the one matches use?
+    pub current: bool,
+    /// `full` or `delta`.
+    pub mode: String,
+    /// A delta's base version.
+    #[serde(default)]
+    pub base: Option<u64>,
+    /// Who imported it.
+    pub importer: String,
+    /// Import opened (RFC 3339).
+    pub created: String,
+    /// Import committed (RFC 3339).
+    #[serde(default)]
+    pub committed: Option<String>,
+    /// Persons.
+    pub persons: u64,
+    /// Identifiers per kind.
+    pub identifiers: BTreeMap<String, u64>,
+    /// Cookies per destination.
+    pub cookies: BTreeMap<String, u64>,
+    /// Rows the import brought in.
+    pub added: u64,
+    /// Rows of the base a delta removed.
+    pub removed: u64,
+}
+
+/// The kept graph versions, newest first.
+pub fn graph_versions(api: &ApiClient) -> Result<Vec<GraphVersion>, ClientError> {
+    #[derive(Deserialize)]
+    struct List {
+        versions: Vec<GraphVersion>,
+    }
+    Ok(api
+        .get_json::<List>("/v1/admin/graph/versions", &[])?
+        .versions)
+}
+
+/// Make a kept graph version current again; returns its persons.
+pub fn activate_graph_version(api: &ApiClient, version: u64) -> Result<u64, ClientError> {
+    let answer: CommitAnswer = api.call_json(
+        Method::POST,
+        &format!("/v1/admin/graph/versions/{version}/activate"),
+        &Body::json(&serde_json::json!({})),
+    )?;
+    Ok(answer.persons)
 }
 
 /// Read `(person?, kind, value)` rows, normalise in parallel, send digest
@@ -348,17 +560,39 @@ fn send_digests(
     send: impl Fn(u32, Vec<u8>) -> Result<(), ClientError> + Sync,
 ) -> Result<(), ClientError> {
     let [person_col, kind_col, value_col] = cols;
-    let (tx, rx) = mpsc::sync_channel::<(u32, usize, Vec<u8>)>(1);
+    let (tx, rx) = mpsc::sync_channel::<(u32, usize, Vec<u8>)>(SENDERS);
+    let rx = std::sync::Mutex::new(rx);
+    let failed = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
-        let sender = s.spawn(|| -> Result<u32, ClientError> {
-            let mut batches = 0;
-            for (batch_no, n, bytes) in rx {
-                send(batch_no, bytes)?;
-                batches = batch_no + 1;
-                progress.advance(phase, n as u64);
-            }
-            Ok(batches)
-        });
+        // Several frames in flight: while the server stores one batch (one
+        // core), it computes the points of the next (all cores).
+        let senders: Vec<_> = (0..SENDERS)
+            .map(|_| {
+                s.spawn(|| -> Result<u32, ClientError> {
+                    let mut batches = 0;
+                    let mut outcome = Ok(());
+                    loop {
+                        let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let Ok((batch_no, n, bytes)) = next else {
+                            break;
+                        };
+                        // After a failure, drain (so the producer never
+                        // blocks) without sending.
+                        if outcome.is_err() || failed.load(Ordering::SeqCst) {
+                            continue;
+                        }
+                        outcome = send(batch_no, bytes);
+                        if outcome.is_err() {
+                            failed.store(true, Ordering::SeqCst);
+                            continue;
+                        }
+                        batches = batches.max(batch_no + 1);
+                        progress.advance(phase, n as u64);
+                    }
+                    outcome.map(|()| batches)
+                })
+            })
+            .collect();
         let produced = (|| -> Result<(), ClientError> {
             let mut batch_no = 0u32;
             loop {
@@ -404,13 +638,7 @@ fn send_digests(
                 for (line, r) in results {
                     match r {
                         Ok(e) => entries.push(e),
-                        Err(code) => {
-                            let issue = summary.invalid.entry(code.to_owned()).or_default();
-                            issue.count += 1;
-                            if issue.first_rows.len() < crate::matching::FIRST_ROWS_KEPT {
-                                issue.first_rows.push(line);
-                            }
-                        }
+                        Err(code) => note_issue(&mut summary.invalid, code, line),
                     }
                 }
                 // Split by encoded size too: long person IDs must not push a
@@ -435,7 +663,7 @@ fn send_digests(
                     .map_err(|e| {
                         ClientError::Protocol(format!("building digest batch {batch_no}: {e}"))
                     })?;
-                    if tx.send((batch_no, n, bytes)).is_err() {
+                    if failed.load(Ordering::SeqCst) || tx.send((batch_no, n, bytes)).is_err() {
                         return Ok(());
                     }
                     batch_no += 1;
@@ -443,7 +671,13 @@ fn send_digests(
             }
         })();
         drop(tx);
-        let batches = sender.join().expect("sender panicked")?;
+        let mut batches = 0;
+        for sender in senders {
+            let sent = sender
+                .join()
+                .map_err(|_| ClientError::Protocol("a batch sender panicked".into()))??;
+            batches = batches.max(sent);
+        }
         produced?;
         summary.identifier_batches = batches;
         Ok(())
@@ -492,13 +726,7 @@ fn send_cookies(
             })();
             match parsed {
                 Ok(c) => cookies.push(c),
-                Err(code) => {
-                    let issue = summary.invalid_cookies.entry(code.to_owned()).or_default();
-                    issue.count += 1;
-                    if issue.first_rows.len() < crate::matching::FIRST_ROWS_KEPT {
-                        issue.first_rows.push(*line);
-                    }
-                }
+                Err(code) => note_issue(&mut summary.invalid_cookies, code, *line),
             }
         }
         if cookies.is_empty() {

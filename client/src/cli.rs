@@ -417,19 +417,40 @@ pub enum PrincipalsCommand {
 #[derive(Debug, Subcommand)]
 pub enum GraphCommand {
     /// Import a new graph version; identifiers are normalised and hashed here, only digests are sent.
+    /// With --delta the new version is the current one plus these rows, minus
+    /// the persons of --remove-persons; only the new identifiers are blinded.
     Import {
-        /// CSV with header `person_id,kind,value`.
-        #[arg(long, value_name = "FILE")]
-        identifiers: PathBuf,
+        /// CSV with header `person_id,kind,value` (optional with --delta).
+        #[arg(long, value_name = "FILE", required_unless_present = "delta")]
+        identifiers: Option<PathBuf>,
         /// CSV with header `person_id,destination,cookie_id`.
         #[arg(long, value_name = "FILE")]
         cookies: Option<PathBuf>,
+        /// Build the new version from the current one plus the changes.
+        #[arg(long)]
+        delta: bool,
+        /// CSV with header `person_id`: persons whose identifiers and cookies
+        /// the delta drops from the current version (rows added for them stay).
+        #[arg(long, value_name = "FILE", requires = "delta")]
+        remove_persons: Option<PathBuf>,
         /// Default region of phone numbers without a country code.
         #[arg(long, default_value = "FR", value_parser = parse_region, value_name = "CC")]
         region: Region,
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// List the kept graph versions (newest first): counts, full or delta, who imported it.
+    Versions {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a kept graph version current again (audited): a rollback, or forward again.
+    Activate {
+        /// The version, as `graph versions` lists it.
+        #[arg(value_name = "VERSION")]
+        number: u64,
     },
 }
 

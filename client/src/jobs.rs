@@ -29,7 +29,7 @@ pub struct JobInfo {
     /// Of an open job: the first batch number the server has not received.
     #[serde(default)]
     pub next_batch: Option<u64>,
-    /// Of an open job: graph-pass pages per kind, and how many are done.
+    /// Graph-pass pages and points per kind (of an open job, how many pages are done).
     #[serde(default)]
     pub graph_pass: std::collections::BTreeMap<String, PassProgress>,
     /// The report of a finished job.

@@ -43,9 +43,10 @@ pub mod webhooks;
 pub use input::csv as csv_input;
 
 pub use admin::{
-    audit, create_key, create_principal, create_principal_with_webhook, erase, import_graph,
-    list_principals, optout, revoke_key, revoke_principal, stats, AuditEntry, CreatedPrincipal,
-    EraseSummary, ImportSummary, OptoutSummary, Role,
+    activate_graph_version, audit, create_key, create_principal, create_principal_with_webhook,
+    erase, graph_versions, import_delta, import_graph, list_principals, optout, revoke_key,
+    revoke_principal, stats, AuditEntry, CreatedPrincipal, EraseSummary, GraphFiles, GraphVersion,
+    ImportSummary, OptoutSummary, Role,
 };
 pub use api::{ApiClient, ApiError, ErrorCode, RetryPolicy};
 pub use destination::{list_audiences, pull_audience, pull_audience_paged, AudienceInfo};

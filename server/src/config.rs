@@ -274,6 +274,9 @@ pub struct Config {
     pub max_open_jobs: usize,
     /// Points per graph-pass page.
     pub page_size: usize,
+    /// Graph versions kept (the current one included), for audits and
+    /// `graph activate`; older ones are deleted.
+    pub graph_versions_kept: usize,
     /// Open jobs untouched for longer than this are failed and deleted.
     pub abandoned_job_ttl: Duration,
     /// Finished and failed job records (with their reports) are forgotten
@@ -377,6 +380,7 @@ impl Default for Config {
             max_frame_body: 48 * 1024 * 1024,
             max_open_jobs: 4,
             page_size: 8192,
+            graph_versions_kept: 3,
             abandoned_job_ttl: Duration::from_secs(86_400),
             job_retention: Duration::from_secs(90 * 86_400),
             cleanup_interval: Duration::from_secs(300),
@@ -421,6 +425,7 @@ pub const KEYS: &[&str] = &[
     "max_frame_body",
     "max_open_jobs",
     "page_size",
+    "graph_versions_kept",
     "abandoned_job_ttl",
     "job_retention",
     "cleanup_interval",
@@ -568,6 +573,7 @@ impl Config {
             "max_frame_body" => self.max_frame_body = parse(key, value)?,
             "max_open_jobs" => self.max_open_jobs = parse(key, value)?,
             "page_size" => self.page_size = parse(key, value)?,
+            "graph_versions_kept" => self.graph_versions_kept = parse(key, value)?,
             "abandoned_job_ttl" => self.abandoned_job_ttl = duration(key, value)?,
             "job_retention" => self.job_retention = duration(key, value)?,
             "cleanup_interval" => self.cleanup_interval = duration(key, value)?,
@@ -638,6 +644,9 @@ impl Config {
         self.storage_config()?;
         if self.page_size == 0 || self.page_size > onboard_protocol::wire::MAX_POINTS_PER_PAGE {
             return Err(bad("page_size", "must be between 1 and 65536"));
+        }
+        if !(1..=100).contains(&self.graph_versions_kept) {
+            return Err(bad("graph_versions_kept", "must be between 1 and 100"));
         }
         if self.max_json_body < 1024 {
             return Err(bad("max_json_body", "must be at least 1024"));

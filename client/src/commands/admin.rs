@@ -107,22 +107,44 @@ pub(super) fn run(ctx: &Context, cmd: AdminCommand) -> Result<()> {
         AdminCommand::Graph(GraphCommand::Import {
             identifiers,
             cookies,
+            delta,
+            remove_persons,
             region,
             json,
         }) => {
-            let s =
-                admin::import_graph(&api, &identifiers, cookies.as_deref(), region, !ctx.quiet)?;
+            let files = admin::GraphFiles {
+                identifiers: identifiers.as_deref(),
+                cookies: cookies.as_deref(),
+                remove_persons: remove_persons.as_deref(),
+            };
+            let s = if delta {
+                admin::import_delta(&api, files, region, !ctx.quiet)?
+            } else {
+                let sink = crate::commands::progress::Bars::new_sink(!ctx.quiet);
+                admin::import_graph_with(&api, files, false, region, sink.as_ref())?
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
                 println!(
-                    "import {}: graph version {} is now current: {} persons",
-                    s.import_id, s.version, s.persons
+                    "import {}: graph version {} ({}) is now current: {} persons",
+                    s.import_id,
+                    s.version,
+                    if s.delta { "delta" } else { "full" },
+                    s.persons
                 );
+                println!("  rows added {}, rows removed {}", s.added, s.removed);
                 println!(
                     "  identifier rows read {}, sent {} in {} batches",
                     s.identifier_rows, s.identifiers_sent, s.identifier_batches
                 );
+                if s.delta {
+                    println!(
+                        "  persons to remove sent {} in {} batches",
+                        s.removals_sent, s.removal_batches
+                    );
+                    print_invalid("  skipped removal rows", &s.invalid_removals);
+                }
                 print_invalid("  skipped identifier rows", &s.invalid);
                 println!(
                     "  cookies sent {} in {} batches",
@@ -139,6 +161,18 @@ pub(super) fn run(ctx: &Context, cmd: AdminCommand) -> Result<()> {
                     println!("  cookies, {d}: {n}");
                 }
             }
+        }
+        AdminCommand::Graph(GraphCommand::Versions { json }) => {
+            let versions = admin::graph_versions(&api)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&versions)?);
+            } else {
+                print_versions(&versions);
+            }
+        }
+        AdminCommand::Graph(GraphCommand::Activate { number }) => {
+            let persons = admin::activate_graph_version(&api, number)?;
+            println!("graph version {number} is now current: {persons} persons");
         }
         AdminCommand::Optout { file, region, json } => {
             let s = admin::optout(&api, &file, region)?;
@@ -226,6 +260,35 @@ fn print_new_key(what: &str, key_id: &str, api_key: &str) {
     println!("{what} (key id {key_id})");
     println!("The API key below is shown only this once; store it now:");
     println!("{api_key}");
+}
+
+fn print_versions(versions: &[admin::GraphVersion]) {
+    println!(
+        "{:>8}  {:1}  {:5}  {:>6}  {:20}  {:>10}  {:>10}  {:>10}  {:14}  COUNTS",
+        "VERSION", "", "MODE", "BASE", "COMMITTED", "PERSONS", "ADDED", "REMOVED", "IMPORTER"
+    );
+    for v in versions {
+        let counts: Vec<String> = v
+            .identifiers
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .chain(v.cookies.iter().map(|(d, n)| format!("cookies@{d} {n}")))
+            .collect();
+        println!(
+            "{:>8}  {:1}  {:5}  {:>6}  {:20}  {:>10}  {:>10}  {:>10}  {:14}  {}",
+            v.version,
+            if v.current { "*" } else { "" },
+            v.mode,
+            v.base.map_or("-".into(), |b| b.to_string()),
+            v.committed.as_deref().unwrap_or("-"),
+            v.persons,
+            v.added,
+            v.removed,
+            v.importer,
+            counts.join(", ")
+        );
+    }
 }
 
 fn print_invalid(title: &str, invalid: &BTreeMap<String, RowIssue>) {

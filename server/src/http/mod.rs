@@ -15,10 +15,10 @@ pub use metrics::Metrics;
 use crate::error::ApiError;
 use crate::services::audiences::MembersPage;
 use crate::services::auth::Caller;
-use crate::services::graph::CookieRow;
+use crate::services::graph::{CookieRow, ImportBatches};
 use crate::services::jobs::CreateJob;
 use crate::services::{blocking, Services};
-use crate::storage::Role;
+use crate::storage::{GraphInfo, ImportMode, Role};
 use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
@@ -193,8 +193,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::put().to(import_cookies),
         )
         .route(
+            "/v1/admin/graph/imports/{id}/removals/{batch_no}",
+            web::put().to(import_removals),
+        )
+        .route(
             "/v1/admin/graph/imports/{id}/commit",
             web::post().to(commit_import),
+        )
+        .route("/v1/admin/graph/versions", web::get().to(graph_versions))
+        .route(
+            "/v1/admin/graph/versions/{version}/activate",
+            web::post().to(activate_version),
         )
         .route("/v1/admin/stats", web::get().to(stats))
         .route("/v1/admin/optouts", web::post().to(optouts))
@@ -343,12 +352,87 @@ async fn revoke_principal(state: State, auth: Auth, path: web::Path<String>) -> 
     ok(serde_json::json!({"name": name, "revoked_keys": n}))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateImport {
+    #[serde(default)]
+    mode: ImportMode,
+}
+
 async fn create_import(state: State, auth: Auth, req: HttpRequest, payload: web::Payload) -> Reply {
     let caller = auth.role(Role::Admin)?;
-    let _: (serde_json::Value, _) = json_body(&req, payload, &state, true).await?;
+    let (c, _): (CreateImport, _) = json_body(&req, payload, &state, true).await?;
+    let mode = c.mode;
     let s = svc(&state);
-    let id = blocking(move || s.create_import(&caller)).await?;
-    created(serde_json::json!({"import_id": id}))
+    let id = blocking(move || s.create_import(&caller, mode)).await?;
+    created(serde_json::json!({"import_id": id, "mode": mode}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Removals {
+    persons: Vec<String>,
+}
+
+async fn import_removals(
+    state: State,
+    auth: Auth,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Reply {
+    json_import_batch(
+        state,
+        auth,
+        req,
+        path,
+        payload,
+        |s, id, batch, raw, rows: Removals| s.import_removals(id, batch, raw, &rows.persons),
+    )
+    .await
+}
+
+/// A graph version's counts as the API shows them (every kind named).
+fn graph_json(info: &GraphInfo) -> serde_json::Value {
+    let identifiers: serde_json::Map<String, serde_json::Value> = onboard_protocol::MatchKind::ALL
+        .iter()
+        .map(|k| {
+            let n = info.identifiers.get(k.as_str()).copied().unwrap_or(0);
+            (k.as_str().to_string(), n.into())
+        })
+        .collect();
+    serde_json::json!({
+        "version": info.version,
+        "persons": info.persons,
+        "identifiers": identifiers,
+        "cookies": info.cookies,
+        "added": info.added,
+        "removed": info.removed,
+    })
+}
+
+async fn graph_versions(state: State, auth: Auth) -> Reply {
+    auth.role(Role::Admin)?;
+    let s = svc(&state);
+    let versions = blocking(move || s.graph_versions()).await?;
+    ok(serde_json::json!({"versions": versions}))
+}
+
+async fn activate_version(
+    state: State,
+    auth: Auth,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Reply {
+    let caller = auth.role(Role::Admin)?;
+    let _: (serde_json::Value, _) = json_body(&req, payload, &state, true).await?;
+    let version: u64 = path
+        .parse()
+        .map_err(|_| ApiError::BadRequest("version: a non-negative integer".into()))?;
+    let s = svc(&state);
+    let info = blocking(move || s.activate_version(&caller, version)).await?;
+    ok(graph_json(&info))
 }
 
 async fn import_identifiers(
@@ -380,12 +464,32 @@ async fn import_cookies(
     path: web::Path<(String, String)>,
     payload: web::Payload,
 ) -> Reply {
+    json_import_batch(
+        state,
+        auth,
+        req,
+        path,
+        payload,
+        |s, id, batch, raw, rows: Cookies| s.import_cookies(id, batch, raw, &rows.cookies),
+    )
+    .await
+}
+
+/// A JSON batch of an import (`{id}/…/{batch_no}`), applied by `apply`.
+async fn json_import_batch<T: for<'de> Deserialize<'de> + Send + 'static>(
+    state: State,
+    auth: Auth,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    apply: impl FnOnce(&Services, &str, u32, &[u8], T) -> Result<usize, ApiError> + Send + 'static,
+) -> Reply {
     auth.role(Role::Admin)?;
     let (id, batch) = path.into_inner();
     let batch = path_u32(&batch, "batch_no")?;
-    let (rows, raw): (Cookies, _) = json_body(&req, payload, &state, false).await?;
+    let (rows, raw): (T, _) = json_body(&req, payload, &state, false).await?;
     let s = svc(&state);
-    let n = blocking(move || s.import_cookies(&id, batch, &raw, &rows.cookies)).await?;
+    let n = blocking(move || apply(&s, &id, batch, &raw, rows)).await?;
     ok(serde_json::json!({"batch_no": batch, "accepted": n}))
 }
 
@@ -395,6 +499,8 @@ struct Commit {
     identifier_batches: u32,
     #[serde(default)]
     cookie_batches: u32,
+    #[serde(default)]
+    removal_batches: u32,
 }
 
 async fn commit_import(
@@ -406,26 +512,20 @@ async fn commit_import(
 ) -> Reply {
     let caller = auth.role(Role::Admin)?;
     let (c, _): (Commit, _) = json_body(&req, payload, &state, false).await?;
+    let batches = ImportBatches {
+        identifiers: c.identifier_batches,
+        cookies: c.cookie_batches,
+        removals: c.removal_batches,
+    };
     let s = svc(&state);
     let (info, skipped_erased) = blocking(move || {
-        let info = s.commit_import(&caller, &path, c.identifier_batches, c.cookie_batches)?;
+        let info = s.commit_import(&caller, &path, batches)?;
         Ok((info, s.import_skipped_erased(&path)?))
     })
     .await?;
-    let mut identifiers = serde_json::Map::new();
-    for k in onboard_protocol::MatchKind::ALL {
-        identifiers.insert(
-            k.as_str().into(),
-            info.identifiers
-                .get(k.as_str())
-                .copied()
-                .unwrap_or(0)
-                .into(),
-        );
-    }
-    ok(
-        serde_json::json!({"version": info.version, "persons": info.persons, "identifiers": identifiers, "cookies": info.cookies, "skipped_erased": skipped_erased}),
-    )
+    let mut answer = graph_json(&info);
+    answer["skipped_erased"] = skipped_erased.into();
+    ok(answer)
 }
 
 async fn stats(state: State, auth: Auth) -> Reply {

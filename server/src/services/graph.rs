@@ -11,11 +11,11 @@ use crate::error::ApiError;
 use crate::services::auth::Caller;
 use crate::services::rotation::KeyUse;
 use crate::services::seal;
-use crate::storage::{GraphInfo, IdentifierRow, ImportRecord, PersonKey, SealedCookie};
+use crate::storage::{GraphInfo, IdentifierRow, ImportMode, ImportRecord, PersonKey, SealedCookie};
 use onboard_protocol::wire::DigestBatch;
 use onboard_protocol::PointBytes;
 use onboard_protocol::{blind, MatchKind};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::Ordering;
@@ -42,10 +42,73 @@ fn sealed_cookie(pepper: &[u8; 32], cookie: &str) -> Result<SealedCookie, ApiErr
     })
 }
 
+/// Opted-out points looked up in a version per store call.
+const OPTOUTS_PER_LOOKUP: usize = 8192;
+
+/// Most person IDs per removals batch.
+pub const MAX_REMOVALS_PER_BATCH: usize = 65_536;
+
+/// How many batches of each part an import's client sent.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+pub struct ImportBatches {
+    /// Identifier batches.
+    pub identifiers: u32,
+    /// Cookie batches.
+    pub cookies: u32,
+    /// Removal batches (deltas).
+    pub removals: u32,
+}
+
+/// One kept graph version, as `graph versions` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionView {
+    /// Version number.
+    pub version: u64,
+    /// Is it the one matches use?
+    pub current: bool,
+    /// Full or delta.
+    pub mode: ImportMode,
+    /// A delta's base version.
+    pub base: Option<u64>,
+    /// Who imported it.
+    pub importer: String,
+    /// Import opened (RFC 3339).
+    pub created: String,
+    /// Import committed (RFC 3339).
+    pub committed: Option<String>,
+    /// Persons.
+    pub persons: u64,
+    /// Identifiers per kind.
+    pub identifiers: BTreeMap<String, u64>,
+    /// Cookies per destination.
+    pub cookies: BTreeMap<String, u64>,
+    /// Rows (identifiers and cookies) the import brought in.
+    pub added: u64,
+    /// Rows of the base version a delta removed.
+    pub removed: u64,
+}
+
+/// Import statuses whose version holds sealed data that may be (or was) current.
+const SEALED: [&str; 2] = ["sealed", "committed"];
+
 impl Services {
-    /// Open an import session writing a new, not yet current, version.
-    pub fn create_import(&self, actor: &Caller) -> Result<String, ApiError> {
+    /// Open an import session writing a new, not yet current, version: from
+    /// scratch, or (a delta) from the current version plus changes.
+    pub fn create_import(&self, actor: &Caller, mode: ImportMode) -> Result<String, ApiError> {
         let _key = self.key_gate(KeyUse::Start)?;
+        let base = match mode {
+            ImportMode::Full => None,
+            ImportMode::Delta => Some(
+                self.repo
+                    .current_graph()?
+                    .ok_or_else(|| {
+                        ApiError::Conflict(
+                            "a delta needs a current graph version to start from".into(),
+                        )
+                    })?
+                    .version,
+            ),
+        };
         let version = self.repo.allocate_version()?;
         let rec = ImportRecord {
             id: new_id("i-"),
@@ -59,10 +122,61 @@ impl Services {
             next_person: 1,
             touched: unix_now(),
             skipped_erased: 0,
+            mode,
+            base,
+            importer: actor.name.clone(),
+            committed: None,
         };
         self.repo.put_import(&rec)?;
-        self.audit(&actor.name, "graph.import.create", &rec.id, "ok")?;
+        self.audit(
+            &actor.name,
+            "graph.import.create",
+            &format!("{} {}", rec.id, mode.as_str()),
+            "ok",
+        )?;
         Ok(rec.id)
+    }
+
+    /// Apply a removals batch of a delta: persons whose rows of the base
+    /// version the new version leaves out (its own added rows stay).
+    pub fn import_removals(
+        &self,
+        id: &str,
+        batch_no: u32,
+        body: &[u8],
+        persons: &[String],
+    ) -> Result<usize, ApiError> {
+        if persons.len() > MAX_REMOVALS_PER_BATCH {
+            return Err(ApiError::BadRequest(format!(
+                "persons: more than {MAX_REMOVALS_PER_BATCH} per batch"
+            )));
+        }
+        if let Some(i) = persons
+            .iter()
+            .position(|p| p.is_empty() || p.len() > 255 || p.chars().any(char::is_control))
+        {
+            return Err(ApiError::BadRequest(format!(
+                "persons[{i}]: 1 to 255 printable bytes"
+            )));
+        }
+        let hash: [u8; 32] = Sha256::digest(body).into();
+        let keys: Vec<PersonKey> = persons.iter().map(|p| self.person_key(p)).collect();
+        let _key = self.key_gate(KeyUse::Continue)?;
+        let _g = self.exclusive(&self.import_lock, "graph-imports")?;
+        let mut rec = self.open_import(id)?;
+        if rec.mode != ImportMode::Delta {
+            return Err(ApiError::Conflict(format!(
+                "import {id} is a full import: only a delta removes persons"
+            )));
+        }
+        if self.seen_batch(id, b'r', batch_no, &hash)? {
+            return Ok(persons.len());
+        }
+        self.repo.put_removal_run(rec.version, batch_no, keys)?;
+        rec.touched = unix_now();
+        self.repo.put_import(&rec)?;
+        self.repo.set_import_batch_hash(id, b'r', batch_no, hash)?;
+        Ok(persons.len())
     }
 
     fn open_import(&self, id: &str) -> Result<ImportRecord, ApiError> {
@@ -197,24 +311,28 @@ impl Services {
         }
         let hash: [u8; 32] = Sha256::digest(body).into();
         let rows_len = rows.len();
+        // Sealed on all cores before the import lock, so that a cookies
+        // batch's encryption runs beside an identifiers batch's curve work.
+        let sealed = {
+            use rayon::prelude::*;
+            rows.par_iter()
+                .map(|r| {
+                    Ok((
+                        r.destination.clone(),
+                        self.person_key(&r.person),
+                        sealed_cookie(self.pepper(), &r.cookie)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, ApiError>>()?
+        };
         let _key = self.key_gate(KeyUse::Continue)?;
         let _g = self.exclusive(&self.import_lock, "graph-imports")?;
         let mut rec = self.open_import(id)?;
         if self.seen_batch(id, b'c', batch_no, &hash)? {
             return Ok(rows_len);
         }
-        let rows = self.without_erased_cookies(rows)?;
-        rec.skipped_erased += (rows_len - rows.len()) as u64;
-        let sealed = rows
-            .iter()
-            .map(|r| {
-                Ok((
-                    r.destination.clone(),
-                    self.person_key(&r.person),
-                    sealed_cookie(self.pepper(), &r.cookie)?,
-                ))
-            })
-            .collect::<Result<Vec<_>, ApiError>>()?;
+        let sealed = self.without_erased_cookies(sealed)?;
+        rec.skipped_erased += (rows_len - sealed.len()) as u64;
         self.repo.put_cookie_run(rec.version, batch_no, sealed)?;
         rec.touched = unix_now();
         self.repo.put_import(&rec)?;
@@ -239,18 +357,15 @@ impl Services {
             .collect())
     }
 
-    /// Cookie rows whose person is not tombstoned.
-    fn without_erased_cookies<'r>(
+    /// Sealed cookie rows whose person is not tombstoned.
+    fn without_erased_cookies(
         &self,
-        rows: &'r [CookieRow],
-    ) -> Result<Vec<&'r CookieRow>, ApiError> {
-        let keys: Vec<PersonKey> = rows.iter().map(|r| self.person_key(&r.person)).collect();
-        let erased = self.erased_among(keys.iter().copied())?;
+        rows: Vec<crate::storage::CookieRow>,
+    ) -> Result<Vec<crate::storage::CookieRow>, ApiError> {
+        let erased = self.erased_among(rows.iter().map(|r| r.1))?;
         Ok(rows
-            .iter()
-            .zip(keys)
-            .filter(|(_, key)| !erased.contains(key))
-            .map(|(row, _)| row)
+            .into_iter()
+            .filter(|r| !erased.contains(&r.1))
             .collect())
     }
 
@@ -275,20 +390,26 @@ impl Services {
         Ok(rec.skipped_erased)
     }
 
-    /// Check every batch arrived, switch the current version, drop the old one.
+    /// Check every batch arrived, seal the version (a delta from its base),
+    /// switch the current version, keep the newest `graph_versions_kept`.
     pub fn commit_import(
         &self,
         actor: &Caller,
         id: &str,
-        id_batches: u32,
-        cookie_batches: u32,
+        batches: ImportBatches,
     ) -> Result<GraphInfo, ApiError> {
         let _key = self.key_gate(KeyUse::Continue)?;
         let _g = self.exclusive(&self.import_lock, "graph-imports")?;
         let mut rec = self.open_import(id)?;
+        if rec.mode == ImportMode::Full && batches.removals > 0 {
+            return Err(ApiError::BadRequest(
+                "removal_batches: only a delta removes persons".into(),
+            ));
+        }
         for (part, n, what) in [
-            (b'i', id_batches, "identifiers"),
-            (b'c', cookie_batches, "cookies"),
+            (b'i', batches.identifiers, "identifiers"),
+            (b'c', batches.cookies, "cookies"),
+            (b'r', batches.removals, "removals"),
         ] {
             let missing: Vec<String> = (0..n)
                 .filter_map(|b| match self.repo.import_batch_hash(id, part, b) {
@@ -304,31 +425,165 @@ impl Services {
                 )));
             }
         }
-        // Merge the staged batches into the version's tables (and count them).
-        rec.info = self.repo.seal_version(rec.version)?;
-        rec.status = "committed".into();
+        // Merge the staged batches (and a delta's base) into the version's
+        // tables, and count them.
+        rec.info = match rec.base {
+            None => self.repo.seal_version(rec.version)?,
+            Some(base) => {
+                let current = self.repo.current_graph()?.map(|g| g.version);
+                if current != Some(base) {
+                    return Err(ApiError::Conflict(format!(
+                        "the current graph version changed since this delta started from version {base}: start the delta again"
+                    )));
+                }
+                self.repo.seal_delta(rec.version, base)?
+            }
+        };
+        self.apply_optouts(rec.version)?;
+        rec.status = "sealed".into();
         self.repo.put_import(&rec)?;
         // Crash test: sealed, not yet current.
         crate::faults::crash_point!("import-commit-sealed", self.repo);
-        let old = self.repo.commit_graph(&rec.info)?;
-        // Crash test: current, the old version not yet deleted.
+        self.repo.commit_graph(&rec.info)?;
+        rec.status = "committed".into();
+        rec.committed = Some(rfc3339(unix_now()));
+        self.repo.put_import(&rec)?;
+        // Crash test: current, the versions beyond those kept not yet deleted.
         crate::faults::crash_point!("import-commit-switched", self.repo);
-        if let Some(old) = old {
-            self.repo.delete_version(old)?;
-        }
-        self.audit(&actor.name, "graph.import.commit", id, "ok")?;
+        self.retire_versions(rec.version)?;
+        self.audit(
+            &actor.name,
+            "graph.import.commit",
+            &format!("{id} {} version {}", rec.mode.as_str(), rec.version),
+            "ok",
+        )?;
         tracing::info!(
             version = rec.info.version,
+            mode = rec.mode.as_str(),
             persons = rec.info.persons,
+            added = rec.info.added,
+            removed = rec.info.removed,
             "graph version committed"
         );
         Ok(rec.info)
     }
 
-    /// Delete the data of graph versions that are not current: imports
-    /// abandoned longer than the job abandonment setting, and committed
-    /// versions since replaced (normally deleted at commit; this finishes
-    /// the work if the server stopped half-way). Returns versions deleted.
+    /// Suppress, in `version`, the owners of every opted-out point: the
+    /// opt-outs recorded while the version was built or since it was current.
+    fn apply_optouts(&self, version: u64) -> Result<(), ApiError> {
+        let mut points = self.repo.optouts()?;
+        points.sort_unstable();
+        points.dedup();
+        // Ordered look-ups: each chunk of the version is read once per kind.
+        for kind in MatchKind::ALL {
+            for stretch in points.chunks(OPTOUTS_PER_LOOKUP) {
+                let owners = self.repo.owners_of_sorted(version, kind, stretch)?;
+                for person in owners.into_iter().flatten() {
+                    self.repo.suppress(version, &person)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The kept graph versions, newest first.
+    pub fn graph_versions(&self) -> Result<Vec<VersionView>, ApiError> {
+        let current = self.repo.current_graph()?.map(|g| g.version);
+        let mut out: Vec<VersionView> = self
+            .repo
+            .imports()?
+            .into_iter()
+            .filter(|r| r.status == "committed" || Some(r.version) == current)
+            .map(|r| VersionView {
+                version: r.version,
+                current: Some(r.version) == current,
+                mode: r.mode,
+                base: r.base,
+                importer: r.importer,
+                created: r.created,
+                committed: r.committed,
+                persons: r.info.persons,
+                identifiers: r.info.identifiers,
+                cookies: r.info.cookies,
+                added: r.info.added,
+                removed: r.info.removed,
+            })
+            .collect();
+        out.sort_by_key(|v| std::cmp::Reverse(v.version));
+        Ok(out)
+    }
+
+    /// Make a kept version current again (a rollback, or forward again);
+    /// opt-outs recorded since it was current apply to it, and erasures
+    /// already removed their persons from every kept version.
+    pub fn activate_version(&self, actor: &Caller, version: u64) -> Result<GraphInfo, ApiError> {
+        let _key = self.key_gate(KeyUse::Continue)?;
+        let _g = self.exclusive(&self.import_lock, "graph-imports")?;
+        let rec = self
+            .repo
+            .imports()?
+            .into_iter()
+            .find(|r| r.version == version && r.status == "committed")
+            .ok_or(ApiError::NotFound("kept graph version"))?;
+        self.apply_optouts(version)?;
+        let old = self.repo.commit_graph(&rec.info)?;
+        self.audit(
+            &actor.name,
+            "graph.activate",
+            &format!(
+                "version {version} (was {})",
+                old.map_or("none".into(), |v| v.to_string())
+            ),
+            "ok",
+        )?;
+        tracing::info!(version, "graph version activated");
+        Ok(rec.info)
+    }
+
+    /// Delete committed versions beyond the newest `graph_versions_kept`
+    /// (the current one always kept). Callers hold the import lock.
+    fn retire_versions(&self, current: u64) -> Result<usize, ApiError> {
+        let mut committed: Vec<ImportRecord> = self
+            .repo
+            .imports()?
+            .into_iter()
+            .filter(|r| r.status == "committed" && r.version != current)
+            .collect();
+        committed.sort_by_key(|r| std::cmp::Reverse(r.version));
+        let others_kept = self.config.graph_versions_kept.saturating_sub(1);
+        let mut n = 0;
+        for rec in committed.into_iter().skip(others_kept) {
+            self.retire(rec, "graph.version.delete")?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Delete every version but `keep` (after a key rotation, older
+    /// versions are blinded by a key that is gone). Callers hold the import lock.
+    pub(crate) fn retire_versions_except(&self, keep: u64) -> Result<(), ApiError> {
+        for rec in self.repo.imports()? {
+            if SEALED.contains(&rec.status.as_str()) && rec.version != keep {
+                self.retire(rec, "graph.version.delete")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn retire(&self, mut rec: ImportRecord, action: &str) -> Result<(), ApiError> {
+        self.repo.delete_version(rec.version)?;
+        rec.status = "retired".into();
+        self.repo.put_import(&rec)?;
+        self.audit("system", action, &rec.id, "ok")?;
+        Ok(())
+    }
+
+    /// Delete the data of graph versions no longer needed: imports
+    /// abandoned longer than the job abandonment setting, versions sealed
+    /// but never made current (a crash before the switch), and committed
+    /// versions beyond those kept (normally deleted at commit; this
+    /// finishes the work if the server stopped half-way). Returns versions
+    /// deleted.
     pub fn cleanup_graph_versions(&self) -> Result<usize, ApiError> {
         let _g = self.exclusive(&self.import_lock, "graph-imports")?;
         let current = self.repo.current_graph()?.map(|g| g.version);
@@ -336,23 +591,26 @@ impl Services {
         let now = unix_now();
         let mut n = 0;
         for mut rec in self.repo.imports()? {
-            let retire = match rec.status.as_str() {
-                "open" => rec.touched.saturating_add(ttl) <= now,
-                "committed" => Some(rec.version) != current,
-                _ => false,
-            };
-            if retire {
-                self.repo.delete_version(rec.version)?;
-                let action = if rec.status == "open" {
-                    "graph.import.abandon"
-                } else {
-                    "graph.version.delete"
-                };
-                rec.status = "retired".into();
-                self.repo.put_import(&rec)?;
-                self.audit("system", action, &rec.id, "ok")?;
-                n += 1;
+            match rec.status.as_str() {
+                "open" if rec.touched.saturating_add(ttl) <= now => {
+                    self.retire(rec, "graph.import.abandon")?;
+                    n += 1;
+                }
+                // Switched, the record not yet marked: it is committed.
+                "sealed" if Some(rec.version) == current => {
+                    rec.status = "committed".into();
+                    rec.committed = Some(rfc3339(now));
+                    self.repo.put_import(&rec)?;
+                }
+                "sealed" => {
+                    self.retire(rec, "graph.import.abandon")?;
+                    n += 1;
+                }
+                _ => {}
             }
+        }
+        if let Some(current) = current {
+            n += self.retire_versions(current)?;
         }
         Ok(n)
     }
@@ -407,6 +665,9 @@ impl Services {
             }
         }
         let mut suppressed = 0;
+        // Under the import lock: a commit or activation either sees these
+        // opt-outs or runs before this suppresses in its new current version.
+        let _g = self.exclusive(&self.import_lock, "graph-imports")?;
         if let Some(g) = self.repo.current_graph()? {
             for (entry, p) in batch.entries.iter().zip(&points) {
                 if let Some(person) = self.repo.point_owner(g.version, entry.kind, p)? {
@@ -490,7 +751,7 @@ impl Services {
             .repo
             .imports()?
             .iter()
-            .filter(|r| r.status == "open" || r.status == "committed")
+            .filter(|r| r.status == "open" || SEALED.contains(&r.status.as_str()))
             .map(|r| r.version)
             .collect();
         versions.extend(self.repo.current_graph()?.map(|g| g.version));
@@ -504,24 +765,39 @@ impl Services {
         // person out of every match.
         self.repo.suppress(version, key)?;
         let erased = self.repo.erase_person(version, key)?;
+        if !erased.person {
+            return Ok(());
+        }
+        // The kept version's history record, then the current pointer.
+        for mut rec in self.repo.imports()? {
+            if rec.version == version && SEALED.contains(&rec.status.as_str()) {
+                subtract(&mut rec.info, &erased);
+                self.repo.put_import(&rec)?;
+            }
+        }
         let Some(mut g) = self.repo.current_graph()? else {
             return Ok(());
         };
-        if g.version != version || !erased.person {
+        if g.version != version {
             return Ok(());
         }
-        g.persons = g.persons.saturating_sub(1);
-        for (kind, n) in erased.identifiers {
-            let c = g.identifiers.entry(kind).or_default();
-            *c = c.saturating_sub(n);
-        }
-        for (dest, n) in erased.cookies {
-            let c = g.cookies.entry(dest).or_default();
-            *c = c.saturating_sub(n);
-        }
+        subtract(&mut g, &erased);
         // Same version: only the counts change.
         self.repo.commit_graph(&g)?;
         Ok(())
+    }
+}
+
+/// A version's counts without an erased person's rows.
+fn subtract(g: &mut GraphInfo, erased: &crate::storage::ErasedCounts) {
+    g.persons = g.persons.saturating_sub(1);
+    for (kind, n) in &erased.identifiers {
+        let c = g.identifiers.entry(kind.clone()).or_default();
+        *c = c.saturating_sub(*n);
+    }
+    for (dest, n) in &erased.cookies {
+        let c = g.cookies.entry(dest.clone()).or_default();
+        *c = c.saturating_sub(*n);
     }
 }
 
@@ -533,9 +809,14 @@ mod tests {
     use onboard_protocol::{Digest, SecretKey};
 
     fn services(dir: &std::path::Path) -> Services {
+        // One version kept: a commit deletes the one it replaces.
+        let config = crate::config::Config {
+            graph_versions_kept: 1,
+            ..crate::config::Config::default()
+        };
         Services::new(
             crate::storage::open_sled(dir).unwrap(),
-            crate::config::Config::default(),
+            config,
             crate::keyfiles::ServerSecrets::derive_for_tests("erase"),
         )
         .unwrap()
@@ -580,13 +861,22 @@ mod tests {
 
     /// Import `rows` (and one cookie per person); commit unless `open`.
     fn import(s: &Services, rows: &[(&str, u32)], open: bool) -> (String, u64) {
-        let id = s.create_import(&admin()).unwrap();
+        let id = s.create_import(&admin(), ImportMode::Full).unwrap();
         s.import_identifiers(&id, 0, &batch(rows)).unwrap();
         let cookies: Vec<CookieRow> = rows.iter().map(|(p, _)| cookie(p)).collect();
         let body = format!("cookies of {rows:?}");
         s.import_cookies(&id, 0, body.as_bytes(), &cookies).unwrap();
         if !open {
-            s.commit_import(&admin(), &id, 1, 1).unwrap();
+            s.commit_import(
+                &admin(),
+                &id,
+                ImportBatches {
+                    identifiers: 1,
+                    cookies: 1,
+                    removals: 0,
+                },
+            )
+            .unwrap();
         }
         let version = s.repo.import(&id).unwrap().unwrap().version;
         (id, version)
@@ -620,7 +910,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = services(dir.path());
         let p42 = s.person_key("p42");
-        let (_, kept) = import(&s, &[("p41", 41), ("p42", 42)], false);
+        let (kept_id, kept) = import(&s, &[("p41", 41), ("p42", 42)], false);
         let (_, current) = import(&s, &[("p41", 41), ("p42", 42), ("p43", 43)], false);
         // The second commit deleted the first version; rebuild it as a crash
         // between commit and deletion leaves it (kept), p42 with email 142.
@@ -634,6 +924,9 @@ mod tests {
             .put_cookie_run(kept, 0, vec![("dsp".into(), p42, sealed)])
             .unwrap();
         assert_eq!(s.repo.seal_version(kept).unwrap().persons, 2);
+        let mut rec = s.repo.import(&kept_id).unwrap().unwrap();
+        rec.status = "committed".into();
+        s.repo.put_import(&rec).unwrap();
         assert_eq!(s.repo.person_points(kept, &p42).unwrap().len(), 1);
         // An import still open, its batch staged, p42 in it.
         let (_, open) = import(&s, &[("p42", 42), ("p44", 44)], true);

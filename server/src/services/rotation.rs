@@ -450,12 +450,17 @@ impl Services {
             next_person: 1,
             touched: super::unix_now(),
             skipped_erased: 0,
+            importer: "key-rotation".into(),
+            committed: Some(super::rfc3339(super::unix_now())),
+            ..ImportRecord::default()
         })?;
         if let Some(old) = self.repo.commit_graph(&info)? {
             if old != version {
                 self.repo.delete_version(old)?;
             }
         }
+        // Kept versions are blinded by `b`, which is going away.
+        self.retire_versions_except(version)?;
         Ok(())
     }
 

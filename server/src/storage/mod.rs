@@ -146,10 +146,39 @@ pub struct GraphInfo {
     pub identifiers: BTreeMap<String, u64>,
     /// Cookies per destination.
     pub cookies: BTreeMap<String, u64>,
+    /// Rows (identifiers and cookies) a delta brought in; every row for a
+    /// full import.
+    #[serde(default)]
+    pub added: u64,
+    /// Rows of the delta's base version dropped with removed persons.
+    #[serde(default)]
+    pub removed: u64,
+}
+
+/// How an import builds its version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImportMode {
+    /// From the rows sent only.
+    #[default]
+    Full,
+    /// From the current version (its base) plus the rows sent, minus the
+    /// persons removed.
+    Delta,
+}
+
+impl ImportMode {
+    /// `full` or `delta`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Delta => "delta",
+        }
+    }
 }
 
 /// A graph import session.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ImportRecord {
     /// Import ID.
     pub id: String,
@@ -169,6 +198,18 @@ pub struct ImportRecord {
     /// Rows dropped because their person or identifier is erased (a count only).
     #[serde(default)]
     pub skipped_erased: u64,
+    /// Full or delta.
+    #[serde(default)]
+    pub mode: ImportMode,
+    /// A delta's base: the version current when it was opened.
+    #[serde(default)]
+    pub base: Option<u64>,
+    /// The principal who opened it.
+    #[serde(default)]
+    pub importer: String,
+    /// When it was committed (RFC 3339).
+    #[serde(default)]
+    pub committed: Option<String>,
 }
 
 /// Per-kind size of a job's graph pass.
@@ -444,9 +485,22 @@ pub trait GraphRepo {
     ) -> StoreResult<()>;
     /// Stage a cookies batch of a version being imported (durable on return).
     fn put_cookie_run(&self, version: u64, batch_no: u32, rows: Vec<CookieRow>) -> StoreResult<()>;
+    /// Stage persons a delta removes from its base (durable on return).
+    fn put_removal_run(
+        &self,
+        version: u64,
+        batch_no: u32,
+        persons: Vec<PersonKey>,
+    ) -> StoreResult<()>;
     /// Merge a version's staged runs into its tables and count them. Calling
     /// it again on a sealed version only recounts.
     fn seal_version(&self, version: u64) -> StoreResult<GraphInfo>;
+    /// Seal a delta: the `base` version's rows, minus those of the staged
+    /// removed persons, copied without curve work, merged with the staged
+    /// runs (a point or cookie already in the base keeps the base's row);
+    /// `added` and `removed` counted. Idempotent like
+    /// [`GraphRepo::seal_version`]; the base is only read.
+    fn seal_delta(&self, version: u64, base: u64) -> StoreResult<GraphInfo>;
     /// The person owning `b·P(y)`.
     fn point_owner(
         &self,
@@ -1118,7 +1172,9 @@ impl<R: GraphRepo> GraphRepo for Guarded<R> {
         fn set_import_batch_hash(&self, import: &str, part: u8, batch_no: u32, hash: [u8; 32]) -> StoreResult<()>;
         fn put_identifier_run(&self, version: u64, batch_no: u32, rows: Vec<IdentifierRow>) -> StoreResult<()>;
         fn put_cookie_run(&self, version: u64, batch_no: u32, rows: Vec<CookieRow>) -> StoreResult<()>;
+        fn put_removal_run(&self, version: u64, batch_no: u32, persons: Vec<PersonKey>) -> StoreResult<()>;
         fn seal_version(&self, version: u64) -> StoreResult<GraphInfo>;
+        fn seal_delta(&self, version: u64, base: u64) -> StoreResult<GraphInfo>;
         fn suppress(&self, version: u64, person: &PersonKey) -> StoreResult<bool>;
         fn erase_person(&self, version: u64, person: &PersonKey) -> StoreResult<ErasedCounts>;
         fn commit_graph(&self, info: &GraphInfo) -> StoreResult<Option<u64>>;

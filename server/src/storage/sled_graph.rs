@@ -156,6 +156,122 @@ impl<'a> ChunkWriter<'a> {
     }
 }
 
+/// One input of a seal's merge: a staged run, or a delta's base version.
+enum Source<'a> {
+    Run(BlobStream),
+    Base(Box<BaseStream<'a>>),
+}
+
+impl Source<'_> {
+    fn fill(&mut self, n: usize) -> StoreResult<bool> {
+        match self {
+            Self::Run(s) => Ok(s.fill(n)?),
+            Self::Base(b) => b.fill(n),
+        }
+    }
+    fn peek(&self) -> &[u8] {
+        match self {
+            Self::Run(s) => s.peek(),
+            Self::Base(b) => &b.buf[b.pos..],
+        }
+    }
+    fn advance(&mut self, n: usize) {
+        match self {
+            Self::Run(s) => s.advance(n),
+            Self::Base(b) => b.pos = (b.pos + n).min(b.buf.len()),
+        }
+    }
+}
+
+/// A sealed version's point or cookie chunks read in key order and
+/// re-encoded as run records, without the rows of removed persons: a
+/// delta's base enters the merge like one more (already sorted) run, so
+/// unchanged rows are copied with no curve work and no sort.
+struct BaseStream<'a> {
+    store: &'a SledStore,
+    version: u64,
+    /// `b'i'` (point chunks) or `b'c'` (cookie chunks).
+    part: u8,
+    chunks: ::sled::Iter,
+    removed: &'a HashSet<PersonKey>,
+    buf: Vec<u8>,
+    pos: usize,
+    /// Rows left out because their person is removed.
+    dropped: u64,
+}
+
+impl<'a> BaseStream<'a> {
+    fn new(store: &'a SledStore, version: u64, part: u8, removed: &'a HashSet<PersonKey>) -> Self {
+        let tree = if part == b'i' {
+            &store.g_chunks
+        } else {
+            &store.g_cookie_chunks
+        };
+        Self {
+            store,
+            version,
+            part,
+            chunks: tree.scan_prefix(version.to_be_bytes()),
+            removed,
+            buf: Vec::new(),
+            pos: 0,
+            dropped: 0,
+        }
+    }
+
+    fn fill(&mut self, n: usize) -> StoreResult<bool> {
+        while self.buf.len() - self.pos < n {
+            let Some(item) = self.chunks.next() else {
+                return if self.buf.len() == self.pos {
+                    Ok(false)
+                } else {
+                    Err(StoreError::Corrupt(GRAPH_CHUNKS))
+                };
+            };
+            let (k, value) = item.map_err(be)?;
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+            if self.part == b'i' {
+                let chunk = self.store.read_chunk(GRAPH_CHUNKS, self.version, &value)?;
+                let kind = *k.get(8).ok_or(StoreError::Corrupt(GRAPH_CHUNKS))?;
+                for record in chunk.chunks_exact(POINT_RECORD) {
+                    if self.removed.contains(&record[32..]) {
+                        self.dropped += 1;
+                        continue;
+                    }
+                    self.buf.push(kind);
+                    self.buf.extend_from_slice(record);
+                }
+            } else {
+                let chunk = self
+                    .store
+                    .read_chunk(GRAPH_COOKIE_CHUNKS, self.version, &value)?;
+                // The key is `version | len | destination | first person`.
+                let dest = k
+                    .get(8..k.len().saturating_sub(16))
+                    .ok_or(StoreError::Corrupt(GRAPH_COOKIE_CHUNKS))?;
+                for r in cookie_records(&chunk)? {
+                    if self.removed.contains(&r.person) {
+                        self.dropped += 1;
+                        continue;
+                    }
+                    self.buf.extend_from_slice(dest);
+                    self.buf.extend_from_slice(r.raw);
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// The rows dropped from a delta's base, once its merge is done.
+fn base_dropped(sources: &[Source<'_>]) -> u64 {
+    match sources.first() {
+        Some(Source::Base(b)) => b.dropped,
+        _ => 0,
+    }
+}
+
 impl SledStore {
     fn read_chunk(&self, tree: &'static str, version: u64, value: &[u8]) -> StoreResult<Vec<u8>> {
         Ok(self.blobs.read(&graph_base(version), &ptr(tree, value)?)?)
@@ -180,27 +296,53 @@ impl SledStore {
         }
     }
 
-    /// Streams of a version's staged runs of one part, in batch order.
-    fn run_streams(&self, version: u64, part: u8) -> StoreResult<Vec<BlobStream>> {
+    /// The merge's inputs for one part: a delta's base first (so it wins
+    /// ties), then the version's staged runs in batch order.
+    fn merge_sources<'a>(
+        &'a self,
+        version: u64,
+        part: u8,
+        base: Option<(u64, &'a HashSet<PersonKey>)>,
+    ) -> StoreResult<Vec<Source<'a>>> {
+        let mut sources: Vec<Source<'a>> = base
+            .map(|(b, removed)| Source::Base(Box::new(BaseStream::new(self, b, part, removed))))
+            .into_iter()
+            .collect();
         let prefix = key(&[&version.to_be_bytes(), &[part]]);
+        let runs = runs_base(version);
+        for v in self.g_runs.scan_prefix(prefix).values() {
+            let r = ptr(GRAPH_RUNS, &v.map_err(be)?)?;
+            sources.push(Source::Run(self.blobs.stream(&runs, &r, MERGE_WINDOW)?));
+        }
+        Ok(sources)
+    }
+
+    /// The persons a delta's staged removal runs name.
+    fn staged_removals(&self, version: u64) -> StoreResult<HashSet<PersonKey>> {
         let base = runs_base(version);
-        self.g_runs
-            .scan_prefix(prefix)
+        let mut out = HashSet::new();
+        for v in self
+            .g_runs
+            .scan_prefix(key(&[&version.to_be_bytes(), b"r"]))
             .values()
-            .map(|v| {
-                let r = ptr(GRAPH_RUNS, &v.map_err(be)?)?;
-                Ok(self.blobs.stream(&base, &r, MERGE_WINDOW)?)
-            })
-            .collect()
+        {
+            let run = self.blobs.read(&base, &ptr(GRAPH_RUNS, &v.map_err(be)?)?)?;
+            for p in run.chunks_exact(16) {
+                out.insert(person_of(p)?);
+            }
+        }
+        Ok(out)
     }
 
     fn seal_points(
         &self,
         version: u64,
+        base: Option<(u64, &HashSet<PersonKey>)>,
         info: &mut GraphInfo,
         persons: &mut HashSet<PersonKey>,
     ) -> StoreResult<Batch> {
-        let mut streams = self.run_streams(version, b'i')?;
+        let mut streams = self.merge_sources(version, b'i', base)?;
+        let first_run = usize::from(base.is_some());
         // Ties go to the earlier run: the first import of a point wins.
         let mut heap = BinaryHeap::new();
         for (i, s) in streams.iter_mut().enumerate() {
@@ -221,6 +363,9 @@ impl SledStore {
                 continue;
             }
             last = Some(k);
+            if i >= first_run {
+                info.added += 1;
+            }
             let kind = MatchKind::from_byte(record[0]).ok_or(StoreError::Corrupt(GRAPH_RUNS))?;
             persons.insert(person_of(&record[33..])?);
             *info.identifiers.entry(kind.as_str().into()).or_default() += 1;
@@ -231,16 +376,20 @@ impl SledStore {
                 true,
             )?;
         }
+        info.removed += base_dropped(&streams);
         out.finish()
     }
 
+    /// Merge the cookie runs; `persons` gets each person once per destination.
     fn seal_cookies(
         &self,
         version: u64,
+        base: Option<(u64, &HashSet<PersonKey>)>,
         info: &mut GraphInfo,
-        persons: &mut HashSet<PersonKey>,
+        persons: &mut Vec<PersonKey>,
     ) -> StoreResult<Batch> {
-        let mut streams = self.run_streams(version, b'c')?;
+        let mut streams = self.merge_sources(version, b'c', base)?;
+        let first_run = usize::from(base.is_some());
         let mut heap = BinaryHeap::new();
         for (i, s) in streams.iter_mut().enumerate() {
             if let Some(k) = next_cookie_key(s)? {
@@ -262,9 +411,14 @@ impl SledStore {
             if last.as_ref() == Some(&k) {
                 continue;
             }
+            if i >= first_run {
+                info.added += 1;
+            }
             let destination = &k[1..1 + dlen];
             let person = person_of(&k[1 + dlen..17 + dlen])?;
-            persons.insert(person);
+            if persons.last() != Some(&person) {
+                persons.push(person);
+            }
             *info
                 .cookies
                 .entry(String::from_utf8_lossy(destination).into_owned())
@@ -277,7 +431,61 @@ impl SledStore {
             last_person = Some((destination.to_vec(), person));
             last = Some(k);
         }
+        info.removed += base_dropped(&streams);
         out.finish()
+    }
+
+    /// Merge a version's staged runs, and a delta's base, into its chunks.
+    fn seal(&self, version: u64, base: Option<u64>) -> StoreResult<GraphInfo> {
+        let v = version.to_be_bytes();
+        if let Some(info) = self.g_sealed.get(v).map_err(be)? {
+            return from_json("graph_sealed", &info);
+        }
+        // Chunks of an interrupted seal have no pointers: start the file again.
+        self.blobs.remove(&graph_base(version))?;
+        let mut info = GraphInfo {
+            version,
+            ..GraphInfo::default()
+        };
+        let removed = self.staged_removals(version)?;
+        let base = base.map(|b| (b, &removed));
+        let mut persons = HashSet::new();
+        // Points and cookies are merged side by side, one core each (the
+        // blob file takes appends from both).
+        let (points, cookies) = std::thread::scope(|s| {
+            let cookies = s.spawn(|| {
+                let mut counts = GraphInfo::default();
+                let mut owners = Vec::new();
+                self.seal_cookies(version, base, &mut counts, &mut owners)
+                    .map(|batch| (batch, counts, owners))
+            });
+            let points = self.seal_points(version, base, &mut info, &mut persons);
+            let cookies = cookies
+                .join()
+                .unwrap_or_else(|_| Err(StoreError::Backend("the cookie seal panicked".into())));
+            (points, cookies)
+        });
+        let points = points?;
+        let (cookies, counts, owners) = cookies?;
+        info.cookies = counts.cookies;
+        info.added += counts.added;
+        info.removed += counts.removed;
+        persons.extend(owners);
+        info.persons = persons.len() as u64;
+        drop(persons);
+        let sealed = json(&info)?;
+        (&self.g_chunks, &self.g_cookie_chunks, &self.g_sealed)
+            .transaction(|(p, c, s)| {
+                p.apply_batch(&points)?;
+                c.apply_batch(&cookies)?;
+                s.insert(&v[..], sealed.as_slice())?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(tx_err)?;
+        self.db.flush().map_err(be)?;
+        Self::delete_prefix(&self.g_runs, &v)?;
+        self.blobs.remove(&runs_base(version))?;
+        Ok(info)
     }
 
     /// Copy a version's chunks to the next generation without `person`.
@@ -463,7 +671,7 @@ fn sealed_len(buf: &[u8], key_len: usize) -> StoreResult<usize> {
 
 /// Buffer the next cookie run record whole and return its key
 /// (`len | destination | person | tag`), or `None` at the run's end.
-fn next_cookie_key(s: &mut BlobStream) -> StoreResult<Option<Vec<u8>>> {
+fn next_cookie_key(s: &mut Source<'_>) -> StoreResult<Option<Vec<u8>>> {
     if !s.fill(1)? {
         return Ok(None);
     }
@@ -494,6 +702,17 @@ fn run_without(part: u8, run: &[u8], person: &PersonKey) -> StoreResult<Vec<u8>>
         for record in run.chunks_exact(RUN_RECORD) {
             if &record[33..] != person {
                 kept.extend_from_slice(record);
+            }
+        }
+        return Ok(kept);
+    }
+    if part == b'r' {
+        if !run.len().is_multiple_of(16) {
+            return Err(corrupt());
+        }
+        for p in run.chunks_exact(16) {
+            if p != person {
+                kept.extend_from_slice(p);
             }
         }
         return Ok(kept);
@@ -640,35 +859,26 @@ impl GraphRepo for SledStore {
             .map_err(be)?;
         Ok(())
     }
+    fn put_removal_run(
+        &self,
+        version: u64,
+        batch_no: u32,
+        mut persons: Vec<PersonKey>,
+    ) -> StoreResult<()> {
+        persons.sort_unstable();
+        let r = self
+            .blobs
+            .append(&runs_base(version), 0, &persons.concat())?;
+        self.g_runs
+            .insert(run_key_of(version, b'r', batch_no), &r.encode()[..])
+            .map_err(be)?;
+        Ok(())
+    }
     fn seal_version(&self, version: u64) -> StoreResult<GraphInfo> {
-        let v = version.to_be_bytes();
-        if let Some(info) = self.g_sealed.get(v).map_err(be)? {
-            return from_json("graph_sealed", &info);
-        }
-        // Chunks of an interrupted seal have no pointers: start the file again.
-        self.blobs.remove(&graph_base(version))?;
-        let mut info = GraphInfo {
-            version,
-            ..GraphInfo::default()
-        };
-        let mut persons = HashSet::new();
-        let points = self.seal_points(version, &mut info, &mut persons)?;
-        let cookies = self.seal_cookies(version, &mut info, &mut persons)?;
-        info.persons = persons.len() as u64;
-        drop(persons);
-        let sealed = json(&info)?;
-        (&self.g_chunks, &self.g_cookie_chunks, &self.g_sealed)
-            .transaction(|(p, c, s)| {
-                p.apply_batch(&points)?;
-                c.apply_batch(&cookies)?;
-                s.insert(&v[..], sealed.as_slice())?;
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(tx_err)?;
-        self.db.flush().map_err(be)?;
-        Self::delete_prefix(&self.g_runs, &v)?;
-        self.blobs.remove(&runs_base(version))?;
-        Ok(info)
+        self.seal(version, None)
+    }
+    fn seal_delta(&self, version: u64, base: u64) -> StoreResult<GraphInfo> {
+        self.seal(version, Some(base))
     }
     fn point_owner(
         &self,
@@ -1065,6 +1275,91 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    #[test]
+    fn a_delta_copies_its_base_without_removed_persons_and_the_base_wins_ties() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("db")).unwrap();
+        let n = 2 * CHUNK_RECORDS as u32 + 5;
+        // Base: point i owned by person i / 2, one dsp cookie per person.
+        let rows: Vec<IdentifierRow> = (0..n)
+            .map(|i| (MatchKind::Email, point(i), person(i / 2)))
+            .collect();
+        store.put_identifier_run(1, 0, rows).unwrap();
+        let cookies: Vec<CookieRow> = (0..n / 2 + 1)
+            .map(|i| ("dsp".to_string(), person(i), cookie(i)))
+            .collect();
+        store.put_cookie_run(1, 0, cookies).unwrap();
+        let base = store.seal_version(1).unwrap();
+        assert_eq!(base.added, u64::from(n) + u64::from(n / 2 + 1));
+
+        // The delta removes persons 1 and 7, adds two points (one already
+        // in the base under another owner), and re-adds person 7 elsewhere.
+        store.put_removal_run(2, 0, vec![person(1)]).unwrap();
+        store.put_removal_run(2, 1, vec![person(7)]).unwrap();
+        store
+            .put_identifier_run(
+                2,
+                0,
+                vec![
+                    (MatchKind::Email, point(n + 1), person(7)),
+                    (MatchKind::Email, point(4), person(9_999)),
+                    (MatchKind::Phone, point(3), person(9_998)),
+                ],
+            )
+            .unwrap();
+        store
+            .put_cookie_run(
+                2,
+                0,
+                vec![("dsp2".to_string(), person(9_998), cookie(9_998))],
+            )
+            .unwrap();
+        let info = store.seal_delta(2, 1).unwrap();
+        assert_eq!(store.seal_delta(2, 1).unwrap(), info, "idempotent");
+        assert_eq!(info.removed, 4 + 2, "two points and one cookie each");
+        assert_eq!(
+            info.added, 3,
+            "two new points and a cookie; point 4 stays the base's"
+        );
+        assert_eq!(info.identifiers["email"], u64::from(n) - 4 + 1);
+        assert_eq!(info.identifiers["phone"], 1);
+        assert_eq!(info.cookies["dsp"], u64::from(n / 2 + 1) - 2);
+        assert_eq!(info.persons, base.persons - 1 + 1);
+        let owner = |v, k, i| store.point_owner(v, k, &point(i)).unwrap();
+        assert_eq!(owner(2, MatchKind::Email, 2), None, "removed");
+        assert_eq!(owner(2, MatchKind::Email, 14), None, "removed");
+        assert_eq!(
+            owner(2, MatchKind::Email, n + 1),
+            Some(person(7)),
+            "re-added"
+        );
+        assert_eq!(
+            owner(2, MatchKind::Email, 4),
+            Some(person(2)),
+            "the base wins"
+        );
+        assert_eq!(owner(2, MatchKind::Phone, 3), Some(person(9_998)));
+        assert_eq!(owner(2, MatchKind::Email, n - 1), Some(person((n - 1) / 2)));
+        let all = store
+            .points_after(2, MatchKind::Email, None, usize::MAX)
+            .unwrap();
+        assert!(all.windows(2).all(|w| w[0].0 < w[1].0));
+        assert!(store
+            .cookies_of_sorted(2, "dsp", &[person(1), person(7)])
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            store
+                .cookies_of_sorted(2, "dsp", &[person(8)])
+                .unwrap()
+                .len(),
+            1
+        );
+        // The base is untouched.
+        assert_eq!(owner(1, MatchKind::Email, 2), Some(person(1)));
+        assert_eq!(store.seal_version(1).unwrap(), base);
     }
 
     #[test]

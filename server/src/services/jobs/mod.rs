@@ -265,7 +265,7 @@ impl Services {
         serde_json::json!({
             "job_id": j.id, "status": j.status, "destination": j.destination, "created": j.created,
             "graph_version": j.graph_version, "kinds": j.kinds, "batches": j.batches, "records": j.records,
-            "report": j.report,
+            "graph_pass": j.pass, "report": j.report,
         })
     }
 

@@ -122,13 +122,25 @@ impl GraphRepo for PgStore {
             vec![&v, &rows[i].0, &persons[i], &tags[i], &rows[i].2.sealed]
         })
     }
+    fn put_removal_run(
+        &self,
+        version: u64,
+        _batch_no: u32,
+        persons: Vec<PersonKey>,
+    ) -> StoreResult<()> {
+        let persons: Vec<&[u8]> = persons.iter().map(|p| &p[..]).collect();
+        self.execute(
+            "INSERT INTO graph_removals (version, person)
+             SELECT $1, o FROM unnest($2::bytea[]) AS u(o)
+             ON CONFLICT DO NOTHING",
+            &[&i64_of(version), &persons],
+        )?;
+        Ok(())
+    }
     fn seal_version(&self, version: u64) -> StoreResult<GraphInfo> {
         let v = i64_of(version);
-        if let Some(row) = self
-            .query("SELECT info FROM graph_sealed WHERE version = $1", &[&v])?
-            .first()
-        {
-            return from_json("graph_sealed", row.get(0));
+        if let Some(info) = self.sealed_info(v)? {
+            return Ok(info);
         }
         self.ensure_partitions(version)?;
         self.build_primary_keys(version)?;
@@ -136,41 +148,94 @@ impl GraphRepo for PgStore {
             version,
             ..GraphInfo::default()
         };
-        for row in self.query(
-            "SELECT kind, count(*) FROM graph_points WHERE version = $1 GROUP BY kind",
+        info.added = self.count(
+            "SELECT (SELECT count(*) FROM graph_points WHERE version = $1)
+                  + (SELECT count(*) FROM graph_cookies WHERE version = $1)",
             &[&v],
-        )? {
-            let kind = kind_of("graph_points", row.get(0))?;
-            info.identifiers
-                .insert(kind.as_str().into(), u64_of(row.get(1)));
+        )?;
+        self.count_and_record(info)
+    }
+    fn seal_delta(&self, version: u64, base: u64) -> StoreResult<GraphInfo> {
+        let (v, b) = (i64_of(version), i64_of(base));
+        if let Some(info) = self.sealed_info(v)? {
+            return Ok(info);
         }
-        for row in self.query(
-            "SELECT destination, count(*) FROM graph_cookies WHERE version = $1 GROUP BY destination",
-            &[&v],
-        )? {
-            info.cookies.insert(row.get(0), u64_of(row.get(1)));
-        }
-        info.persons = self.count(
-            "SELECT count(*) FROM (SELECT person FROM graph_points WHERE version = $1
-                                   UNION SELECT person FROM graph_cookies WHERE version = $1) p",
-            &[&v],
-        )?;
-        self.execute(
-            "INSERT INTO graph_sealed (version, info) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            &[&v, &json(&info)?],
-        )?;
-        // Fresh statistics before the version serves: without them the
-        // planner may scan and sort the whole table for each graph-pass chunk
-        // instead of walking the primary key.
-        self.execute(
-            &format!(
-                "ANALYZE {}, {}",
-                partition("graph_points", version),
-                partition("graph_cookies", version)
-            ),
-            &[],
-        )?;
-        Ok(info)
+        self.ensure_partitions(version)?;
+        // One transaction: a crash leaves the delta's own rows as they were
+        // staged, and a retry starts again from them.
+        let (added, removed) = self.run(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(db_err)?;
+            let mut added = 0;
+            let mut removed = 0;
+            for (table, key) in [
+                ("graph_points", "kind, point"),
+                ("graph_cookies", "destination, person, tag"),
+            ] {
+                let kept_base = format!(
+                    "FROM {table} o WHERE o.version = $2 AND NOT EXISTS
+                     (SELECT 1 FROM graph_removals r WHERE r.version = $1 AND r.person = o.person)"
+                );
+                let same = key
+                    .split(", ")
+                    .map(|c| format!("n.{c} = o.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(" AND ");
+                // The base's row wins over a delta row for the same key.
+                tx.execute(
+                    &format!(
+                        "DELETE FROM {table} n WHERE n.version = $1 AND EXISTS
+                         (SELECT 1 {kept_base} AND {same})"
+                    ),
+                    &[&v, &b],
+                )
+                .await
+                .map_err(db_err)?;
+                // The delta's own rows left, and the base's rows.
+                let mut rows = [0i64; 2];
+                for (n, version) in rows.iter_mut().zip([&v, &b]) {
+                    *n = tx
+                        .query_one(
+                            &format!("SELECT count(*) FROM {table} WHERE version = $1"),
+                            &[version],
+                        )
+                        .await
+                        .map_err(db_err)?
+                        .get(0);
+                }
+                let [own, total] = rows;
+                let cols = key.to_string()
+                    + if table == "graph_points" {
+                        ", person"
+                    } else {
+                        ", sealed"
+                    };
+                let copied = tx
+                    .execute(
+                        &format!(
+                            "INSERT INTO {table} (version, {cols}) SELECT $1, {cols} {kept_base}"
+                        ),
+                        &[&v, &b],
+                    )
+                    .await
+                    .map_err(db_err)?;
+                added += u64_of(own);
+                removed += u64_of(total).saturating_sub(copied);
+            }
+            tx.execute("DELETE FROM graph_removals WHERE version = $1", &[&v])
+                .await
+                .map_err(db_err)?;
+            tx.commit().await.map_err(db_err)?;
+            Ok((added, removed))
+        })?;
+        // The copied base went into the unindexed partitions too.
+        self.build_primary_keys(version)?;
+        self.count_and_record(GraphInfo {
+            version,
+            added,
+            removed,
+            ..GraphInfo::default()
+        })
     }
     fn point_owner(
         &self,
@@ -317,6 +382,12 @@ impl GraphRepo for PgStore {
                 )
                 .await
                 .map_err(db_err)?;
+            tx.execute(
+                "DELETE FROM graph_removals WHERE version = $1 AND person = $2",
+                &[&v, &&person[..]],
+            )
+            .await
+            .map_err(db_err)?;
             tx.commit().await.map_err(db_err)?;
             Ok((sealed, kinds, destinations))
         })?;
@@ -369,6 +440,7 @@ impl GraphRepo for PgStore {
         self.execute_all(&[
             (drop.as_str(), &[]),
             ("DELETE FROM graph_suppressed WHERE version = $1", &[&v]),
+            ("DELETE FROM graph_removals WHERE version = $1", &[&v]),
             ("DELETE FROM graph_sealed WHERE version = $1", &[&v]),
         ])?;
         Ok(())
@@ -504,4 +576,54 @@ pub(super) fn batch_col(n: u32) -> i32 {
 /// An integer column back to the batch or page number it stores.
 pub(super) fn batch_of(n: i32) -> u32 {
     n as u32
+}
+
+impl PgStore {
+    /// A sealed version's recorded counts.
+    fn sealed_info(&self, v: i64) -> StoreResult<Option<GraphInfo>> {
+        self.query("SELECT info FROM graph_sealed WHERE version = $1", &[&v])?
+            .first()
+            .map(|row| from_json("graph_sealed", row.get(0)))
+            .transpose()
+    }
+
+    /// Count a version's rows into `info` and record it as sealed.
+    fn count_and_record(&self, mut info: GraphInfo) -> StoreResult<GraphInfo> {
+        let v = i64_of(info.version);
+        for row in self.query(
+            "SELECT kind, count(*) FROM graph_points WHERE version = $1 GROUP BY kind",
+            &[&v],
+        )? {
+            let kind = kind_of("graph_points", row.get(0))?;
+            info.identifiers
+                .insert(kind.as_str().into(), u64_of(row.get(1)));
+        }
+        for row in self.query(
+            "SELECT destination, count(*) FROM graph_cookies WHERE version = $1 GROUP BY destination",
+            &[&v],
+        )? {
+            info.cookies.insert(row.get(0), u64_of(row.get(1)));
+        }
+        info.persons = self.count(
+            "SELECT count(*) FROM (SELECT person FROM graph_points WHERE version = $1
+                                   UNION SELECT person FROM graph_cookies WHERE version = $1) p",
+            &[&v],
+        )?;
+        self.execute(
+            "INSERT INTO graph_sealed (version, info) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&v, &json(&info)?],
+        )?;
+        // Fresh statistics before the version serves: without them the
+        // planner may scan and sort the whole table for each graph-pass chunk
+        // instead of walking the primary key.
+        self.execute(
+            &format!(
+                "ANALYZE {}, {}",
+                partition("graph_points", info.version),
+                partition("graph_cookies", info.version)
+            ),
+            &[],
+        )?;
+        Ok(info)
+    }
 }

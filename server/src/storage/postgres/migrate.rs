@@ -6,7 +6,7 @@
 use super::{db_err, StoreError, StoreResult};
 use deadpool_postgres::Object;
 
-/// Every migration: (version, name, SQL). Versions are 1, 2, … in order.
+/// Every migration: (version, name, SQL), in increasing order.
 const MIGRATIONS: &[(u32, &str, &str)] = &[
     (
         1,
@@ -27,6 +27,11 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         4,
         "console",
         include_str!("../../../migrations/0004_console.sql"),
+    ),
+    (
+        5,
+        "graph_history",
+        include_str!("../../../migrations/0005_graph_history.sql"),
     ),
 ];
 
