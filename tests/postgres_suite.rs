@@ -26,6 +26,8 @@ mod end_to_end;
 mod hostile_input;
 #[path = "privacy_attacks.rs"]
 mod privacy_attacks;
+#[path = "refresh.rs"]
+mod refresh;
 #[path = "review_attacks.rs"]
 mod review_attacks;
 #[path = "webhooks.rs"]

@@ -6,7 +6,7 @@
 use super::{lock, new_id, rfc3339, unix_now, Services};
 use crate::error::ApiError;
 use crate::storage::{
-    Audience, DeliveryStatus, Job, MessageData, OutboxMessage, SealedWebhookSecret,
+    Audience, ChangeOp, DeliveryStatus, Job, MessageData, OutboxMessage, SealedWebhookSecret,
     WebhookEndpoint, WebhookMode,
 };
 use onboard_protocol::webhook::SigningSecret;
@@ -23,6 +23,10 @@ pub const ROTATION_OVERLAP_SECS: u64 = 24 * 3600;
 pub const RELEASED: &str = "audience.released";
 /// One page of members (members mode).
 pub const MEMBERS: &str = "audience.members";
+/// A refresh released the audience's next version (counts).
+pub const REFRESHED: &str = "audience.refreshed";
+/// One page of a refresh's changes (members mode).
+pub const CHANGES: &str = "audience.changes";
 /// The audience expired (its members are deleted).
 pub const EXPIRED: &str = "audience.expired";
 /// Opt-out or erasure removed members (counts only).
@@ -72,6 +76,12 @@ pub fn host_port(url: &url::Url) -> Result<(String, u16), ApiError> {
 /// Where a page of members starts (after) and ends (last), as in
 /// [`MessageData::MembersPage`].
 type PageBounds = (Option<Vec<u8>>, Vec<u8>);
+
+/// One change as an NDJSON line: `{"op":"add"|"remove","cookie_id":…}`
+/// (the changes endpoint and pushed changes pages alike).
+pub fn change_line(op: ChangeOp, cookie: &str) -> serde_json::Value {
+    serde_json::json!({"op": op, "cookie_id": cookie})
+}
 
 fn endpoint_view(e: &WebhookEndpoint) -> serde_json::Value {
     serde_json::json!({
@@ -368,6 +378,10 @@ impl Services {
                 .repo
                 .audience(id)?
                 .ok_or_else(|| ApiError::Internal("a released audience vanished".into()))?;
+            if a.version > 1 {
+                out.extend(self.refresh_messages(&a, endpoint.mode)?);
+                continue;
+            }
             let pages = match endpoint.mode {
                 WebhookMode::Members => self.page_bounds(&a.id)?,
                 WebhookMode::Notify => Vec::new(),
@@ -400,6 +414,78 @@ impl Services {
             }
         }
         Ok(out)
+    }
+
+    /// A refresh's messages: `audience.refreshed` with the counts of cookie
+    /// IDs added and removed (each side at least `k` persons or none), then
+    /// in members mode every page of the changes.
+    fn refresh_messages(
+        &self,
+        a: &Audience,
+        mode: WebhookMode,
+    ) -> Result<Vec<OutboxMessage>, ApiError> {
+        let (pages, added, removed) = self.change_pages(&a.id)?;
+        let pages = match mode {
+            WebhookMode::Members => pages,
+            WebhookMode::Notify => Vec::new(),
+        };
+        let since = a.changes_from.unwrap_or(a.version);
+        let data = serde_json::json!({
+            "audience_id": a.id,
+            "segment": a.segment,
+            "advertiser": a.advertiser,
+            "version": a.version,
+            "size": a.size,
+            "member_count": a.size,
+            "added": added,
+            "removed": removed,
+            "expires": a.expires,
+            "members_url": format!("/v1/audiences/{}/members", a.id),
+            "changes_url": format!("/v1/audiences/{}/changes?since={since}", a.id),
+            "pages": pages.len(),
+        });
+        let mut out = vec![Self::message(
+            &a.destination,
+            REFRESHED,
+            &a.id,
+            MessageData::Event(data),
+        )];
+        let count = pages.len() as u32;
+        for (i, (after, last)) in pages.into_iter().enumerate() {
+            let data = MessageData::ChangesPage {
+                version: a.version,
+                page: i as u32 + 1,
+                pages: count,
+                after,
+                last,
+            };
+            out.push(Self::message(&a.destination, CHANGES, &a.id, data));
+        }
+        Ok(out)
+    }
+
+    /// The pages of an audience's kept changes, and how many are additions
+    /// and removals.
+    fn change_pages(&self, audience: &str) -> Result<(Vec<PageBounds>, u64, u64), ApiError> {
+        let limit = self.config.members_page_limit;
+        let (mut pages, mut added, mut removed) = (Vec::new(), 0, 0);
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let rows = self.repo.changes_after(audience, after.as_deref(), limit)?;
+            let Some(last) = rows.last() else { break };
+            for c in &rows {
+                match c.op {
+                    ChangeOp::Add => added += 1,
+                    ChangeOp::Remove => removed += 1,
+                }
+            }
+            pages.push((after.clone(), last.pos.clone()));
+            if rows.len() < limit {
+                break;
+            }
+            after = Some(last.pos.clone());
+        }
+        Ok((pages, added, removed))
     }
 
     /// The pages of an audience's members: where each starts and ends.
@@ -488,6 +574,48 @@ impl Services {
                     body.extend(
                         serde_json::to_vec(&serde_json::json!({ "cookie": c }))
                             .map_err(|e| ApiError::Internal(e.to_string()))?,
+                    );
+                }
+                body.push(b'\n');
+                Ok((body, "application/x-ndjson"))
+            }
+            MessageData::ChangesPage {
+                version,
+                page,
+                pages,
+                after,
+                last,
+            } => {
+                let a = self
+                    .repo
+                    .audience(&m.audience_id)?
+                    .filter(|a| a.expires_unix > unix_now())
+                    .ok_or(ApiError::Expired)?;
+                // A later refresh replaced these changes: the destination
+                // gets that one's pages instead.
+                if a.version != *version {
+                    return Err(ApiError::VersionNotKept {
+                        since: version - 1,
+                        kept: a.changes_from.unwrap_or(a.version),
+                    });
+                }
+                let rows = self.repo.changes_after(
+                    &a.id,
+                    after.as_deref(),
+                    self.config.members_page_limit,
+                )?;
+                let head = serde_json::json!({
+                    "type": m.event, "timestamp": timestamp,
+                    "data": {"audience_id": a.id, "version": version, "page": page, "pages": pages,
+                             "count": rows.iter().filter(|c| &c.pos <= last).count()},
+                });
+                let mut body =
+                    serde_json::to_vec(&head).map_err(|e| ApiError::Internal(e.to_string()))?;
+                for c in rows.iter().filter(|c| &c.pos <= last) {
+                    let line = change_line(c.op, &self.open_cookie(&c.sealed)?);
+                    body.push(b'\n');
+                    body.extend(
+                        serde_json::to_vec(&line).map_err(|e| ApiError::Internal(e.to_string()))?,
                     );
                 }
                 body.push(b'\n');

@@ -42,6 +42,7 @@ pub struct SledStore {
     pub(super) job_uploads: Tree,
     pub(super) audiences: Tree,
     pub(super) aud_mem: Tree,
+    pub(super) aud_changes: Tree,
     pub(super) job_index: Tree,
     pub(super) audience_index: Tree,
     pub(super) optouts: Tree,
@@ -147,6 +148,7 @@ impl SledStore {
             job_uploads: t(JOB_UPLOADS)?,
             audiences: t("audiences")?,
             aud_mem: t(AUDIENCE_MEMBERS)?,
+            aud_changes: t(AUDIENCE_CHANGES)?,
             job_index: t("job_index")?,
             audience_index: t("audience_index")?,
             optouts: t("optouts")?,
@@ -627,10 +629,9 @@ impl AudienceRepo for SledStore {
         let mut records: Vec<(Vec<u8>, &[u8])> = members
             .iter()
             .flat_map(|(person, cookies)| {
-                let p = &person.as_bytes()[..person.len().min(255)];
                 cookies
                     .iter()
-                    .map(move |c| (key(&[&[p.len() as u8], p, &c.tag]), c.sealed.as_slice()))
+                    .map(move |c| (member_position(person, &c.tag), c.sealed.as_slice()))
             })
             .collect();
         records.sort_unstable_by(|x, y| x.0.cmp(&y.0));
@@ -757,6 +758,14 @@ impl AudienceRepo for SledStore {
         let before = records.len();
         records.retain(|(k, _)| member_person(k) != person.as_bytes());
         let removed = before - records.len();
+        // The kept changes: the person's positions are one range.
+        let low = key(&[&member_prefix(id), &member_position(person, &[0; 16])]);
+        let high = key(&[&member_prefix(id), &member_position(person, &[0xff; 16])]);
+        let mut changes = Batch::default();
+        for k in self.aud_changes.range(low..=high).keys() {
+            changes.remove(k.map_err(be)?);
+        }
+        self.aud_changes.apply_batch(changes).map_err(be)?;
         if removed == 0 {
             return Ok(0);
         }
@@ -779,6 +788,7 @@ impl AudienceRepo for SledStore {
         Ok(removed)
     }
     fn delete_members(&self, id: &str) -> StoreResult<()> {
+        Self::delete_prefix(&self.aud_changes, &member_prefix(id))?;
         Self::delete_prefix(&self.aud_mem, &member_prefix(id))?;
         self.db.flush().map_err(be)?;
         self.blobs.remove(&audience_base(id))?;
@@ -789,6 +799,86 @@ impl AudienceRepo for SledStore {
         (&self.audiences, &self.audience_index)
             .transaction(|(auds, idx)| remove_indexed(auds, idx, id, audience_keys))
             .map_err(tx_err)
+    }
+    fn refresh_audience(
+        &self,
+        a: &Audience,
+        members: &[(Vec<u8>, Vec<u8>)],
+        changes: &[MemberChange],
+    ) -> StoreResult<()> {
+        let prefix = member_prefix(&a.id);
+        // The new members in a new file generation; pointers switch below.
+        let old_chunks = self.member_chunks(&a.id)?;
+        let generation = old_chunks.iter().map(|c| c.1).max().unwrap_or(0);
+        let fresh = self.write_member_chunks(
+            &a.id,
+            generation + 1,
+            members.iter().map(|(k, s)| (k.as_slice(), s.as_slice())),
+        )?;
+        let mut chunks = Batch::default();
+        for (k, _, _) in &old_chunks {
+            chunks.remove(k.as_slice());
+        }
+        for (k, r) in &fresh {
+            chunks.insert(k.as_slice(), &r[..]);
+        }
+        let mut kept = Batch::default();
+        for k in self.aud_changes.scan_prefix(&prefix).keys() {
+            kept.remove(k.map_err(be)?);
+        }
+        for c in changes {
+            kept.insert(key(&[&prefix, &c.pos]), key(&[&[c.op.code()], &c.sealed]));
+        }
+        let value = json(a)?;
+        let keys = audience_keys(a);
+        (
+            &self.audiences,
+            &self.audience_index,
+            &self.aud_mem,
+            &self.aud_changes,
+        )
+            .transaction(|(auds, idx, mem, ch)| {
+                mem.apply_batch(&chunks)?;
+                ch.apply_batch(&kept)?;
+                put_indexed(auds, idx, &a.id, &value, &keys, audience_keys)
+            })
+            .map_err(tx_err)?;
+        // Pointers first: a crash in between leaves a file without pointers.
+        self.db.flush().map_err(be)?;
+        self.blobs
+            .remove_generations_except(&audience_base(&a.id), &[generation + 1])?;
+        Ok(())
+    }
+    fn changes_after(
+        &self,
+        id: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> StoreResult<Vec<MemberChange>> {
+        let prefix = member_prefix(id);
+        let start = match after {
+            Some(a) => std::ops::Bound::Excluded(key(&[&prefix, a])),
+            None => std::ops::Bound::Included(prefix.clone()),
+        };
+        let mut out = Vec::new();
+        for item in self
+            .aud_changes
+            .range((start, std::ops::Bound::Unbounded))
+            .take(limit)
+        {
+            let (k, v) = item.map_err(be)?;
+            let Some(pos) = k.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            let corrupt = || StoreError::Corrupt(AUDIENCE_CHANGES);
+            let (&op, sealed) = v.split_first().ok_or_else(corrupt)?;
+            out.push(MemberChange {
+                pos: pos.to_vec(),
+                op: ChangeOp::of_code(op).ok_or_else(corrupt)?,
+                sealed: sealed.to_vec(),
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -1096,6 +1186,10 @@ mod tests {
             expires: String::new(),
             expires_unix: 0,
             pulled: false,
+            version: 1,
+            refreshed: None,
+            changes_from: None,
+            prior: None,
         }
     }
 

@@ -6,7 +6,7 @@
 use super::{db_err, StoreError, StoreResult};
 use deadpool_postgres::Object;
 
-/// Every migration: (version, name, SQL). Versions are 1, 2, … in order.
+/// Every migration: (version, name, SQL), in increasing version order.
 const MIGRATIONS: &[(u32, &str, &str)] = &[
     (
         1,
@@ -17,6 +17,11 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         2,
         "outbox",
         include_str!("../../../migrations/0002_outbox.sql"),
+    ),
+    (
+        5,
+        "audience_versions",
+        include_str!("../../../migrations/0005_audience_versions.sql"),
     ),
 ];
 
