@@ -192,3 +192,73 @@ fn new_audience_releases_a_separate_audience_and_leaves_the_first_as_it_was() {
     assert_eq!(s.pull(&id, None), cookies("", 0..300));
     assert_eq!(s.pull(&other, None), cookies("", 0..450));
 }
+
+#[test]
+fn a_refresh_crashed_before_its_job_finished_rolls_back_and_resumes_to_version_2() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let mut s = setup(600);
+    let id = s.run("v1.csv", 0..300, &[])["audience_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.server.stop();
+    s.server
+        .serve_with(&[("FAILPOINTS", "finish-audience-written=return(durable)")]);
+    let crm = crm_file(&s.server, "v2.csv", "Fans", 0..450, 0);
+    let out = match_emails(&s.server, &s.advertiser, &s.key, &crm, DSP);
+    assert!(!out.status.success(), "the job survived its crash");
+    let status = s.server.wait_for_exit(std::time::Duration::from_secs(120));
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{}", s.server.log());
+    assert!(s
+        .server
+        .log()
+        .contains("crash point finish-audience-written: aborting"));
+
+    // At start the unreported version 2 is rolled back (audited).
+    s.server.serve();
+    let listed = s.only_audience();
+    assert_eq!(
+        (listed["version"].as_u64(), listed["size"].as_u64()),
+        (Some(1), Some(300))
+    );
+    assert_eq!(s.pull(&id, None), cookies("", 0..300));
+    assert!(s.pull(&id, Some("1")).is_empty());
+    let admin = s.server.admin_key.clone();
+    let audit = s.server.json(&admin, &["admin", "audit", "--json"]);
+    let entries = audit.as_array().or_else(|| audit["entries"].as_array());
+    assert!(
+        entries
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "audience.rollback" && e["object"] == id.as_str()),
+        "{audit}"
+    );
+
+    // The resumed finish refreshes again, once.
+    let jobs = s.server.json(&s.advertiser, &["jobs", "list", "--json"]);
+    let open = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["status"] == "open")
+        .expect("the crashed job is open");
+    let job = open["job_id"].as_str().unwrap();
+    let args = match_email_args(&s.key, &crm, DSP);
+    let out = s.server.onboard(
+        &s.advertiser,
+        &[&args[..], &["--resume", job, "--json"]].concat(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seg = segment_of(&report, "Fans");
+    assert_eq!(
+        (seg["audience_id"].as_str(), seg["version"].as_u64()),
+        (Some(id.as_str()), Some(2))
+    );
+    assert_eq!(s.pull(&id, Some("1")), cookies("+", 300..450));
+    assert_eq!(s.pull(&id, None), cookies("", 0..450));
+}
