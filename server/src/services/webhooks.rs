@@ -105,7 +105,10 @@ pub fn message_view(m: &OutboxMessage) -> serde_json::Value {
         "id": m.id,
         "event": m.event,
         "audience_id": m.audience_id,
-        "page": match &m.data { MessageData::MembersPage { page, .. } => Some(*page), _ => None },
+        "page": match &m.data {
+            MessageData::MembersPage { page, .. } | MessageData::ChangesPage { page, .. } => Some(*page),
+            MessageData::Event(_) => None,
+        },
         "status": m.status,
         "attempts": m.attempts,
         "last_status": m.last_status,
