@@ -1371,3 +1371,85 @@ impl<R: ExportRepo> ExportRepo for Guarded<R> {
         self.inner.has_data()
     }
 }
+
+/// Checks every backend's [`AudienceRepo`] passes (sled and PostgreSQL tests).
+#[cfg(test)]
+pub(crate) mod audience_checks {
+    use super::*;
+
+    /// Person `i`'s one member record: its position and sealed cookie.
+    fn record(i: u8) -> (Vec<u8>, Vec<u8>) {
+        (
+            member_position(&format!("person{i:02}"), &[i; 16]),
+            format!("sealed-{i}").into_bytes(),
+        )
+    }
+
+    fn change(i: u8, op: ChangeOp) -> MemberChange {
+        let (pos, sealed) = record(i);
+        MemberChange { pos, op, sealed }
+    }
+
+    /// A refresh replaces members and changes at once; changes page by
+    /// position; a removed person leaves both; a rollback keeps no changes;
+    /// deletion takes everything.
+    pub(crate) fn refresh_replaces_members_and_changes(s: &dyn AudienceRepo, a: Audience) {
+        let first: Vec<SealedCookie> = (0..10u8)
+            .map(|i| SealedCookie {
+                tag: [i; 16],
+                sealed: record(i).1,
+            })
+            .collect();
+        let members: Vec<(String, &[SealedCookie])> = first
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (format!("person{i:02}"), std::slice::from_ref(c)))
+            .collect();
+        s.create_audience(&a, &members).unwrap();
+        let kept: Vec<_> = (0..5).chain(10..15).map(record).collect();
+        let changes: Vec<_> = (5..10)
+            .map(|i| change(i, ChangeOp::Remove))
+            .chain((10..15).map(|i| change(i, ChangeOp::Add)))
+            .collect();
+        let v2 = Audience {
+            version: 2,
+            changes_from: Some(1),
+            size: kept.len() as u64,
+            ..a.clone()
+        };
+        s.refresh_audience(&v2, &kept, &changes).unwrap();
+        assert_eq!(s.audience(&a.id).unwrap().unwrap().version, 2);
+        assert_eq!(s.members_after(&a.id, None, 100).unwrap(), kept);
+        let mut paged = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = s.changes_after(&a.id, after.as_deref(), 3).unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(last.pos.clone());
+            paged.extend(page);
+        }
+        assert_eq!(paged, changes, "each change once, in position order");
+        assert_eq!(s.remove_member(&a.id, "person11").unwrap(), 1);
+        assert!(s
+            .changes_after(&a.id, None, 100)
+            .unwrap()
+            .iter()
+            .all(|c| position_person(&c.pos) != Some("person11")));
+        assert_eq!(s.changes_after(&a.id, None, 100).unwrap().len(), 9);
+        s.refresh_audience(&a, &kept[..5], &[]).unwrap();
+        assert!(s.changes_after(&a.id, None, 100).unwrap().is_empty());
+        assert_eq!(s.members_after(&a.id, None, 100).unwrap(), kept[..5]);
+        s.refresh_audience(&v2, &kept, &changes).unwrap();
+        s.delete_audience(&a.id).unwrap();
+        assert!(s.changes_after(&a.id, None, 100).unwrap().is_empty());
+        assert!(s.members_after(&a.id, None, 100).unwrap().is_empty());
+    }
+
+    #[test]
+    fn positions_name_their_person() {
+        let pos = member_position("person07", &[9; 16]);
+        assert_eq!(position_person(&pos), Some("person07"));
+        assert_eq!(position_person(&pos[..pos.len() - 1]), None);
+        assert_eq!(position_person(&[]), None);
+    }
+}

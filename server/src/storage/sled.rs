@@ -1194,6 +1194,22 @@ mod tests {
     }
 
     #[test]
+    fn refresh_replaces_members_and_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("db")).unwrap();
+        crate::storage::audience_checks::refresh_replaces_members_and_changes(
+            &store,
+            audience("a-r"),
+        );
+        let blobs = blob_dir(&dir.path().join("db"));
+        assert_eq!(
+            std::fs::read_dir(&blobs).unwrap().count(),
+            0,
+            "no file left"
+        );
+    }
+
+    #[test]
     fn audience_members_page_stably_through_removals() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(&dir.path().join("db")).unwrap();

@@ -317,6 +317,13 @@ fn audience(id: &str, expires_unix: u64) -> Audience {
 }
 
 #[test]
+fn refresh_replaces_members_and_changes() {
+    let Some(db) = TestDb::new() else { return };
+    let s = db.store();
+    crate::storage::audience_checks::refresh_replaces_members_and_changes(&s, audience("a-r", 100));
+}
+
+#[test]
 fn audience_members_page_stably_through_removals() {
     let Some(db) = TestDb::new() else { return };
     let s = db.store();
