@@ -151,29 +151,32 @@ fn a_refresh_changing_5_persons_is_held_back_and_the_destination_sees_nothing() 
 }
 
 #[test]
-fn an_opted_out_member_is_in_the_removed_set_of_the_next_refresh() {
+fn opted_out_and_erased_members_are_in_the_removed_set_of_the_next_refresh() {
     let s = setup(500);
     let first = s.run("v1.csv", 0..400, &[]);
     let id = first["audience_id"].as_str().unwrap().to_owned();
-    // Pulled to the end: the opt-out leaves the released version as it is.
+    // Pulled to the end: the opt-out and the erasure leave the released
+    // version as it is.
     assert_eq!(s.pull(&id, None).len(), 400);
     let optouts = s.server.path("optouts.csv");
     std::fs::write(&optouts, "kind,value\nemail,person3@example.com\n").unwrap();
+    let admin = s.server.admin_key.clone();
     s.server.ok(
-        &s.server.admin_key.clone(),
+        &admin,
         &["admin", "optout", "--file", optouts.to_str().unwrap()],
     );
+    s.server.ok(&admin, &["admin", "erase", "--person", "p5"]);
+    assert_eq!(s.pull(&id, None).len(), 400);
 
-    // The advertiser still lists person 3; the segment also loses 200..400.
+    // The advertiser still lists persons 3 and 5; the segment also loses 200..400.
     let second = s.run("v2.csv", 0..200, &[]);
     assert_eq!(second["status"], "delivered", "{second}");
     assert_eq!(second["version"], 2, "{second}");
-    let mut removed = cookies("-", 200..400);
-    removed.insert("-ck-3".into());
+    let removed = cookies("-", [3, 5].into_iter().chain(200..400));
     assert_eq!(s.pull(&id, Some("1")), removed);
     let members = s.pull(&id, None);
-    assert_eq!(members.len(), 199);
-    assert!(!members.contains("ck-3"));
+    assert_eq!(members.len(), 198);
+    assert!(!members.contains("ck-3") && !members.contains("ck-5"));
 }
 
 #[test]
