@@ -77,6 +77,16 @@ pub fn host_port(url: &url::Url) -> Result<(String, u16), ApiError> {
 /// [`MessageData::MembersPage`].
 type PageBounds = (Option<Vec<u8>>, Vec<u8>);
 
+/// An NDJSON body: the head line, then one line each, newline-terminated.
+fn ndjson_body(head: &serde_json::Value, lines: &[serde_json::Value]) -> Result<Vec<u8>, ApiError> {
+    let mut body = Vec::new();
+    for line in std::iter::once(head).chain(lines) {
+        serde_json::to_writer(&mut body, line).map_err(|e| ApiError::Internal(e.to_string()))?;
+        body.push(b'\n');
+    }
+    Ok(body)
+}
+
 /// One change as an NDJSON line: `{"op":"add"|"remove","cookie_id":…}`
 /// (the changes endpoint and pushed changes pages alike).
 pub fn change_line(op: ChangeOp, cookie: &str) -> serde_json::Value {
@@ -550,37 +560,24 @@ impl Services {
                 after,
                 last,
             } => {
-                let a = self
-                    .repo
-                    .audience(&m.audience_id)?
-                    .filter(|a| a.expires_unix > unix_now())
-                    .ok_or(ApiError::Expired)?;
+                let a = self.message_audience(m)?;
                 let rows = self.repo.members_after(
                     &a.id,
                     after.as_deref(),
                     self.config.members_page_limit,
                 )?;
-                let mut cookies = Vec::new();
-                for (_, sealed) in rows.iter().filter(|(pos, _)| pos <= last) {
-                    cookies.push(super::seal::open(self.pepper(), sealed).ok_or_else(|| {
-                        ApiError::Internal("a stored cookie ID failed authentication".into())
-                    })?);
-                }
+                let lines = rows
+                    .iter()
+                    .filter(|(pos, _)| pos <= last)
+                    .map(|(_, sealed)| {
+                        Ok(serde_json::json!({ "cookie": self.open_cookie(sealed)? }))
+                    })
+                    .collect::<Result<Vec<_>, ApiError>>()?;
                 let head = serde_json::json!({
                     "type": m.event, "timestamp": timestamp,
-                    "data": {"audience_id": a.id, "page": page, "pages": pages, "count": cookies.len()},
+                    "data": {"audience_id": a.id, "page": page, "pages": pages, "count": lines.len()},
                 });
-                let mut body =
-                    serde_json::to_vec(&head).map_err(|e| ApiError::Internal(e.to_string()))?;
-                for c in cookies {
-                    body.push(b'\n');
-                    body.extend(
-                        serde_json::to_vec(&serde_json::json!({ "cookie": c }))
-                            .map_err(|e| ApiError::Internal(e.to_string()))?,
-                    );
-                }
-                body.push(b'\n');
-                Ok((body, "application/x-ndjson"))
+                Ok((ndjson_body(&head, &lines)?, "application/x-ndjson"))
             }
             MessageData::ChangesPage {
                 version,
@@ -589,11 +586,7 @@ impl Services {
                 after,
                 last,
             } => {
-                let a = self
-                    .repo
-                    .audience(&m.audience_id)?
-                    .filter(|a| a.expires_unix > unix_now())
-                    .ok_or(ApiError::Expired)?;
+                let a = self.message_audience(m)?;
                 // A later refresh replaced these changes: the destination
                 // gets that one's pages instead.
                 if a.version != *version {
@@ -607,24 +600,27 @@ impl Services {
                     after.as_deref(),
                     self.config.members_page_limit,
                 )?;
+                let lines = rows
+                    .iter()
+                    .filter(|c| &c.pos <= last)
+                    .map(|c| Ok(change_line(c.op, &self.open_cookie(&c.sealed)?)))
+                    .collect::<Result<Vec<_>, ApiError>>()?;
                 let head = serde_json::json!({
                     "type": m.event, "timestamp": timestamp,
-                    "data": {"audience_id": a.id, "version": version, "page": page, "pages": pages,
-                             "count": rows.iter().filter(|c| &c.pos <= last).count()},
+                    "data": {"audience_id": a.id, "version": version, "page": page,
+                             "pages": pages, "count": lines.len()},
                 });
-                let mut body =
-                    serde_json::to_vec(&head).map_err(|e| ApiError::Internal(e.to_string()))?;
-                for c in rows.iter().filter(|c| &c.pos <= last) {
-                    let line = change_line(c.op, &self.open_cookie(&c.sealed)?);
-                    body.push(b'\n');
-                    body.extend(
-                        serde_json::to_vec(&line).map_err(|e| ApiError::Internal(e.to_string()))?,
-                    );
-                }
-                body.push(b'\n');
-                Ok((body, "application/x-ndjson"))
+                Ok((ndjson_body(&head, &lines)?, "application/x-ndjson"))
             }
         }
+    }
+
+    /// The unexpired audience a message is about (`Expired` otherwise).
+    fn message_audience(&self, m: &OutboxMessage) -> Result<Audience, ApiError> {
+        self.repo
+            .audience(&m.audience_id)?
+            .filter(|a| a.expires_unix > unix_now())
+            .ok_or(ApiError::Expired)
     }
 }
 
