@@ -265,3 +265,33 @@ fn a_refresh_crashed_before_its_job_finished_rolls_back_and_resumes_to_version_2
     assert_eq!(s.pull(&id, Some("1")), cookies("+", 300..450));
     assert_eq!(s.pull(&id, None), cookies("", 0..450));
 }
+
+#[test]
+fn an_opt_out_in_an_unpulled_refresh_edits_its_changes() {
+    let s = setup(500);
+    let id = s.run("v1.csv", 0..300, &[])["audience_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(s.run("v2.csv", 0..450, &[])["version"], 2);
+    // Version 2 not pulled: person 3 (in both versions) and person 310
+    // (added by the refresh) are withdrawn at once.
+    let optouts = s.server.path("optouts.csv");
+    std::fs::write(
+        &optouts,
+        "kind,value\nemail,person3@example.com\nemail,person310@example.com\n",
+    )
+    .unwrap();
+    s.server.ok(
+        &s.server.admin_key.clone(),
+        &["admin", "optout", "--file", optouts.to_str().unwrap()],
+    );
+    let mut changes = cookies("+", (300..450).filter(|&i| i != 310));
+    changes.insert("-ck-3".into());
+    assert_eq!(s.pull(&id, Some("1")), changes);
+    let members = s.pull(&id, None);
+    assert_eq!(
+        members,
+        cookies("", (0..450).filter(|&i| i != 3 && i != 310))
+    );
+}

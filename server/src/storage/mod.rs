@@ -713,8 +713,12 @@ pub trait AudienceRepo {
         after: Option<&[u8]>,
         limit: usize,
     ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>>;
-    /// Remove a person from the members and the kept changes; returns how
-    /// many of its cookies were members (0 if it was not a member).
+    /// Remove a person from the members; returns how many of its cookies
+    /// were members (0 if it was not a member). In the kept changes (if
+    /// the record keeps any: `changes_from`), the person's additions go and
+    /// its members the latest refresh did not add become removals, in the
+    /// same write: a destination holding them from the previous version
+    /// learns they left.
     fn remove_member(&self, id: &str, person: &str) -> StoreResult<usize>;
     /// Delete an audience's members and changes, keeping its record.
     fn delete_members(&self, id: &str) -> StoreResult<()>;
@@ -1429,16 +1433,28 @@ pub(crate) mod audience_checks {
             paged.extend(page);
         }
         assert_eq!(paged, changes, "each change once, in position order");
+        // An added person leaves the changes; a person who stayed becomes a
+        // removal; a removed one stays removed.
         assert_eq!(s.remove_member(&a.id, "person11").unwrap(), 1);
-        assert!(s
-            .changes_after(&a.id, None, 100)
-            .unwrap()
-            .iter()
-            .all(|c| position_person(&c.pos) != Some("person11")));
-        assert_eq!(s.changes_after(&a.id, None, 100).unwrap().len(), 9);
-        s.refresh_audience(&a, &kept[..5], &[]).unwrap();
+        assert_eq!(s.remove_member(&a.id, "person02").unwrap(), 1);
+        assert_eq!(s.remove_member(&a.id, "person05").unwrap(), 0);
+        let mut expected = changes.clone();
+        expected.retain(|c| position_person(&c.pos) != Some("person11"));
+        expected.push(change(2, ChangeOp::Remove));
+        expected.sort_by(|x, y| x.pos.cmp(&y.pos));
+        assert_eq!(s.changes_after(&a.id, None, 100).unwrap(), expected);
+        let kept: Vec<_> = kept
+            .into_iter()
+            .filter(|(pos, _)| !matches!(position_person(pos), Some("person02" | "person11")))
+            .collect();
+        assert_eq!(s.members_after(&a.id, None, 100).unwrap(), kept);
+        // Without kept changes (version 1, or rolled back) a removal is
+        // only a removal.
+        s.refresh_audience(&a, &kept[..4], &[]).unwrap();
         assert!(s.changes_after(&a.id, None, 100).unwrap().is_empty());
-        assert_eq!(s.members_after(&a.id, None, 100).unwrap(), kept[..5]);
+        assert_eq!(s.remove_member(&a.id, "person00").unwrap(), 1);
+        assert!(s.changes_after(&a.id, None, 100).unwrap().is_empty());
+        assert_eq!(s.members_after(&a.id, None, 100).unwrap(), kept[1..4]);
         s.refresh_audience(&v2, &kept, &changes).unwrap();
         s.delete_audience(&a.id).unwrap();
         assert!(s.changes_after(&a.id, None, 100).unwrap().is_empty());

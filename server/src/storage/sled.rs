@@ -750,42 +750,67 @@ impl AudienceRepo for SledStore {
         Ok(out)
     }
     fn remove_member(&self, id: &str, person: &str) -> StoreResult<usize> {
+        let keeps_changes = self.audience(id)?.is_some_and(|a| a.changes_from.is_some());
         let chunks = self.member_chunks(id)?;
         let mut records = Vec::new();
         for (_, _, chunk) in &chunks {
             records.extend(member_records(chunk)?);
         }
-        let before = records.len();
-        records.retain(|(k, _)| member_person(k) != person.as_bytes());
-        let removed = before - records.len();
-        // The kept changes: the person's positions are one range.
-        let low = key(&[&member_prefix(id), &member_position(person, &[0; 16])]);
-        let high = key(&[&member_prefix(id), &member_position(person, &[0xff; 16])]);
+        let (gone, records): (Vec<_>, Vec<_>) = records
+            .into_iter()
+            .partition(|(k, _)| member_person(k) == person.as_bytes());
+        // The kept changes: the person's positions are one range. Its
+        // additions go; its members that the latest refresh did not add
+        // become removals (the destination may hold them from the version
+        // before); its removals stay.
+        let prefix = member_prefix(id);
+        let low = key(&[&prefix, &member_position(person, &[0; 16])]);
+        let high = key(&[&prefix, &member_position(person, &[0xff; 16])]);
         let mut changes = Batch::default();
-        for k in self.aud_changes.range(low..=high).keys() {
-            changes.remove(k.map_err(be)?);
+        let mut added = Vec::new();
+        for item in self.aud_changes.range(low..=high) {
+            let (k, v) = item.map_err(be)?;
+            if v.first().copied() == Some(ChangeOp::Add.code()) {
+                changes.remove(k.clone());
+                added.push(k);
+            }
         }
-        self.aud_changes.apply_batch(changes).map_err(be)?;
-        if removed == 0 {
-            return Ok(0);
+        if keeps_changes {
+            for (pos, sealed) in &gone {
+                let k = key(&[&prefix, pos]);
+                if !added.iter().any(|a| a.as_ref() == k.as_slice()) {
+                    changes.insert(k, key(&[&[ChangeOp::Remove.code()], sealed]));
+                }
+            }
         }
         // A new file generation without the person, then the old one goes.
         let generation = chunks.iter().map(|c| c.1).max().unwrap_or(0);
-        let fresh = self.write_member_chunks(id, generation + 1, records.into_iter())?;
-        let mut batch = Batch::default();
-        for (k, _, _) in &chunks {
-            if !fresh.iter().any(|(f, _)| f == k) {
-                batch.remove(k.as_slice());
+        let mut members = Batch::default();
+        if !gone.is_empty() {
+            let fresh = self.write_member_chunks(id, generation + 1, records.into_iter())?;
+            for (k, _, _) in &chunks {
+                if !fresh.iter().any(|(f, _)| f == k) {
+                    members.remove(k.as_slice());
+                }
+            }
+            for (k, r) in &fresh {
+                members.insert(k.as_slice(), &r[..]);
             }
         }
-        for (k, r) in &fresh {
-            batch.insert(k.as_slice(), &r[..]);
+        (&self.aud_mem, &self.aud_changes)
+            .transaction(|(mem, ch)| {
+                mem.apply_batch(&members)?;
+                ch.apply_batch(&changes)?;
+                Ok(())
+            })
+            .map_err(tx_err)?;
+        if gone.is_empty() {
+            return Ok(0);
         }
-        self.aud_mem.apply_batch(batch).map_err(be)?;
         self.db.flush().map_err(be)?;
         self.blobs
             .remove_generation(&audience_base(id), generation)?;
-        Ok(removed)
+        Ok(gone.len())
     }
     fn delete_members(&self, id: &str) -> StoreResult<()> {
         Self::delete_prefix(&self.aud_changes, &member_prefix(id))?;

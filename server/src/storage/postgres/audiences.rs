@@ -144,18 +144,32 @@ impl AudienceRepo for PgStore {
             member_position(person, &[0; 16]),
             member_position(person, &[0xff; 16]),
         );
+        let keeps_changes = self.audience(id)?.is_some_and(|a| a.changes_from.is_some());
         let range: Params<'_> = &[&id, &low, &high];
-        let n = self.execute_all(&[
+        // As on sled: the person's members that the latest refresh did not
+        // add become removals, its additions go, its removals stay.
+        let statements = [
+            (
+                "INSERT INTO audience_changes (audience, pos, op, sealed)
+                 SELECT m.audience, m.pos, '-', m.sealed FROM audience_members m
+                 WHERE m.audience = $1 AND m.pos >= $2 AND m.pos <= $3
+                   AND NOT EXISTS (SELECT 1 FROM audience_changes c
+                                   WHERE c.audience = m.audience AND c.pos = m.pos)",
+                range,
+            ),
+            (
+                "DELETE FROM audience_changes
+                 WHERE audience = $1 AND pos >= $2 AND pos <= $3 AND op = '+'",
+                range,
+            ),
             (
                 "DELETE FROM audience_members WHERE audience = $1 AND pos >= $2 AND pos <= $3",
                 range,
             ),
-            (
-                "DELETE FROM audience_changes WHERE audience = $1 AND pos >= $2 AND pos <= $3",
-                range,
-            ),
-        ])?;
-        Ok(n[0] as usize)
+        ];
+        let first = if keeps_changes { 0 } else { 1 };
+        let n = self.execute_all(&statements[first..])?;
+        Ok(n.last().copied().unwrap_or(0) as usize)
     }
     fn delete_members(&self, id: &str) -> StoreResult<()> {
         self.execute_all(&[
