@@ -272,3 +272,41 @@ fn copy_page(
         writeln!(out, "{decoded}").map_err(write_error)?;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_lines_read_as_plus_or_minus_cookie_ids_in_either_format() {
+        let ndjson = |t| change_line(t, false, false);
+        let csv = |t| change_line(t, true, false);
+        assert_eq!(
+            ndjson(r#"{"op":"add","cookie_id":"ck-1"}"#).unwrap(),
+            Some("+ck-1".into())
+        );
+        assert_eq!(
+            ndjson(r#"{"op":"remove","cookie_id":"a,b"}"#).unwrap(),
+            Some("-a,b".into())
+        );
+        assert!(ndjson(r#"{"op":"move","cookie_id":"x"}"#).is_err());
+        assert!(ndjson(r#"{"cookie":"x"}"#).is_err());
+        assert_eq!(csv("+ck-1").unwrap(), Some("+ck-1".into()));
+        assert_eq!(csv(r#""-a,""b""#).unwrap(), Some(r#"-a,"b"#.into()));
+        assert!(csv("ck-1").is_err(), "a line without its sign");
+    }
+
+    #[test]
+    fn member_lines_skip_only_the_csv_header() {
+        assert_eq!(member_line("cookie_id", true, true).unwrap(), None);
+        assert_eq!(
+            member_line("cookie_id", true, false).unwrap(),
+            Some("cookie_id".into())
+        );
+        assert_eq!(
+            member_line(r#"{"cookie":"ck-2"}"#, false, true).unwrap(),
+            Some("ck-2".into())
+        );
+        assert!(member_line("ck-2", false, false).is_err());
+    }
+}
