@@ -295,3 +295,84 @@ fn an_opt_out_in_an_unpulled_refresh_edits_its_changes() {
         cookies("", (0..450).filter(|&i| i != 3 && i != 310))
     );
 }
+
+/// `GET /v1/audiences/{id}/changes` over HTTPS with the destination key.
+fn get_changes(s: &Setup, id: &str, query: &str, accept: &str) -> reqwest::blocking::Response {
+    let pem = std::fs::read(&s.server.ca).unwrap();
+    let client = reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .build()
+        .unwrap();
+    client
+        .get(format!(
+            "{}/v1/audiences/{id}/changes?{query}",
+            s.server.url
+        ))
+        .bearer_auth(&s.destination)
+        .header("Accept", accept)
+        .send()
+        .unwrap()
+}
+
+#[test]
+fn changes_page_as_csv_with_cursors_bound_to_their_version() {
+    let s = setup(700);
+    let id = s.run("v1.csv", 0..300, &[])["audience_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.run("v2.csv", 0..450, &[]);
+    // Pages of 64 lines, `+id` without a header, until no cursor is given.
+    let (mut lines, mut cursor, mut pages) = (BTreeSet::new(), None::<String>, 0);
+    loop {
+        let query = match &cursor {
+            Some(c) => format!("since=1&limit=64&cursor={c}"),
+            None => "since=1&limit=64".to_owned(),
+        };
+        let resp = get_changes(&s, &id, &query, "text/csv");
+        assert_eq!(resp.status(), 200);
+        let next = resp
+            .headers()
+            .get("Onboard-Next-Cursor")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = resp.text().unwrap();
+        assert!(body.lines().count() <= 64);
+        lines.extend(body.lines().map(str::to_owned));
+        pages += 1;
+        match next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+        assert!(pages < 10, "paging ends");
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(lines, cookies("+", 300..450));
+    // A cursor of version 2's changes dies with them.
+    let first = get_changes(&s, &id, "since=1&limit=64", "application/x-ndjson");
+    let stale = first.headers()["Onboard-Next-Cursor"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let ndjson = first.text().unwrap();
+    assert_eq!(ndjson.lines().count(), 64);
+    for line in ndjson.lines() {
+        let change: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(change["op"], "add", "{line}");
+        let cookie = change["cookie_id"].as_str().unwrap();
+        assert!(lines.contains(&format!("+{cookie}")), "{line}");
+    }
+    s.run("v3.csv", 0..600, &[]);
+    let resp = get_changes(&s, &id, &format!("since=2&cursor={stale}"), "text/csv");
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().unwrap().contains("bad-cursor"));
+    for (query, status, code) in [
+        ("since=0", 400, "bad-request"),
+        ("since=4", 400, "bad-request"),
+        ("since=1", 410, "version-not-kept"),
+        ("limit=5", 400, "bad-request"),
+    ] {
+        let resp = get_changes(&s, &id, query, "text/csv");
+        assert_eq!(resp.status(), status, "{query}");
+        assert!(resp.text().unwrap().contains(code), "{query}");
+    }
+}
