@@ -77,6 +77,48 @@ pub fn host_port(url: &url::Url) -> Result<(String, u16), ApiError> {
 /// [`MessageData::MembersPage`].
 type PageBounds = (Option<Vec<u8>>, Vec<u8>);
 
+/// The data of an event releasing a version of `a`, with `extra` fields.
+fn event_data(a: &Audience, pages: usize, extra: serde_json::Value) -> serde_json::Value {
+    let mut data = serde_json::json!({
+        "audience_id": a.id,
+        "segment": a.segment,
+        "advertiser": a.advertiser,
+        "size": a.size,
+        "member_count": a.size,
+        "expires": a.expires,
+        "members_url": format!("/v1/audiences/{}/members", a.id),
+        "pages": pages,
+    });
+    if let (Some(data), serde_json::Value::Object(extra)) = (data.as_object_mut(), extra) {
+        data.extend(extra);
+    }
+    data
+}
+
+/// An event about `a`, then one `page_event` message per page, in order
+/// (`page_data(page, pages, after, last)`, pages numbered from 1).
+fn event_and_pages(
+    a: &Audience,
+    event: &str,
+    data: serde_json::Value,
+    page_event: &str,
+    pages: Vec<PageBounds>,
+    page_data: impl Fn(u32, u32, Option<Vec<u8>>, Vec<u8>) -> MessageData,
+) -> Vec<OutboxMessage> {
+    let count = pages.len() as u32;
+    let mut out = vec![Services::message(
+        &a.destination,
+        event,
+        &a.id,
+        MessageData::Event(data),
+    )];
+    for (i, (after, last)) in pages.into_iter().enumerate() {
+        let data = page_data(i as u32 + 1, count, after, last);
+        out.push(Services::message(&a.destination, page_event, &a.id, data));
+    }
+    out
+}
+
 /// An NDJSON body: the head line, then one line each, newline-terminated.
 fn ndjson_body(head: &serde_json::Value, lines: &[serde_json::Value]) -> Result<Vec<u8>, ApiError> {
     let mut body = Vec::new();
@@ -399,32 +441,20 @@ impl Services {
                 WebhookMode::Members => self.page_bounds(&a.id)?,
                 WebhookMode::Notify => Vec::new(),
             };
-            let data = serde_json::json!({
-                "audience_id": a.id,
-                "segment": a.segment,
-                "advertiser": a.advertiser,
-                "size": a.size,
-                "member_count": a.size,
-                "expires": a.expires,
-                "members_url": format!("/v1/audiences/{}/members", a.id),
-                "pages": pages.len(),
-            });
-            out.push(Self::message(
-                &a.destination,
+            let data = event_data(&a, pages.len(), serde_json::json!({}));
+            out.extend(event_and_pages(
+                &a,
                 RELEASED,
-                &a.id,
-                MessageData::Event(data),
-            ));
-            let count = pages.len() as u32;
-            for (i, (after, last)) in pages.into_iter().enumerate() {
-                let data = MessageData::MembersPage {
-                    page: i as u32 + 1,
-                    pages: count,
+                data,
+                MEMBERS,
+                pages,
+                |page, pages, after, last| MessageData::MembersPage {
+                    page,
+                    pages,
                     after,
                     last,
-                };
-                out.push(Self::message(&a.destination, MEMBERS, &a.id, data));
-            }
+                },
+            ));
         }
         Ok(out)
     }
@@ -443,38 +473,28 @@ impl Services {
             WebhookMode::Notify => Vec::new(),
         };
         let since = a.changes_from.unwrap_or(a.version);
-        let data = serde_json::json!({
-            "audience_id": a.id,
-            "segment": a.segment,
-            "advertiser": a.advertiser,
+        let extra = serde_json::json!({
             "version": a.version,
-            "size": a.size,
-            "member_count": a.size,
             "added": added,
             "removed": removed,
-            "expires": a.expires,
-            "members_url": format!("/v1/audiences/{}/members", a.id),
             "changes_url": format!("/v1/audiences/{}/changes?since={since}", a.id),
-            "pages": pages.len(),
         });
-        let mut out = vec![Self::message(
-            &a.destination,
+        let data = event_data(a, pages.len(), extra);
+        let version = a.version;
+        Ok(event_and_pages(
+            a,
             REFRESHED,
-            &a.id,
-            MessageData::Event(data),
-        )];
-        let count = pages.len() as u32;
-        for (i, (after, last)) in pages.into_iter().enumerate() {
-            let data = MessageData::ChangesPage {
-                version: a.version,
-                page: i as u32 + 1,
-                pages: count,
+            data,
+            CHANGES,
+            pages,
+            |page, pages, after, last| MessageData::ChangesPage {
+                version,
+                page,
+                pages,
                 after,
                 last,
-            };
-            out.push(Self::message(&a.destination, CHANGES, &a.id, data));
-        }
-        Ok(out)
+            },
+        ))
     }
 
     /// The pages of an audience's kept changes, and how many are additions
