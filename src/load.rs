@@ -205,7 +205,7 @@ fn write_graph(ids: &std::path::Path, cookies: &std::path::Path) -> Result<()> {
 }
 
 /// Each advertiser's CRM: the same persons every time, so repeated jobs
-/// give identical audiences (an empty difference passes the check).
+/// are refreshes that change nothing (held back, `refresh-change-below-k`).
 fn write_crm(path: &std::path::Path, advertiser: usize) -> Result<()> {
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
     writeln!(out, "email,segment")?;

@@ -30,6 +30,8 @@ mod graph_updates;
 mod hostile_input;
 #[path = "privacy_attacks.rs"]
 mod privacy_attacks;
+#[path = "refresh.rs"]
+mod refresh;
 #[path = "review_attacks.rs"]
 mod review_attacks;
 #[path = "webhooks.rs"]

@@ -59,18 +59,20 @@ fn differencing_a_segment_plus_one_person_is_withheld() {
         "{report}"
     );
 
-    // S plus one person: the audiences would differ by exactly that person.
+    // S plus one person: the audiences would differ by exactly that person,
+    // as a refresh of S (held back) or as a new audience (difference check).
     let second = crm_file(&s.server, "s-plus-one.csv", "Target", 0..121, 0);
-    let report = parse(&match_emails(
-        &s.server,
-        &s.advertiser,
-        &s.key,
-        &second,
-        DSP,
-    ));
-    let seg = segment_of(&report, "Target");
-    assert_eq!(seg["status"], "withheld", "{report}");
-    assert_eq!(seg["reason"], "too-close-to-earlier-audience", "{report}");
+    let args = common::match_email_args(&s.key, &second, DSP);
+    for (extra, reason) in [
+        (None, "refresh-change-below-k"),
+        (Some("--new-audience"), "too-close-to-earlier-audience"),
+    ] {
+        let args = [&args[..], extra.as_slice(), &["--json"]].concat();
+        let report = parse(&s.server.onboard(&s.advertiser, &args));
+        let seg = segment_of(&report, "Target");
+        assert_eq!(seg["status"], "withheld", "{report}");
+        assert_eq!(seg["reason"], reason, "{report}");
+    }
 
     // The destination got the first audience only; person 120 is in none.
     let pulled = pull_all(&s.server, &s.destination);

@@ -397,6 +397,77 @@ fn notify_and_members_modes_deliver_exactly_the_released_audience() {
     }
 }
 
+#[test]
+fn a_refresh_pushes_its_counts_and_in_members_mode_exactly_its_changes() {
+    let server = push_server();
+    let (advertiser, key_file) = advertiser(&server);
+    let members = server.create("destination", "dsp-m");
+    graph(&server, SEGMENT + 150, &["dsp-m"]);
+    let port = free_port();
+    let secret = set_webhook(&server, &members, port, "members");
+    let listener = Listener::spawn(&server, "dsp-m", port, &secret);
+    let audience = release(&server, &advertiser, &key_file, "dsp-m");
+
+    // The same segment with 150 more persons (k = 50): version 2.
+    let crm = crm_file(&server, "crm-v2.csv", "Gold", 0..SEGMENT + 150, 60);
+    let out = match_emails(&server, &advertiser, &key_file, &crm, "dsp-m");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(segment_of(&report, "Gold")["version"], 2, "{report}");
+
+    let file = listener.out.join(format!("{audience}.v2.changes"));
+    let pushed = wait_for("the pushed changes", Duration::from_secs(60), || {
+        std::fs::read_to_string(&file).ok()
+    });
+    let pushed: BTreeSet<String> = pushed.lines().map(str::to_owned).collect();
+    let truth: BTreeSet<String> = (SEGMENT..SEGMENT + 150)
+        .map(|i| format!("+dsp-m-ck-{i}"))
+        .collect();
+    assert_eq!(pushed, truth);
+    let pulled: BTreeSet<String> = server
+        .ok(
+            &members,
+            &[
+                "audiences",
+                "pull",
+                &audience,
+                "--since",
+                "1",
+                "--page-size",
+                "64",
+            ],
+        )
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(pulled, truth, "pushed and pulled changes agree");
+    let refreshed = listener
+        .events()
+        .into_iter()
+        .find(|e| e["type"] == "audience.refreshed")
+        .expect("an audience.refreshed event");
+    let data = &refreshed["data"];
+    assert_eq!(data["audience_id"], audience.as_str());
+    assert_eq!(
+        (
+            data["version"].as_u64(),
+            data["added"].as_u64(),
+            data["removed"].as_u64()
+        ),
+        (Some(2), Some(150), Some(0))
+    );
+    assert_eq!(data["size"], SEGMENT + 150);
+    assert_eq!(data["pages"], 150u64.div_ceil(64));
+    assert_eq!(
+        data["changes_url"],
+        format!("/v1/audiences/{audience}/changes?since=1")
+    );
+}
+
 /// What a test receiver got: each request's headers.
 #[derive(Default)]
 struct Received {

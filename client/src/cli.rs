@@ -125,6 +125,10 @@ pub struct MatchArgs {
     /// Only the data-quality report: nothing is sent.
     #[arg(long)]
     pub dry_run: bool,
+    /// Create a separate audience for each segment instead of refreshing
+    /// your live audience of the same segment at this destination.
+    #[arg(long)]
+    pub new_audience: bool,
     /// Print one JSON object (quality + report) instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -173,10 +177,15 @@ pub enum AudiencesCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Download an audience: one cookie ID per line.
+    /// Download an audience: one cookie ID per line; with `--since V`, the
+    /// cookie IDs added (`+id`) and removed (`-id`) since version V.
     Pull {
         /// Audience ID.
         id: String,
+        /// Only the changes since this version of the audience (the server
+        /// keeps those since the previous version).
+        #[arg(long, value_name = "VERSION", value_parser = clap::value_parser!(u64).range(1..))]
+        since: Option<u64>,
         /// Write to this file instead of stdout.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,

@@ -34,6 +34,12 @@ pub struct AudienceInfo {
     /// Pulled already?
     #[serde(default)]
     pub pulled: serde_json::Value,
+    /// 1 at release, one more at each refresh.
+    #[serde(default)]
+    pub version: u64,
+    /// When the current version was released by a refresh.
+    #[serde(default)]
+    pub refreshed: serde_json::Value,
 }
 
 /// The caller's audiences (destination key).
@@ -61,24 +67,126 @@ pub fn pull_audience_paged(
     page_limit: u32,
     out: &mut dyn Write,
 ) -> Result<u64, ClientError> {
+    let path = format!("/v1/audiences/{}/members", segment(id));
+    pull_pages(api, &path, &[], page_limit, out, &member_line)
+}
+
+/// Write the cookie IDs added and removed since audience version `since`,
+/// `+id` or `-id` one per line; returns how many lines. Paged and bounded
+/// like [`pull_audience`]. A `since` whose changes the server no longer
+/// keeps is the error `version-not-kept` (pull the members instead).
+pub fn pull_changes(
+    api: &ApiClient,
+    id: &str,
+    since: u64,
+    out: &mut dyn Write,
+) -> Result<u64, ClientError> {
+    pull_changes_paged(api, id, since, limits::MEMBERS_PAGE_LIMIT, out)
+}
+
+/// [`pull_changes`] asking `page_limit` changes per page.
+pub fn pull_changes_paged(
+    api: &ApiClient,
+    id: &str,
+    since: u64,
+    page_limit: u32,
+    out: &mut dyn Write,
+) -> Result<u64, ClientError> {
+    let path = format!("/v1/audiences/{}/changes", segment(id));
+    let since = since.to_string();
+    pull_pages(
+        api,
+        &path,
+        &[("since", &since)],
+        page_limit,
+        out,
+        &change_line,
+    )
+}
+
+/// Turns one non-empty line of a page (`true`: CSV) into the line written,
+/// or `None` for a line to skip (a CSV header).
+type LineDecoder = dyn Fn(&str, bool, bool) -> Result<Option<String>, ClientError>;
+
+/// A members line: `{"cookie":…}`, or a CSV line after the `cookie_id` header.
+fn member_line(text: &str, csv: bool, first: bool) -> Result<Option<String>, ClientError> {
+    #[derive(Deserialize)]
+    struct Member {
+        cookie: String,
+    }
+    if csv {
+        return Ok((!(first && text == "cookie_id")).then(|| text.to_owned()));
+    }
+    serde_json::from_str::<Member>(text)
+        .map(|m| Some(m.cookie))
+        .map_err(|e| ClientError::Protocol(format!("member line is not {{\"cookie\":…}}: {e}")))
+}
+
+/// A changes line: `{"op":"add"|"remove","cookie_id":…}`, or CSV `+id` / `-id`.
+fn change_line(text: &str, csv: bool, _first: bool) -> Result<Option<String>, ClientError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    enum Op {
+        Add,
+        Remove,
+    }
+    #[derive(Deserialize)]
+    struct Change {
+        op: Op,
+        cookie_id: String,
+    }
+    if csv {
+        let field = text
+            .strip_prefix('"')
+            .and_then(|t| t.strip_suffix('"'))
+            .map(|t| t.replace("\"\"", "\""))
+            .unwrap_or_else(|| text.to_owned());
+        return match field.chars().next() {
+            Some('+' | '-') => Ok(Some(field)),
+            _ => Err(ClientError::Protocol(
+                "a changes line starts with neither + nor -".into(),
+            )),
+        };
+    }
+    let c: Change = serde_json::from_str(text).map_err(|e| {
+        ClientError::Protocol(format!(
+            "change line is not {{\"op\":\"add\"|\"remove\",\"cookie_id\":…}}: {e}"
+        ))
+    })?;
+    let sign = match c.op {
+        Op::Add => '+',
+        Op::Remove => '-',
+    };
+    Ok(Some(format!("{sign}{}", c.cookie_id)))
+}
+
+/// Walk the pages of `path` (cursor by cursor) and write each decoded line.
+fn pull_pages(
+    api: &ApiClient,
+    path: &str,
+    query: &[(&str, &str)],
+    page_limit: u32,
+    out: &mut dyn Write,
+    decode: &LineDecoder,
+) -> Result<u64, ClientError> {
     if page_limit == 0 {
         return Err(ClientError::Usage(
             "the members page size must be at least 1".into(),
         ));
     }
-    let path = format!("/v1/audiences/{}/members", segment(id));
     let limit_text = page_limit.to_string();
     let mut cursor: Option<String> = None;
     let mut count = 0u64;
     loop {
-        let mut query: Vec<(&str, &str)> = vec![("limit", &limit_text)];
+        let mut q: Vec<(&str, &str)> = query.to_vec();
+        q.push(("limit", &limit_text));
         if let Some(c) = cursor.as_deref() {
-            query.push(("cursor", c));
+            q.push(("cursor", c));
         }
         let resp = api.send(
             Method::GET,
-            &path,
-            &query,
+            path,
+            &q,
             &Body::Empty,
             Some("application/x-ndjson"),
         )?;
@@ -88,7 +196,7 @@ pub fn pull_audience_paged(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
             .filter(|c| !c.is_empty());
-        count += copy_members(resp, page_limit, out)?;
+        count += copy_page(resp, page_limit, out, decode)?;
         match next {
             Some(c) if cursor.as_deref() != Some(c.as_str()) => cursor = Some(c),
             _ => break,
@@ -106,13 +214,14 @@ fn write_error(e: std::io::Error) -> ClientError {
     }
 }
 
-/// Copy one members page (NDJSON or CSV) to `out`, one cookie ID a line,
+/// Copy one page (NDJSON or CSV) to `out`, one decoded line a line,
 /// reading no more than the page's and each line's limit.
-fn copy_members(resp: Response, page_limit: u32, out: &mut dyn Write) -> Result<u64, ClientError> {
-    #[derive(Deserialize)]
-    struct Member {
-        cookie: String,
-    }
+fn copy_page(
+    resp: Response,
+    page_limit: u32,
+    out: &mut dyn Write,
+    decode: &LineDecoder,
+) -> Result<u64, ClientError> {
     let page_bytes = limits::members_page(page_limit);
     let too_large = |what: &str, limit| ClientError::AnswerTooLarge {
         what: what.to_owned(),
@@ -148,25 +257,56 @@ fn copy_members(resp: Response, page_limit: u32, out: &mut dyn Write) -> Result<
         let text = std::str::from_utf8(&line)
             .map_err(|_| ClientError::Protocol("a member line is not UTF-8".into()))?
             .trim();
-        let header = is_csv && std::mem::take(&mut first) && text == "cookie_id";
-        if text.is_empty() || header {
+        if text.is_empty() {
             continue;
         }
+        let Some(decoded) = decode(text, is_csv, std::mem::take(&mut first))? else {
+            continue;
+        };
         count += 1;
         if count > u64::from(page_limit) {
             return Err(ClientError::Protocol(format!(
-                "a members page holds more than the {page_limit} cookie IDs asked for"
+                "a page holds more than the {page_limit} lines asked for"
             )));
         }
-        let cookie = if is_csv {
-            text.to_owned()
-        } else {
-            serde_json::from_str::<Member>(text)
-                .map_err(|e| {
-                    ClientError::Protocol(format!("member line is not {{\"cookie\":…}}: {e}"))
-                })?
-                .cookie
-        };
-        writeln!(out, "{cookie}").map_err(write_error)?;
+        writeln!(out, "{decoded}").map_err(write_error)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_lines_read_as_plus_or_minus_cookie_ids_in_either_format() {
+        let ndjson = |t| change_line(t, false, false);
+        let csv = |t| change_line(t, true, false);
+        assert_eq!(
+            ndjson(r#"{"op":"add","cookie_id":"ck-1"}"#).unwrap(),
+            Some("+ck-1".into())
+        );
+        assert_eq!(
+            ndjson(r#"{"op":"remove","cookie_id":"a,b"}"#).unwrap(),
+            Some("-a,b".into())
+        );
+        assert!(ndjson(r#"{"op":"move","cookie_id":"x"}"#).is_err());
+        assert!(ndjson(r#"{"cookie":"x"}"#).is_err());
+        assert_eq!(csv("+ck-1").unwrap(), Some("+ck-1".into()));
+        assert_eq!(csv(r#""-a,""b""#).unwrap(), Some(r#"-a,"b"#.into()));
+        assert!(csv("ck-1").is_err(), "a line without its sign");
+    }
+
+    #[test]
+    fn member_lines_skip_only_the_csv_header() {
+        assert_eq!(member_line("cookie_id", true, true).unwrap(), None);
+        assert_eq!(
+            member_line("cookie_id", true, false).unwrap(),
+            Some("cookie_id".into())
+        );
+        assert_eq!(
+            member_line(r#"{"cookie":"ck-2"}"#, false, true).unwrap(),
+            Some("ck-2".into())
+        );
+        assert!(member_line("ck-2", false, false).is_err());
     }
 }

@@ -200,6 +200,8 @@ pub enum ErrorCode {
     TooManyJobs,
     /// 503: the server is rotating its key; resume when it has finished.
     KeyRotationInProgress,
+    /// 410: the changes since that audience version are no longer kept.
+    VersionNotKept,
     /// 500: generic server failure.
     Internal,
     /// 503: the server's database is unreachable for now (retried).
@@ -230,6 +232,7 @@ impl ErrorCode {
             "privacy-budget-exhausted" => Self::PrivacyBudgetExhausted,
             "too-many-jobs" => Self::TooManyJobs,
             "key-rotation-in-progress" => Self::KeyRotationInProgress,
+            "version-not-kept" => Self::VersionNotKept,
             "internal" => Self::Internal,
             "storage-unavailable" => Self::StorageUnavailable,
             other => Self::Other(other.to_owned()),
@@ -274,6 +277,7 @@ impl ErrorCode {
             Self::PrivacyBudgetExhausted => "privacy-budget-exhausted",
             Self::TooManyJobs => "too-many-jobs",
             Self::KeyRotationInProgress => "key-rotation-in-progress",
+            Self::VersionNotKept => "version-not-kept",
             Self::Internal => "internal",
             Self::StorageUnavailable => "storage-unavailable",
             Self::Other(s) => s,
@@ -318,6 +322,9 @@ fn describe(e: &ApiError) -> String {
         ErrorCode::TooManyJobs => format!("job refused: too many open jobs{msg}"),
         ErrorCode::KeyRotationInProgress => format!(
             "the server is rotating its key (503 key-rotation-in-progress{msg}); run the command again when it has finished (an interrupted match with --resume JOB_ID)"
+        ),
+        ErrorCode::VersionNotKept => format!(
+            "the server no longer keeps these changes (410 version-not-kept{msg}); pull the whole audience without --since"
         ),
         ErrorCode::Internal => format!("the server failed (HTTP {}, internal{msg}); see the server log", e.status),
         _ => format!("the server refused the request (HTTP {}, {}{msg})", e.status, e.code),

@@ -186,7 +186,7 @@ fn server_segment(seg: &SegmentReport, rejected: u64) -> SegmentView<'_> {
         delivered,
         status: seg.status.clone(),
         reason: seg.reason.clone().unwrap_or_default(),
-        audience: seg.audience_id.clone().unwrap_or_default(),
+        audience: seg.audience_label(),
     }
 }
 
@@ -434,6 +434,7 @@ mod tests {
                 status: "delivered".into(),
                 reason: None,
                 audience_id: Some("a-1".into()),
+                version: None,
             }],
             ..JobReport::default()
         };
@@ -468,6 +469,7 @@ mod tests {
             status: "withheld".into(),
             reason: Some("below-minimum-size".into()),
             audience_id: None,
+            version: None,
         };
         let view = server_segment(&seg, 0);
         assert_eq!(view.matched, Shown::Text("< 100".into()));

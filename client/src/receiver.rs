@@ -4,7 +4,9 @@
 //! do not verify), acknowledges a `webhook-id` it has processed already
 //! without processing it again, appends each event to `DIR/events.ndjson`
 //! and writes `DIR/<audience id>.csv` (header `cookie_id`) when the last
-//! members page of an audience has arrived.
+//! members page of an audience has arrived, and `DIR/<audience
+//! id>.v<version>.changes` (`+id` / `-id` lines) when the last changes page
+//! of a refresh has.
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use onboard_protocol::webhook::{self, SignedHeaders, SigningSecret};
@@ -289,10 +291,21 @@ fn process(out: &Path, state: &mut State, body: &[u8]) -> Result<(), Bad> {
         .append(true)
         .open(out.join(EVENTS_FILE))?;
     writeln!(log, "{head_line}")?;
-    if event != "audience.members" {
-        return Ok(());
-    }
+    let parse_line: fn(&str) -> Option<String> = match event {
+        "audience.members" => member_line,
+        "audience.changes" => change_line,
+        _ => return Ok(()),
+    };
     let audience = audience_file_name(data["audience_id"].as_str().unwrap_or_default())?.to_owned();
+    let (file, header) = match event {
+        "audience.changes" => {
+            let version = data["version"]
+                .as_u64()
+                .ok_or_else(|| Bad::Request("data.version is not a version".into()))?;
+            (format!("{audience}.v{version}.changes"), None)
+        }
+        _ => (format!("{audience}.csv"), Some("cookie_id")),
+    };
     let number = |field: &str| {
         data[field]
             .as_u64()
@@ -304,33 +317,51 @@ fn process(out: &Path, state: &mut State, body: &[u8]) -> Result<(), Bad> {
     let cookies = lines
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["cookie"].as_str().map(str::to_owned))
-                .ok_or_else(|| Bad::Request("a member line is not {\"cookie\":…}".into()))
+            parse_line(l).ok_or_else(|| Bad::Request(format!("a line of {event} is malformed")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let received = state.pages.entry(audience.clone()).or_default();
+    let received = state.pages.entry(file.clone()).or_default();
     received.insert(page, cookies);
     if received.len() as u32 >= pages && (1..=pages).all(|p| received.contains_key(&p)) {
-        let received = state.pages.remove(&audience).unwrap_or_default();
-        write_audience(out, &audience, received.values().flatten())?;
+        let received = state.pages.remove(&file).unwrap_or_default();
+        write_whole(out, &file, header, received.values().flatten())?;
     }
     Ok(())
 }
 
-/// Write `DIR/<audience>.csv` whole: to a temporary name, then renamed.
-fn write_audience<'a>(
+/// A members line's cookie ID (`{"cookie":…}`).
+fn member_line(line: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    v["cookie"].as_str().map(str::to_owned)
+}
+
+/// A changes line (`{"op":"add"|"remove","cookie_id":…}`) as `+id` / `-id`.
+fn change_line(line: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let sign = match v["op"].as_str()? {
+        "add" => '+',
+        "remove" => '-',
+        _ => return None,
+    };
+    Some(format!("{sign}{}", v["cookie_id"].as_str()?))
+}
+
+/// Write `DIR/<file>` whole (after `header`, if any): to a temporary name,
+/// then renamed.
+fn write_whole<'a>(
     out: &Path,
-    audience: &str,
-    cookies: impl Iterator<Item = &'a String>,
+    file: &str,
+    header: Option<&str>,
+    lines: impl Iterator<Item = &'a String>,
 ) -> std::io::Result<()> {
-    let tmp = out.join(format!(".{audience}.csv.part"));
-    let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-    writeln!(file, "cookie_id")?;
-    for c in cookies {
-        writeln!(file, "{c}")?;
+    let tmp = out.join(format!(".{file}.part"));
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    if let Some(h) = header {
+        writeln!(w, "{h}")?;
     }
-    file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    std::fs::rename(&tmp, out.join(format!("{audience}.csv")))
+    for l in lines {
+        writeln!(w, "{l}")?;
+    }
+    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    std::fs::rename(&tmp, out.join(file))
 }

@@ -201,7 +201,7 @@ pub fn render_report(r: &JobReport, q: &QualityReport) -> String {
                 seg.matched.clone(),
                 seg.status.clone(),
                 seg.reason.clone().unwrap_or_default(),
-                seg.audience_id.clone().unwrap_or_default(),
+                seg.audience_label(),
             ]
         })
         .collect();

@@ -21,9 +21,24 @@ pub struct SegmentReport {
     /// Why withheld.
     #[serde(default)]
     pub reason: Option<String>,
-    /// The audience, when delivered.
+    /// The audience, when delivered (or when its refresh is held back).
     #[serde(default)]
     pub audience_id: Option<String>,
+    /// The audience's version: 1 when new, 2, 3… when refreshed (the
+    /// version it stays at when the refresh is held back).
+    #[serde(default)]
+    pub version: Option<u64>,
+}
+
+impl SegmentReport {
+    /// The audience as shown in tables: its ID, and its version once refreshed.
+    pub fn audience_label(&self) -> String {
+        match (&self.audience_id, self.version) {
+            (Some(id), Some(v)) if v > 1 => format!("{id} (version {v})"),
+            (Some(id), _) => id.clone(),
+            (None, _) => String::new(),
+        }
+    }
 }
 
 /// The server's job report (docs/api.md), as received.

@@ -89,6 +89,14 @@ pub enum ApiError {
     /// A server key rotation is running: retry (or `--resume`) when it ends.
     #[error("a server key rotation is in progress; retry when it has finished (a job or import can then be resumed)")]
     KeyRotation,
+    /// Changes asked since an audience version whose changes are no longer kept.
+    #[error("the changes since version {since} are not kept (only those since version {kept} are): pull the members instead")]
+    VersionNotKept {
+        /// The version asked for.
+        since: u64,
+        /// The version the kept changes lead from.
+        kept: u64,
+    },
     /// Anything else; the text is for the log only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -119,6 +127,7 @@ impl ApiError {
             Self::TooManyAuthFailures { .. } => "too-many-auth-failures",
             Self::StorageUnavailable(_) => "storage-unavailable",
             Self::KeyRotation => "key-rotation-in-progress",
+            Self::VersionNotKept { .. } => "version-not-kept",
             Self::Internal(_) => "internal",
         }
     }
@@ -131,7 +140,7 @@ impl ApiError {
             Self::NotFound(_) => 404,
             Self::BadRequest(_) | Self::BadFrame(_) | Self::BadPoint(_) | Self::BadCursor => 400,
             Self::Conflict(_) | Self::JobNotOpen(_) | Self::Incomplete(_) => 409,
-            Self::Expired => 410,
+            Self::Expired | Self::VersionNotKept { .. } => 410,
             Self::TooLarge(_) => 413,
             Self::UnsupportedMediaType(_) => 415,
             Self::TooFewRows { .. } | Self::Invalid(_) => 422,

@@ -205,7 +205,7 @@ fn full_job_releases_exactly_the_expected_audiences() {
     );
 
     // A repeat job with the same key: empty graph pass, the same persons —
-    // so audiences identical to the released ones, withheld as too close.
+    // so each segment's refresh changes nothing and is held back.
     let (job2, created2) = s.create_job_and_pass(&adv, &a, "dsp-a", &["email", "phone"]);
     for kind in ["email", "phone"] {
         assert_eq!(
@@ -219,7 +219,7 @@ fn full_job_releases_exactly_the_expected_audiences() {
     for name in ["Gold", "Silver"] {
         let seg = segment(&report2, name);
         assert_eq!(seg["status"], "withheld", "{report2}");
-        assert_eq!(seg["reason"], "too-close-to-earlier-audience", "{report2}");
+        assert_eq!(seg["reason"], "refresh-change-below-k", "{report2}");
         assert_ne!(seg["matched"], "< 100", "the cache found the same persons");
     }
 
@@ -294,10 +294,16 @@ fn difference_check_and_opt_out_and_erase() {
         .unwrap()
         .to_string();
 
-    // 1..201: symmetric difference 2 < k → withheld.
+    // 1..201: symmetric difference 2 < k → withheld, as a refresh of `Seg`
+    // (one person added, one removed) and as another segment.
     let second: Vec<Record> = (1..201).map(|i| rec("Seg", vec![e(i)])).collect();
     let report = s.run_job(&adv, &a, "dsp-a", &second);
     let seg = segment(&report, "Seg");
+    assert_eq!(seg["status"], "withheld");
+    assert_eq!(seg["reason"], "refresh-change-below-k");
+    let second: Vec<Record> = (1..201).map(|i| rec("Seg2", vec![e(i)])).collect();
+    let report = s.run_job(&adv, &a, "dsp-a", &second);
+    let seg = segment(&report, "Seg2");
     assert_eq!(seg["status"], "withheld");
     assert_eq!(seg["reason"], "too-close-to-earlier-audience");
 
@@ -348,7 +354,7 @@ fn difference_check_and_opt_out_and_erase() {
 
     let stats: Value = s.get("/v1/admin/stats", &s.admin).json().unwrap();
     assert_eq!(stats["optouts"], 1);
-    assert_eq!(stats["jobs"]["finished"], 3);
+    assert_eq!(stats["jobs"]["finished"], 4);
 }
 
 #[test]
@@ -405,7 +411,8 @@ fn too_few_rows_bad_points_and_budget() {
         200
     );
 
-    // Budget 3 with ε 1 and 3 values a job: one report, then 429.
+    // Budget 3 with ε 1 and 3 values a job: one report, then 429 (the
+    // repeat would refresh `S`: two values more).
     let rows: Vec<Record> = (0..150).map(|i| rec("S", vec![e(i)])).collect();
     s.run_job(&adv, &a, "dsp-a", &rows);
     let (job3, _) = s.create_job_and_pass(&adv, &a, "dsp-a", &["email"]);
@@ -416,7 +423,7 @@ fn too_few_rows_bad_points_and_budget() {
     assert_eq!(v["error"]["code"], "privacy-budget-exhausted");
     let message = v["error"]["message"].as_str().unwrap();
     assert!(
-        message.contains("3 of 3 ε spent, this job needs 3 ε"),
+        message.contains("3 of 3 ε spent, this job needs 5 ε"),
         "{message}"
     );
 

@@ -2,7 +2,7 @@
 
 use super::{plain, table, Context};
 use crate::cli::AudiencesCommand;
-use crate::destination::{list_audiences, pull_audience_paged};
+use crate::destination::{list_audiences, pull_audience_paged, pull_changes_paged};
 use anyhow::{Context as _, Result};
 use std::io::Write;
 
@@ -27,6 +27,7 @@ pub(super) fn run(ctx: &Context, cmd: AudiencesCommand) -> Result<()> {
                             a.segment.clone(),
                             a.advertiser.clone(),
                             a.size.to_string(),
+                            a.version.to_string(),
                             plain(&a.created),
                             plain(&a.expires),
                         ]
@@ -35,19 +36,36 @@ pub(super) fn run(ctx: &Context, cmd: AudiencesCommand) -> Result<()> {
                 print!(
                     "{}",
                     table(
-                        &["id", "segment", "advertiser", "size", "created", "expires"],
+                        &[
+                            "id",
+                            "segment",
+                            "advertiser",
+                            "size",
+                            "version",
+                            "created",
+                            "expires"
+                        ],
                         &rows
                     )
                 );
             }
         }
-        AudiencesCommand::Pull { id, out, page_size } => {
+        AudiencesCommand::Pull {
+            id,
+            out,
+            page_size,
+            since,
+        } => {
+            let pull = |w: &mut dyn Write| match since {
+                Some(v) => pull_changes_paged(&api, &id, v, page_size, w),
+                None => pull_audience_paged(&api, &id, page_size, w),
+            };
             let n = match &out {
                 Some(path) => {
                     let file = std::fs::File::create(path)
                         .with_context(|| format!("cannot create {}", path.display()))?;
                     let mut w = std::io::BufWriter::new(file);
-                    let n = pull_audience_paged(&api, &id, page_size, &mut w)?;
+                    let n = pull(&mut w)?;
                     w.flush()
                         .with_context(|| format!("cannot write {}", path.display()))?;
                     n
@@ -55,10 +73,13 @@ pub(super) fn run(ctx: &Context, cmd: AudiencesCommand) -> Result<()> {
                 None => {
                     let stdout = std::io::stdout();
                     let mut w = std::io::BufWriter::new(stdout.lock());
-                    pull_audience_paged(&api, &id, page_size, &mut w)?
+                    pull(&mut w)?
                 }
             };
-            ctx.note(format!("{n} members"));
+            match since {
+                Some(v) => ctx.note(format!("{n} changes since version {v}")),
+                None => ctx.note(format!("{n} members")),
+            }
         }
     }
     Ok(())

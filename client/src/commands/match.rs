@@ -24,6 +24,7 @@ pub(super) fn run(ctx: &Context, args: &MatchArgs) -> Result<()> {
         consent_col: args.consent_col.clone(),
         region: args.region,
         dry_run: args.dry_run,
+        new_audience: args.new_audience,
         batch_size: args.batch_size,
         show_progress: !ctx.quiet,
     };

@@ -41,6 +41,7 @@ pub fn run_match_with(
             "destination": opts.destination,
             "kinds": outcome.quality.kinds,
             "key_fingerprint": key.fingerprint().to_string(),
+            "new_audience": opts.new_audience,
         })),
     )?;
     outcome.job_id = Some(job.job_id.clone());

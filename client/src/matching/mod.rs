@@ -66,6 +66,9 @@ pub struct MatchOptions {
     pub region: Region,
     /// Only the quality pass: nothing is sent.
     pub dry_run: bool,
+    /// Release each segment as a new audience instead of refreshing the
+    /// live audience of the same segment at this destination.
+    pub new_audience: bool,
     /// Records per batch.
     pub batch_size: usize,
     /// Progress bars on stderr (when it is a terminal).
@@ -95,6 +98,7 @@ impl MatchOptions {
             consent_col: None,
             region: Region::default(),
             dry_run: false,
+            new_audience: false,
             batch_size: DEFAULT_BATCH_SIZE,
             show_progress: false,
         }

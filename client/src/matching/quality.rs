@@ -586,6 +586,7 @@ mod tests {
                 status: "withheld".into(),
                 reason: Some("below-minimum-size".into()),
                 audience_id: None,
+                version: None,
             }],
             ..JobReport::default()
         };

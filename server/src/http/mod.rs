@@ -13,12 +13,13 @@ pub use auth_limit::AuthFailureLimiter;
 pub use metrics::Metrics;
 
 use crate::error::ApiError;
-use crate::services::audiences::MembersPage;
+use crate::services::audiences::{ChangesPage, MembersPage};
 use crate::services::auth::Caller;
 use crate::services::graph::{CookieRow, ImportBatches};
 use crate::services::jobs::CreateJob;
+use crate::services::webhooks::change_line;
 use crate::services::{blocking, Services};
-use crate::storage::{GraphInfo, ImportMode, Role};
+use crate::storage::{ChangeOp, GraphInfo, ImportMode, Role};
 use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
@@ -229,6 +230,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/jobs/{id}/finish", web::post().to(finish_job))
         .route("/v1/audiences", web::get().to(list_audiences))
         .route("/v1/audiences/{id}/members", web::get().to(members))
+        .route("/v1/audiences/{id}/changes", web::get().to(changes))
         .route("/v1/webhook", web::put().to(webhooks::set_own))
         .route("/v1/webhook", web::get().to(webhooks::show))
         .route("/v1/webhook", web::delete().to(webhooks::remove))
@@ -685,6 +687,42 @@ struct MembersQuery {
     limit: Option<usize>,
 }
 
+/// Does the request ask for CSV (else NDJSON)?
+fn wants_csv(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase()
+        .contains("text/csv")
+}
+
+/// One CSV field and its line end, quoted when it must be.
+fn push_csv_line(out: &mut String, field: &str) {
+    if field.contains([',', '"', '\n', '\r']) {
+        out.push('"');
+        out.push_str(&field.replace('"', "\"\""));
+        out.push('"');
+    } else {
+        out.push_str(field);
+    }
+    out.push('\n');
+}
+
+/// A page of lines as CSV or NDJSON, with the next cursor in a header.
+fn page_response(body: String, csv: bool, next: Option<String>) -> HttpResponse {
+    let mut resp = HttpResponse::Ok();
+    resp.content_type(if csv {
+        "text/csv"
+    } else {
+        "application/x-ndjson"
+    });
+    if let Some(next) = next {
+        resp.insert_header(("Onboard-Next-Cursor", next));
+    }
+    resp.body(body)
+}
+
 async fn members(
     state: State,
     auth: Auth,
@@ -693,13 +731,7 @@ async fn members(
     q: parse::Query<MembersQuery>,
 ) -> Reply {
     let caller = auth.role(Role::Destination)?;
-    let accept = req
-        .headers()
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let csv = accept.contains("text/csv");
+    let csv = wants_csv(&req);
     let s = svc(&state);
     let q = q.into_inner();
     let page: MembersPage =
@@ -708,14 +740,7 @@ async fn members(
     if csv {
         out.push_str("cookie_id\n");
         for c in &page.cookies {
-            if c.contains([',', '"', '\n', '\r']) {
-                out.push('"');
-                out.push_str(&c.replace('"', "\"\""));
-                out.push('"');
-            } else {
-                out.push_str(c);
-            }
-            out.push('\n');
+            push_csv_line(&mut out, c);
         }
     } else {
         for c in &page.cookies {
@@ -723,16 +748,41 @@ async fn members(
             out.push('\n');
         }
     }
-    let mut resp = HttpResponse::Ok();
-    resp.content_type(if csv {
-        "text/csv"
-    } else {
-        "application/x-ndjson"
-    });
-    if let Some(next) = page.next {
-        resp.insert_header(("Onboard-Next-Cursor", next));
+    Ok(page_response(out, csv, page.next))
+}
+
+#[derive(Deserialize)]
+struct ChangesQuery {
+    since: u64,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn changes(
+    state: State,
+    auth: Auth,
+    req: HttpRequest,
+    path: web::Path<String>,
+    q: parse::Query<ChangesQuery>,
+) -> Reply {
+    let caller = auth.role(Role::Destination)?;
+    let csv = wants_csv(&req);
+    let s = svc(&state);
+    let q = q.into_inner();
+    let page: ChangesPage =
+        blocking(move || s.pull_changes(&caller, &path, q.since, q.cursor.as_deref(), q.limit))
+            .await?;
+    let mut out = String::new();
+    for (op, cookie) in &page.changes {
+        if csv {
+            let sign = if *op == ChangeOp::Add { '+' } else { '-' };
+            push_csv_line(&mut out, &format!("{sign}{cookie}"));
+        } else {
+            out.push_str(&change_line(*op, cookie).to_string());
+            out.push('\n');
+        }
     }
-    Ok(resp.body(out))
+    Ok(page_response(out, csv, page.next))
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use super::{unix_now, Services};
 use crate::error::ApiError;
 use crate::services::auth::Caller;
-use crate::storage::Audience;
+use crate::storage::{Audience, ChangeOp};
 use base64::Engine as _;
 
 /// Jobs handled per index look-up of a clean-up pass.
@@ -27,6 +27,21 @@ pub struct MembersPage {
     pub cookies: Vec<String>,
     /// Cursor for the next page, if any.
     pub next: Option<String>,
+}
+
+/// One page of an audience's changes since a version.
+#[derive(Debug)]
+pub struct ChangesPage {
+    /// Cookie IDs added and removed, in position order.
+    pub changes: Vec<(ChangeOp, String)>,
+    /// Cursor for the next page, if any.
+    pub next: Option<String>,
+}
+
+/// What a changes cursor is bound to: the audience and the version its
+/// changes lead to, so a cursor dies with the changes it walked.
+fn changes_scope(id: &str, version: u64) -> String {
+    format!("{id}/changes/{version}")
 }
 
 /// Encode a cursor: base64url of the position encrypted and authenticated
@@ -63,6 +78,7 @@ fn view(a: &Audience) -> serde_json::Value {
     serde_json::json!({
         "id": a.id, "segment": a.segment, "advertiser": a.advertiser, "size": a.size,
         "created": a.created, "expires": a.expires, "pulled": a.pulled,
+        "version": a.version, "refreshed": a.refreshed,
     })
 }
 
@@ -80,6 +96,82 @@ impl Services {
         Ok(serde_json::json!({ "audiences": list }))
     }
 
+    /// A destination's own unexpired audience, or 404 / 410.
+    fn own_live_audience(&self, caller: &Caller, id: &str) -> Result<Audience, ApiError> {
+        let a = self
+            .repo
+            .audience(id)?
+            .filter(|a| a.destination == caller.name)
+            .ok_or(ApiError::NotFound("audience"))?;
+        if a.expires_unix <= unix_now() {
+            return Err(ApiError::Expired);
+        }
+        Ok(a)
+    }
+
+    /// A page `limit`, checked against `members_page_limit`.
+    fn page_limit(&self, limit: Option<usize>) -> Result<usize, ApiError> {
+        let max = self.config.members_page_limit;
+        let limit = limit.unwrap_or(max);
+        if limit == 0 || limit > max {
+            return Err(ApiError::BadRequest(format!("limit: between 1 and {max}")));
+        }
+        Ok(limit)
+    }
+
+    /// Open a stored sealed cookie ID.
+    pub(crate) fn open_cookie(&self, sealed: &[u8]) -> Result<String, ApiError> {
+        super::seal::open(self.pepper(), sealed)
+            .ok_or_else(|| ApiError::Internal("a stored cookie ID failed authentication".into()))
+    }
+
+    /// One page of the cookie IDs added and removed since version `since`
+    /// (the current version: none; the previous one: the latest refresh's
+    /// changes; older: `version-not-kept`); audited.
+    pub fn pull_changes(
+        &self,
+        caller: &Caller,
+        id: &str,
+        since: u64,
+        cursor: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<ChangesPage, ApiError> {
+        let a = self.own_live_audience(caller, id)?;
+        let limit = self.page_limit(limit)?;
+        if since == 0 || since > a.version {
+            return Err(ApiError::BadRequest(format!(
+                "since: a version between 1 and {}",
+                a.version
+            )));
+        }
+        let scope = changes_scope(id, a.version);
+        let after = cursor
+            .map(|c| decode_cursor(self.pepper(), &scope, c))
+            .transpose()?;
+        let mut page = ChangesPage {
+            changes: Vec::new(),
+            next: None,
+        };
+        if since < a.version {
+            let kept = a.changes_from.unwrap_or(a.version);
+            if since != kept {
+                return Err(ApiError::VersionNotKept { since, kept });
+            }
+            let mut rows = self.repo.changes_after(id, after.as_deref(), limit + 1)?;
+            let more = rows.len() > limit;
+            rows.truncate(limit);
+            if let (true, Some(last)) = (more, rows.last()) {
+                page.next = Some(encode_cursor(self.pepper(), &scope, &last.pos)?);
+            }
+            page.changes = rows
+                .iter()
+                .map(|c| Ok((c.op, self.open_cookie(&c.sealed)?)))
+                .collect::<Result<_, ApiError>>()?;
+        }
+        self.audit(&caller.name, "audience.pull-changes", id, "ok")?;
+        Ok(page)
+    }
+
     /// One page of an audience's members; audited; marks the audience pulled
     /// when the last page is served.
     pub fn pull_members(
@@ -89,32 +181,17 @@ impl Services {
         cursor: Option<&str>,
         limit: Option<usize>,
     ) -> Result<MembersPage, ApiError> {
-        let mut a = self
-            .repo
-            .audience(id)?
-            .filter(|a| a.destination == caller.name)
-            .ok_or(ApiError::NotFound("audience"))?;
-        if a.expires_unix <= unix_now() {
-            return Err(ApiError::Expired);
-        }
+        let mut a = self.own_live_audience(caller, id)?;
         let after = cursor
             .map(|c| decode_cursor(self.pepper(), id, c))
             .transpose()?;
-        let max = self.config.members_page_limit;
-        let limit = limit.unwrap_or(max);
-        if limit == 0 || limit > max {
-            return Err(ApiError::BadRequest(format!("limit: between 1 and {max}")));
-        }
+        let limit = self.page_limit(limit)?;
         let mut rows = self.repo.members_after(id, after.as_deref(), limit + 1)?;
         let more = rows.len() > limit;
         rows.truncate(limit);
         let cookies = rows
             .iter()
-            .map(|(_, sealed)| {
-                super::seal::open(self.pepper(), sealed).ok_or_else(|| {
-                    ApiError::Internal("a stored cookie ID failed authentication".into())
-                })
-            })
+            .map(|(_, sealed)| self.open_cookie(sealed))
             .collect::<Result<Vec<_>, _>>()?;
         let next = match (more, rows.last()) {
             (true, Some((pos, _))) => Some(encode_cursor(self.pepper(), id, pos)?),
@@ -279,6 +356,7 @@ mod tests {
             records: 0,
             pass: Default::default(),
             report: None,
+            new_audience: false,
         };
         for j in [
             job("old-finished", "finished", now - retention - 1),

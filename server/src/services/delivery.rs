@@ -368,11 +368,18 @@ impl Dispatcher {
         blocking(move || {
             s.repo.update_message(&m)?;
             // Pushed members are audited like pulled ones, page by page.
-            if let (DeliveryStatus::Delivered, MessageData::MembersPage { page, pages, .. }) =
-                (m.status, &m.data)
-            {
-                let outcome = if page == pages { "ok:last-page" } else { "ok" };
-                s.audit(&m.destination, "audience.push", &m.audience_id, outcome)?;
+            let pushed = match (m.status, &m.data) {
+                (DeliveryStatus::Delivered, MessageData::MembersPage { page, pages, .. }) => {
+                    Some(("audience.push", page == pages))
+                }
+                (DeliveryStatus::Delivered, MessageData::ChangesPage { page, pages, .. }) => {
+                    Some(("audience.push-changes", page == pages))
+                }
+                _ => None,
+            };
+            if let Some((action, last)) = pushed {
+                let outcome = if last { "ok:last-page" } else { "ok" };
+                s.audit(&m.destination, action, &m.audience_id, outcome)?;
             }
             Ok(())
         })
@@ -392,6 +399,7 @@ impl Dispatcher {
         let ((body, content_type), secrets) = match prepared {
             Ok(p) => p,
             Err(ApiError::Expired) => return Outcome::Undeliverable("expired"),
+            Err(ApiError::VersionNotKept { .. }) => return Outcome::Undeliverable("superseded"),
             Err(err) => {
                 tracing::error!(error = %err, message = %m.id, "webhook body could not be built");
                 return Outcome::NoAnswer("internal");

@@ -3,7 +3,7 @@
 
 use super::Services;
 use crate::error::ApiError;
-use crate::storage::Job;
+use crate::storage::{Audience, ChangeOp, Job};
 
 impl Services {
     /// Delete the audiences of jobs that are present but not finished.
@@ -30,16 +30,54 @@ impl Services {
         Ok(discarded)
     }
 
-    /// Delete (and audit) every audience a job wrote; returns how many.
+    /// Delete (and audit) every audience a job wrote, and roll back every
+    /// audience it refreshed to the version before; returns how many.
     pub(crate) fn discard_audiences_of(&self, job: &Job) -> Result<usize, ApiError> {
         let mut discarded = 0;
         for a in self.repo.audiences_of(&job.advertiser, &job.destination)? {
-            if a.job_id == job.id {
-                self.repo.delete_audience(&a.id)?;
-                self.audit("system", "audience.discard", &a.id, "ok")?;
-                discarded += 1;
+            if a.job_id != job.id {
+                continue;
             }
+            match a.prior {
+                Some(prior) => {
+                    self.roll_back(&a.id, *prior)?;
+                    self.audit("system", "audience.rollback", &a.id, "ok")?;
+                }
+                None => {
+                    self.repo.delete_audience(&a.id)?;
+                    self.audit("system", "audience.discard", &a.id, "ok")?;
+                }
+            }
+            discarded += 1;
         }
         Ok(discarded)
+    }
+
+    /// Put a refreshed audience back to its previous version: its members
+    /// less the refresh's additions plus its removals. The changes that led
+    /// to that version are gone with the refresh: none are kept.
+    fn roll_back(&self, id: &str, prior: Audience) -> Result<(), ApiError> {
+        let mut members = self.repo.members_after(id, None, usize::MAX)?;
+        let changes = self.repo.changes_after(id, None, usize::MAX)?;
+        let added: std::collections::BTreeSet<&[u8]> = changes
+            .iter()
+            .filter(|c| c.op == ChangeOp::Add)
+            .map(|c| c.pos.as_slice())
+            .collect();
+        members.retain(|(pos, _)| !added.contains(pos.as_slice()));
+        members.extend(
+            changes
+                .iter()
+                .filter(|c| c.op == ChangeOp::Remove)
+                .map(|c| (c.pos.clone(), c.sealed.clone())),
+        );
+        members.sort_unstable_by(|x, y| x.0.cmp(&y.0));
+        let prior = Audience {
+            size: members.len() as u64,
+            changes_from: None,
+            ..prior
+        };
+        self.repo.refresh_audience(&prior, &members, &[])?;
+        Ok(())
     }
 }

@@ -44,6 +44,15 @@ pub fn too_close(difference: usize, noisy: i64, k: u64, margin: u64) -> bool {
     !clears(noisy, k, margin) || (difference as u64) < k
 }
 
+/// Is one side of a refresh (its added or its removed persons, `persons`,
+/// noisy: `noisy`) applied? Only a side of at least `k` persons whose noisy
+/// count clears `k` by the margin: an empty side and a small one are
+/// treated alike (deferred), so whether a refresh is released never tells
+/// zero from one (see `jobs/refresh.rs`).
+pub fn change_applies(persons: usize, noisy: i64, k: u64, margin: u64) -> bool {
+    clears(noisy, k, margin) && persons as u64 >= k
+}
+
 fn clears(noisy: i64, k: u64, margin: u64) -> bool {
     i128::from(noisy) >= i128::from(k) + i128::from(margin)
 }
@@ -79,5 +88,11 @@ mod tests {
         assert!(too_close(500, 127, k, t));
         assert!(too_close(0, 10_000, k, t));
         assert!(too_close(99, 10_000, k, t));
+        assert!(change_applies(150, 128, k, t));
+        assert!(!change_applies(150, 127, k, t));
+        // Zero and one are alike: neither applies, whatever the noise.
+        assert!(!change_applies(0, 10_000, k, t));
+        assert!(!change_applies(1, 10_000, k, t));
+        assert!(!change_applies(99, 10_000, k, t));
     }
 }

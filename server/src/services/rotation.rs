@@ -566,6 +566,7 @@ mod tests {
             records: 0,
             pass: Default::default(),
             report: None,
+            new_audience: false,
         }
     }
 

@@ -6,7 +6,7 @@
 use super::{lock, new_id, rfc3339, unix_now, Services};
 use crate::error::ApiError;
 use crate::storage::{
-    Audience, DeliveryStatus, Job, MessageData, OutboxMessage, SealedWebhookSecret,
+    Audience, ChangeOp, DeliveryStatus, Job, MessageData, OutboxMessage, SealedWebhookSecret,
     WebhookEndpoint, WebhookMode,
 };
 use onboard_protocol::webhook::SigningSecret;
@@ -23,6 +23,10 @@ pub const ROTATION_OVERLAP_SECS: u64 = 24 * 3600;
 pub const RELEASED: &str = "audience.released";
 /// One page of members (members mode).
 pub const MEMBERS: &str = "audience.members";
+/// A refresh released the audience's next version (counts).
+pub const REFRESHED: &str = "audience.refreshed";
+/// One page of a refresh's changes (members mode).
+pub const CHANGES: &str = "audience.changes";
 /// The audience expired (its members are deleted).
 pub const EXPIRED: &str = "audience.expired";
 /// Opt-out or erasure removed members (counts only).
@@ -73,6 +77,64 @@ pub fn host_port(url: &url::Url) -> Result<(String, u16), ApiError> {
 /// [`MessageData::MembersPage`].
 type PageBounds = (Option<Vec<u8>>, Vec<u8>);
 
+/// The data of an event releasing a version of `a`, with `extra` fields.
+fn event_data(a: &Audience, pages: usize, extra: serde_json::Value) -> serde_json::Value {
+    let mut data = serde_json::json!({
+        "audience_id": a.id,
+        "segment": a.segment,
+        "advertiser": a.advertiser,
+        "size": a.size,
+        "member_count": a.size,
+        "expires": a.expires,
+        "members_url": format!("/v1/audiences/{}/members", a.id),
+        "pages": pages,
+    });
+    if let (Some(data), serde_json::Value::Object(extra)) = (data.as_object_mut(), extra) {
+        data.extend(extra);
+    }
+    data
+}
+
+/// An event about `a`, then one `page_event` message per page, in order
+/// (`page_data(page, pages, after, last)`, pages numbered from 1).
+fn event_and_pages(
+    a: &Audience,
+    event: &str,
+    data: serde_json::Value,
+    page_event: &str,
+    pages: Vec<PageBounds>,
+    page_data: impl Fn(u32, u32, Option<Vec<u8>>, Vec<u8>) -> MessageData,
+) -> Vec<OutboxMessage> {
+    let count = pages.len() as u32;
+    let mut out = vec![Services::message(
+        &a.destination,
+        event,
+        &a.id,
+        MessageData::Event(data),
+    )];
+    for (i, (after, last)) in pages.into_iter().enumerate() {
+        let data = page_data(i as u32 + 1, count, after, last);
+        out.push(Services::message(&a.destination, page_event, &a.id, data));
+    }
+    out
+}
+
+/// An NDJSON body: the head line, then one line each, newline-terminated.
+fn ndjson_body(head: &serde_json::Value, lines: &[serde_json::Value]) -> Result<Vec<u8>, ApiError> {
+    let mut body = Vec::new();
+    for line in std::iter::once(head).chain(lines) {
+        serde_json::to_writer(&mut body, line).map_err(|e| ApiError::Internal(e.to_string()))?;
+        body.push(b'\n');
+    }
+    Ok(body)
+}
+
+/// One change as an NDJSON line: `{"op":"add"|"remove","cookie_id":…}`
+/// (the changes endpoint and pushed changes pages alike).
+pub fn change_line(op: ChangeOp, cookie: &str) -> serde_json::Value {
+    serde_json::json!({"op": op, "cookie_id": cookie})
+}
+
 fn endpoint_view(e: &WebhookEndpoint) -> serde_json::Value {
     serde_json::json!({
         "destination": e.destination,
@@ -95,7 +157,10 @@ pub fn message_view(m: &OutboxMessage) -> serde_json::Value {
         "id": m.id,
         "event": m.event,
         "audience_id": m.audience_id,
-        "page": match &m.data { MessageData::MembersPage { page, .. } => Some(*page), _ => None },
+        "page": match &m.data {
+            MessageData::MembersPage { page, .. } | MessageData::ChangesPage { page, .. } => Some(*page),
+            MessageData::Event(_) => None,
+        },
         "status": m.status,
         "attempts": m.attempts,
         "last_status": m.last_status,
@@ -368,38 +433,92 @@ impl Services {
                 .repo
                 .audience(id)?
                 .ok_or_else(|| ApiError::Internal("a released audience vanished".into()))?;
+            if a.version > 1 {
+                out.extend(self.refresh_messages(&a, endpoint.mode)?);
+                continue;
+            }
             let pages = match endpoint.mode {
                 WebhookMode::Members => self.page_bounds(&a.id)?,
                 WebhookMode::Notify => Vec::new(),
             };
-            let data = serde_json::json!({
-                "audience_id": a.id,
-                "segment": a.segment,
-                "advertiser": a.advertiser,
-                "size": a.size,
-                "member_count": a.size,
-                "expires": a.expires,
-                "members_url": format!("/v1/audiences/{}/members", a.id),
-                "pages": pages.len(),
-            });
-            out.push(Self::message(
-                &a.destination,
+            let data = event_data(&a, pages.len(), serde_json::json!({}));
+            out.extend(event_and_pages(
+                &a,
                 RELEASED,
-                &a.id,
-                MessageData::Event(data),
-            ));
-            let count = pages.len() as u32;
-            for (i, (after, last)) in pages.into_iter().enumerate() {
-                let data = MessageData::MembersPage {
-                    page: i as u32 + 1,
-                    pages: count,
+                data,
+                MEMBERS,
+                pages,
+                |page, pages, after, last| MessageData::MembersPage {
+                    page,
+                    pages,
                     after,
                     last,
-                };
-                out.push(Self::message(&a.destination, MEMBERS, &a.id, data));
-            }
+                },
+            ));
         }
         Ok(out)
+    }
+
+    /// A refresh's messages: `audience.refreshed` with the counts of cookie
+    /// IDs added and removed (each side at least `k` persons or none), then
+    /// in members mode every page of the changes.
+    fn refresh_messages(
+        &self,
+        a: &Audience,
+        mode: WebhookMode,
+    ) -> Result<Vec<OutboxMessage>, ApiError> {
+        let (pages, added, removed) = self.change_pages(&a.id)?;
+        let pages = match mode {
+            WebhookMode::Members => pages,
+            WebhookMode::Notify => Vec::new(),
+        };
+        let since = a.changes_from.unwrap_or(a.version);
+        let extra = serde_json::json!({
+            "version": a.version,
+            "added": added,
+            "removed": removed,
+            "changes_url": format!("/v1/audiences/{}/changes?since={since}", a.id),
+        });
+        let data = event_data(a, pages.len(), extra);
+        let version = a.version;
+        Ok(event_and_pages(
+            a,
+            REFRESHED,
+            data,
+            CHANGES,
+            pages,
+            |page, pages, after, last| MessageData::ChangesPage {
+                version,
+                page,
+                pages,
+                after,
+                last,
+            },
+        ))
+    }
+
+    /// The pages of an audience's kept changes, and how many are additions
+    /// and removals.
+    fn change_pages(&self, audience: &str) -> Result<(Vec<PageBounds>, u64, u64), ApiError> {
+        let limit = self.config.members_page_limit;
+        let (mut pages, mut added, mut removed) = (Vec::new(), 0, 0);
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let rows = self.repo.changes_after(audience, after.as_deref(), limit)?;
+            let Some(last) = rows.last() else { break };
+            for c in &rows {
+                match c.op {
+                    ChangeOp::Add => added += 1,
+                    ChangeOp::Remove => removed += 1,
+                }
+            }
+            pages.push((after.clone(), last.pos.clone()));
+            if rows.len() < limit {
+                break;
+            }
+            after = Some(last.pos.clone());
+        }
+        Ok((pages, added, removed))
     }
 
     /// The pages of an audience's members: where each starts and ends.
@@ -461,39 +580,67 @@ impl Services {
                 after,
                 last,
             } => {
-                let a = self
-                    .repo
-                    .audience(&m.audience_id)?
-                    .filter(|a| a.expires_unix > unix_now())
-                    .ok_or(ApiError::Expired)?;
+                let a = self.message_audience(m)?;
                 let rows = self.repo.members_after(
                     &a.id,
                     after.as_deref(),
                     self.config.members_page_limit,
                 )?;
-                let mut cookies = Vec::new();
-                for (_, sealed) in rows.iter().filter(|(pos, _)| pos <= last) {
-                    cookies.push(super::seal::open(self.pepper(), sealed).ok_or_else(|| {
-                        ApiError::Internal("a stored cookie ID failed authentication".into())
-                    })?);
-                }
+                let lines = rows
+                    .iter()
+                    .filter(|(pos, _)| pos <= last)
+                    .map(|(_, sealed)| {
+                        Ok(serde_json::json!({ "cookie": self.open_cookie(sealed)? }))
+                    })
+                    .collect::<Result<Vec<_>, ApiError>>()?;
                 let head = serde_json::json!({
                     "type": m.event, "timestamp": timestamp,
-                    "data": {"audience_id": a.id, "page": page, "pages": pages, "count": cookies.len()},
+                    "data": {"audience_id": a.id, "page": page, "pages": pages, "count": lines.len()},
                 });
-                let mut body =
-                    serde_json::to_vec(&head).map_err(|e| ApiError::Internal(e.to_string()))?;
-                for c in cookies {
-                    body.push(b'\n');
-                    body.extend(
-                        serde_json::to_vec(&serde_json::json!({ "cookie": c }))
-                            .map_err(|e| ApiError::Internal(e.to_string()))?,
-                    );
+                Ok((ndjson_body(&head, &lines)?, "application/x-ndjson"))
+            }
+            MessageData::ChangesPage {
+                version,
+                page,
+                pages,
+                after,
+                last,
+            } => {
+                let a = self.message_audience(m)?;
+                // A later refresh replaced these changes: the destination
+                // gets that one's pages instead.
+                if a.version != *version {
+                    return Err(ApiError::VersionNotKept {
+                        since: version - 1,
+                        kept: a.changes_from.unwrap_or(a.version),
+                    });
                 }
-                body.push(b'\n');
-                Ok((body, "application/x-ndjson"))
+                let rows = self.repo.changes_after(
+                    &a.id,
+                    after.as_deref(),
+                    self.config.members_page_limit,
+                )?;
+                let lines = rows
+                    .iter()
+                    .filter(|c| &c.pos <= last)
+                    .map(|c| Ok(change_line(c.op, &self.open_cookie(&c.sealed)?)))
+                    .collect::<Result<Vec<_>, ApiError>>()?;
+                let head = serde_json::json!({
+                    "type": m.event, "timestamp": timestamp,
+                    "data": {"audience_id": a.id, "version": version, "page": page,
+                             "pages": pages, "count": lines.len()},
+                });
+                Ok((ndjson_body(&head, &lines)?, "application/x-ndjson"))
             }
         }
+    }
+
+    /// The unexpired audience a message is about (`Expired` otherwise).
+    fn message_audience(&self, m: &OutboxMessage) -> Result<Audience, ApiError> {
+        self.repo
+            .audience(&m.audience_id)?
+            .filter(|a| a.expires_unix > unix_now())
+            .ok_or(ApiError::Expired)
     }
 }
 

@@ -250,6 +250,9 @@ pub struct Job {
     pub pass: BTreeMap<String, PassInfo>,
     /// The report, once finished.
     pub report: Option<serde_json::Value>,
+    /// Segments become new audiences instead of refreshing live ones.
+    #[serde(default)]
+    pub new_audience: bool,
 }
 
 /// A released audience.
@@ -277,6 +280,84 @@ pub struct Audience {
     pub expires_unix: u64,
     /// Last page served.
     pub pulled: bool,
+    /// 1 at release, one more at each refresh.
+    #[serde(default = "first_version")]
+    pub version: u64,
+    /// When the current version was released by a refresh (RFC 3339).
+    #[serde(default)]
+    pub refreshed: Option<String>,
+    /// The version the kept changes lead from (the previous one), if they
+    /// are kept: `GET …/changes?since=` answers for it and for `version`.
+    #[serde(default)]
+    pub changes_from: Option<u64>,
+    /// The record of the previous version (without its own `prior`), so a
+    /// refresh whose finish is interrupted rolls back to it.
+    #[serde(default)]
+    pub prior: Option<Box<Audience>>,
+}
+
+fn first_version() -> u64 {
+    1
+}
+
+/// Whether a change adds a member cookie or removes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeOp {
+    /// In the current version, not in the previous one.
+    Add,
+    /// In the previous version, not in the current one.
+    Remove,
+}
+
+impl ChangeOp {
+    /// The op's byte on disk.
+    pub fn code(self) -> u8 {
+        match self {
+            ChangeOp::Add => b'+',
+            ChangeOp::Remove => b'-',
+        }
+    }
+
+    /// The op of a byte on disk.
+    pub fn of_code(code: u8) -> Option<Self> {
+        match code {
+            b'+' => Some(ChangeOp::Add),
+            b'-' => Some(ChangeOp::Remove),
+            _ => None,
+        }
+    }
+}
+
+/// One member cookie added or removed by an audience's latest refresh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberChange {
+    /// The member's position ([`member_position`]), also the pull position.
+    pub pos: Vec<u8>,
+    /// Added or removed.
+    pub op: ChangeOp,
+    /// The sealed cookie ID.
+    pub sealed: Vec<u8>,
+}
+
+/// A member cookie's position in its audience, the same on every backend:
+/// `len | person | tag` (the person cut at 255 bytes), so members sort by
+/// person and a position survives the removal of other members.
+pub fn member_position(person: &str, tag: &[u8; 16]) -> Vec<u8> {
+    let p = &person.as_bytes()[..person.len().min(255)];
+    let mut pos = Vec::with_capacity(1 + p.len() + 16);
+    pos.push(p.len() as u8);
+    pos.extend_from_slice(p);
+    pos.extend_from_slice(tag);
+    pos
+}
+
+/// The person of a position made by [`member_position`] (`None` if it is not one).
+pub fn position_person(pos: &[u8]) -> Option<&str> {
+    let len = usize::from(*pos.first()?);
+    (pos.len() == 1 + len + 16)
+        .then(|| std::str::from_utf8(&pos[1..1 + len]).ok())
+        .flatten()
 }
 
 /// One entry of the audit log, chained by keyed hashes (see `services::audit`).
@@ -371,6 +452,20 @@ pub enum MessageData {
         /// The page's last position.
         last: Vec<u8>,
     },
+    /// Page `page` (from 1) of `pages` of the changes that made `version`:
+    /// those after position `after` up to and including position `last`.
+    ChangesPage {
+        /// The audience version the changes lead to.
+        version: u64,
+        /// Page number, from 1.
+        page: u32,
+        /// Pages of the changes.
+        pages: u32,
+        /// Position the page starts after (none: the first page).
+        after: Option<Vec<u8>>,
+        /// The page's last position.
+        last: Vec<u8>,
+    },
 }
 
 /// One message of the durable outbox.
@@ -382,7 +477,8 @@ pub struct OutboxMessage {
     pub destination: String,
     /// Order within the destination, assigned by storage at enqueue.
     pub seq: u64,
-    /// `audience.released`, `audience.members`, `audience.expired`, `audience.withdrawn`.
+    /// `audience.released`, `audience.members`, `audience.refreshed`,
+    /// `audience.changes`, `audience.expired`, `audience.withdrawn`.
     pub event: String,
     /// The audience it is about.
     pub audience_id: String,
@@ -674,13 +770,33 @@ pub trait AudienceRepo {
         after: Option<&[u8]>,
         limit: usize,
     ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>>;
-    /// Remove a person; returns how many of its cookies were members (0 if
-    /// it was not a member).
+    /// Remove a person from the members; returns how many of its cookies
+    /// were members (0 if it was not a member). In the kept changes (if
+    /// the record keeps any: `changes_from`), the person's additions go and
+    /// its members the latest refresh did not add become removals, in the
+    /// same write: a destination holding them from the previous version
+    /// learns they left.
     fn remove_member(&self, id: &str, person: &str) -> StoreResult<usize>;
-    /// Delete an audience's members, keeping its record.
+    /// Delete an audience's members and changes, keeping its record.
     fn delete_members(&self, id: &str) -> StoreResult<()>;
-    /// Delete an audience and its members.
+    /// Delete an audience with its members and changes.
     fn delete_audience(&self, id: &str) -> StoreResult<()>;
+    /// Replace an audience's record, its members (`(position, sealed)`,
+    /// sorted by position) and its kept changes, atomically: a refresh
+    /// (the changes from the previous version) or its rollback (none).
+    fn refresh_audience(
+        &self,
+        a: &Audience,
+        members: &[(Vec<u8>, Vec<u8>)],
+        changes: &[MemberChange],
+    ) -> StoreResult<()>;
+    /// Up to `limit` kept changes after an opaque position, in position order.
+    fn changes_after(
+        &self,
+        id: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> StoreResult<Vec<MemberChange>>;
 }
 
 /// Opted-out `b·P(y)` values (never digests).
@@ -1230,6 +1346,7 @@ impl<R: AudienceRepo> AudienceRepo for Guarded<R> {
         fn live_audience_count(&self, now: u64) -> StoreResult<u64>;
         fn audience_persons(&self, id: &str) -> StoreResult<Vec<String>>;
         fn members_after(&self, id: &str, after: Option<&[u8]>, limit: usize) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>>;
+        fn changes_after(&self, id: &str, after: Option<&[u8]>, limit: usize) -> StoreResult<Vec<MemberChange>>;
     }
     guarded_writes! {
         fn create_audience(&self, a: &Audience, members: &[(String, &[SealedCookie])]) -> StoreResult<()>;
@@ -1237,6 +1354,7 @@ impl<R: AudienceRepo> AudienceRepo for Guarded<R> {
         fn remove_member(&self, id: &str, person: &str) -> StoreResult<usize>;
         fn delete_members(&self, id: &str) -> StoreResult<()>;
         fn delete_audience(&self, id: &str) -> StoreResult<()>;
+        fn refresh_audience(&self, a: &Audience, members: &[(Vec<u8>, Vec<u8>)], changes: &[MemberChange]) -> StoreResult<()>;
     }
 }
 
@@ -1403,5 +1521,99 @@ impl<R: ExportRepo> ExportRepo for Guarded<R> {
 
     fn has_data(&self) -> StoreResult<bool> {
         self.inner.has_data()
+    }
+}
+
+/// Checks every backend's [`AudienceRepo`] passes (sled and PostgreSQL tests).
+#[cfg(test)]
+pub(crate) mod audience_checks {
+    use super::*;
+
+    /// Person `i`'s one member record: its position and sealed cookie.
+    fn record(i: u8) -> (Vec<u8>, Vec<u8>) {
+        (
+            member_position(&format!("person{i:02}"), &[i; 16]),
+            format!("sealed-{i}").into_bytes(),
+        )
+    }
+
+    fn change(i: u8, op: ChangeOp) -> MemberChange {
+        let (pos, sealed) = record(i);
+        MemberChange { pos, op, sealed }
+    }
+
+    /// A refresh replaces members and changes at once; changes page by
+    /// position; a removed person leaves both; a rollback keeps no changes;
+    /// deletion takes everything.
+    pub(crate) fn refresh_replaces_members_and_changes(s: &dyn AudienceRepo, a: Audience) {
+        let first: Vec<SealedCookie> = (0..10u8)
+            .map(|i| SealedCookie {
+                tag: [i; 16],
+                sealed: record(i).1,
+            })
+            .collect();
+        let members: Vec<(String, &[SealedCookie])> = first
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (format!("person{i:02}"), std::slice::from_ref(c)))
+            .collect();
+        s.create_audience(&a, &members).unwrap();
+        let kept: Vec<_> = (0..5).chain(10..15).map(record).collect();
+        let changes: Vec<_> = (5..10)
+            .map(|i| change(i, ChangeOp::Remove))
+            .chain((10..15).map(|i| change(i, ChangeOp::Add)))
+            .collect();
+        let v2 = Audience {
+            version: 2,
+            changes_from: Some(1),
+            size: kept.len() as u64,
+            ..a.clone()
+        };
+        s.refresh_audience(&v2, &kept, &changes).unwrap();
+        assert_eq!(s.audience(&a.id).unwrap().unwrap().version, 2);
+        assert_eq!(s.members_after(&a.id, None, 100).unwrap(), kept);
+        let mut paged = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = s.changes_after(&a.id, after.as_deref(), 3).unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(last.pos.clone());
+            paged.extend(page);
+        }
+        assert_eq!(paged, changes, "each change once, in position order");
+        // An added person leaves the changes; a person who stayed becomes a
+        // removal; a removed one stays removed.
+        assert_eq!(s.remove_member(&a.id, "person11").unwrap(), 1);
+        assert_eq!(s.remove_member(&a.id, "person02").unwrap(), 1);
+        assert_eq!(s.remove_member(&a.id, "person05").unwrap(), 0);
+        let mut expected = changes.clone();
+        expected.retain(|c| position_person(&c.pos) != Some("person11"));
+        expected.push(change(2, ChangeOp::Remove));
+        expected.sort_by(|x, y| x.pos.cmp(&y.pos));
+        assert_eq!(s.changes_after(&a.id, None, 100).unwrap(), expected);
+        let kept: Vec<_> = kept
+            .into_iter()
+            .filter(|(pos, _)| !matches!(position_person(pos), Some("person02" | "person11")))
+            .collect();
+        assert_eq!(s.members_after(&a.id, None, 100).unwrap(), kept);
+        // Without kept changes (version 1, or rolled back) a removal is
+        // only a removal.
+        s.refresh_audience(&a, &kept[..4], &[]).unwrap();
+        assert!(s.changes_after(&a.id, None, 100).unwrap().is_empty());
+        assert_eq!(s.remove_member(&a.id, "person00").unwrap(), 1);
+        assert!(s.changes_after(&a.id, None, 100).unwrap().is_empty());
+        assert_eq!(s.members_after(&a.id, None, 100).unwrap(), kept[1..4]);
+        s.refresh_audience(&v2, &kept, &changes).unwrap();
+        s.delete_audience(&a.id).unwrap();
+        assert!(s.changes_after(&a.id, None, 100).unwrap().is_empty());
+        assert!(s.members_after(&a.id, None, 100).unwrap().is_empty());
+    }
+
+    #[test]
+    fn positions_name_their_person() {
+        let pos = member_position("person07", &[9; 16]);
+        assert_eq!(position_person(&pos), Some("person07"));
+        assert_eq!(position_person(&pos[..pos.len() - 1]), None);
+        assert_eq!(position_person(&[]), None);
     }
 }

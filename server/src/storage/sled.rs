@@ -42,6 +42,7 @@ pub struct SledStore {
     pub(super) job_uploads: Tree,
     pub(super) audiences: Tree,
     pub(super) aud_mem: Tree,
+    pub(super) aud_changes: Tree,
     pub(super) job_index: Tree,
     pub(super) audience_index: Tree,
     pub(super) optouts: Tree,
@@ -147,6 +148,7 @@ impl SledStore {
             job_uploads: t(JOB_UPLOADS)?,
             audiences: t("audiences")?,
             aud_mem: t(AUDIENCE_MEMBERS)?,
+            aud_changes: t(AUDIENCE_CHANGES)?,
             job_index: t("job_index")?,
             audience_index: t("audience_index")?,
             optouts: t("optouts")?,
@@ -627,10 +629,9 @@ impl AudienceRepo for SledStore {
         let mut records: Vec<(Vec<u8>, &[u8])> = members
             .iter()
             .flat_map(|(person, cookies)| {
-                let p = &person.as_bytes()[..person.len().min(255)];
                 cookies
                     .iter()
-                    .map(move |c| (key(&[&[p.len() as u8], p, &c.tag]), c.sealed.as_slice()))
+                    .map(move |c| (member_position(person, &c.tag), c.sealed.as_slice()))
             })
             .collect();
         records.sort_unstable_by(|x, y| x.0.cmp(&y.0));
@@ -749,36 +750,70 @@ impl AudienceRepo for SledStore {
         Ok(out)
     }
     fn remove_member(&self, id: &str, person: &str) -> StoreResult<usize> {
+        let keeps_changes = self.audience(id)?.is_some_and(|a| a.changes_from.is_some());
         let chunks = self.member_chunks(id)?;
         let mut records = Vec::new();
         for (_, _, chunk) in &chunks {
             records.extend(member_records(chunk)?);
         }
-        let before = records.len();
-        records.retain(|(k, _)| member_person(k) != person.as_bytes());
-        let removed = before - records.len();
-        if removed == 0 {
-            return Ok(0);
+        let (gone, records): (Vec<_>, Vec<_>) = records
+            .into_iter()
+            .partition(|(k, _)| member_person(k) == person.as_bytes());
+        // The kept changes: the person's positions are one range. Its
+        // additions go; its members that the latest refresh did not add
+        // become removals (the destination may hold them from the version
+        // before); its removals stay.
+        let prefix = member_prefix(id);
+        let low = key(&[&prefix, &member_position(person, &[0; 16])]);
+        let high = key(&[&prefix, &member_position(person, &[0xff; 16])]);
+        let mut changes = Batch::default();
+        let mut added = Vec::new();
+        for item in self.aud_changes.range(low..=high) {
+            let (k, v) = item.map_err(be)?;
+            if v.first().copied() == Some(ChangeOp::Add.code()) {
+                changes.remove(k.clone());
+                added.push(k);
+            }
+        }
+        if keeps_changes {
+            for (pos, sealed) in &gone {
+                let k = key(&[&prefix, pos]);
+                if !added.iter().any(|a| a.as_ref() == k.as_slice()) {
+                    changes.insert(k, key(&[&[ChangeOp::Remove.code()], sealed]));
+                }
+            }
         }
         // A new file generation without the person, then the old one goes.
         let generation = chunks.iter().map(|c| c.1).max().unwrap_or(0);
-        let fresh = self.write_member_chunks(id, generation + 1, records.into_iter())?;
-        let mut batch = Batch::default();
-        for (k, _, _) in &chunks {
-            if !fresh.iter().any(|(f, _)| f == k) {
-                batch.remove(k.as_slice());
+        let mut members = Batch::default();
+        if !gone.is_empty() {
+            let fresh = self.write_member_chunks(id, generation + 1, records.into_iter())?;
+            for (k, _, _) in &chunks {
+                if !fresh.iter().any(|(f, _)| f == k) {
+                    members.remove(k.as_slice());
+                }
+            }
+            for (k, r) in &fresh {
+                members.insert(k.as_slice(), &r[..]);
             }
         }
-        for (k, r) in &fresh {
-            batch.insert(k.as_slice(), &r[..]);
+        (&self.aud_mem, &self.aud_changes)
+            .transaction(|(mem, ch)| {
+                mem.apply_batch(&members)?;
+                ch.apply_batch(&changes)?;
+                Ok(())
+            })
+            .map_err(tx_err)?;
+        if gone.is_empty() {
+            return Ok(0);
         }
-        self.aud_mem.apply_batch(batch).map_err(be)?;
         self.db.flush().map_err(be)?;
         self.blobs
             .remove_generation(&audience_base(id), generation)?;
-        Ok(removed)
+        Ok(gone.len())
     }
     fn delete_members(&self, id: &str) -> StoreResult<()> {
+        Self::delete_prefix(&self.aud_changes, &member_prefix(id))?;
         Self::delete_prefix(&self.aud_mem, &member_prefix(id))?;
         self.db.flush().map_err(be)?;
         self.blobs.remove(&audience_base(id))?;
@@ -789,6 +824,86 @@ impl AudienceRepo for SledStore {
         (&self.audiences, &self.audience_index)
             .transaction(|(auds, idx)| remove_indexed(auds, idx, id, audience_keys))
             .map_err(tx_err)
+    }
+    fn refresh_audience(
+        &self,
+        a: &Audience,
+        members: &[(Vec<u8>, Vec<u8>)],
+        changes: &[MemberChange],
+    ) -> StoreResult<()> {
+        let prefix = member_prefix(&a.id);
+        // The new members in a new file generation; pointers switch below.
+        let old_chunks = self.member_chunks(&a.id)?;
+        let generation = old_chunks.iter().map(|c| c.1).max().unwrap_or(0);
+        let fresh = self.write_member_chunks(
+            &a.id,
+            generation + 1,
+            members.iter().map(|(k, s)| (k.as_slice(), s.as_slice())),
+        )?;
+        let mut chunks = Batch::default();
+        for (k, _, _) in &old_chunks {
+            chunks.remove(k.as_slice());
+        }
+        for (k, r) in &fresh {
+            chunks.insert(k.as_slice(), &r[..]);
+        }
+        let mut kept = Batch::default();
+        for k in self.aud_changes.scan_prefix(&prefix).keys() {
+            kept.remove(k.map_err(be)?);
+        }
+        for c in changes {
+            kept.insert(key(&[&prefix, &c.pos]), key(&[&[c.op.code()], &c.sealed]));
+        }
+        let value = json(a)?;
+        let keys = audience_keys(a);
+        (
+            &self.audiences,
+            &self.audience_index,
+            &self.aud_mem,
+            &self.aud_changes,
+        )
+            .transaction(|(auds, idx, mem, ch)| {
+                mem.apply_batch(&chunks)?;
+                ch.apply_batch(&kept)?;
+                put_indexed(auds, idx, &a.id, &value, &keys, audience_keys)
+            })
+            .map_err(tx_err)?;
+        // Pointers first: a crash in between leaves a file without pointers.
+        self.db.flush().map_err(be)?;
+        self.blobs
+            .remove_generations_except(&audience_base(&a.id), &[generation + 1])?;
+        Ok(())
+    }
+    fn changes_after(
+        &self,
+        id: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> StoreResult<Vec<MemberChange>> {
+        let prefix = member_prefix(id);
+        let start = match after {
+            Some(a) => std::ops::Bound::Excluded(key(&[&prefix, a])),
+            None => std::ops::Bound::Included(prefix.clone()),
+        };
+        let mut out = Vec::new();
+        for item in self
+            .aud_changes
+            .range((start, std::ops::Bound::Unbounded))
+            .take(limit)
+        {
+            let (k, v) = item.map_err(be)?;
+            let Some(pos) = k.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            let corrupt = || StoreError::Corrupt(AUDIENCE_CHANGES);
+            let (&op, sealed) = v.split_first().ok_or_else(corrupt)?;
+            out.push(MemberChange {
+                pos: pos.to_vec(),
+                op: ChangeOp::of_code(op).ok_or_else(corrupt)?,
+                sealed: sealed.to_vec(),
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -1096,7 +1211,27 @@ mod tests {
             expires: String::new(),
             expires_unix: 0,
             pulled: false,
+            version: 1,
+            refreshed: None,
+            changes_from: None,
+            prior: None,
         }
+    }
+
+    #[test]
+    fn refresh_replaces_members_and_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("db")).unwrap();
+        crate::storage::audience_checks::refresh_replaces_members_and_changes(
+            &store,
+            audience("a-r"),
+        );
+        let blobs = blob_dir(&dir.path().join("db"));
+        assert_eq!(
+            std::fs::read_dir(&blobs).unwrap().count(),
+            0,
+            "no file left"
+        );
     }
 
     #[test]

@@ -68,6 +68,10 @@ pub(super) const JOB_UPLOADS: &str = "job_uploads";
 /// Tree of audience member chunks: `id | 0 | first record key` → blob pointer.
 pub(super) const AUDIENCE_MEMBERS: &str = "audience_members";
 
+/// Tree of an audience's kept changes (its latest refresh): `id | 0 |
+/// position` → op | sealed cookie.
+pub(super) const AUDIENCE_CHANGES: &str = "audience_changes";
+
 /// Tree of tombstoned persons: person key → its `b·P(y)`, concatenated.
 pub(super) const ERASED_PERSONS: &str = "erased_persons";
 /// Tree of tombstoned points: `b·P(y) | person key` → nothing (a point may

@@ -200,6 +200,7 @@ mod tests {
             records: 0,
             pass: Default::default(),
             report: None,
+            new_audience: false,
         }
     }
 
@@ -215,6 +216,10 @@ mod tests {
             expires: String::new(),
             expires_unix: expires,
             pulled: false,
+            version: 1,
+            refreshed: None,
+            changes_from: None,
+            prior: None,
         }
     }
 

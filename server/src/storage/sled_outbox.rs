@@ -319,6 +319,7 @@ mod tests {
             records: 0,
             pass: Default::default(),
             report: None,
+            new_audience: false,
         }
     }
 

@@ -2,6 +2,7 @@
 //! spend, then the join (uploads → cached hits → owners → segments), the
 //! release rules on noisy values and the audiences.
 
+use super::refresh;
 use super::*;
 
 /// Sorted look-ups (owners, cookies) per parallel task at finish: each task
@@ -104,8 +105,10 @@ impl Services {
             self.fail_job(id, &caller.name, "job.fail.too-many-segments")?;
             return Err(self.too_many_segments(uploaded.labels.len()));
         }
+        let targets = self.refresh_targets(&job, &uploaded.labels)?;
         // Paid before the join, in one atomic step: nothing is released unpaid.
-        let charged = match self.spend_budget(&caller.name, id, uploaded.released_values()) {
+        let values = uploaded.released_values() + 2 * targets.len() as u64;
+        let charged = match self.spend_budget(&caller.name, id, values) {
             Ok(charged) => charged,
             Err(e) => {
                 self.fail_job(id, &caller.name, "job.fail.privacy-budget")?;
@@ -113,7 +116,7 @@ impl Services {
             }
         };
         let result = timed(id, "join and release", || {
-            self.join_and_release(&job, batches, uploaded.wanted, charged)
+            self.join_and_release(&job, batches, uploaded.wanted, charged, &targets)
         });
         let mut report = match result {
             Ok(r) => r,
@@ -165,6 +168,7 @@ impl Services {
         batches: u32,
         mut wanted: Wanted,
         charged: Epsilon,
+        targets: &BTreeMap<String, String>,
     ) -> Result<serde_json::Value, ApiError> {
         let graph = self
             .repo
@@ -203,16 +207,26 @@ impl Services {
                 .collect()
         });
         let _g = self.exclusive(&self.audience_lock, "audiences")?;
+        timed(&job.id, "refreshes", || {
+            self.plan_refreshes(targets, now, margin, &mut candidates)
+        })?;
         timed(&job.id, "difference check", || {
             self.difference_check(job, now, margin, &mut candidates)
         })?;
         // Each audience is its own atomic write to its own files: on all cores.
-        let audience_ids: Vec<Option<String>> = timed(&job.id, "audiences", || {
+        let audience_ids: Vec<Option<(String, u64)>> = timed(&job.id, "audiences", || {
             candidates
                 .par_iter()
                 .map(|c| -> Result<_, ApiError> {
                     if c.reason.is_some() {
                         return Ok(None);
+                    }
+                    if let Some(refresh) = &c.refresh {
+                        let a = refresh.next_record(job, now, ttl);
+                        self.repo
+                            .refresh_audience(&a, &refresh.records, &refresh.changes)?;
+                        crate::faults::crash_point!("finish-audience-written", self.repo);
+                        return Ok(Some((a.id, a.version)));
                     }
                     let a = Audience {
                         id: new_id("a-"),
@@ -229,16 +243,28 @@ impl Services {
                         expires: rfc3339(now + ttl),
                         expires_unix: now + ttl,
                         pulled: false,
+                        version: 1,
+                        refreshed: None,
+                        changes_from: None,
+                        prior: None,
                     };
                     self.repo.create_audience(&a, &c.members)?;
                     // Crash test: an audience written, the job not yet finished.
                     crate::faults::crash_point!("finish-audience-written", self.repo);
-                    Ok(Some(a.id))
+                    Ok(Some((a.id, 1)))
                 })
                 .collect::<Result<_, _>>()
         })?;
         let mut segments = Vec::new();
-        for (c, audience_id) in candidates.into_iter().zip(audience_ids) {
+        for (c, released) in candidates.into_iter().zip(audience_ids) {
+            // A refresh held back leaves the audience at its version: named too.
+            let (audience_id, version) = match (released, targets.get(&c.name)) {
+                (Some((id, version)), _) => (Some(id), Some(version)),
+                (None, Some(id)) if c.reason == Some(refresh::HELD_BACK) => {
+                    (Some(id.clone()), self.repo.audience(id)?.map(|a| a.version))
+                }
+                (None, _) => (None, None),
+            };
             segments.push(serde_json::json!({
                 "name": c.name,
                 "rows_uploaded": c.rows,
@@ -246,6 +272,7 @@ impl Services {
                 "status": if c.reason.is_none() { "delivered" } else { "withheld" },
                 "reason": c.reason,
                 "audience_id": audience_id,
+                "version": version,
             }));
         }
         Ok(serde_json::json!({
@@ -459,8 +486,10 @@ impl Services {
             name: segment.name.clone(),
             rows: segment.rows,
             shown: shown_count(noisy, k),
+            noisy,
             reason: release::size_withheld(members.len(), noisy, k, margin),
             members,
+            refresh: None,
         }
     }
 
@@ -498,7 +527,10 @@ impl Services {
             other.sort_unstable();
             other.dedup();
             for (c, best) in candidates.iter().zip(closest.iter_mut()) {
-                if c.reason.is_none() {
+                // A refresh's relation to the version it replaces is the
+                // refresh rule's (refresh.rs), not this check's.
+                let replaces = c.refresh.as_ref().map(|r| r.base.id.as_str());
+                if c.reason.is_none() && replaces != Some(earlier.id.as_str()) {
                     let d = symmetric_difference(c.names(), &other);
                     *best = Some(best.map_or(d, |b| b.min(d)));
                 }
@@ -530,21 +562,22 @@ impl Services {
     }
 }
 
-/// Run one step of the finish and log how long it took (debug level: for
-/// an operator sizing the finish of large jobs; job ids only, no data).
-/// The IDs of the audiences a report released.
+/// The IDs of the audiences a report released (new or refreshed).
 fn released_audiences(report: &serde_json::Value) -> Vec<String> {
     report["segments"]
         .as_array()
         .map(|segments| {
             segments
                 .iter()
+                .filter(|s| s["status"] == "delivered")
                 .filter_map(|s| s["audience_id"].as_str().map(str::to_owned))
                 .collect()
         })
         .unwrap_or_default()
 }
 
+/// Run one step of the finish and log how long it took (debug level: for
+/// an operator sizing the finish of large jobs; job ids only, no data).
 fn timed<T>(job: &str, step: &'static str, f: impl FnOnce() -> T) -> T {
     let started = Instant::now();
     let out = f();
@@ -634,17 +667,25 @@ impl BatchTally {
 }
 
 /// A segment of a finishing job on its way to becoming an audience.
-struct Candidate<'c> {
-    name: String,
+pub(super) struct Candidate<'c> {
+    pub(super) name: String,
     rows: u64,
     shown: String,
+    /// The noisy count of its reachable persons (`shown` before rounding).
+    pub(super) noisy: i64,
     /// Member names (sorted) with their sealed cookies.
-    members: Vec<(String, &'c [SealedCookie])>,
-    reason: Option<&'static str>,
+    pub(super) members: Vec<(String, &'c [SealedCookie])>,
+    pub(super) reason: Option<&'static str>,
+    /// The live audience it refreshes, once planned.
+    pub(super) refresh: Option<refresh::Refresh>,
 }
 
 impl Candidate<'_> {
-    fn names(&self) -> impl Iterator<Item = &String> {
-        self.members.iter().map(|(name, _)| name)
+    /// The persons it would release (sorted): a refresh's new version, or the segment's.
+    pub(super) fn names(&self) -> Box<dyn Iterator<Item = &String> + '_> {
+        match &self.refresh {
+            Some(r) => Box::new(r.persons.iter()),
+            None => Box::new(self.members.iter().map(|(name, _)| name)),
+        }
     }
 }

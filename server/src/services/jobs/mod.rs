@@ -7,6 +7,7 @@
 mod cache;
 mod finish;
 mod graph_pass;
+mod refresh;
 mod upload;
 
 use super::{lock, new_id, rfc3339, unix_now, Services};
@@ -38,6 +39,10 @@ pub struct CreateJob {
     pub kinds: Vec<String>,
     /// The advertiser key's fingerprint (32 hex).
     pub key_fingerprint: String,
+    /// Release each segment as a new audience, never as a refresh of the
+    /// advertiser's live audience of the same segment at this destination.
+    #[serde(default)]
+    pub new_audience: bool,
 }
 
 /// The advertiser's own counts of its file, sent with the finish (optional)
@@ -184,6 +189,7 @@ impl Services {
             records: 0,
             pass: BTreeMap::new(),
             report: None,
+            new_audience: req.new_audience,
         };
         {
             // Count and reserve under one lock, so concurrent creates cannot pass the limit.

@@ -13,15 +13,10 @@ pub(super) const PUT_AUDIENCE: &str =
          destination = EXCLUDED.destination, expires_unix = EXCLUDED.expires_unix,
          pulled = EXCLUDED.pulled, record = EXCLUDED.record";
 
-/// A member's position: `len | person | tag` (person cut at 255 bytes).
-fn member_pos(person: &str, tag: &[u8; 16]) -> Vec<u8> {
-    let p = &person.as_bytes()[..person.len().min(255)];
-    let mut pos = Vec::with_capacity(1 + p.len() + 16);
-    pos.push(p.len() as u8);
-    pos.extend_from_slice(p);
-    pos.extend_from_slice(tag);
-    pos
-}
+/// Insert member rows `(audience, pos, person, sealed)` from arrays.
+const INSERT_MEMBERS: &str = "INSERT INTO audience_members (audience, pos, person, sealed)
+     SELECT $1, k, p, s FROM unnest($2::bytea[], $3::text[], $4::bytea[]) AS u(k, p, s)
+     ON CONFLICT DO NOTHING";
 
 impl PgStore {
     /// An audience record with its members (none for a metadata update), in
@@ -36,7 +31,7 @@ impl PgStore {
         let mut sealed = Vec::new();
         for (person, cookies) in members {
             for c in cookies.iter() {
-                positions.push(member_pos(person, &c.tag));
+                positions.push(member_position(person, &c.tag));
                 persons.push(person.as_str());
                 sealed.push(c.sealed.as_slice());
             }
@@ -52,15 +47,7 @@ impl PgStore {
             &record,
         ];
         let members: Params<'_> = &[&a.id, &positions, &persons, &sealed];
-        let statements = [
-            (PUT_AUDIENCE, audience),
-            (
-                "INSERT INTO audience_members (audience, pos, person, sealed)
-                 SELECT $1, k, p, s FROM unnest($2::bytea[], $3::text[], $4::bytea[]) AS u(k, p, s)
-                 ON CONFLICT DO NOTHING",
-                members,
-            ),
-        ];
+        let statements = [(PUT_AUDIENCE, audience), (INSERT_MEMBERS, members)];
         let count = if positions.is_empty() { 1 } else { 2 };
         self.execute_all(&statements[..count])?;
         Ok(())
@@ -154,25 +141,114 @@ impl AudienceRepo for PgStore {
     fn remove_member(&self, id: &str, person: &str) -> StoreResult<usize> {
         // The person's rows are one range of positions: an index range scan.
         let (low, high) = (
-            member_pos(person, &[0; 16]),
-            member_pos(person, &[0xff; 16]),
+            member_position(person, &[0; 16]),
+            member_position(person, &[0xff; 16]),
         );
-        let n = self.execute(
-            "DELETE FROM audience_members
-             WHERE audience = $1 AND pos >= $2 AND pos <= $3 AND person = $4",
-            &[&id, &low, &high, &person],
-        )?;
-        Ok(n as usize)
+        let keeps_changes = self.audience(id)?.is_some_and(|a| a.changes_from.is_some());
+        let range: Params<'_> = &[&id, &low, &high];
+        // As on sled: the person's members that the latest refresh did not
+        // add become removals, its additions go, its removals stay.
+        let statements = [
+            (
+                "INSERT INTO audience_changes (audience, pos, op, sealed)
+                 SELECT m.audience, m.pos, '-', m.sealed FROM audience_members m
+                 WHERE m.audience = $1 AND m.pos >= $2 AND m.pos <= $3
+                   AND NOT EXISTS (SELECT 1 FROM audience_changes c
+                                   WHERE c.audience = m.audience AND c.pos = m.pos)",
+                range,
+            ),
+            (
+                "DELETE FROM audience_changes
+                 WHERE audience = $1 AND pos >= $2 AND pos <= $3 AND op = '+'",
+                range,
+            ),
+            (
+                "DELETE FROM audience_members WHERE audience = $1 AND pos >= $2 AND pos <= $3",
+                range,
+            ),
+        ];
+        let first = if keeps_changes { 0 } else { 1 };
+        let n = self.execute_all(&statements[first..])?;
+        Ok(n.last().copied().unwrap_or(0) as usize)
     }
     fn delete_members(&self, id: &str) -> StoreResult<()> {
-        self.execute("DELETE FROM audience_members WHERE audience = $1", &[&id])?;
+        self.execute_all(&[
+            ("DELETE FROM audience_changes WHERE audience = $1", &[&id]),
+            ("DELETE FROM audience_members WHERE audience = $1", &[&id]),
+        ])?;
         Ok(())
     }
     fn delete_audience(&self, id: &str) -> StoreResult<()> {
         self.execute_all(&[
+            ("DELETE FROM audience_changes WHERE audience = $1", &[&id]),
             ("DELETE FROM audience_members WHERE audience = $1", &[&id]),
             ("DELETE FROM audiences WHERE id = $1", &[&id]),
         ])?;
         Ok(())
+    }
+    fn refresh_audience(
+        &self,
+        a: &Audience,
+        members: &[(Vec<u8>, Vec<u8>)],
+        changes: &[MemberChange],
+    ) -> StoreResult<()> {
+        let corrupt = || StoreError::Corrupt("audience_members");
+        let positions: Vec<&[u8]> = members.iter().map(|(k, _)| k.as_slice()).collect();
+        let persons = members
+            .iter()
+            .map(|(k, _)| position_person(k).ok_or_else(corrupt))
+            .collect::<StoreResult<Vec<&str>>>()?;
+        let sealed: Vec<&[u8]> = members.iter().map(|(_, s)| s.as_slice()).collect();
+        let change_pos: Vec<&[u8]> = changes.iter().map(|c| c.pos.as_slice()).collect();
+        let ops: Vec<i8> = changes.iter().map(|c| c.op.code() as i8).collect();
+        let change_sealed: Vec<&[u8]> = changes.iter().map(|c| c.sealed.as_slice()).collect();
+        let (expires, record) = (i64_of(a.expires_unix), json(a)?);
+        let id: Params<'_> = &[&a.id];
+        self.execute_all(&[
+            (
+                PUT_AUDIENCE,
+                &[
+                    &a.id,
+                    &a.advertiser,
+                    &a.destination,
+                    &expires,
+                    &a.pulled,
+                    &record,
+                ],
+            ),
+            ("DELETE FROM audience_members WHERE audience = $1", id),
+            (INSERT_MEMBERS, &[&a.id, &positions, &persons, &sealed]),
+            ("DELETE FROM audience_changes WHERE audience = $1", id),
+            (
+                "INSERT INTO audience_changes (audience, pos, op, sealed)
+                 SELECT $1, k, o, s FROM unnest($2::bytea[], $3::\"char\"[], $4::bytea[]) AS u(k, o, s)",
+                &[&a.id, &change_pos, &ops, &change_sealed],
+            ),
+        ])?;
+        Ok(())
+    }
+    fn changes_after(
+        &self,
+        id: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> StoreResult<Vec<MemberChange>> {
+        let after: &[u8] = after.unwrap_or(&[]);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.query(
+            "SELECT pos, op, sealed FROM audience_changes
+             WHERE audience = $1 AND pos > $2 ORDER BY pos LIMIT $3",
+            &[&id, &after, &limit],
+        )?
+        .iter()
+        .map(|r| {
+            let op = r.get::<_, i8>(1) as u8;
+            Ok(MemberChange {
+                pos: r.get(0),
+                op: ChangeOp::of_code(op).ok_or(StoreError::Corrupt("audience_changes"))?,
+                sealed: r.get(2),
+            })
+        })
+        .collect()
     }
 }

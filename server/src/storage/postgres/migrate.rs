@@ -33,6 +33,11 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         "graph_history",
         include_str!("../../../migrations/0005_graph_history.sql"),
     ),
+    (
+        6,
+        "audience_versions",
+        include_str!("../../../migrations/0006_audience_versions.sql"),
+    ),
 ];
 
 /// The schema version this build writes: its last migration's.

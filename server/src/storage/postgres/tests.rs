@@ -238,6 +238,7 @@ fn job(id: &str, advertiser: &str, status: &str, touched: u64) -> Job {
         records: 0,
         pass: BTreeMap::new(),
         report: Some(serde_json::json!({"rate": 0.5, "big": u64::MAX})),
+        new_audience: false,
     }
 }
 
@@ -308,7 +309,18 @@ fn audience(id: &str, expires_unix: u64) -> Audience {
         expires: String::new(),
         expires_unix,
         pulled: false,
+        version: 1,
+        refreshed: None,
+        changes_from: None,
+        prior: None,
     }
+}
+
+#[test]
+fn refresh_replaces_members_and_changes() {
+    let Some(db) = TestDb::new() else { return };
+    let s = db.store();
+    crate::storage::audience_checks::refresh_replaces_members_and_changes(&s, audience("a-r", 100));
 }
 
 #[test]
