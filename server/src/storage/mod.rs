@@ -64,7 +64,7 @@ pub struct AlreadyExists;
 /// ordering) and the sealed bytes. Storage never sees the plaintext.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealedCookie {
-    /// `HMAC(pepper-derived key, cookie)`, truncated.
+    /// `HMAC(identity key, cookie)`, truncated.
     pub tag: [u8; 16],
     /// `nonce || ciphertext || mac`.
     pub sealed: Vec<u8>,
@@ -130,6 +130,11 @@ pub struct ApiKeyRecord {
     pub created: String,
     /// Revoked keys are refused.
     pub revoked: bool,
+    /// Public fingerprint of the pepper `hash` is under (empty: the pepper
+    /// of a data dir before any pepper rotation), so a pepper rotation can
+    /// count the keys still hashed under the old one.
+    #[serde(default)]
+    pub pepper: String,
 }
 
 /// Counts describing a graph version.
@@ -392,7 +397,7 @@ pub trait PrincipalRepo {
 }
 
 /// A person as storage knows it: a keyed pseudonym of the onboarder's person
-/// ID (`HMAC(pepper, "person" || id)`, 16 bytes). The same ID gives the same
+/// ID (`HMAC(identity key, "person-key" || id)`, 16 bytes). The same ID gives the same
 /// key in every graph version; the ID itself is never stored.
 pub type PersonKey = [u8; 16];
 
@@ -677,15 +682,31 @@ pub trait AuditRepo {
     fn audit_after(&self, after: u64, limit: usize) -> StoreResult<Vec<AuditEntry>>;
 }
 
-/// Progress of a server key rotation (see `services::rotation`), saved
-/// with each step it finishes so that a restart resumes after the last one.
+/// Which key a rotation replaces.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RotationKind {
+    /// The server scalar `b` (`server.key`): stored points move to `b'`.
+    #[default]
+    ServerKey,
+    /// The sealing key (`seal.key`): sealed values are sealed again.
+    SealKey,
+}
+
+/// Progress of a key rotation (see `services::rotation`), saved with each
+/// step it finishes so that a restart resumes after the last one.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RotationRecord {
     /// Rotation ID (for the audit log).
     pub id: String,
+    /// The key it replaces (records written before sealing-key rotations
+    /// were all server-key ones).
+    #[serde(default)]
+    pub kind: RotationKind,
     /// The graph version being written under the new key, once allocated.
     pub new_version: Option<u64>,
-    /// Finished steps (`graph`, `optouts`, `tombstones`, `cache:<ns hex>`).
+    /// Finished steps (`graph`, `optouts`, `tombstones`, `cache:<ns hex>`,
+    /// `audiences`, `webhooks`, `commit`, `switched`).
     pub done: BTreeSet<String>,
 }
 
@@ -719,7 +740,16 @@ pub trait RotationRepo {
         pairs: Vec<(PointBytes, PointBytes)>,
         rec: &RotationRecord,
     ) -> StoreResult<()>;
+    /// Replace each sealed cookie of an audience's members by
+    /// `reseal(sealed)`, positions unchanged, in one atomic switch that
+    /// leaves no copy of the old values in the store's files (sealing-key
+    /// rotation). Returns how many were resealed, or `None` (nothing
+    /// written) if `reseal` refused one.
+    fn reseal_members(&self, id: &str, reseal: &Reseal<'_>) -> StoreResult<Option<u64>>;
 }
+
+/// A sealed value sealed again under a new key; `None` if it does not open.
+pub type Reseal<'a> = dyn Fn(&[u8]) -> Option<Vec<u8>> + Sync + 'a;
 
 /// How long budget charges are kept, in seconds: the longest budget window
 /// the configuration accepts (366 days), so lengthening the window never
@@ -1187,6 +1217,7 @@ impl<R: RotationRepo> RotationRepo for Guarded<R> {
         fn replace_optouts(&self, points: &[PointBytes], rec: &RotationRecord) -> StoreResult<()>;
         fn replace_tombstones(&self, tombstones: &[(PersonKey, Vec<PointBytes>)], rec: &RotationRecord) -> StoreResult<()>;
         fn replace_cache(&self, ns: &[u8; 16], pairs: Vec<(PointBytes, PointBytes)>, rec: &RotationRecord) -> StoreResult<()>;
+        fn reseal_members(&self, id: &str, reseal: &Reseal<'_>) -> StoreResult<Option<u64>>;
     }
 }
 

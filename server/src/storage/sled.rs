@@ -234,7 +234,14 @@ impl PrincipalRepo for SledStore {
         let value = json(k)?;
         (&self.keys, &self.key_hash)
             .transaction(|(keys, hashes)| {
-                keys.insert(k.key_id.as_bytes(), value.clone())?;
+                // A key re-hashed under a new pepper leaves no entry under its old hash.
+                if let Some(old) = keys.insert(k.key_id.as_bytes(), value.clone())? {
+                    if let Ok(old) = serde_json::from_slice::<ApiKeyRecord>(&old) {
+                        if old.hash != k.hash {
+                            hashes.remove(&old.hash[..])?;
+                        }
+                    }
+                }
                 hashes.insert(&k.hash[..], k.key_id.as_bytes())?;
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
@@ -603,6 +610,60 @@ impl SledStore {
         Ok(chunks)
     }
 
+    /// Write an audience's member records as a new file generation, switch
+    /// its chunks to it, then remove the old generation (so no copy of a
+    /// dropped or replaced record is left in the audience's files).
+    fn rewrite_members(
+        &self,
+        id: &str,
+        chunks: &[MemberChunk],
+        records: Vec<(&[u8], &[u8])>,
+    ) -> StoreResult<()> {
+        let generation = chunks.iter().map(|c| c.1).max().unwrap_or(0);
+        let fresh = self.write_member_chunks(id, generation + 1, records.into_iter())?;
+        let mut batch = Batch::default();
+        for (k, _, _) in chunks {
+            if !fresh.iter().any(|(f, _)| f == k) {
+                batch.remove(k.as_slice());
+            }
+        }
+        for (k, r) in &fresh {
+            batch.insert(k.as_slice(), &r[..]);
+        }
+        self.aud_mem.apply_batch(batch).map_err(be)?;
+        self.db.flush().map_err(be)?;
+        self.blobs
+            .remove_generation(&audience_base(id), generation)?;
+        Ok(())
+    }
+
+    /// [`RotationRepo::reseal_members`] on sled.
+    pub(super) fn reseal_audience_members(
+        &self,
+        id: &str,
+        reseal: &Reseal<'_>,
+    ) -> StoreResult<Option<u64>> {
+        let chunks = self.member_chunks(id)?;
+        let mut records = Vec::new();
+        for (_, _, chunk) in &chunks {
+            records.extend(member_records(chunk)?);
+        }
+        if records.is_empty() {
+            return Ok(Some(0));
+        }
+        let Some(resealed) = records
+            .iter()
+            .map(|(k, sealed)| Some((*k, reseal(sealed)?)))
+            .collect::<Option<Vec<_>>>()
+        else {
+            return Ok(None);
+        };
+        let n = resealed.len() as u64;
+        let records = resealed.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+        self.rewrite_members(id, &chunks, records)?;
+        Ok(Some(n))
+    }
+
     /// Every chunk of an audience, in order.
     fn member_chunks(&self, id: &str) -> StoreResult<Vec<MemberChunk>> {
         let base = audience_base(id);
@@ -760,22 +821,7 @@ impl AudienceRepo for SledStore {
         if removed == 0 {
             return Ok(0);
         }
-        // A new file generation without the person, then the old one goes.
-        let generation = chunks.iter().map(|c| c.1).max().unwrap_or(0);
-        let fresh = self.write_member_chunks(id, generation + 1, records.into_iter())?;
-        let mut batch = Batch::default();
-        for (k, _, _) in &chunks {
-            if !fresh.iter().any(|(f, _)| f == k) {
-                batch.remove(k.as_slice());
-            }
-        }
-        for (k, r) in &fresh {
-            batch.insert(k.as_slice(), &r[..]);
-        }
-        self.aud_mem.apply_batch(batch).map_err(be)?;
-        self.db.flush().map_err(be)?;
-        self.blobs
-            .remove_generation(&audience_base(id), generation)?;
+        self.rewrite_members(id, &chunks, records)?;
         Ok(removed)
     }
     fn delete_members(&self, id: &str) -> StoreResult<()> {

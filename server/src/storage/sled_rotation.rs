@@ -163,6 +163,10 @@ impl RotationRepo for SledStore {
         self.blobs.remove_generations_except(&base, &keep)?;
         Ok(())
     }
+
+    fn reseal_members(&self, id: &str, reseal: &Reseal<'_>) -> StoreResult<Option<u64>> {
+        self.reseal_audience_members(id, reseal)
+    }
 }
 
 #[cfg(test)]
@@ -176,6 +180,7 @@ mod tests {
     fn rec(done: &[&str]) -> RotationRecord {
         RotationRecord {
             id: "r-1".into(),
+            kind: RotationKind::ServerKey,
             new_version: Some(7),
             done: done.iter().map(|s| s.to_string()).collect(),
         }

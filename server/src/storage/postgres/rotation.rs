@@ -1,4 +1,4 @@
-//! Server key rotation on PostgreSQL ([`RotationRepo`]): each step replaces
+//! Key rotations on PostgreSQL ([`RotationRepo`]): each step replaces
 //! its rows and saves the rotation record (`meta` key `rotation`) in one
 //! transaction, so a restart resumes after the last step that committed.
 
@@ -139,5 +139,29 @@ impl RotationRepo for PgStore {
             ],
             rec,
         )
+    }
+
+    fn reseal_members(&self, id: &str, reseal: &Reseal<'_>) -> StoreResult<Option<u64>> {
+        let rows = self.query(
+            "SELECT pos, sealed FROM audience_members WHERE audience = $1",
+            &[&id],
+        )?;
+        let mut positions: Vec<&[u8]> = Vec::with_capacity(rows.len());
+        let mut sealed: Vec<Vec<u8>> = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let Some(new) = reseal(r.get::<_, &[u8]>(1)) else {
+                return Ok(None);
+            };
+            positions.push(r.get::<_, &[u8]>(0));
+            sealed.push(new);
+        }
+        // One statement: every member switches at once.
+        let n = self.execute(
+            "UPDATE audience_members m SET sealed = u.s
+             FROM unnest($2::bytea[], $3::bytea[]) AS u(p, s)
+             WHERE m.audience = $1 AND m.pos = u.p",
+            &[&id, &positions, &sealed],
+        )?;
+        Ok(Some(n))
     }
 }

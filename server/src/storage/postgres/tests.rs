@@ -45,6 +45,7 @@ fn principals_keys_optouts_and_tombstones_round_trip() {
         hash: [7; 32],
         created: String::new(),
         revoked: false,
+        pepper: String::new(),
     };
     s.insert_key(&key).unwrap();
     assert_eq!(s.key_by_hash(&[7; 32]).unwrap().unwrap().key_id, "k1");
@@ -56,6 +57,14 @@ fn principals_keys_optouts_and_tombstones_round_trip() {
     .unwrap();
     assert!(s.key("k1").unwrap().unwrap().revoked);
     assert_eq!(s.keys().unwrap().len(), 1);
+    // A re-hashed key (pepper rotation) is found by its new hash only.
+    s.insert_key(&ApiKeyRecord {
+        hash: [9; 32],
+        ..s.key("k1").unwrap().unwrap()
+    })
+    .unwrap();
+    assert!(s.key_by_hash(&[7; 32]).unwrap().is_none());
+    assert_eq!(s.key_by_hash(&[9; 32]).unwrap().unwrap().key_id, "k1");
 
     assert_eq!(s.add_optouts(&[point(1), point(2)]).unwrap(), 2);
     assert_eq!(s.add_optouts(&[point(2), point(3)]).unwrap(), 1);
