@@ -837,6 +837,255 @@ mod tests {
         assert_eq!(services.repo.rotation().unwrap(), None);
     }
 
+    /// A graph of `persons` (cookie `ck-{i:07}` at `dsp` each) committed,
+    /// and an audience `a-1` of the first `members` of them.
+    fn sealed_graph_and_audience(services: &Services, persons: usize, members: usize) {
+        let repo = &services.repo;
+        let version = repo.allocate_version().unwrap();
+        let sealer = services.sealer();
+        let person = |i: usize| -> PersonKey {
+            let mut p = [0u8; 16];
+            p[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            p
+        };
+        let cookie = |i: usize| {
+            sealer
+                .sealed_cookie(services.identity_key(), &format!("ck-{i:07}"))
+                .unwrap()
+        };
+        for (batch_no, start) in (0..persons).step_by(GRAPH_BATCH).enumerate() {
+            let end = (start + GRAPH_BATCH).min(persons);
+            let ids: Vec<IdentifierRow> = (start..end)
+                .map(|i| {
+                    let mut point = [0u8; 32];
+                    point[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                    (MatchKind::Email, PointBytes(point), person(i))
+                })
+                .collect();
+            repo.put_identifier_run(version, batch_no as u32, ids)
+                .unwrap();
+            let cookies = (start..end)
+                .map(|i| ("dsp".to_string(), person(i), cookie(i)))
+                .collect();
+            repo.put_cookie_run(version, batch_no as u32, cookies)
+                .unwrap();
+        }
+        let info = repo.seal_version(version).unwrap();
+        repo.commit_graph(&info).unwrap();
+        let owned: Vec<(String, Vec<SealedCookie>)> = (0..members)
+            .map(|i| (format!("p{i}"), vec![cookie(i)]))
+            .collect();
+        let borrowed: Vec<(String, &[SealedCookie])> = owned
+            .iter()
+            .map(|(p, c)| (p.clone(), c.as_slice()))
+            .collect();
+        repo.create_audience(
+            &crate::storage::Audience {
+                id: "a-1".into(),
+                segment: "Buyers".into(),
+                advertiser: "acme".into(),
+                destination: "dsp".into(),
+                job_id: "j-1".into(),
+                size: members as u64,
+                created: String::new(),
+                expires: String::new(),
+                expires_unix: u64::MAX / 2,
+                pulled: false,
+            },
+            &borrowed,
+        )
+        .unwrap();
+    }
+
+    /// Every cookie of the current graph at `dsp` and of audience `a-1`.
+    fn stored_cookies(services: &Services) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let repo = &services.repo;
+        let info = repo.current_graph().unwrap().unwrap();
+        let mut persons = Vec::new();
+        let mut after = None;
+        loop {
+            let chunk = repo
+                .points_after(info.version, MatchKind::Email, after.as_ref(), 10_000)
+                .unwrap();
+            let Some(last) = chunk.last() else { break };
+            after = Some(last.0);
+            persons.extend(chunk.iter().map(|(_, p)| *p));
+        }
+        persons.sort_unstable();
+        let graph = repo
+            .cookies_of_sorted(info.version, "dsp", &persons)
+            .unwrap()
+            .into_iter()
+            .flat_map(|(_, cs)| cs.into_iter().map(|c| c.sealed))
+            .collect();
+        let members = repo
+            .members_after("a-1", None, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|(_, sealed)| sealed)
+            .collect();
+        (graph, members)
+    }
+
+    fn open_all(key: &[u8; 32], sealed: &[Vec<u8>]) -> Vec<Option<String>> {
+        sealed
+            .iter()
+            .map(|s| crate::services::seal::open(key, s))
+            .collect()
+    }
+
+    #[test]
+    fn a_sealing_key_rotation_reseals_every_cookie_and_leaves_none_under_the_old_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let services = services_in(dir.path(), "seal");
+        sealed_graph_and_audience(&services, 300, 120);
+        let admin = crate::services::auth::Caller {
+            name: "admin".into(),
+            role: crate::storage::Role::Admin,
+            key_id: "k-admin".into(),
+        };
+        services
+            .create_principal(&admin, "dsp", crate::storage::Role::Destination, None)
+            .unwrap();
+        let secret = b"whsec-test-secret-bytes-32-long!";
+        let sealed_secret = services
+            .sealer()
+            .seal_bytes(super::super::webhooks::SECRET_LABEL, b"dsp", secret)
+            .unwrap();
+        services
+            .repo
+            .put_webhook_endpoint(&crate::storage::WebhookEndpoint {
+                destination: "dsp".into(),
+                url: "https://dsp.example/hook".into(),
+                mode: crate::storage::WebhookMode::Notify,
+                secrets: vec![crate::storage::SealedWebhookSecret {
+                    sealed: sealed_secret,
+                    created: 0,
+                    expires: None,
+                }],
+                disabled: None,
+                created: 0,
+            })
+            .unwrap();
+        let old = services.sealer().current_key();
+        let (old_graph, old_members) = stored_cookies(&services);
+        let before_graph = open_all(&old, &old_graph);
+        let before_members = open_all(&old, &old_members);
+        assert_eq!(before_graph.len(), 300);
+        assert_eq!(before_members.len(), 120);
+        assert!(before_graph
+            .iter()
+            .chain(&before_members)
+            .all(Option::is_some));
+
+        services.start_rotation(RotationKind::SealKey).unwrap();
+        wait_until_idle(&services);
+        assert!(
+            services.rotation_status().contains("finished"),
+            "{}",
+            services.rotation_status()
+        );
+        let new = services.sealer().current_key();
+        assert_ne!(*new, *old);
+        assert!(!dir.path().join(SEAL_KEY_NEXT_FILE).exists());
+        assert_eq!(
+            *keyfiles::read_symmetric(dir.path(), SEAL_KEY_FILE, SEAL_LABEL).unwrap(),
+            *new
+        );
+        assert_eq!(services.repo.rotation().unwrap(), None);
+
+        // The same cookies, under the new key only; positions (tags) kept.
+        let (graph, members) = stored_cookies(&services);
+        assert_eq!(open_all(&new, &graph), before_graph);
+        assert_eq!(open_all(&new, &members), before_members);
+        assert!(open_all(&old, &graph)
+            .iter()
+            .chain(&open_all(&old, &members))
+            .all(Option::is_none));
+        let endpoint = services.repo.webhook_endpoint("dsp").unwrap().unwrap();
+        assert_eq!(
+            crate::services::seal::open_bytes(
+                &new,
+                super::super::webhooks::SECRET_LABEL,
+                b"dsp",
+                &endpoint.secrets[0].sealed
+            )
+            .as_deref(),
+            Some(&secret[..])
+        );
+
+        // No file of the store holds a cookie sealed under the old key, nor
+        // any of the sealed values it held before.
+        let sealed_len = graph[0].len();
+        for (path, bytes) in files_under(dir.path()) {
+            for old_sealed in old_graph.iter().chain(&old_members) {
+                assert!(!bytes
+                    .windows(old_sealed.len())
+                    .any(|w| w == &old_sealed[..]));
+            }
+            let found = bytes
+                .windows(sealed_len)
+                .filter(|w| crate::services::seal::open(&old, w).is_some())
+                .count();
+            assert_eq!(
+                found,
+                0,
+                "{} holds cookies sealed under the old key",
+                path.display()
+            );
+        }
+    }
+
+    fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = entry.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    out.push((p.clone(), std::fs::read(&p).unwrap()));
+                }
+            }
+        }
+        out
+    }
+
+    /// The sealing-key rotation's throughput on a graph of
+    /// `SEAL_BENCH_COOKIES` cookies (1,000,000 unless set), with an
+    /// audience of a tenth of them. Ignored by default (minutes); prints
+    /// cookies per second, asserts nothing about time.
+    #[test]
+    #[ignore]
+    fn seal_rotation_throughput() {
+        let cookies: usize = std::env::var("SEAL_BENCH_COOKIES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000);
+        let dir = tempfile::tempdir().unwrap();
+        let services = services_in(dir.path(), "seal-bench");
+        sealed_graph_and_audience(&services, cookies, cookies / 10);
+        let started = std::time::Instant::now();
+        services.start_rotation(RotationKind::SealKey).unwrap();
+        while lock(&services.rotation_status).running {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        assert!(
+            services.rotation_status().contains("finished"),
+            "{}",
+            services.rotation_status()
+        );
+        let resealed = cookies + cookies / 10;
+        println!(
+            "re-sealed {resealed} cookies ({cookies} in the graph, {} in an audience) in {seconds:.1} s: {:.0} cookies/s (whole rotation, {} threads)",
+            cookies / 10,
+            resealed as f64 / seconds,
+            rayon::current_num_threads()
+        );
+    }
+
     /// The rotation's throughput on a graph of `ROTATION_BENCH_POINTS`
     /// identifiers (1,000,000 unless set; 32 s in release mode on two
     /// cores, about 31,000 points/s). Ignored by default (minutes);
