@@ -28,6 +28,8 @@ mod hostile_input;
 mod privacy_attacks;
 #[path = "review_attacks.rs"]
 mod review_attacks;
+#[path = "secret_rotation.rs"]
+mod secret_rotation;
 #[path = "webhooks.rs"]
 mod webhooks;
 

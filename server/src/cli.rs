@@ -185,6 +185,12 @@ enum KeysCommand {
         /// Start it and return at once.
         #[arg(long, conflicts_with = "status")]
         no_wait: bool,
+        /// On PostgreSQL: every other server of the database is stopped, so
+        /// this one may rotate; copy the new key files to the others before
+        /// they start again (see "Rotating keys on PostgreSQL" in
+        /// docs/operations.md).
+        #[arg(long)]
+        other_servers_stopped: bool,
     },
 }
 
@@ -382,10 +388,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     finish,
                     status,
                     no_wait,
+                    other_servers_stopped,
                 },
         } => {
             use crate::backup::RotationRequest as R;
-            refuse_rotation_on_postgres(&data_dir)?;
+            if !other_servers_stopped {
+                refuse_rotation_on_postgres(&data_dir)?;
+            }
             match (pepper, finish, status) {
                 (true, true, _) => print_reply(&data_dir, R::PepperFinish),
                 (true, _, true) => print_reply(&data_dir, R::PepperStatus),
@@ -476,9 +485,10 @@ fn audit_verify(
 fn refuse_rotation_on_postgres(data_dir: &std::path::Path) -> anyhow::Result<()> {
     if let StorageConfig::Postgres(url) = storage_of(data_dir, None)? {
         anyhow::bail!(
-            "`keys rotate` works on sled data dirs only for now; this data dir's state is in \
-             the PostgreSQL database {url}, which several servers may share (see \"Rotating keys \
-             on PostgreSQL\" in docs/operations.md)"
+            "this data dir's state is in the PostgreSQL database {url}, which several servers \
+             may share, each with its own copy of the key files: stop every other server, run \
+             this again with --other-servers-stopped, then copy the new key files to them (see \
+             \"Rotating keys on PostgreSQL\" in docs/operations.md)"
         );
     }
     Ok(())
