@@ -536,9 +536,11 @@ impl ControlSocket {
     }
 
     /// Serve requests on the current tokio runtime until the task is dropped.
+    /// Without a sled `store` (PostgreSQL) only key rotation requests are
+    /// served.
     pub fn serve<R>(
         mut self,
-        store: std::sync::Arc<Guarded<R>>,
+        store: Option<std::sync::Arc<Guarded<R>>>,
         services: std::sync::Arc<crate::services::Services>,
     ) -> Result<(), BackupError>
     where
@@ -581,7 +583,7 @@ impl Drop for ControlSocket {
 
 async fn handle<R>(
     stream: tokio::net::UnixStream,
-    store: std::sync::Arc<Guarded<R>>,
+    store: Option<std::sync::Arc<Guarded<R>>>,
     services: std::sync::Arc<crate::services::Services>,
 ) -> std::io::Result<()>
 where
@@ -593,17 +595,22 @@ where
     let mut reader = tokio::io::BufReader::new(read.take(4096));
     reader.read_line(&mut line).await?;
     let request = line.trim_end_matches('\n');
+    if RotationRequest::ALL.iter().any(|r| r.line() == request) {
+        let reply = rotation_reply(request, services).await;
+        write.write_all(reply.as_bytes()).await?;
+        return write.shutdown().await;
+    }
+    let Some(store) = store else {
+        let reply = "error this server's state is in PostgreSQL: back it up with pg_dump, read the audit head with `onboard-server audit head`\n";
+        write.write_all(reply.as_bytes()).await?;
+        return write.shutdown().await;
+    };
     if request == "audit-head" {
         let reply = match store.last_audit() {
             Ok(Some(e)) => format!("ok {}\n", AuditHead::of(&e).to_line()),
             Ok(None) => "ok none\n".to_string(),
             Err(e) => format!("error {}\n", one_line(&e.to_string())),
         };
-        write.write_all(reply.as_bytes()).await?;
-        return write.shutdown().await;
-    }
-    if RotationRequest::ALL.iter().any(|r| r.line() == request) {
-        let reply = rotation_reply(request, services).await;
         write.write_all(reply.as_bytes()).await?;
         return write.shutdown().await;
     }
