@@ -24,6 +24,8 @@ mod crash_safety;
 mod end_to_end;
 #[path = "hostile_input.rs"]
 mod hostile_input;
+#[path = "key_rotation.rs"]
+mod key_rotation;
 #[path = "privacy_attacks.rs"]
 mod privacy_attacks;
 #[path = "review_attacks.rs"]
