@@ -595,6 +595,60 @@ mod tests {
         assert!(read_secret(&path, Policy::OperatorManaged).is_err());
     }
 
+    fn pepper_in(dir: &Path) -> [u8; 32] {
+        *read_pepper(dir).unwrap()
+    }
+
+    #[test]
+    fn an_older_data_dir_gets_identity_and_seal_keys_from_its_pepper_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let pepper = [5u8; 32];
+        private_file(dir.path(), PEPPER_FILE, &pepper_file_string(&pepper));
+        assert_eq!(
+            split_legacy_pepper(dir.path()).unwrap(),
+            vec![IDENTITY_KEY_FILE, SEAL_KEY_FILE]
+        );
+        for (name, label) in [
+            (IDENTITY_KEY_FILE, IDENTITY_LABEL),
+            (SEAL_KEY_FILE, SEAL_LABEL),
+        ] {
+            assert_eq!(*read_symmetric(dir.path(), name, label).unwrap(), pepper);
+        }
+        // Later starts leave them alone, whatever the pepper becomes.
+        switch_pepper(dir.path(), &[6u8; 32]).unwrap();
+        assert!(split_legacy_pepper(dir.path()).unwrap().is_empty());
+        let identity = read_symmetric(dir.path(), IDENTITY_KEY_FILE, IDENTITY_LABEL).unwrap();
+        assert_eq!(*identity, pepper);
+    }
+
+    #[test]
+    fn a_pepper_switch_cut_short_is_finished_at_the_next_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        private_file(d, PEPPER_FILE, &pepper_file_string(&[1u8; 32]));
+        // Cut after the new pepper was written: nothing linked yet.
+        private_file(d, PEPPER_NEXT_FILE, &pepper_file_string(&[2u8; 32]));
+        assert!(finish_pepper_switch(d).unwrap());
+        assert_eq!(pepper_in(d), [2u8; 32]);
+        let old = read_symmetric(d, PEPPER_OLD_FILE, PEPPER_LABEL).unwrap();
+        assert_eq!(*old, [1u8; 32]);
+        assert!(!d.join(PEPPER_NEXT_FILE).exists());
+        assert!(!finish_pepper_switch(d).unwrap());
+        // Cut after the link: the rename alone is left.
+        std::fs::remove_file(d.join(PEPPER_OLD_FILE)).unwrap();
+        std::fs::hard_link(d.join(PEPPER_FILE), d.join(PEPPER_OLD_FILE)).unwrap();
+        private_file(d, PEPPER_NEXT_FILE, &pepper_file_string(&[3u8; 32]));
+        assert!(finish_pepper_switch(d).unwrap());
+        assert_eq!(pepper_in(d), [3u8; 32]);
+        assert_eq!(
+            *read_symmetric(d, PEPPER_OLD_FILE, PEPPER_LABEL).unwrap(),
+            [2u8; 32]
+        );
+        // A second rotation is refused while the old pepper is kept.
+        assert!(switch_pepper(d, &[4u8; 32]).is_err());
+        assert_eq!(pepper_in(d), [3u8; 32]);
+    }
+
     #[test]
     fn secrets_debug_shows_no_key() {
         let s = ServerSecrets::derive_for_tests("debug");

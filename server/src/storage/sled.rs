@@ -1194,6 +1194,28 @@ mod tests {
         assert_eq!(names, vec!["aud-a-1.2".to_string()]);
         let bytes = std::fs::read(blobs.join("aud-a-1.2")).unwrap();
         assert!(!bytes.windows(11).any(|w| w == b"person02999"));
+
+        // Re-sealed (sealing-key rotation): positions kept, values replaced,
+        // the old file generation gone; a refused value changes nothing.
+        let before = store.members_after("a-1", None, usize::MAX).unwrap();
+        assert_eq!(store.reseal_members("a-1", &|_| None).unwrap(), None);
+        let upper = |v: &[u8]| Some(v.to_ascii_uppercase());
+        assert_eq!(
+            store.reseal_members("a-1", &upper).unwrap(),
+            Some(before.len() as u64)
+        );
+        let after_reseal = store.members_after("a-1", None, usize::MAX).unwrap();
+        assert_eq!(after_reseal.len(), before.len());
+        for ((p0, v0), (p1, v1)) in before.iter().zip(&after_reseal) {
+            assert_eq!((p0, &v0.to_ascii_uppercase()), (p1, v1));
+        }
+        let names: Vec<String> = std::fs::read_dir(&blobs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["aud-a-1.3".to_string()]);
+        let bytes = std::fs::read(blobs.join("aud-a-1.3")).unwrap();
+        assert!(!bytes.windows(12).any(|w| w == b"cookie-00001"));
         store.delete_audience("a-1").unwrap();
         assert_eq!(std::fs::read_dir(&blobs).unwrap().count(), 0);
         assert!(store.audience("a-1").unwrap().is_none());

@@ -354,6 +354,24 @@ fn audience_members_page_stably_through_removals() {
     }
     assert_eq!(total, 6000 - 2, "each remaining cookie once");
 
+    // A sealing-key rotation replaces every sealed value, positions kept;
+    // one value that does not reseal leaves all of them as they were.
+    let before = s.members_after("a-1", None, usize::MAX).unwrap();
+    assert_eq!(s.reseal_members("a-1", &|_| None).unwrap(), None);
+    assert_eq!(s.members_after("a-1", None, usize::MAX).unwrap(), before);
+    let flipped = |v: &[u8]| Some(v.iter().map(|b| !b).collect::<Vec<u8>>());
+    assert_eq!(
+        s.reseal_members("a-1", &flipped).unwrap(),
+        Some(before.len() as u64)
+    );
+    let after_reseal = s.members_after("a-1", None, usize::MAX).unwrap();
+    assert_eq!(after_reseal.len(), before.len());
+    for ((p0, v0), (p1, v1)) in before.iter().zip(&after_reseal) {
+        assert_eq!(p0, p1);
+        assert_eq!(flipped(v0).as_ref(), Some(v1));
+    }
+    assert_eq!(s.reseal_members("a-2", &flipped).unwrap(), Some(0));
+
     assert_eq!(s.audiences_for_destination("dsp").unwrap().len(), 2);
     assert_eq!(s.audiences_of("acme", "dsp").unwrap().len(), 2);
     assert!(s.audiences_of("acme", "other").unwrap().is_empty());
