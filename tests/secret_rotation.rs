@@ -10,6 +10,8 @@ mod common;
 
 use common::{all_files, contains, crm_file, match_emails, pull_all, TestServer};
 use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::PathBuf;
 use std::process::Output;
@@ -337,15 +339,30 @@ fn a_pepper_rotation_keeps_issued_keys_refuses_unknown_ones_and_moves_no_person(
     s.server.assert_audit_verifies("after a pepper rotation");
 }
 
+/// Remove the store's key fingerprints (server stopped), as in a store an
+/// older build wrote.
+fn forget_key_fingerprints(server: &TestServer) {
+    use onboard_server::storage::{MetaRepo as _, RotationRepo as _};
+    let storage = onboard_server::Config::for_data_dir(&server.data_dir, None)
+        .unwrap()
+        .storage_config()
+        .unwrap();
+    let repo = onboard_server::storage::open(&server.data_dir, &storage).unwrap();
+    repo.put_key_fingerprints(None).unwrap();
+    repo.flush().unwrap();
+}
+
 #[test]
 fn an_older_data_dir_keeps_its_pseudonyms_and_cookies_through_both_rotations() {
     // A data dir of a build with one pepper for everything: no identity or
-    // sealing key file. The server writes both from the pepper at start.
+    // sealing key file, no key fingerprints in the store. The server writes
+    // both files from the pepper at start.
     let mut server = start();
     server.stop();
     for f in ["identity.key", "seal.key"] {
         std::fs::remove_file(server.data_dir.join(f)).unwrap();
     }
+    forget_key_fingerprints(&server);
     server.serve();
     wait_until_serving(&server);
     let pepper = key_file(&server, "pepper.key");
@@ -373,4 +390,124 @@ fn an_older_data_dir_keeps_its_pseudonyms_and_cookies_through_both_rotations() {
     for (path, _) in all_files(&s.server.data_dir) {
         assert!(!path.ends_with("seal.key.next"), "{}", path.display());
     }
+}
+
+/// `serve` of `data_dir`, which must fail at start; its stderr (a file, so
+/// a chatty process never blocks on a full pipe).
+fn refused_start(data_dir: &std::path::Path) -> String {
+    let log_path = data_dir.with_file_name("refused-start.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = std::process::Command::new(common::SUITE)
+        .args(["server", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("ONBOARD_METRICS_LISTEN", "127.0.0.1:0")
+        .env_remove("ONBOARD_DATABASE_URL")
+        .env_remove("ONBOARD_STORAGE")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the server started with key files the store does not know: {}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    std::fs::read_to_string(&log_path).unwrap()
+}
+
+/// Replace a 32-byte key file by a fresh key of the same format.
+fn replace_key_file(data_dir: &std::path::Path, name: &str) -> Vec<u8> {
+    let path = data_dir.join(name);
+    let original = std::fs::read(&path).unwrap();
+    let text = String::from_utf8(original.clone()).unwrap();
+    let label = text.split_whitespace().next().unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .unwrap();
+    writeln!(file, "{label} {}", "ab".repeat(32)).unwrap();
+    original
+}
+
+fn restore_key_file(data_dir: &std::path::Path, name: &str, bytes: &[u8]) {
+    let path = data_dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+}
+
+#[test]
+fn a_server_whose_key_file_differs_from_the_stores_refuses_to_start() {
+    let mut server = start();
+    server.stop();
+    for name in ["seal.key", "pepper.key", "identity.key"] {
+        let original = replace_key_file(&server.data_dir, name);
+        let said = refused_start(&server.data_dir);
+        assert!(
+            said.contains(&format!("{name} of this data dir is not the key")),
+            "{name}: {said}"
+        );
+        restore_key_file(&server.data_dir, name, &original);
+    }
+    server.serve();
+    wait_until_serving(&server);
+}
+
+/// Copy key files from one server's data dir to another's, as an operator.
+fn copy_keys(from: &TestServer, to: &TestServer, names: &[&str]) {
+    for name in names {
+        let bytes = std::fs::read(from.data_dir.join(name)).unwrap();
+        let _ = std::fs::remove_file(to.data_dir.join(name));
+        restore_key_file(&to.data_dir, name, &bytes);
+    }
+}
+
+#[test]
+fn two_servers_on_one_database_rotate_with_one_stopped_and_take_the_new_keys() {
+    let first = start();
+    if first.database.is_none() {
+        println!("skipped: several servers share only a PostgreSQL database");
+        return;
+    }
+    let s = setup_on(first);
+    match_to(&s, 0);
+    let before = pulled(&s, 0);
+    let mut other = s.server.start_beside();
+    other.stop();
+
+    for args in [&["--seal-key"][..], &["--pepper"], &[]] {
+        let out = rotate(&s.server, args);
+        assert!(out.status.success(), "keys rotate {args:?}: {}", said(&out));
+    }
+    // The other server still holds the old keys: it refuses to start.
+    let said = refused_start(&other.data_dir);
+    assert!(said.contains("is not the key"), "{said}");
+    copy_keys(&s.server, &other, &["server.key", "seal.key", "pepper.key"]);
+    let said = refused_start(&other.data_dir);
+    assert!(said.contains("pepper.key.old"), "{said}");
+    copy_keys(&s.server, &other, &["pepper.key.old"]);
+    other.serve();
+    wait_until_serving(&other);
+
+    // Through the other server: the same audience, the same cookies, keys
+    // issued before the pepper rotation still valid.
+    let api_key = &s.destinations[0];
+    for (id, cookies) in &before {
+        let out = other.ok(api_key, &["audiences", "pull", id, "--page-size", "50"]);
+        let again: BTreeSet<String> = out.lines().map(str::to_owned).collect();
+        assert_eq!(&again, cookies);
+    }
+    other.ok(&s.advertiser, &["jobs", "list"]);
 }

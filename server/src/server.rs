@@ -129,6 +129,9 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> anyhow::Result<
             .context("cannot set up webhook delivery")?,
     );
     services
+        .check_key_fingerprints()
+        .context("the data dir's keys do not match the store")?;
+    services
         .resume_rotation()
         .context("cannot resume the unfinished server key rotation")?;
     let discarded = services

@@ -70,6 +70,12 @@ pub enum RotationError {
     /// A stored sealed value that neither sealing key opens.
     #[error("a stored {0} does not open under the sealing key")]
     BadSeal(&'static str),
+    /// A key file differs from the one the deployment's store names.
+    #[error("{file} of this data dir is not the key the store was last used with (its fingerprint differs): a rotation on another server replaced it; copy {file} (and any pepper.key.old) from that server's data dir, then start again")]
+    KeyMismatch {
+        /// The file.
+        file: &'static str,
+    },
     /// A pepper rotation waits for keys still hashed under the old pepper.
     #[error("a pepper rotation is pending ({0} live API keys still hashed under the old pepper): finish it first (`keys rotate --pepper --finish`)")]
     PepperPending(usize),
@@ -685,6 +691,18 @@ impl Services {
         rec.done.insert("switched".into());
         self.repo.put_rotation(Some(rec))?;
         let (current, next_file) = key_files(next.kind());
+        // Before the rename: a start in between finds the record naming the
+        // `.next` file, which it accepts and then renames.
+        match &next {
+            NextKey::Server(k) => {
+                let id = k.fingerprint().to_string();
+                self.record_fingerprints(|f| f.server = id)?;
+            }
+            NextKey::Seal(k) => {
+                let id = super::secrets::seal_id(k);
+                self.record_fingerprints(|f| f.seal = id)?;
+            }
+        }
         let from = dir.join(next_file);
         let to = dir.join(current);
         std::fs::rename(&from, &to).map_err(|e| {

@@ -10,13 +10,21 @@
 //! remain (revoke them, or have them used once). Only API keys depend on
 //! the pepper: person pseudonyms, cookie tags and audit pseudonyms are on
 //! the identity key, sealed values on the sealing key.
+//!
+//! Also here: the deployment's key fingerprints ([`KeyFingerprints`]),
+//! recorded in the store and checked by every server at start, so that a
+//! server whose key files were not updated after a rotation refuses to
+//! start instead of working with an old key.
 
 use super::auth::hmac_with;
 use super::rotation::RotationError;
 use super::{lock, Services};
 use crate::error::ApiError;
-use crate::keyfiles::{self, PEPPER_OLD_FILE};
-use crate::storage::ApiKeyRecord;
+use crate::keyfiles::{
+    self, PEPPER_OLD_FILE, SEAL_KEY_FILE, SEAL_KEY_NEXT_FILE, SEAL_LABEL, SERVER_KEY_FILE,
+    SERVER_KEY_NEXT_FILE,
+};
+use crate::storage::{ApiKeyRecord, KeyFingerprints, StoreError};
 use subtle::ConstantTimeEq as _;
 use zeroize::Zeroizing;
 
@@ -46,7 +54,17 @@ impl Peppers {
 /// A pepper's public fingerprint (an HMAC of a fixed label under it): it
 /// names the pepper a stored key hash is under without revealing it.
 pub fn pepper_id(pepper: &[u8; 32]) -> String {
-    hex::encode(&hmac_with(pepper, FINGERPRINT_LABEL, b"")[..8])
+    symmetric_id(pepper, FINGERPRINT_LABEL)
+}
+
+/// A 32-byte key's public fingerprint under `label`.
+fn symmetric_id(key: &[u8; 32], label: &[u8]) -> String {
+    hex::encode(&hmac_with(key, label, b"")[..8])
+}
+
+/// The sealing key's public fingerprint.
+pub fn seal_id(key: &[u8; 32]) -> String {
+    symmetric_id(key, b"seal-fingerprint")
 }
 
 /// An API key's stored hash under `pepper`.
@@ -97,6 +115,81 @@ impl Services {
         Ok(Some(rec))
     }
 
+    /// The fingerprints of the keys this server holds now.
+    fn local_fingerprints(&self) -> KeyFingerprints {
+        let p = self.peppers();
+        KeyFingerprints {
+            server: self
+                .key_state
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .key()
+                .fingerprint()
+                .to_string(),
+            seal: seal_id(&self.sealer().current_key()),
+            identity: symmetric_id(self.identity_key(), b"identity-fingerprint"),
+            pepper: p.current_id.clone(),
+            old_pepper: p.old.as_deref().map(pepper_id),
+        }
+    }
+
+    /// At start: record this server's key fingerprints if the store has
+    /// none, else check that it holds the keys they name (or, for a
+    /// rotation it was running, their `.next` files). A server that itself
+    /// switched a key the record does not show yet (stopped between the
+    /// two) brings the record up to date.
+    pub fn check_key_fingerprints(&self) -> Result<(), RotationError> {
+        let mine = self.local_fingerprints();
+        let Some(mut rec) = self.repo.key_fingerprints()? else {
+            self.repo.put_key_fingerprints(Some(&mine))?;
+            return Ok(());
+        };
+        let dir = &self.config.data_dir;
+        let next_server = match keyfiles::read_server_key_file(dir, SERVER_KEY_NEXT_FILE) {
+            Ok(k) => Some(k.fingerprint().to_string()),
+            Err(keyfiles::KeyFileError::Missing { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let next_seal = keyfiles::read_symmetric_if_present(dir, SEAL_KEY_NEXT_FILE, SEAL_LABEL)?
+            .map(|k| seal_id(&k));
+        let mismatch = |file: &'static str| RotationError::KeyMismatch { file };
+        if rec.server != mine.server && Some(&rec.server) != next_server.as_ref() {
+            return Err(mismatch(SERVER_KEY_FILE));
+        }
+        if rec.seal != mine.seal && Some(&rec.seal) != next_seal.as_ref() {
+            return Err(mismatch(SEAL_KEY_FILE));
+        }
+        if rec.identity != mine.identity {
+            return Err(mismatch(keyfiles::IDENTITY_KEY_FILE));
+        }
+        if rec.pepper != mine.pepper {
+            if mine.old_pepper.as_ref() != Some(&rec.pepper) {
+                return Err(mismatch(keyfiles::PEPPER_FILE));
+            }
+            // This server's pepper switch outran the record.
+            rec.pepper = mine.pepper.clone();
+            rec.old_pepper = mine.old_pepper.clone();
+            self.repo.put_key_fingerprints(Some(&rec))?;
+        }
+        if rec.old_pepper.is_some() && rec.old_pepper != mine.old_pepper {
+            return Err(mismatch(PEPPER_OLD_FILE));
+        }
+        Ok(())
+    }
+
+    /// Update the recorded fingerprints (a rotation switching a key).
+    pub(crate) fn record_fingerprints(
+        &self,
+        change: impl FnOnce(&mut KeyFingerprints),
+    ) -> Result<(), StoreError> {
+        let mut rec = match self.repo.key_fingerprints()? {
+            Some(rec) => rec,
+            None => self.local_fingerprints(),
+        };
+        change(&mut rec);
+        self.repo.put_key_fingerprints(Some(&rec))
+    }
+
     /// Live keys whose hash is not under the current pepper, by key ID.
     pub fn keys_on_old_pepper(&self) -> Result<Vec<String>, ApiError> {
         let id = self.peppers().current_id.clone();
@@ -120,12 +213,18 @@ impl Services {
         }
         let new = keyfiles::random_symmetric();
         keyfiles::switch_pepper(&self.config.data_dir, &new)?;
-        {
+        let (old_id, new_id) = {
             let mut p = self.peppers.write().unwrap_or_else(|p| p.into_inner());
+            let new_id = pepper_id(&new);
             let old = std::mem::replace(&mut p.current, new);
-            p.current_id = pepper_id(&p.current);
+            let old_id = std::mem::replace(&mut p.current_id, new_id);
             p.old = Some(old);
-        }
+            (old_id, p.current_id.clone())
+        };
+        self.record_fingerprints(|f| {
+            f.pepper = new_id;
+            f.old_pepper = Some(old_id);
+        })?;
         self.audit("system", "keys.rotate.pepper.start", "pepper.key", "ok")?;
         self.pepper_status()
     }
@@ -176,6 +275,7 @@ impl Services {
             }
         }
         keyfiles::sync_dir(&self.config.data_dir);
+        self.record_fingerprints(|f| f.old_pepper = None)?;
         // Dropping the Zeroizing value wipes the old pepper.
         self.peppers
             .write()

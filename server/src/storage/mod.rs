@@ -746,6 +746,29 @@ pub trait RotationRepo {
     /// rotation). Returns how many were resealed, or `None` (nothing
     /// written) if `reseal` refused one.
     fn reseal_members(&self, id: &str, reseal: &Reseal<'_>) -> StoreResult<Option<u64>>;
+    /// The deployment's key fingerprints, once a server recorded them.
+    fn key_fingerprints(&self) -> StoreResult<Option<KeyFingerprints>>;
+    /// Record (`Some`) or forget (`None`) the deployment's key
+    /// fingerprints, durable on return.
+    fn put_key_fingerprints(&self, f: Option<&KeyFingerprints>) -> StoreResult<()>;
+}
+
+/// The public fingerprints of the keys every server of a deployment must
+/// hold (never a key): each server checks its key files against them at
+/// start, so a server left with an old key after a rotation refuses to
+/// serve instead of matching or unsealing with it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyFingerprints {
+    /// `b`'s fingerprint (a hash of `b·G`).
+    pub server: String,
+    /// HMAC of a fixed label under the sealing key.
+    pub seal: String,
+    /// HMAC of a fixed label under the identity key.
+    pub identity: String,
+    /// HMAC of a fixed label under the current pepper.
+    pub pepper: String,
+    /// The same under the old pepper while a pepper rotation is pending.
+    pub old_pepper: Option<String>,
 }
 
 /// A sealed value sealed again under a new key; `None` if it does not open.
@@ -1209,6 +1232,7 @@ impl<R: OutboxRepo> OutboxRepo for Guarded<R> {
 impl<R: RotationRepo> RotationRepo for Guarded<R> {
     guarded_reads! {
         fn rotation(&self) -> StoreResult<Option<RotationRecord>>;
+        fn key_fingerprints(&self) -> StoreResult<Option<KeyFingerprints>>;
         fn cached_namespaces(&self) -> StoreResult<Vec<[u8; 16]>>;
         fn tombstones(&self) -> StoreResult<Vec<(PersonKey, Vec<PointBytes>)>>;
     }
@@ -1218,6 +1242,7 @@ impl<R: RotationRepo> RotationRepo for Guarded<R> {
         fn replace_tombstones(&self, tombstones: &[(PersonKey, Vec<PointBytes>)], rec: &RotationRecord) -> StoreResult<()>;
         fn replace_cache(&self, ns: &[u8; 16], pairs: Vec<(PointBytes, PointBytes)>, rec: &RotationRecord) -> StoreResult<()>;
         fn reseal_members(&self, id: &str, reseal: &Reseal<'_>) -> StoreResult<Option<u64>>;
+        fn put_key_fingerprints(&self, f: Option<&KeyFingerprints>) -> StoreResult<()>;
     }
 }
 

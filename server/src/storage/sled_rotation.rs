@@ -16,6 +16,8 @@ const ERASED_TREE: StoreError = StoreError::Corrupt("erased_persons");
 
 /// The rotation record's key in `meta`.
 const ROTATION_KEY: &[u8] = b"rotation";
+/// The key fingerprints' key in `meta`.
+const FINGERPRINTS_KEY: &[u8] = b"key-fingerprints";
 
 fn rotation_tx_err(e: TransactionError<StoreError>) -> StoreError {
     match e {
@@ -166,6 +168,24 @@ impl RotationRepo for SledStore {
 
     fn reseal_members(&self, id: &str, reseal: &Reseal<'_>) -> StoreResult<Option<u64>> {
         self.reseal_audience_members(id, reseal)
+    }
+
+    fn key_fingerprints(&self) -> StoreResult<Option<KeyFingerprints>> {
+        self.meta
+            .get(FINGERPRINTS_KEY)
+            .map_err(be)?
+            .map(|v| from_json("meta", &v))
+            .transpose()
+    }
+
+    fn put_key_fingerprints(&self, f: Option<&KeyFingerprints>) -> StoreResult<()> {
+        match f {
+            Some(f) => self.meta.insert(FINGERPRINTS_KEY, json(f)?),
+            None => self.meta.remove(FINGERPRINTS_KEY),
+        }
+        .map_err(be)?;
+        self.db.flush().map_err(be)?;
+        Ok(())
     }
 }
 

@@ -5,8 +5,9 @@
 use super::*;
 
 const ROTATION_KEY: &str = "rotation";
+const FINGERPRINTS_KEY: &str = "key-fingerprints";
 
-const SAVE_ROTATION: &str = "INSERT INTO meta (key, value) VALUES ($1, $2)
+const SAVE_META: &str = "INSERT INTO meta (key, value) VALUES ($1, $2)
      ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value";
 
 impl PgStore {
@@ -17,7 +18,7 @@ impl PgStore {
         rec: &RotationRecord,
     ) -> StoreResult<()> {
         let record = json(rec)?;
-        let save: (&str, Params<'_>) = (SAVE_ROTATION, &[&ROTATION_KEY, &record]);
+        let save: (&str, Params<'_>) = (SAVE_META, &[&ROTATION_KEY, &record]);
         let all: Vec<(&str, Params<'_>)> = statements
             .iter()
             .copied()
@@ -39,7 +40,7 @@ impl RotationRepo for PgStore {
 
     fn put_rotation(&self, rec: Option<&RotationRecord>) -> StoreResult<()> {
         match rec {
-            Some(rec) => self.execute(SAVE_ROTATION, &[&ROTATION_KEY, &json(rec)?])?,
+            Some(rec) => self.execute(SAVE_META, &[&ROTATION_KEY, &json(rec)?])?,
             None => self.execute("DELETE FROM meta WHERE key = $1", &[&ROTATION_KEY])?,
         };
         Ok(())
@@ -139,6 +140,22 @@ impl RotationRepo for PgStore {
             ],
             rec,
         )
+    }
+
+    fn key_fingerprints(&self) -> StoreResult<Option<KeyFingerprints>> {
+        self.record(
+            "meta",
+            "SELECT value FROM meta WHERE key = $1",
+            &[&FINGERPRINTS_KEY],
+        )
+    }
+
+    fn put_key_fingerprints(&self, f: Option<&KeyFingerprints>) -> StoreResult<()> {
+        match f {
+            Some(f) => self.execute(SAVE_META, &[&FINGERPRINTS_KEY, &json(f)?])?,
+            None => self.execute("DELETE FROM meta WHERE key = $1", &[&FINGERPRINTS_KEY])?,
+        };
+        Ok(())
     }
 
     fn reseal_members(&self, id: &str, reseal: &Reseal<'_>) -> StoreResult<Option<u64>> {
