@@ -342,7 +342,6 @@ fn a_pepper_rotation_keeps_issued_keys_refuses_unknown_ones_and_moves_no_person(
 /// Remove the store's key fingerprints (server stopped), as in a store an
 /// older build wrote.
 fn forget_key_fingerprints(server: &TestServer) {
-    use onboard_server::storage::{MetaRepo as _, RotationRepo as _};
     let storage = onboard_server::Config::for_data_dir(&server.data_dir, None)
         .unwrap()
         .storage_config()
@@ -443,9 +442,18 @@ fn replace_key_file(data_dir: &std::path::Path, name: &str) -> Vec<u8> {
     original
 }
 
+/// Write a key file (mode 0600, as an operator copies one), replacing it.
 fn restore_key_file(data_dir: &std::path::Path, name: &str, bytes: &[u8]) {
     let path = data_dir.join(name);
-    std::fs::write(&path, bytes).unwrap();
+    let _ = std::fs::remove_file(&path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .unwrap()
+        .write_all(bytes)
+        .unwrap();
 }
 
 #[test]
@@ -469,7 +477,6 @@ fn a_server_whose_key_file_differs_from_the_stores_refuses_to_start() {
 fn copy_keys(from: &TestServer, to: &TestServer, names: &[&str]) {
     for name in names {
         let bytes = std::fs::read(from.data_dir.join(name)).unwrap();
-        let _ = std::fs::remove_file(to.data_dir.join(name));
         restore_key_file(&to.data_dir, name, &bytes);
     }
 }
