@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{all_files, contains, crm_file, match_emails, pull_all, TestServer};
+use common::{all_files, contains, crm_file, graph_at, match_emails, pull_all, TestServer};
 use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -52,19 +52,7 @@ fn setup_on(server: TestServer) -> Setup {
         .iter()
         .map(|d| server.create("destination", d))
         .collect();
-    let ids = server.path("ids.csv");
-    let cookies = server.path("cookies.csv");
-    let mut id_lines = String::from("person_id,kind,value\n");
-    let mut cookie_lines = String::from("person_id,destination,cookie_id\n");
-    for i in 0..PERSONS {
-        id_lines.push_str(&format!("p{i},email,person{i}@example.com\n"));
-        for d in DESTINATIONS {
-            cookie_lines.push_str(&format!("p{i},{d},{}\n", cookie(i)));
-        }
-    }
-    std::fs::write(&ids, id_lines).unwrap();
-    std::fs::write(&cookies, cookie_lines).unwrap();
-    server.import(&ids, Some(&cookies));
+    graph_at(&server, PERSONS, &DESTINATIONS, cookie);
     let key = server.path("acme.key");
     server.ok(&advertiser, &["keygen", "--out", key.to_str().unwrap()]);
     Setup {

@@ -387,13 +387,26 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// A plain graph for attack tests: person `p{i}` has `person{i}@example.com`
 /// and the cookie `ck-{i}` at `destination`.
 pub fn simple_graph(server: &TestServer, persons: usize, destination: &str) {
-    let ids = server.path("simple-ids.csv");
-    let cookies = server.path("simple-cookies.csv");
+    graph_at(server, persons, &[destination], |i| format!("ck-{i}"));
+}
+
+/// A graph of `persons`: `p{i}` has `person{i}@example.com` and the cookie
+/// `cookie(i)` at each of `destinations`; imported by the operator.
+pub fn graph_at(
+    server: &TestServer,
+    persons: usize,
+    destinations: &[&str],
+    cookie: impl Fn(usize) -> String,
+) {
+    let ids = server.path("graph-ids.csv");
+    let cookies = server.path("graph-cookies.csv");
     let mut id_lines = String::from("person_id,kind,value\n");
     let mut cookie_lines = String::from("person_id,destination,cookie_id\n");
     for i in 0..persons {
         id_lines.push_str(&format!("p{i},email,person{i}@example.com\n"));
-        cookie_lines.push_str(&format!("p{i},{destination},ck-{i}\n"));
+        for d in destinations {
+            cookie_lines.push_str(&format!("p{i},{d},{}\n", cookie(i)));
+        }
     }
     std::fs::write(&ids, id_lines).unwrap();
     std::fs::write(&cookies, cookie_lines).unwrap();

@@ -1070,6 +1070,22 @@ mod tests {
         out
     }
 
+    /// Run a rotation to its end; its seconds (for the throughput tests).
+    fn timed_rotation(services: &Arc<Services>, kind: RotationKind) -> f64 {
+        let started = std::time::Instant::now();
+        services.start_rotation(kind).unwrap();
+        while lock(&services.rotation_status).running {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        assert!(
+            services.rotation_status().contains("finished"),
+            "{}",
+            services.rotation_status()
+        );
+        seconds
+    }
+
     /// The sealing-key rotation's throughput on a graph of
     /// `SEAL_BENCH_COOKIES` cookies (1,000,000 unless set), with an
     /// audience of a tenth of them. Ignored by default (minutes); prints
@@ -1084,17 +1100,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let services = services_in(dir.path(), "seal-bench");
         sealed_graph_and_audience(&services, cookies, cookies / 10);
-        let started = std::time::Instant::now();
-        services.start_rotation(RotationKind::SealKey).unwrap();
-        while lock(&services.rotation_status).running {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        let seconds = started.elapsed().as_secs_f64();
-        assert!(
-            services.rotation_status().contains("finished"),
-            "{}",
-            services.rotation_status()
-        );
+        let seconds = timed_rotation(&services, RotationKind::SealKey);
         let resealed = cookies + cookies / 10;
         println!(
             "re-sealed {resealed} cookies ({cookies} in the graph, {} in an audience) in {seconds:.1} s: {:.0} cookies/s (whole rotation, {} threads)",
@@ -1144,17 +1150,7 @@ mod tests {
         }
         let info = repo.seal_version(version).unwrap();
         repo.commit_graph(&info).unwrap();
-        let started = std::time::Instant::now();
-        services.start_rotation(RotationKind::ServerKey).unwrap();
-        while lock(&services.rotation_status).running {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        let seconds = started.elapsed().as_secs_f64();
-        assert!(
-            services.rotation_status().contains("finished"),
-            "{}",
-            services.rotation_status()
-        );
+        let seconds = timed_rotation(&services, RotationKind::ServerKey);
         let after = repo.current_graph().unwrap().unwrap();
         assert_eq!(after.identifiers.get("email"), Some(&(points as u64)));
         println!(
