@@ -34,7 +34,9 @@ fn setup() -> Setup {
         .iter()
         .map(|d| server.create("destination", d))
         .collect();
-    graph_at(&server, PERSONS, &DESTINATIONS, |i| format!("ck-{i}"));
+    graph_at(&server, "graph", PERSONS, &DESTINATIONS, |i| {
+        format!("ck-{i}")
+    });
     opt_out(&server, 0..5);
     let key = server.path("acme.key");
     server.ok(&advertiser, &["keygen", "--out", key.to_str().unwrap()]);

@@ -52,7 +52,7 @@ fn setup_on(server: TestServer) -> Setup {
         .iter()
         .map(|d| server.create("destination", d))
         .collect();
-    graph_at(&server, PERSONS, &DESTINATIONS, cookie);
+    graph_at(&server, "graph", PERSONS, &DESTINATIONS, cookie);
     let key = server.path("acme.key");
     server.ok(&advertiser, &["keygen", "--out", key.to_str().unwrap()]);
     Setup {

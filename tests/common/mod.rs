@@ -387,19 +387,23 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// A plain graph for attack tests: person `p{i}` has `person{i}@example.com`
 /// and the cookie `ck-{i}` at `destination`.
 pub fn simple_graph(server: &TestServer, persons: usize, destination: &str) {
-    graph_at(server, persons, &[destination], |i| format!("ck-{i}"));
+    graph_at(server, "simple", persons, &[destination], |i| {
+        format!("ck-{i}")
+    });
 }
 
 /// A graph of `persons`: `p{i}` has `person{i}@example.com` and the cookie
-/// `cookie(i)` at each of `destinations`; imported by the operator.
+/// `cookie(i)` at each of `destinations`; imported by the operator from
+/// `NAME-ids.csv` and `NAME-cookies.csv` (left for the test).
 pub fn graph_at(
     server: &TestServer,
+    name: &str,
     persons: usize,
     destinations: &[&str],
     cookie: impl Fn(usize) -> String,
 ) {
-    let ids = server.path("graph-ids.csv");
-    let cookies = server.path("graph-cookies.csv");
+    let ids = server.path(&format!("{name}-ids.csv"));
+    let cookies = server.path(&format!("{name}-cookies.csv"));
     let mut id_lines = String::from("person_id,kind,value\n");
     let mut cookie_lines = String::from("person_id,destination,cookie_id\n");
     for i in 0..persons {
