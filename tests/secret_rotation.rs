@@ -447,6 +447,9 @@ fn restore_key_file(data_dir: &std::path::Path, name: &str, bytes: &[u8]) {
 #[test]
 fn a_server_whose_key_file_differs_from_the_stores_refuses_to_start() {
     let mut server = start();
+    // Answered with our admin key: this server ran its start-up checks
+    // (and recorded the fingerprints), not another process on the port.
+    wait_until_serving(&server);
     server.stop();
     for name in ["seal.key", "pepper.key", "identity.key"] {
         let original = replace_key_file(&server.data_dir, name);
