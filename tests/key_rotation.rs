@@ -5,7 +5,10 @@
 
 mod common;
 
-use common::{all_files, contains, crm_file, graph_at, match_emails, pull_all, TestServer};
+use common::{
+    all_files, assert_no_key_bytes, crm_file, graph_at, key_file, match_emails, pull_all,
+    TestServer,
+};
 use std::collections::BTreeSet;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::PathBuf;
@@ -78,10 +81,7 @@ fn audience_at(s: &Setup, d: usize) -> BTreeSet<String> {
 
 /// The scalar of `server.key`: its hex text and its raw bytes.
 fn server_key(s: &Setup) -> (String, Vec<u8>) {
-    let text = std::fs::read_to_string(s.server.data_dir.join("server.key")).unwrap();
-    let hex_part = text.split_whitespace().nth(1).unwrap().to_string();
-    let raw = hex::decode(&hex_part).unwrap();
-    (hex_part, raw)
+    key_file(&s.server, "server.key")
 }
 
 /// `keys rotate`; on PostgreSQL the test's server is the database's only
@@ -102,13 +102,7 @@ fn rotate(s: &Setup) -> std::process::Output {
 fn assert_old_key_gone(s: &Setup, old: &(String, Vec<u8>)) {
     assert!(!s.server.data_dir.join("server.key.next").exists());
     assert_ne!(&server_key(s), old, "server.key holds a new scalar");
-    for (path, bytes) in all_files(&s.server.data_dir) {
-        assert!(
-            !contains(&bytes, old.0.as_bytes()) && !contains(&bytes, &old.1),
-            "{} holds the old scalar",
-            path.display()
-        );
-    }
+    assert_no_key_bytes(&all_files(&s.server.data_dir), old, "scalar");
 }
 
 #[test]

@@ -8,7 +8,10 @@
 
 mod common;
 
-use common::{all_files, contains, crm_file, graph_at, match_emails, pull_all, TestServer};
+use common::{
+    all_files, assert_no_key_bytes, crm_file, graph_at, key_file, match_emails, pull_all,
+    TestServer,
+};
 use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -116,14 +119,6 @@ fn said(out: &Output) -> String {
     )
 }
 
-/// A 32-byte key file's hex and raw bytes.
-fn key_file(server: &TestServer, name: &str) -> (String, Vec<u8>) {
-    let text = std::fs::read_to_string(server.data_dir.join(name)).unwrap();
-    let hex_part = text.split_whitespace().nth(1).unwrap().to_string();
-    let raw = hex::decode(&hex_part).unwrap();
-    (hex_part, raw)
-}
-
 /// Every stored byte string: each file, and each hex run of the database
 /// dump decoded (PostgreSQL dumps `bytea` as `\x…` text).
 fn stored_values(server: &TestServer) -> Vec<(PathBuf, Vec<u8>)> {
@@ -157,13 +152,7 @@ fn sealed_under(server: &TestServer, seal: &[u8]) -> usize {
 }
 
 fn assert_no_byte_of(server: &TestServer, old: &(String, Vec<u8>), what: &str) {
-    for (path, bytes) in stored_values(server) {
-        assert!(
-            !contains(&bytes, old.0.as_bytes()) && !contains(&bytes, &old.1),
-            "{} holds the old {what}",
-            path.display()
-        );
-    }
+    assert_no_key_bytes(&stored_values(server), old, what);
 }
 
 #[test]

@@ -379,6 +379,25 @@ fn copy_files(from: &Path, to: &Path) {
     }
 }
 
+/// A key file of `server`'s data dir (`LABEL HEX`): its hex and its bytes.
+pub fn key_file(server: &TestServer, name: &str) -> (String, Vec<u8>) {
+    let text = std::fs::read_to_string(server.data_dir.join(name)).expect("key file");
+    let hex_part = text.split_whitespace().nth(1).expect("key hex").to_string();
+    let raw = hex::decode(&hex_part).expect("hex key");
+    (hex_part, raw)
+}
+
+/// No stored byte string holds `key` (from [`key_file`]), as hex or raw.
+pub fn assert_no_key_bytes(stored: &[(PathBuf, Vec<u8>)], key: &(String, Vec<u8>), what: &str) {
+    for (path, bytes) in stored {
+        assert!(
+            !contains(bytes, key.0.as_bytes()) && !contains(bytes, &key.1),
+            "{} holds the old {what}",
+            path.display()
+        );
+    }
+}
+
 /// Whether `needle` occurs in `haystack`.
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
