@@ -218,7 +218,7 @@ fn an_anchored_head_catches_a_rollback_and_backups_hold_no_key() {
 
     // The backup holds neither the audit key nor the other key files.
     let bak = std::fs::read(&backup).unwrap();
-    for file in ["audit.key", "pepper.key", "server.key"] {
+    for file in onboard_server::keyfiles::KEY_FILES {
         let key_text = std::fs::read_to_string(data.join(file)).unwrap();
         let key_hex = key_text.split_whitespace().nth(1).unwrap();
         assert!(!contains(&bak, key_hex.as_bytes()), "{file} in the backup");
@@ -250,7 +250,14 @@ fn serve_refused(data_dir: &Path) -> String {
     panic!("serve started on {}", data_dir.display());
 }
 
-const SECRET_FILES: [&str; 4] = ["server.key", "pepper.key", "audit.key", "tls/key.pem"];
+const SECRET_FILES: [&str; 6] = [
+    "server.key",
+    "pepper.key",
+    "seal.key",
+    "identity.key",
+    "audit.key",
+    "tls/key.pem",
+];
 
 fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;

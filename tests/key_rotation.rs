@@ -5,7 +5,10 @@
 
 mod common;
 
-use common::{all_files, contains, crm_file, match_emails, pull_all, TestServer};
+use common::{
+    all_files, assert_no_key_bytes, crm_file, graph_at, key_file, match_emails, pull_all,
+    TestServer,
+};
 use std::collections::BTreeSet;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::PathBuf;
@@ -34,19 +37,9 @@ fn setup() -> Setup {
         .iter()
         .map(|d| server.create("destination", d))
         .collect();
-    let ids = server.path("ids.csv");
-    let cookies = server.path("cookies.csv");
-    let mut id_lines = String::from("person_id,kind,value\n");
-    let mut cookie_lines = String::from("person_id,destination,cookie_id\n");
-    for i in 0..PERSONS {
-        id_lines.push_str(&format!("p{i},email,person{i}@example.com\n"));
-        for d in DESTINATIONS {
-            cookie_lines.push_str(&format!("p{i},{d},ck-{i}\n"));
-        }
-    }
-    std::fs::write(&ids, id_lines).unwrap();
-    std::fs::write(&cookies, cookie_lines).unwrap();
-    server.import(&ids, Some(&cookies));
+    graph_at(&server, "graph", PERSONS, &DESTINATIONS, |i| {
+        format!("ck-{i}")
+    });
     opt_out(&server, 0..5);
     let key = server.path("acme.key");
     server.ok(&advertiser, &["keygen", "--out", key.to_str().unwrap()]);
@@ -88,31 +81,28 @@ fn audience_at(s: &Setup, d: usize) -> BTreeSet<String> {
 
 /// The scalar of `server.key`: its hex text and its raw bytes.
 fn server_key(s: &Setup) -> (String, Vec<u8>) {
-    let text = std::fs::read_to_string(s.server.data_dir.join("server.key")).unwrap();
-    let hex_part = text.split_whitespace().nth(1).unwrap().to_string();
-    let raw = hex::decode(&hex_part).unwrap();
-    (hex_part, raw)
+    key_file(&s.server, "server.key")
 }
 
+/// `keys rotate`; on PostgreSQL the test's server is the database's only
+/// one, as the flag asserts.
 fn rotate(s: &Setup) -> std::process::Output {
-    s.server.server_cmd(&[
+    let mut args = vec![
         "keys",
         "rotate",
         "--data-dir",
         s.server.data_dir.to_str().unwrap(),
-    ])
+    ];
+    if s.server.database.is_some() {
+        args.push("--other-servers-stopped");
+    }
+    s.server.server_cmd(&args)
 }
 
 fn assert_old_key_gone(s: &Setup, old: &(String, Vec<u8>)) {
     assert!(!s.server.data_dir.join("server.key.next").exists());
     assert_ne!(&server_key(s), old, "server.key holds a new scalar");
-    for (path, bytes) in all_files(&s.server.data_dir) {
-        assert!(
-            !contains(&bytes, old.0.as_bytes()) && !contains(&bytes, &old.1),
-            "{} holds the old scalar",
-            path.display()
-        );
-    }
+    assert_no_key_bytes(&all_files(&s.server.data_dir), old, "scalar");
 }
 
 #[test]
@@ -120,8 +110,8 @@ fn a_rotation_keeps_audiences_and_opt_outs_and_leaves_no_byte_of_the_old_key() {
     let s = setup();
     // A second version, so that an older kept one is blinded by the old key too.
     s.server.import(
-        &s.server.path("ids.csv"),
-        Some(&s.server.path("cookies.csv")),
+        &s.server.path("graph-ids.csv"),
+        Some(&s.server.path("graph-cookies.csv")),
     );
     let admin = s.server.admin_key.clone();
     let kept = s

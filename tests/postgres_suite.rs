@@ -28,12 +28,16 @@ mod end_to_end;
 mod graph_updates;
 #[path = "hostile_input.rs"]
 mod hostile_input;
+#[path = "key_rotation.rs"]
+mod key_rotation;
 #[path = "privacy_attacks.rs"]
 mod privacy_attacks;
 #[path = "refresh.rs"]
 mod refresh;
 #[path = "review_attacks.rs"]
 mod review_attacks;
+#[path = "secret_rotation.rs"]
+mod secret_rotation;
 #[path = "webhooks.rs"]
 mod webhooks;
 

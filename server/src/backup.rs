@@ -536,9 +536,11 @@ impl ControlSocket {
     }
 
     /// Serve requests on the current tokio runtime until the task is dropped.
+    /// Without a sled `store` (PostgreSQL) only key rotation requests are
+    /// served.
     pub fn serve<R>(
         mut self,
-        store: std::sync::Arc<Guarded<R>>,
+        store: Option<std::sync::Arc<Guarded<R>>>,
         services: std::sync::Arc<crate::services::Services>,
     ) -> Result<(), BackupError>
     where
@@ -581,7 +583,7 @@ impl Drop for ControlSocket {
 
 async fn handle<R>(
     stream: tokio::net::UnixStream,
-    store: std::sync::Arc<Guarded<R>>,
+    store: Option<std::sync::Arc<Guarded<R>>>,
     services: std::sync::Arc<crate::services::Services>,
 ) -> std::io::Result<()>
 where
@@ -593,17 +595,22 @@ where
     let mut reader = tokio::io::BufReader::new(read.take(4096));
     reader.read_line(&mut line).await?;
     let request = line.trim_end_matches('\n');
+    if RotationRequest::ALL.iter().any(|r| r.line() == request) {
+        let reply = rotation_reply(request, services).await;
+        write.write_all(reply.as_bytes()).await?;
+        return write.shutdown().await;
+    }
+    let Some(store) = store else {
+        let reply = "error this server's state is in PostgreSQL: back it up with pg_dump, read the audit head with `onboard-server audit head`\n";
+        write.write_all(reply.as_bytes()).await?;
+        return write.shutdown().await;
+    };
     if request == "audit-head" {
         let reply = match store.last_audit() {
             Ok(Some(e)) => format!("ok {}\n", AuditHead::of(&e).to_line()),
             Ok(None) => "ok none\n".to_string(),
             Err(e) => format!("error {}\n", one_line(&e.to_string())),
         };
-        write.write_all(reply.as_bytes()).await?;
-        return write.shutdown().await;
-    }
-    if request == "rotate" || request == "rotate-status" {
-        let reply = rotation_reply(request, services).await;
         write.write_all(reply.as_bytes()).await?;
         return write.shutdown().await;
     }
@@ -620,35 +627,88 @@ where
             }
         }
         Some(_) => "error the backup path must be absolute\n".to_string(),
-        None => "error unknown request (expected `backup <absolute path>`, `audit-head`, `rotate` or `rotate-status`)\n"
+        None => "error unknown request (expected `backup <absolute path>`, `audit-head`, `rotate`, `rotate-seal`, `rotate-status`, `pepper-rotate`, `pepper-status` or `pepper-finish`)\n"
             .to_string(),
     };
     write.write_all(reply.as_bytes()).await?;
     write.shutdown().await
 }
 
-/// The reply to `rotate` (start one) or `rotate-status`.
+/// What `keys rotate` asks the running server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotationRequest {
+    /// Start rotating the server key `b`.
+    ServerKey,
+    /// Start rotating the sealing key.
+    SealKey,
+    /// How the running (or last) server-key or sealing-key rotation goes.
+    Status,
+    /// Make a new pepper current, keeping the old one to verify older keys.
+    Pepper,
+    /// How many keys still need the old pepper.
+    PepperStatus,
+    /// Remove the old pepper.
+    PepperFinish,
+}
+
+impl RotationRequest {
+    const ALL: [Self; 6] = [
+        Self::ServerKey,
+        Self::SealKey,
+        Self::Status,
+        Self::Pepper,
+        Self::PepperStatus,
+        Self::PepperFinish,
+    ];
+
+    fn line(self) -> &'static str {
+        match self {
+            Self::ServerKey => "rotate",
+            Self::SealKey => "rotate-seal",
+            Self::Status => "rotate-status",
+            Self::Pepper => "pepper-rotate",
+            Self::PepperStatus => "pepper-status",
+            Self::PepperFinish => "pepper-finish",
+        }
+    }
+}
+
+/// The reply to a rotation request.
 async fn rotation_reply(
     request: &str,
     services: std::sync::Arc<crate::services::Services>,
 ) -> String {
+    use crate::storage::RotationKind;
     if request == "rotate-status" {
         return format!("ok {}\n", one_line(&services.rotation_status()));
     }
-    tracing::info!("key rotation requested over the control socket");
-    match tokio::task::spawn_blocking(move || services.start_rotation()).await {
-        Ok(Ok(())) => "ok started\n".to_string(),
+    tracing::info!(request, "key rotation request over the control socket");
+    let request = request.to_string();
+    let result = tokio::task::spawn_blocking(move || match request.as_str() {
+        "rotate" => services
+            .start_rotation(RotationKind::ServerKey)
+            .map(|()| "started".to_string()),
+        "rotate-seal" => services
+            .start_rotation(RotationKind::SealKey)
+            .map(|()| "started".to_string()),
+        "pepper-rotate" => services.start_pepper_rotation(),
+        "pepper-finish" => services.finish_pepper_rotation(),
+        _ => services.pepper_status(),
+    })
+    .await;
+    match result {
+        Ok(Ok(line)) => format!("ok {}\n", one_line(&line)),
         Ok(Err(e)) => format!("error {}\n", one_line(&e.to_string())),
         Err(e) => format!("error rotation task: {}\n", one_line(&e.to_string())),
     }
 }
 
-/// `onboard-server keys rotate`: ask the running server to rotate its key
-/// (`status` only asks how the rotation goes); the server's status line.
+/// `onboard-server keys rotate`: ask the running server to rotate a key or
+/// how a rotation goes; the server's reply line.
 /// Only the control socket is tried (never the store, which a server still
 /// starting may be about to open).
-pub fn rotate_key(data_dir: &Path, status: bool) -> Result<String, BackupError> {
-    control_request(data_dir, if status { "rotate-status" } else { "rotate" }).map_err(|e| match e {
+pub fn rotate_key(data_dir: &Path, request: RotationRequest) -> Result<String, BackupError> {
+    control_request(data_dir, request.line()).map_err(|e| match e {
         BackupError::Server(m) if m.contains("cannot be reached") => BackupError::Server(format!(
             "{m}; a key rotation runs in the server: start it (`onboard-server serve`) and run this again"
         )),

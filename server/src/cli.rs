@@ -1,5 +1,6 @@
 //! The `onboard-server` command line: `init`, `serve`, `backup`, `restore`,
-//! `audit verify`, `audit head`, `keys add-audit-key`, `keys rotate`,
+//! `audit verify`, `audit head`, `keys add-audit-key`, `keys rotate`
+//! (`--seal-key`, `--pepper [--finish]`, `--status`),
 //! `operator add|remove|reset-2fa`.
 
 use crate::config::Config;
@@ -193,20 +194,38 @@ enum KeysCommand {
         #[arg(long)]
         database_url: Option<String>,
     },
-    /// Rotate the server key `b` of the running server (through the control
-    /// socket): new jobs and imports wait, open ones finish, then every
-    /// stored point is moved to the new key and the old key is destroyed.
-    /// Prints the progress until it ends.
+    /// Rotate a key of the running server (through the control socket).
+    /// By default the server key `b`: new jobs and imports wait, open ones
+    /// finish, then every stored point is moved to the new key and the old
+    /// key is destroyed. Prints the progress until it ends.
     Rotate {
         /// Data directory of the running server.
         #[arg(long)]
         data_dir: PathBuf,
+        /// Rotate the sealing key instead: every sealed cookie ID and webhook
+        /// secret is sealed again under a new key (pulls go on meanwhile).
+        #[arg(long, conflicts_with = "pepper")]
+        seal_key: bool,
+        /// Rotate the API-key pepper instead: keys issued before stay valid
+        /// and move to the new pepper on their next use.
+        #[arg(long)]
+        pepper: bool,
+        /// With --pepper: remove the old pepper (refused while live keys
+        /// still need it).
+        #[arg(long, requires = "pepper", conflicts_with_all = ["status", "no_wait"])]
+        finish: bool,
         /// Only print how the current (or last) rotation goes.
         #[arg(long)]
         status: bool,
         /// Start it and return at once.
         #[arg(long, conflicts_with = "status")]
         no_wait: bool,
+        /// On PostgreSQL: every other server of the database is stopped, so
+        /// this one may rotate; copy the new key files to the others before
+        /// they start again (see "Rotating keys on PostgreSQL" in
+        /// docs/operations.md).
+        #[arg(long)]
+        other_servers_stopped: bool,
     },
 }
 
@@ -400,10 +419,28 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             command:
                 KeysCommand::Rotate {
                     data_dir,
+                    seal_key,
+                    pepper,
+                    finish,
                     status,
                     no_wait,
+                    other_servers_stopped,
                 },
-        } => rotate_key(&data_dir, status, no_wait),
+        } => {
+            use crate::backup::RotationRequest as R;
+            // Asking how a rotation goes is harmless everywhere.
+            if !other_servers_stopped && !status {
+                refuse_rotation_on_postgres(&data_dir)?;
+            }
+            match (pepper, finish, status) {
+                (true, true, _) => print_reply(&data_dir, R::PepperFinish),
+                (true, _, true) => print_reply(&data_dir, R::PepperStatus),
+                (true, _, _) => print_reply(&data_dir, R::Pepper),
+                (_, _, true) => print_reply(&data_dir, R::Status),
+                _ if seal_key => follow_rotation(&data_dir, R::SealKey, no_wait),
+                _ => follow_rotation(&data_dir, R::ServerKey, no_wait),
+            }
+        }
         Command::Keys {
             command:
                 KeysCommand::AddAuditKey {
@@ -435,18 +472,20 @@ fn operator(command: OperatorCommand) -> anyhow::Result<ExitCode> {
     let (OperatorCommand::Add(t) | OperatorCommand::Remove(t) | OperatorCommand::Reset2fa(t)) =
         &command;
     let storage = storage_of(&t.data_dir, t.database_url.as_deref())?;
-    let pepper = crate::keyfiles::read_pepper(&t.data_dir)?;
-    let audit_key = crate::keyfiles::read_audit_key(&t.data_dir)?;
+    // TOTP secrets are sealed under the identity key, which no rotation
+    // changes (a suspected leak is answered with `operator reset-2fa`).
+    let secrets = crate::keyfiles::ServerSecrets::load(&t.data_dir)?;
+    let (identity, audit_key) = (&secrets.identity, &secrets.audit_key);
     let repo = crate::storage::open(&t.data_dir, &storage)?;
     let credentials = match &command {
-        OperatorCommand::Add(t) => auth::add_operator(repo.as_ref(), &pepper, &audit_key, &t.name)?,
+        OperatorCommand::Add(t) => auth::add_operator(repo.as_ref(), identity, audit_key, &t.name)?,
         OperatorCommand::Remove(t) => {
-            auth::remove_operator(repo.as_ref(), &audit_key, &t.name)?;
+            auth::remove_operator(repo.as_ref(), audit_key, &t.name)?;
             println!("operator {} removed", t.name);
             return Ok(ExitCode::SUCCESS);
         }
         OperatorCommand::Reset2fa(t) => {
-            auth::reset_second_factor(repo.as_ref(), &pepper, &audit_key, &t.name)?
+            auth::reset_second_factor(repo.as_ref(), identity, audit_key, &t.name)?
         }
     };
     repo.flush()?;
@@ -508,44 +547,58 @@ fn audit_verify(
     }
 }
 
-/// `keys rotate`: start (unless `status`), then follow the status line
-/// until the rotation ends (unless `no_wait`).
-fn rotate_key(data_dir: &std::path::Path, status: bool, no_wait: bool) -> anyhow::Result<ExitCode> {
-    // Servers sharing a database each hold `b`: rotating it under one of
-    // them would leave the others matching with the old key.
+/// Servers sharing a database each hold the key files: rotating a key
+/// under one of them would leave the others on the old one.
+fn refuse_rotation_on_postgres(data_dir: &std::path::Path) -> anyhow::Result<()> {
     if let StorageConfig::Postgres(url) = storage_of(data_dir, None)? {
         anyhow::bail!(
-            "`keys rotate` works on sled data dirs only for now; this data dir's state is in \
-             the PostgreSQL database {url}, which several servers may share (see \"Rotating the server \
-             key\" in docs/operations.md)"
+            "this data dir's state is in the PostgreSQL database {url}, which several servers \
+             may share, each with its own copy of the key files: stop every other server, run \
+             this again with --other-servers-stopped, then copy the new key files to them (see \
+             \"Rotating keys on PostgreSQL\" in docs/operations.md)"
         );
     }
-    let mut line = crate::backup::rotate_key(data_dir, true)?;
-    if !status {
-        crate::backup::rotate_key(data_dir, false)?;
-        println!("key rotation started");
-        if no_wait {
-            return Ok(ExitCode::SUCCESS);
-        }
-        line.clear();
-        loop {
-            let now = crate::backup::rotate_key(data_dir, true)?;
-            if now != line {
-                println!("{now}");
-            }
-            if let Some(end) = now.strip_prefix("idle ") {
-                return Ok(if end.starts_with("finished") {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::FAILURE
-                });
-            }
-            line = now;
-            std::thread::sleep(std::time::Duration::from_millis(250));
-        }
-    }
-    println!("{line}");
+    Ok(())
+}
+
+/// Send one rotation request and print the server's reply.
+fn print_reply(
+    data_dir: &std::path::Path,
+    request: crate::backup::RotationRequest,
+) -> anyhow::Result<ExitCode> {
+    println!("{}", crate::backup::rotate_key(data_dir, request)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// `keys rotate [--seal-key]`: start, then follow the status line until
+/// the rotation ends (unless `no_wait`).
+fn follow_rotation(
+    data_dir: &std::path::Path,
+    start: crate::backup::RotationRequest,
+    no_wait: bool,
+) -> anyhow::Result<ExitCode> {
+    use crate::backup::{rotate_key, RotationRequest};
+    rotate_key(data_dir, start)?;
+    println!("key rotation started");
+    if no_wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut line = String::new();
+    loop {
+        let now = rotate_key(data_dir, RotationRequest::Status)?;
+        if now != line {
+            println!("{now}");
+        }
+        if let Some(end) = now.strip_prefix("idle ") {
+            return Ok(if end.starts_with("finished") {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        line = now;
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
 }
 
 fn audit_head(

@@ -1,10 +1,11 @@
-//! `init`: create the data dir, the server key `b`, the pepper, the audit
-//! key, the first admin API key and optionally development TLS material;
+//! `init`: create the data dir, the server key `b`, the pepper, the
+//! sealing and identity keys, the audit key, the first admin API key and optionally development TLS material;
 //! `keys add-audit-key`: give a data dir of an older build its audit key.
 
 use crate::config::DATA_DIR_CONFIG;
 use crate::keyfiles::{
-    pepper_file_string, write_private, AUDIT_KEY_FILE, PEPPER_FILE, SERVER_KEY_FILE,
+    pepper_file_string, random_symmetric, symmetric_file_string, write_private, AUDIT_KEY_FILE,
+    IDENTITY_KEY_FILE, IDENTITY_LABEL, PEPPER_FILE, SEAL_KEY_FILE, SEAL_LABEL, SERVER_KEY_FILE,
 };
 use crate::services::audit::{self, AuditKey};
 use crate::storage::postgres::{DatabaseUrl, PgStore};
@@ -66,6 +67,15 @@ pub fn init(opts: &InitOptions) -> anyhow::Result<InitOutput> {
         &dir.join(PEPPER_FILE),
         pepper_file_string(&pepper).as_bytes(),
     )?;
+    for (name, label) in [
+        (SEAL_KEY_FILE, SEAL_LABEL),
+        (IDENTITY_KEY_FILE, IDENTITY_LABEL),
+    ] {
+        write_private(
+            &dir.join(name),
+            symmetric_file_string(label, &random_symmetric()).as_bytes(),
+        )?;
+    }
     let audit_key = AuditKey::generate();
     write_private(
         &dir.join(AUDIT_KEY_FILE),

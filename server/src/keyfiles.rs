@@ -1,5 +1,5 @@
-//! Secret files: the server scalar `b`, the HMAC pepper, the audit key and
-//! the TLS key. Written 0600 (`O_EXCL`, never over an existing file). Read
+//! Secret files: the server scalar `b`, the API-key pepper, the sealing
+//! key, the identity key, the audit key and the TLS key. Written 0600 (`O_EXCL`, never over an existing file). Read
 //! through one handle opened without following a symlink (`O_NOFOLLOW`);
 //! the checks — a regular file, owned by the user the server runs as, no
 //! access for group or others — are made on that handle (`fstat`), so the
@@ -22,12 +22,34 @@ pub const SERVER_KEY_FILE: &str = "server.key";
 pub const SERVER_KEY_NEXT_FILE: &str = "server.key.next";
 /// The API-key pepper file, relative to the data dir.
 pub const PEPPER_FILE: &str = "pepper.key";
+/// The new pepper while `keys rotate --pepper` switches files.
+pub const PEPPER_NEXT_FILE: &str = "pepper.key.next";
+/// The previous pepper, kept to verify keys issued before a pepper
+/// rotation until `keys rotate --pepper --finish` (see `services::secrets`).
+pub const PEPPER_OLD_FILE: &str = "pepper.key.old";
+/// The sealing key file (cookie IDs, members cursors, webhook secrets).
+pub const SEAL_KEY_FILE: &str = "seal.key";
+/// The next sealing key while a `keys rotate --seal-key` runs.
+pub const SEAL_KEY_NEXT_FILE: &str = "seal.key.next";
+/// The identity key file: person pseudonyms, cookie tags, audit pseudonyms.
+/// Never rotated: its values are identities in stored data.
+pub const IDENTITY_KEY_FILE: &str = "identity.key";
+/// Header of the sealing key file.
+pub const SEAL_LABEL: &str = "onboard-seal-v1";
+/// Header of the identity key file.
+pub const IDENTITY_LABEL: &str = "onboard-identity-v1";
 /// The audit chain's HMAC key file, relative to the data dir.
 pub const AUDIT_KEY_FILE: &str = "audit.key";
 /// Header of the pepper file.
 pub const PEPPER_LABEL: &str = "onboard-pepper-v1";
 /// Every secret file of a data dir (the TLS key aside): none is in a backup.
-pub const KEY_FILES: [&str; 3] = [SERVER_KEY_FILE, PEPPER_FILE, AUDIT_KEY_FILE];
+pub const KEY_FILES: [&str; 5] = [
+    SERVER_KEY_FILE,
+    PEPPER_FILE,
+    SEAL_KEY_FILE,
+    IDENTITY_KEY_FILE,
+    AUDIT_KEY_FILE,
+];
 /// No key file is this large; a bigger one is refused before it is read.
 const MAX_KEY_FILE: u64 = 1 << 20;
 
@@ -247,17 +269,122 @@ pub fn read_server_key_file(data_dir: &Path, name: &str) -> Result<SecretKey, Ke
 
 /// Read the pepper.
 pub fn read_pepper(data_dir: &Path) -> Result<Zeroizing<[u8; 32]>, KeyFileError> {
-    let path = data_dir.join(PEPPER_FILE);
+    read_symmetric(data_dir, PEPPER_FILE, PEPPER_LABEL)
+}
+
+/// Read a 32-byte key file of the data dir: `<label> <64 hex>`.
+pub fn read_symmetric(
+    data_dir: &Path,
+    name: &str,
+    label: &str,
+) -> Result<Zeroizing<[u8; 32]>, KeyFileError> {
+    let path = data_dir.join(name);
     let text = read_text(&path)?;
-    let bad = || format_error(&path, format!("expected `{PEPPER_LABEL} <64 hex>`"));
-    let hex_part = text
-        .trim()
-        .strip_prefix(PEPPER_LABEL)
-        .ok_or_else(bad)?
-        .trim();
+    let bad = || format_error(&path, format!("expected `{label} <64 hex>`"));
+    let hex_part = text.trim().strip_prefix(label).ok_or_else(bad)?.trim();
     let mut out = Zeroizing::new([0u8; 32]);
     hex::decode_to_slice(hex_part, out.as_mut()).map_err(|_| bad())?;
     Ok(out)
+}
+
+/// Read a 32-byte key file that may be absent (`None`).
+pub fn read_symmetric_if_present(
+    data_dir: &Path,
+    name: &str,
+    label: &str,
+) -> Result<Option<Zeroizing<[u8; 32]>>, KeyFileError> {
+    match read_symmetric(data_dir, name, label) {
+        Ok(k) => Ok(Some(k)),
+        Err(KeyFileError::Missing { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The text of a 32-byte key file.
+pub fn symmetric_file_string(label: &str, key: &[u8; 32]) -> Zeroizing<String> {
+    Zeroizing::new(format!("{label} {}\n", hex::encode(key)))
+}
+
+/// A fresh random 32-byte key.
+pub fn random_symmetric() -> Zeroizing<[u8; 32]> {
+    use rand::RngCore as _;
+    let mut key = Zeroizing::new([0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(key.as_mut());
+    key
+}
+
+/// Data dirs made before the split of the pepper used one pepper for
+/// everything. Give them `identity.key` and `seal.key` holding the pepper's
+/// bytes, so every person pseudonym, cookie tag and sealed value stays
+/// what it was, and the pepper can then rotate alone. Returns the files
+/// written. Must run before any pepper rotation (a server runs it at start,
+/// before it can rotate anything).
+pub fn split_legacy_pepper(data_dir: &Path) -> Result<Vec<&'static str>, KeyFileError> {
+    let mut written = Vec::new();
+    for (name, label) in [
+        (IDENTITY_KEY_FILE, IDENTITY_LABEL),
+        (SEAL_KEY_FILE, SEAL_LABEL),
+    ] {
+        if std::fs::symlink_metadata(data_dir.join(name)).is_ok() {
+            continue;
+        }
+        let pepper = read_pepper(data_dir)?;
+        write_private(
+            &data_dir.join(name),
+            symmetric_file_string(label, &pepper).as_bytes(),
+        )?;
+        written.push(name);
+    }
+    if !written.is_empty() {
+        sync_dir(data_dir);
+    }
+    Ok(written)
+}
+
+/// Finish a pepper switch a crash interrupted: while `pepper.key.next`
+/// exists, link `pepper.key` to `pepper.key.old` (unless done) and rename
+/// the next over `pepper.key` (see [`switch_pepper`]).
+pub fn finish_pepper_switch(data_dir: &Path) -> Result<bool, KeyFileError> {
+    let next = data_dir.join(PEPPER_NEXT_FILE);
+    if std::fs::symlink_metadata(&next).is_err() {
+        return Ok(false);
+    }
+    read_symmetric(data_dir, PEPPER_NEXT_FILE, PEPPER_LABEL)?;
+    let current = data_dir.join(PEPPER_FILE);
+    let old = data_dir.join(PEPPER_OLD_FILE);
+    if std::fs::symlink_metadata(&old).is_err() {
+        std::fs::hard_link(&current, &old).map_err(|e| io(&old, e))?;
+    }
+    std::fs::rename(&next, &current).map_err(|e| io(&next, e))?;
+    sync_dir(data_dir);
+    Ok(true)
+}
+
+/// Replace the pepper by `new`, keeping the current one as
+/// `pepper.key.old`; refused while an old pepper is kept. Each step is a
+/// file operation that [`finish_pepper_switch`] completes after a crash.
+pub fn switch_pepper(data_dir: &Path, new: &[u8; 32]) -> Result<(), KeyFileError> {
+    let old = data_dir.join(PEPPER_OLD_FILE);
+    if std::fs::symlink_metadata(&old).is_ok() {
+        return Err(format_error(
+            &old,
+            "a previous pepper rotation is not finished (`keys rotate --pepper --finish`)",
+        ));
+    }
+    write_private(
+        &data_dir.join(PEPPER_NEXT_FILE),
+        pepper_file_string(new).as_bytes(),
+    )?;
+    sync_dir(data_dir);
+    finish_pepper_switch(data_dir).map(|_| ())
+}
+
+/// Make a rename or a new file in `dir` durable (best effort: not every
+/// file system syncs directories).
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
 }
 
 /// Read the audit key; a data dir without one gets the upgrade command.
@@ -277,7 +404,7 @@ pub fn read_audit_key(data_dir: &Path) -> Result<AuditKey, KeyFileError> {
 
 /// The pepper file's text.
 pub fn pepper_file_string(pepper: &[u8; 32]) -> Zeroizing<String> {
-    Zeroizing::new(format!("{PEPPER_LABEL} {}\n", hex::encode(pepper)))
+    symmetric_file_string(PEPPER_LABEL, pepper)
 }
 
 /// Every secret a running server holds, loaded together so that a new one
@@ -285,8 +412,14 @@ pub fn pepper_file_string(pepper: &[u8; 32]) -> Zeroizing<String> {
 pub struct ServerSecrets {
     /// The blinding scalar `b`.
     pub key: SecretKey,
-    /// HMAC pepper for API keys, cookie sealing and audit pseudonyms.
+    /// HMAC pepper for API keys.
     pub pepper: Zeroizing<[u8; 32]>,
+    /// The pepper before a pepper rotation, until it is finished.
+    pub old_pepper: Option<Zeroizing<[u8; 32]>>,
+    /// Key of everything sealed at rest (cookie IDs, cursors, webhook secrets).
+    pub seal: Zeroizing<[u8; 32]>,
+    /// Key of person pseudonyms, cookie tags and audit pseudonyms.
+    pub identity: Zeroizing<[u8; 32]>,
     /// The audit chain's HMAC key.
     pub audit_key: AuditKey,
 }
@@ -298,11 +431,25 @@ impl std::fmt::Debug for ServerSecrets {
 }
 
 impl ServerSecrets {
-    /// Read the data dir's key files, each checked on its opened handle.
+    /// Read the data dir's key files, each checked on its opened handle,
+    /// after finishing an interrupted pepper switch and splitting the pepper
+    /// of an older data dir ([`split_legacy_pepper`]).
     pub fn load(data_dir: &Path) -> Result<Self, KeyFileError> {
+        if finish_pepper_switch(data_dir)? {
+            tracing::warn!("finished a pepper rotation's file switch that a stop interrupted");
+        }
+        for name in split_legacy_pepper(data_dir)? {
+            tracing::info!(
+                file = name,
+                "wrote from the pepper (older data dir): the pepper now keys API keys only"
+            );
+        }
         Ok(Self {
             key: read_server_key(data_dir)?,
             pepper: read_pepper(data_dir)?,
+            old_pepper: read_symmetric_if_present(data_dir, PEPPER_OLD_FILE, PEPPER_LABEL)?,
+            seal: read_symmetric(data_dir, SEAL_KEY_FILE, SEAL_LABEL)?,
+            identity: read_symmetric(data_dir, IDENTITY_KEY_FILE, IDENTITY_LABEL)?,
             audit_key: read_audit_key(data_dir)?,
         })
     }
@@ -323,6 +470,9 @@ impl ServerSecrets {
         Self {
             key: SecretKey::derive_for_tests(label),
             pepper: derive("pepper"),
+            old_pepper: None,
+            seal: derive("seal"),
+            identity: derive("identity"),
             audit_key: AuditKey::from_bytes(derive("audit")),
         }
     }
@@ -443,6 +593,60 @@ mod tests {
         );
         assert!(err.to_string().contains("chown"), "{err}");
         assert!(read_secret(&path, Policy::OperatorManaged).is_err());
+    }
+
+    fn pepper_in(dir: &Path) -> [u8; 32] {
+        *read_pepper(dir).unwrap()
+    }
+
+    #[test]
+    fn an_older_data_dir_gets_identity_and_seal_keys_from_its_pepper_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let pepper = [5u8; 32];
+        private_file(dir.path(), PEPPER_FILE, &pepper_file_string(&pepper));
+        assert_eq!(
+            split_legacy_pepper(dir.path()).unwrap(),
+            vec![IDENTITY_KEY_FILE, SEAL_KEY_FILE]
+        );
+        for (name, label) in [
+            (IDENTITY_KEY_FILE, IDENTITY_LABEL),
+            (SEAL_KEY_FILE, SEAL_LABEL),
+        ] {
+            assert_eq!(*read_symmetric(dir.path(), name, label).unwrap(), pepper);
+        }
+        // Later starts leave them alone, whatever the pepper becomes.
+        switch_pepper(dir.path(), &[6u8; 32]).unwrap();
+        assert!(split_legacy_pepper(dir.path()).unwrap().is_empty());
+        let identity = read_symmetric(dir.path(), IDENTITY_KEY_FILE, IDENTITY_LABEL).unwrap();
+        assert_eq!(*identity, pepper);
+    }
+
+    #[test]
+    fn a_pepper_switch_cut_short_is_finished_at_the_next_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        private_file(d, PEPPER_FILE, &pepper_file_string(&[1u8; 32]));
+        // Cut after the new pepper was written: nothing linked yet.
+        private_file(d, PEPPER_NEXT_FILE, &pepper_file_string(&[2u8; 32]));
+        assert!(finish_pepper_switch(d).unwrap());
+        assert_eq!(pepper_in(d), [2u8; 32]);
+        let old = read_symmetric(d, PEPPER_OLD_FILE, PEPPER_LABEL).unwrap();
+        assert_eq!(*old, [1u8; 32]);
+        assert!(!d.join(PEPPER_NEXT_FILE).exists());
+        assert!(!finish_pepper_switch(d).unwrap());
+        // Cut after the link: the rename alone is left.
+        std::fs::remove_file(d.join(PEPPER_OLD_FILE)).unwrap();
+        std::fs::hard_link(d.join(PEPPER_FILE), d.join(PEPPER_OLD_FILE)).unwrap();
+        private_file(d, PEPPER_NEXT_FILE, &pepper_file_string(&[3u8; 32]));
+        assert!(finish_pepper_switch(d).unwrap());
+        assert_eq!(pepper_in(d), [3u8; 32]);
+        assert_eq!(
+            *read_symmetric(d, PEPPER_OLD_FILE, PEPPER_LABEL).unwrap(),
+            [2u8; 32]
+        );
+        // A second rotation is refused while the old pepper is kept.
+        assert!(switch_pepper(d, &[4u8; 32]).is_err());
+        assert_eq!(pepper_in(d), [3u8; 32]);
     }
 
     #[test]

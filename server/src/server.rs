@@ -64,12 +64,27 @@ struct Timeouts {
     tls_handshake: std::time::Duration,
 }
 
-/// A sled store with its backup control socket.
-type Controlled = (crate::backup::ControlSocket, Arc<crate::storage::Store>);
+/// The control socket, with the sled store it backs up (none on PostgreSQL).
+type Controlled = (
+    crate::backup::ControlSocket,
+    Option<Arc<crate::storage::Store>>,
+);
 
-/// Open the configured backend. On sled, also the owner-only control socket
-/// for online backups (without it the server still serves; backups then
-/// need it stopped); PostgreSQL is backed up with its own tools.
+/// The owner-only control socket of the data dir (without it the server
+/// still serves; backups and key rotations then need it stopped).
+fn bind_control(data_dir: &std::path::Path) -> Option<crate::backup::ControlSocket> {
+    match crate::backup::ControlSocket::bind(data_dir) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(error = %e, "no control socket: online backups and key rotations are unavailable");
+            None
+        }
+    }
+}
+
+/// Open the configured backend and the control socket: on sled for online
+/// backups and key rotations, on PostgreSQL (backed up with its own tools)
+/// for key rotations.
 fn open_backend(config: &Config) -> anyhow::Result<(Arc<dyn Repo>, Option<Controlled>)> {
     use crate::storage::StorageConfig;
     match config.storage_config()? {
@@ -77,20 +92,19 @@ fn open_backend(config: &Config) -> anyhow::Result<(Arc<dyn Repo>, Option<Contro
             let store =
                 crate::storage::open_store(&config.data_dir).context("cannot open the database")?;
             let repo: Arc<dyn Repo> = store.clone();
-            let control = match crate::backup::ControlSocket::bind(&config.data_dir) {
-                Ok(c) => Some((c, store)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "no control socket: online backups are unavailable");
-                    None
-                }
-            };
-            Ok((repo, control))
+            Ok((
+                repo,
+                bind_control(&config.data_dir).map(|c| (c, Some(store))),
+            ))
         }
         StorageConfig::Postgres(url) => {
             let store = crate::storage::postgres::PgStore::connect(&url)
                 .with_context(|| format!("cannot open the database {url}"))?;
             tracing::info!(database = %url, "storage: PostgreSQL");
-            Ok((Arc::new(store), None))
+            Ok((
+                Arc::new(store),
+                bind_control(&config.data_dir).map(|c| (c, None)),
+            ))
         }
     }
 }
@@ -114,6 +128,9 @@ pub fn start(config: Config, listener: std::net::TcpListener) -> anyhow::Result<
         crate::services::delivery::Dispatcher::new(services.clone())
             .context("cannot set up webhook delivery")?,
     );
+    services
+        .check_key_fingerprints()
+        .context("the data dir's keys do not match the store")?;
     services
         .resume_rotation()
         .context("cannot resume the unfinished server key rotation")?;

@@ -422,7 +422,8 @@ fn cli_init_and_serve_refuses_open_key_files() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        for f in ["server.key", "pepper.key", "audit.key", "tls/key.pem"] {
+        let tls = ["tls/key.pem"];
+        for f in onboard_server::keyfiles::KEY_FILES.into_iter().chain(tls) {
             let mode = std::fs::metadata(data.join(f))
                 .unwrap()
                 .permissions()

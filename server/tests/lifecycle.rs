@@ -30,14 +30,8 @@ fn p(path: &Path) -> &str {
 /// Copy the key files and TLS material (not the store) of a data dir.
 fn copy_keys(from: &Path, to: &Path) {
     std::fs::create_dir_all(to.join("tls")).unwrap();
-    for f in [
-        "server.key",
-        "pepper.key",
-        "audit.key",
-        "tls/ca.pem",
-        "tls/cert.pem",
-        "tls/key.pem",
-    ] {
+    let tls = ["tls/ca.pem", "tls/cert.pem", "tls/key.pem"];
+    for f in onboard_server::keyfiles::KEY_FILES.into_iter().chain(tls) {
         std::fs::copy(from.join(f), to.join(f)).unwrap();
     }
 }

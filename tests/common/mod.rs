@@ -380,6 +380,25 @@ fn copy_files(from: &Path, to: &Path) {
     }
 }
 
+/// A key file of `server`'s data dir (`LABEL HEX`): its hex and its bytes.
+pub fn key_file(server: &TestServer, name: &str) -> (String, Vec<u8>) {
+    let text = std::fs::read_to_string(server.data_dir.join(name)).expect("key file");
+    let hex_part = text.split_whitespace().nth(1).expect("key hex").to_string();
+    let raw = hex::decode(&hex_part).expect("hex key");
+    (hex_part, raw)
+}
+
+/// No stored byte string holds `key` (from [`key_file`]), as hex or raw.
+pub fn assert_no_key_bytes(stored: &[(PathBuf, Vec<u8>)], key: &(String, Vec<u8>), what: &str) {
+    for (path, bytes) in stored {
+        assert!(
+            !contains(bytes, key.0.as_bytes()) && !contains(bytes, &key.1),
+            "{} holds the old {what}",
+            path.display()
+        );
+    }
+}
+
 /// Whether `needle` occurs in `haystack`.
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
@@ -388,13 +407,30 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// A plain graph for attack tests: person `p{i}` has `person{i}@example.com`
 /// and the cookie `ck-{i}` at `destination`.
 pub fn simple_graph(server: &TestServer, persons: usize, destination: &str) {
-    let ids = server.path("simple-ids.csv");
-    let cookies = server.path("simple-cookies.csv");
+    graph_at(server, "simple", persons, &[destination], |i| {
+        format!("ck-{i}")
+    });
+}
+
+/// A graph of `persons`: `p{i}` has `person{i}@example.com` and the cookie
+/// `cookie(i)` at each of `destinations`; imported by the operator from
+/// `NAME-ids.csv` and `NAME-cookies.csv` (left for the test).
+pub fn graph_at(
+    server: &TestServer,
+    name: &str,
+    persons: usize,
+    destinations: &[&str],
+    cookie: impl Fn(usize) -> String,
+) {
+    let ids = server.path(&format!("{name}-ids.csv"));
+    let cookies = server.path(&format!("{name}-cookies.csv"));
     let mut id_lines = String::from("person_id,kind,value\n");
     let mut cookie_lines = String::from("person_id,destination,cookie_id\n");
     for i in 0..persons {
         id_lines.push_str(&format!("p{i},email,person{i}@example.com\n"));
-        cookie_lines.push_str(&format!("p{i},{destination},ck-{i}\n"));
+        for d in destinations {
+            cookie_lines.push_str(&format!("p{i},{d},{}\n", cookie(i)));
+        }
     }
     std::fs::write(&ids, id_lines).unwrap();
     std::fs::write(&cookies, cookie_lines).unwrap();

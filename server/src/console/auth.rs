@@ -92,12 +92,12 @@ fn totp_of(secret: Vec<u8>, name: &str) -> Result<TOTP, OperatorError> {
 
 /// A fresh TOTP secret: its sealed form and its `otpauth://` URI.
 fn new_second_factor(
-    pepper: &[u8; 32],
+    identity: &[u8; 32],
     name: &str,
 ) -> Result<(Vec<u8>, Zeroizing<String>), OperatorError> {
     let mut secret = Zeroizing::new(vec![0u8; TOTP_SECRET_BYTES]);
     rand::rngs::OsRng.fill_bytes(&mut secret);
-    let sealed = seal::seal_bytes(pepper, TOTP_LABEL, name.as_bytes(), &secret)
+    let sealed = seal::seal_bytes(identity, TOTP_LABEL, name.as_bytes(), &secret)
         .ok_or_else(|| OperatorError::Crypto("sealing the TOTP secret failed".into()))?;
     let uri = Zeroizing::new(totp_of(secret.to_vec(), name)?.get_url());
     Ok((sealed, uri))
@@ -118,7 +118,7 @@ fn audit_cli(
 /// `operator add`: a new operator with a random password and TOTP secret.
 pub fn add_operator(
     repo: &dyn Repo,
-    pepper: &[u8; 32],
+    identity: &[u8; 32],
     audit_key: &AuditKey,
     name: &str,
 ) -> Result<Credentials, OperatorError> {
@@ -126,7 +126,7 @@ pub fn add_operator(
         return Err(OperatorError::InvalidName);
     }
     let password = random_token(PASSWORD_BYTES);
-    let (totp_sealed, otpauth_uri) = new_second_factor(pepper, name)?;
+    let (totp_sealed, otpauth_uri) = new_second_factor(identity, name)?;
     let op = Operator {
         name: name.into(),
         password_hash: hash_password(&password)?,
@@ -160,14 +160,14 @@ pub fn remove_operator(
 /// operator's sessions end.
 pub fn reset_second_factor(
     repo: &dyn Repo,
-    pepper: &[u8; 32],
+    identity: &[u8; 32],
     audit_key: &AuditKey,
     name: &str,
 ) -> Result<Credentials, OperatorError> {
     let mut op = repo
         .operator(name)?
         .ok_or_else(|| OperatorError::NotFound(name.into()))?;
-    let (totp_sealed, otpauth_uri) = new_second_factor(pepper, name)?;
+    let (totp_sealed, otpauth_uri) = new_second_factor(identity, name)?;
     op.totp_sealed = totp_sealed;
     op.totp_last_step = 0;
     if !repo.reset_operator(&op)? {
@@ -255,13 +255,13 @@ fn matching_step(totp: &TOTP, code: &str, now: u64) -> Option<u64> {
 }
 
 /// The CSRF token of the forms protected by the cookie `value`.
-pub(crate) fn csrf_token(pepper: &[u8; 32], value: &str) -> String {
-    hex::encode(&hmac_with(pepper, b"console-csrf", value.as_bytes())[..16])
+pub(crate) fn csrf_token(key: &[u8; 32], value: &str) -> String {
+    hex::encode(&hmac_with(key, b"console-csrf", value.as_bytes())[..16])
 }
 
 /// Whether `token` is the CSRF token of the cookie `value` (constant time).
-pub(crate) fn csrf_matches(pepper: &[u8; 32], value: &str, token: &str) -> bool {
-    let expected = csrf_token(pepper, value);
+pub(crate) fn csrf_matches(key: &[u8; 32], value: &str, token: &str) -> bool {
+    let expected = csrf_token(key, value);
     expected.len() == token.len() && bool::from(expected.as_bytes().ct_eq(token.as_bytes()))
 }
 
@@ -329,9 +329,14 @@ impl Services {
         let Some(op) = op.filter(|_| password_ok) else {
             return Ok(Err(Refusal::Password));
         };
-        let secret = seal::open_bytes(self.pepper(), TOTP_LABEL, name.as_bytes(), &op.totp_sealed)
-            .map(Zeroizing::new)
-            .ok_or_else(|| ApiError::Internal("the operator's TOTP secret does not open".into()))?;
+        let secret = seal::open_bytes(
+            self.identity_key(),
+            TOTP_LABEL,
+            name.as_bytes(),
+            &op.totp_sealed,
+        )
+        .map(Zeroizing::new)
+        .ok_or_else(|| ApiError::Internal("the operator's TOTP secret does not open".into()))?;
         let totp = totp_of(secret.to_vec(), name).map_err(|e| ApiError::Internal(e.to_string()))?;
         let Some(step) = matching_step(&totp, code, unix_now()) else {
             return Ok(Err(Refusal::Code));
@@ -361,7 +366,7 @@ impl Services {
             self.repo.put_session(&s)?;
         }
         Ok(Some(OperatorSession {
-            csrf: csrf_token(self.pepper(), id),
+            csrf: csrf_token(self.identity_key(), id),
             name: s.operator,
         }))
     }

@@ -192,7 +192,7 @@ pub struct Operator {
 impl Operator {
     /// Refuse a form whose CSRF token is not this session's.
     pub fn check_csrf(&self, state: &Services, token: &str) -> Result<(), ConsoleError> {
-        if auth::csrf_matches(state.pepper(), &self.cookie, token) {
+        if auth::csrf_matches(state.identity_key(), &self.cookie, token) {
             Ok(())
         } else {
             Err(ConsoleError::Csrf)

@@ -14,7 +14,7 @@ const CLEANUP_PAGE: usize = 1000;
 /// pulls answer 410 `expired` rather than 404.
 pub const EXPIRED_RECORD_SECS: u64 = 30 * 86_400;
 
-/// Key label of members cursors (their own key, derived from the pepper).
+/// Key label of members cursors (their own key, derived from the sealing key).
 const CURSOR_LABEL: &[u8] = b"members-cursor-aead";
 
 /// Longest cursor accepted (a position is at most ~290 bytes).
@@ -52,25 +52,35 @@ fn changes_scope(id: &str, version: u64) -> String {
 /// MAC'd) it would let a destination with `limit=1` group its cookies by
 /// person and two destinations join on it. Encrypted with a random nonce, no
 /// value repeats between cursors, pages, audiences or destinations.
+///
+/// During a sealing-key rotation cursors are sealed under the new key and
+/// accepted under either; once it ends, a cursor of the old key is a
+/// `bad-cursor` (the pull restarts from its first page).
 pub fn encode_cursor(
-    pepper: &[u8; 32],
+    sealer: &super::seal::Sealer,
     audience: &str,
     position: &[u8],
 ) -> Result<String, ApiError> {
-    let sealed = super::seal::seal_bytes(pepper, CURSOR_LABEL, audience.as_bytes(), position)
+    let sealed = sealer
+        .seal_bytes(CURSOR_LABEL, audience.as_bytes(), position)
         .ok_or_else(|| ApiError::Internal("cursor encryption failed".into()))?;
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed))
 }
 
 /// Decode a cursor issued for `audience`; anything else is `BadCursor`.
-pub fn decode_cursor(pepper: &[u8; 32], audience: &str, cursor: &str) -> Result<Vec<u8>, ApiError> {
+pub fn decode_cursor(
+    sealer: &super::seal::Sealer,
+    audience: &str,
+    cursor: &str,
+) -> Result<Vec<u8>, ApiError> {
     if cursor.len() > MAX_CURSOR_LEN {
         return Err(ApiError::BadCursor);
     }
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(cursor)
         .map_err(|_| ApiError::BadCursor)?;
-    super::seal::open_bytes(pepper, CURSOR_LABEL, audience.as_bytes(), &raw)
+    sealer
+        .open_bytes(CURSOR_LABEL, audience.as_bytes(), &raw)
         .ok_or(ApiError::BadCursor)
 }
 
@@ -121,7 +131,8 @@ impl Services {
 
     /// Open a stored sealed cookie ID.
     pub(crate) fn open_cookie(&self, sealed: &[u8]) -> Result<String, ApiError> {
-        super::seal::open(self.pepper(), sealed)
+        self.sealer()
+            .open_cookie(sealed)
             .ok_or_else(|| ApiError::Internal("a stored cookie ID failed authentication".into()))
     }
 
@@ -146,7 +157,7 @@ impl Services {
         }
         let scope = changes_scope(id, a.version);
         let after = cursor
-            .map(|c| decode_cursor(self.pepper(), &scope, c))
+            .map(|c| decode_cursor(&self.sealer(), &scope, c))
             .transpose()?;
         let mut page = ChangesPage {
             changes: Vec::new(),
@@ -161,7 +172,7 @@ impl Services {
             let more = rows.len() > limit;
             rows.truncate(limit);
             if let (true, Some(last)) = (more, rows.last()) {
-                page.next = Some(encode_cursor(self.pepper(), &scope, &last.pos)?);
+                page.next = Some(encode_cursor(&self.sealer(), &scope, &last.pos)?);
             }
             page.changes = rows
                 .iter()
@@ -182,9 +193,8 @@ impl Services {
         limit: Option<usize>,
     ) -> Result<MembersPage, ApiError> {
         let mut a = self.own_live_audience(caller, id)?;
-        let after = cursor
-            .map(|c| decode_cursor(self.pepper(), id, c))
-            .transpose()?;
+        let sealer = self.sealer();
+        let after = cursor.map(|c| decode_cursor(&sealer, id, c)).transpose()?;
         let limit = self.page_limit(limit)?;
         let mut rows = self.repo.members_after(id, after.as_deref(), limit + 1)?;
         let more = rows.len() > limit;
@@ -194,7 +204,7 @@ impl Services {
             .map(|(_, sealed)| self.open_cookie(sealed))
             .collect::<Result<Vec<_>, _>>()?;
         let next = match (more, rows.last()) {
-            (true, Some((pos, _))) => Some(encode_cursor(self.pepper(), id, pos)?),
+            (true, Some((pos, _))) => Some(encode_cursor(&sealer, id, pos)?),
             _ => None,
         };
         if next.is_none() && !a.pulled {
@@ -329,7 +339,9 @@ impl Services {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::services::seal::Sealer;
     use proptest::prelude::*;
+    use zeroize::Zeroizing;
 
     #[test]
     fn ended_jobs_are_forgotten_after_the_retention_and_no_sooner() {
@@ -382,17 +394,33 @@ mod tests {
     proptest! {
         #[test]
         fn cursors_round_trip(pos in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let pepper = [7u8; 32];
-            let c = encode_cursor(&pepper, "a-1", &pos).unwrap();
-            prop_assert_ne!(&c, &encode_cursor(&pepper, "a-1", &pos).unwrap(), "a fresh nonce each time");
-            prop_assert_eq!(decode_cursor(&pepper, "a-1", &c).unwrap(), pos.clone());
-            prop_assert!(decode_cursor(&pepper, "a-2", &c).is_err());
-            prop_assert!(decode_cursor(&[8u8; 32], "a-1", &c).is_err());
+            let key = Sealer::new(Zeroizing::new([7u8; 32]));
+            let c = encode_cursor(&key, "a-1", &pos).unwrap();
+            prop_assert_ne!(&c, &encode_cursor(&key, "a-1", &pos).unwrap(), "a fresh nonce each time");
+            prop_assert_eq!(decode_cursor(&key, "a-1", &c).unwrap(), pos.clone());
+            prop_assert!(decode_cursor(&key, "a-2", &c).is_err());
+            prop_assert!(decode_cursor(&Sealer::new(Zeroizing::new([8u8; 32])), "a-1", &c).is_err());
+        }
+
+        /// During a sealing-key rotation cursors of both keys are accepted,
+        /// new ones are made under the new key only.
+        #[test]
+        fn cursors_of_both_keys_pass_during_a_rotation(pos in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let old = Sealer::new(Zeroizing::new([7u8; 32]));
+            let rotating = Sealer::rotating(Zeroizing::new([7u8; 32]), Zeroizing::new([8u8; 32]));
+            let after = Sealer::new(Zeroizing::new([8u8; 32]));
+            let before = encode_cursor(&old, "a-1", &pos).unwrap();
+            let during = encode_cursor(&rotating, "a-1", &pos).unwrap();
+            prop_assert_eq!(decode_cursor(&rotating, "a-1", &before).unwrap(), pos.clone());
+            prop_assert_eq!(decode_cursor(&rotating, "a-1", &during).unwrap(), pos.clone());
+            prop_assert_eq!(decode_cursor(&after, "a-1", &during).unwrap(), pos.clone());
+            prop_assert!(decode_cursor(&old, "a-1", &during).is_err());
+            prop_assert!(decode_cursor(&after, "a-1", &before).is_err());
         }
 
         #[test]
         fn junk_cursors_are_refused_without_panic(s in "\\PC{0,200}") {
-            let r = decode_cursor(&[7u8; 32], "a-1", &s);
+            let r = decode_cursor(&Sealer::new(Zeroizing::new([7u8; 32])), "a-1", &s);
             prop_assert!(matches!(r, Err(ApiError::BadCursor)));
         }
     }

@@ -8,7 +8,6 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::Sha256;
-use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 /// Prefix of every API key.
@@ -123,9 +122,10 @@ fn new_key_in(
     let rec = ApiKeyRecord {
         key_id: new_id("k-")[..18].to_string(),
         principal: p.name.clone(),
-        hash: hmac_with(pepper, b"api-key", api_key.as_bytes()),
+        hash: super::secrets::api_key_hash(pepper, &api_key),
         created: rfc3339(unix_now()),
         revoked: false,
+        pepper: super::secrets::pepper_id(pepper),
     };
     repo.insert_key(&rec)?;
     Ok(NewKey {
@@ -137,8 +137,9 @@ fn new_key_in(
 }
 
 impl Services {
+    /// An HMAC under the identity key (person and audit pseudonyms).
     pub(crate) fn hmac(&self, label: &[u8], data: &[u8]) -> [u8; 32] {
-        hmac_with(self.pepper(), label, data)
+        hmac_with(self.identity_key(), label, data)
     }
 
     /// Resolve a bearer token to a caller: 401 for anything not a live key.
@@ -146,12 +147,8 @@ impl Services {
         if !token.starts_with(KEY_PREFIX) || token.len() > 128 {
             return Err(ApiError::Unauthenticated);
         }
-        let hash = self.hmac(b"api-key", token.as_bytes());
-        let rec = self
-            .repo
-            .key_by_hash(&hash)?
-            .ok_or(ApiError::Unauthenticated)?;
-        if !bool::from(rec.hash.ct_eq(&hash)) || rec.revoked {
+        let rec = self.find_api_key(token)?.ok_or(ApiError::Unauthenticated)?;
+        if rec.revoked {
             return Err(ApiError::Unauthenticated);
         }
         let p = self
@@ -173,7 +170,8 @@ impl Services {
         role: Role,
         webhook: Option<String>,
     ) -> Result<NewKey, ApiError> {
-        let result = create_principal_in(self.repo.as_ref(), self.pepper(), name, role, webhook);
+        let (pepper, _) = self.current_pepper();
+        let result = create_principal_in(self.repo.as_ref(), &pepper, name, role, webhook);
         let outcome = if result.is_ok() { "ok" } else { "refused" };
         self.audit(
             &actor.name,
@@ -190,7 +188,8 @@ impl Services {
             .repo
             .principal(name)?
             .ok_or(ApiError::NotFound("principal"))?;
-        let k = new_key_in(self.repo.as_ref(), self.pepper(), &p)?;
+        let (pepper, _) = self.current_pepper();
+        let k = new_key_in(self.repo.as_ref(), &pepper, &p)?;
         self.audit(&actor.name, "key.create", &k.key_id, "ok")?;
         Ok(k)
     }

@@ -34,12 +34,14 @@ pub struct CookieRow {
 /// Most cookie rows per batch.
 pub const MAX_COOKIES_PER_BATCH: usize = 65_536;
 
-fn sealed_cookie(pepper: &[u8; 32], cookie: &str) -> Result<SealedCookie, ApiError> {
-    Ok(SealedCookie {
-        tag: seal::cookie_tag(pepper, cookie),
-        sealed: seal::seal(pepper, cookie)
-            .ok_or(ApiError::Internal("cookie encryption failed".into()))?,
-    })
+fn sealed_cookie(
+    identity: &[u8; 32],
+    sealer: &seal::Sealer,
+    cookie: &str,
+) -> Result<SealedCookie, ApiError> {
+    sealer
+        .sealed_cookie(identity, cookie)
+        .ok_or(ApiError::Internal("cookie encryption failed".into()))
 }
 
 /// Opted-out points looked up in a version per store call.
@@ -313,6 +315,7 @@ impl Services {
         let rows_len = rows.len();
         // Sealed on all cores before the import lock, so that a cookies
         // batch's encryption runs beside an identifiers batch's curve work.
+        let sealer = self.sealer();
         let sealed = {
             use rayon::prelude::*;
             rows.par_iter()
@@ -320,7 +323,7 @@ impl Services {
                     Ok((
                         r.destination.clone(),
                         self.person_key(&r.person),
-                        sealed_cookie(self.pepper(), &r.cookie)?,
+                        sealed_cookie(self.identity_key(), &sealer, &r.cookie)?,
                     ))
                 })
                 .collect::<Result<Vec<_>, ApiError>>()?
@@ -919,7 +922,7 @@ mod tests {
             (MatchKind::Email, bpy(&s, 41), s.person_key("p41")),
         ];
         s.repo.put_identifier_run(kept, 0, rows).unwrap();
-        let sealed = sealed_cookie(s.pepper(), "ck-p42").unwrap();
+        let sealed = sealed_cookie(s.identity_key(), &s.sealer(), "ck-p42").unwrap();
         s.repo
             .put_cookie_run(kept, 0, vec![("dsp".into(), p42, sealed)])
             .unwrap();

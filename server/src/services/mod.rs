@@ -13,6 +13,7 @@ pub mod recovery;
 pub mod release;
 pub mod rotation;
 pub mod seal;
+pub mod secrets;
 pub mod uniform;
 pub mod webhooks;
 
@@ -38,8 +39,14 @@ pub struct Services {
     key_state: std::sync::RwLock<rotation::KeyState>,
     /// What the rotation thread is doing, for `keys rotate --status`.
     rotation_status: Mutex<rotation::Status>,
-    /// HMAC pepper for API keys, cursors and audit pseudonyms.
-    pepper: Zeroizing<[u8; 32]>,
+    /// The API-key pepper, and the previous one during a pepper rotation.
+    peppers: std::sync::RwLock<secrets::Peppers>,
+    /// The sealing key(s) (see [`seal::Sealer`]).
+    sealer: std::sync::RwLock<Arc<seal::Sealer>>,
+    /// Key of person pseudonyms, cookie tags and audit pseudonyms.
+    identity: Zeroizing<[u8; 32]>,
+    /// Serialises pepper rotations.
+    pepper_lock: Mutex<()>,
     /// HMAC key of the audit chain (kept outside the store).
     audit_key: audit::AuditKey,
     /// Bloom filter in front of the exact opt-out set.
@@ -108,6 +115,9 @@ impl Services {
         let ServerSecrets {
             key,
             pepper,
+            old_pepper,
+            seal,
+            identity,
             audit_key,
         } = secrets;
         let services = Self {
@@ -115,7 +125,10 @@ impl Services {
             config,
             key_state: std::sync::RwLock::new(rotation::KeyState::steady(key)),
             rotation_status: Mutex::new(rotation::Status::default()),
-            pepper,
+            peppers: std::sync::RwLock::new(secrets::Peppers::new(pepper, old_pepper)),
+            sealer: std::sync::RwLock::new(Arc::new(seal::Sealer::new(seal))),
+            identity,
+            pepper_lock: Mutex::new(()),
             audit_key,
             optout_bloom: Mutex::new(new_bloom(0)),
             import_lock: Mutex::new(()),
@@ -132,8 +145,21 @@ impl Services {
         Ok(services)
     }
 
-    pub(crate) fn pepper(&self) -> &[u8; 32] {
-        &self.pepper
+    /// The identity key (person pseudonyms, cookie tags, audit pseudonyms).
+    pub(crate) fn identity_key(&self) -> &[u8; 32] {
+        &self.identity
+    }
+
+    /// The sealing key(s) now.
+    pub(crate) fn sealer(&self) -> Arc<seal::Sealer> {
+        self.sealer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_sealer(&self, sealer: seal::Sealer) {
+        *self.sealer.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(sealer);
     }
 
     /// Refill the opt-out filter from the store (after a key rotation

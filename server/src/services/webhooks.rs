@@ -14,7 +14,7 @@ use std::net::{SocketAddr, ToSocketAddrs as _};
 use zeroize::Zeroizing;
 
 /// Key label of sealed signing secrets.
-const SECRET_LABEL: &[u8] = b"webhook-secret-aead";
+pub(crate) const SECRET_LABEL: &[u8] = b"webhook-secret-aead";
 
 /// How long a rotated-out secret keeps signing beside the new one.
 pub const ROTATION_OVERLAP_SECS: u64 = 24 * 3600;
@@ -194,13 +194,9 @@ impl Services {
     }
 
     fn seal_secret(&self, destination: &str, s: &SigningSecret) -> Result<Vec<u8>, ApiError> {
-        super::seal::seal_bytes(
-            self.pepper(),
-            SECRET_LABEL,
-            destination.as_bytes(),
-            s.as_bytes(),
-        )
-        .ok_or_else(|| ApiError::Internal("sealing a webhook secret failed".into()))
+        self.sealer()
+            .seal_bytes(SECRET_LABEL, destination.as_bytes(), s.as_bytes())
+            .ok_or_else(|| ApiError::Internal("sealing a webhook secret failed".into()))
     }
 
     /// The secrets that sign now, newest first.
@@ -214,15 +210,11 @@ impl Services {
             .filter(|s| s.expires.is_none_or(|t| t > now))
             .map(|s| {
                 let bytes = Zeroizing::new(
-                    super::seal::open_bytes(
-                        self.pepper(),
-                        SECRET_LABEL,
-                        e.destination.as_bytes(),
-                        &s.sealed,
-                    )
-                    .ok_or_else(|| {
-                        ApiError::Internal("a webhook secret failed authentication".into())
-                    })?,
+                    self.sealer()
+                        .open_bytes(SECRET_LABEL, e.destination.as_bytes(), &s.sealed)
+                        .ok_or_else(|| {
+                            ApiError::Internal("a webhook secret failed authentication".into())
+                        })?,
                 );
                 SigningSecret::from_bytes(&bytes).map_err(|_| {
                     ApiError::Internal("a stored webhook secret has a bad length".into())

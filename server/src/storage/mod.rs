@@ -67,7 +67,7 @@ pub struct AlreadyExists;
 /// ordering) and the sealed bytes. Storage never sees the plaintext.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealedCookie {
-    /// `HMAC(pepper-derived key, cookie)`, truncated.
+    /// `HMAC(identity key, cookie)`, truncated.
     pub tag: [u8; 16],
     /// `nonce || ciphertext || mac`.
     pub sealed: Vec<u8>,
@@ -133,6 +133,11 @@ pub struct ApiKeyRecord {
     pub created: String,
     /// Revoked keys are refused.
     pub revoked: bool,
+    /// Public fingerprint of the pepper `hash` is under (empty: the pepper
+    /// of a data dir before any pepper rotation), so a pepper rotation can
+    /// count the keys still hashed under the old one.
+    #[serde(default)]
+    pub pepper: String,
 }
 
 /// Counts describing a graph version.
@@ -532,7 +537,7 @@ pub trait PrincipalRepo {
 }
 
 /// A person as storage knows it: a keyed pseudonym of the onboarder's person
-/// ID (`HMAC(pepper, "person" || id)`, 16 bytes). The same ID gives the same
+/// ID (`HMAC(identity key, "person-key" || id)`, 16 bytes). The same ID gives the same
 /// key in every graph version; the ID itself is never stored.
 pub type PersonKey = [u8; 16];
 
@@ -850,15 +855,31 @@ pub trait AuditRepo {
     fn audit_after(&self, after: u64, limit: usize) -> StoreResult<Vec<AuditEntry>>;
 }
 
-/// Progress of a server key rotation (see `services::rotation`), saved
-/// with each step it finishes so that a restart resumes after the last one.
+/// Which key a rotation replaces.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RotationKind {
+    /// The server scalar `b` (`server.key`): stored points move to `b'`.
+    #[default]
+    ServerKey,
+    /// The sealing key (`seal.key`): sealed values are sealed again.
+    SealKey,
+}
+
+/// Progress of a key rotation (see `services::rotation`), saved with each
+/// step it finishes so that a restart resumes after the last one.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RotationRecord {
     /// Rotation ID (for the audit log).
     pub id: String,
+    /// The key it replaces (records written before sealing-key rotations
+    /// were all server-key ones).
+    #[serde(default)]
+    pub kind: RotationKind,
     /// The graph version being written under the new key, once allocated.
     pub new_version: Option<u64>,
-    /// Finished steps (`graph`, `optouts`, `tombstones`, `cache:<ns hex>`).
+    /// Finished steps (`graph`, `optouts`, `tombstones`, `cache:<ns hex>`,
+    /// `audiences`, `webhooks`, `commit`, `switched`).
     pub done: BTreeSet<String>,
 }
 
@@ -892,7 +913,39 @@ pub trait RotationRepo {
         pairs: Vec<(PointBytes, PointBytes)>,
         rec: &RotationRecord,
     ) -> StoreResult<()>;
+    /// Replace each sealed cookie of an audience's members by
+    /// `reseal(sealed)`, positions unchanged, in one atomic switch that
+    /// leaves no copy of the old values in the store's files (sealing-key
+    /// rotation). Returns how many were resealed, or `None` (nothing
+    /// written) if `reseal` refused one.
+    fn reseal_members(&self, id: &str, reseal: &Reseal<'_>) -> StoreResult<Option<u64>>;
+    /// The deployment's key fingerprints, once a server recorded them.
+    fn key_fingerprints(&self) -> StoreResult<Option<KeyFingerprints>>;
+    /// Record (`Some`) or forget (`None`) the deployment's key
+    /// fingerprints, durable on return.
+    fn put_key_fingerprints(&self, f: Option<&KeyFingerprints>) -> StoreResult<()>;
 }
+
+/// The public fingerprints of the keys every server of a deployment must
+/// hold (never a key): each server checks its key files against them at
+/// start, so a server left with an old key after a rotation refuses to
+/// serve instead of matching or unsealing with it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyFingerprints {
+    /// `b`'s fingerprint (a hash of `b·G`).
+    pub server: String,
+    /// HMAC of a fixed label under the sealing key.
+    pub seal: String,
+    /// HMAC of a fixed label under the identity key.
+    pub identity: String,
+    /// HMAC of a fixed label under the current pepper.
+    pub pepper: String,
+    /// The same under the old pepper while a pepper rotation is pending.
+    pub old_pepper: Option<String>,
+}
+
+/// A sealed value sealed again under a new key; `None` if it does not open.
+pub type Reseal<'a> = dyn Fn(&[u8]) -> Option<Vec<u8>> + Sync + 'a;
 
 /// How long budget charges are kept, in seconds: the longest budget window
 /// the configuration accepts (366 days), so lengthening the window never
@@ -1429,6 +1482,7 @@ impl<R: OutboxRepo> OutboxRepo for Guarded<R> {
 impl<R: RotationRepo> RotationRepo for Guarded<R> {
     guarded_reads! {
         fn rotation(&self) -> StoreResult<Option<RotationRecord>>;
+        fn key_fingerprints(&self) -> StoreResult<Option<KeyFingerprints>>;
         fn cached_namespaces(&self) -> StoreResult<Vec<[u8; 16]>>;
         fn tombstones(&self) -> StoreResult<Vec<(PersonKey, Vec<PointBytes>)>>;
     }
@@ -1437,6 +1491,8 @@ impl<R: RotationRepo> RotationRepo for Guarded<R> {
         fn replace_optouts(&self, points: &[PointBytes], rec: &RotationRecord) -> StoreResult<()>;
         fn replace_tombstones(&self, tombstones: &[(PersonKey, Vec<PointBytes>)], rec: &RotationRecord) -> StoreResult<()>;
         fn replace_cache(&self, ns: &[u8; 16], pairs: Vec<(PointBytes, PointBytes)>, rec: &RotationRecord) -> StoreResult<()>;
+        fn reseal_members(&self, id: &str, reseal: &Reseal<'_>) -> StoreResult<Option<u64>>;
+        fn put_key_fingerprints(&self, f: Option<&KeyFingerprints>) -> StoreResult<()>;
     }
 }
 
@@ -1607,6 +1663,41 @@ pub(crate) mod audience_checks {
         s.delete_audience(&a.id).unwrap();
         assert!(s.changes_after(&a.id, None, 100).unwrap().is_empty());
         assert!(s.members_after(&a.id, None, 100).unwrap().is_empty());
+    }
+
+    /// A sealing-key rotation's re-seal of an audience covers the kept
+    /// changes of its latest refresh as well as its members.
+    pub(crate) fn reseal_covers_the_kept_changes<S: AudienceRepo + RotationRepo>(
+        s: &S,
+        a: Audience,
+    ) {
+        let first = [SealedCookie {
+            tag: [0; 16],
+            sealed: record(0).1,
+        }];
+        s.create_audience(&a, &[("person00".into(), &first[..])])
+            .unwrap();
+        let v2 = Audience {
+            version: 2,
+            changes_from: Some(1),
+            size: 1,
+            ..a.clone()
+        };
+        let changes = [change(0, ChangeOp::Remove), change(1, ChangeOp::Add)];
+        s.refresh_audience(&v2, &[record(1)], &changes).unwrap();
+        let upper = |v: &[u8]| Some(v.to_ascii_uppercase());
+        assert_eq!(s.reseal_members(&a.id, &upper).unwrap(), Some(1));
+        let resealed = s.changes_after(&a.id, None, 100).unwrap();
+        assert_eq!(resealed.len(), 2);
+        for (new, old) in resealed.iter().zip(&changes) {
+            assert_eq!((&new.pos, new.op), (&old.pos, old.op));
+            assert_eq!(new.sealed, old.sealed.to_ascii_uppercase());
+        }
+        let members = s.members_after(&a.id, None, 100).unwrap();
+        assert_eq!(
+            members,
+            vec![(record(1).0, record(1).1.to_ascii_uppercase())]
+        );
     }
 
     #[test]

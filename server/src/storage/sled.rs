@@ -236,7 +236,14 @@ impl PrincipalRepo for SledStore {
         let value = json(k)?;
         (&self.keys, &self.key_hash)
             .transaction(|(keys, hashes)| {
-                keys.insert(k.key_id.as_bytes(), value.clone())?;
+                // A key re-hashed under a new pepper leaves no entry under its old hash.
+                if let Some(old) = keys.insert(k.key_id.as_bytes(), value.clone())? {
+                    if let Ok(old) = serde_json::from_slice::<ApiKeyRecord>(&old) {
+                        if old.hash != k.hash {
+                            hashes.remove(&old.hash[..])?;
+                        }
+                    }
+                }
                 hashes.insert(&k.hash[..], k.key_id.as_bytes())?;
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
@@ -603,6 +610,73 @@ impl SledStore {
         flush(&mut buf, &mut first)?;
         self.blobs.sync(&base, generation)?;
         Ok(chunks)
+    }
+
+    /// Write an audience's member records as a new file generation, switch
+    /// its chunks to it, then remove the old generation (so no copy of a
+    /// dropped or replaced record is left in the audience's files).
+    fn rewrite_members(
+        &self,
+        id: &str,
+        chunks: &[MemberChunk],
+        records: Vec<(&[u8], &[u8])>,
+    ) -> StoreResult<()> {
+        let generation = chunks.iter().map(|c| c.1).max().unwrap_or(0);
+        let fresh = self.write_member_chunks(id, generation + 1, records.into_iter())?;
+        let mut batch = Batch::default();
+        for (k, _, _) in chunks {
+            if !fresh.iter().any(|(f, _)| f == k) {
+                batch.remove(k.as_slice());
+            }
+        }
+        for (k, r) in &fresh {
+            batch.insert(k.as_slice(), &r[..]);
+        }
+        self.aud_mem.apply_batch(batch).map_err(be)?;
+        self.db.flush().map_err(be)?;
+        self.blobs
+            .remove_generation(&audience_base(id), generation)?;
+        Ok(())
+    }
+
+    /// [`RotationRepo::reseal_members`] on sled.
+    pub(super) fn reseal_audience_members(
+        &self,
+        id: &str,
+        reseal: &Reseal<'_>,
+    ) -> StoreResult<Option<u64>> {
+        // The kept changes of its latest refresh (`op | sealed`) first.
+        let mut changes = Batch::default();
+        for item in self.aud_changes.scan_prefix(member_prefix(id)) {
+            let (k, v) = item.map_err(be)?;
+            let Some((op, sealed)) = v.split_first() else {
+                return Err(StoreError::Corrupt(AUDIENCE_CHANGES));
+            };
+            let Some(new) = reseal(sealed) else {
+                return Ok(None);
+            };
+            changes.insert(k, key(&[&[*op], &new]));
+        }
+        self.aud_changes.apply_batch(changes).map_err(be)?;
+        let chunks = self.member_chunks(id)?;
+        let mut records = Vec::new();
+        for (_, _, chunk) in &chunks {
+            records.extend(member_records(chunk)?);
+        }
+        if records.is_empty() {
+            return Ok(Some(0));
+        }
+        let Some(resealed) = records
+            .iter()
+            .map(|(k, sealed)| Some((*k, reseal(sealed)?)))
+            .collect::<Option<Vec<_>>>()
+        else {
+            return Ok(None);
+        };
+        let n = resealed.len() as u64;
+        let records = resealed.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+        self.rewrite_members(id, &chunks, records)?;
+        Ok(Some(n))
     }
 
     /// Every chunk of an audience, in order.
@@ -1219,6 +1293,13 @@ mod tests {
     }
 
     #[test]
+    fn reseal_covers_the_kept_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("db")).unwrap();
+        crate::storage::audience_checks::reseal_covers_the_kept_changes(&store, audience("a-s"));
+    }
+
+    #[test]
     fn refresh_replaces_members_and_changes() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(&dir.path().join("db")).unwrap();
@@ -1283,6 +1364,28 @@ mod tests {
         assert_eq!(names, vec!["aud-a-1.2".to_string()]);
         let bytes = std::fs::read(blobs.join("aud-a-1.2")).unwrap();
         assert!(!bytes.windows(11).any(|w| w == b"person02999"));
+
+        // Re-sealed (sealing-key rotation): positions kept, values replaced,
+        // the old file generation gone; a refused value changes nothing.
+        let before = store.members_after("a-1", None, usize::MAX).unwrap();
+        assert_eq!(store.reseal_members("a-1", &|_| None).unwrap(), None);
+        let upper = |v: &[u8]| Some(v.to_ascii_uppercase());
+        assert_eq!(
+            store.reseal_members("a-1", &upper).unwrap(),
+            Some(before.len() as u64)
+        );
+        let after_reseal = store.members_after("a-1", None, usize::MAX).unwrap();
+        assert_eq!(after_reseal.len(), before.len());
+        for ((p0, v0), (p1, v1)) in before.iter().zip(&after_reseal) {
+            assert_eq!((p0, &v0.to_ascii_uppercase()), (p1, v1));
+        }
+        let names: Vec<String> = std::fs::read_dir(&blobs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["aud-a-1.3".to_string()]);
+        let bytes = std::fs::read(blobs.join("aud-a-1.3")).unwrap();
+        assert!(!bytes.windows(12).any(|w| w == b"cookie-00001"));
         store.delete_audience("a-1").unwrap();
         assert_eq!(std::fs::read_dir(&blobs).unwrap().count(), 0);
         assert!(store.audience("a-1").unwrap().is_none());

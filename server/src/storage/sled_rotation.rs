@@ -16,6 +16,8 @@ const ERASED_TREE: StoreError = StoreError::Corrupt("erased_persons");
 
 /// The rotation record's key in `meta`.
 const ROTATION_KEY: &[u8] = b"rotation";
+/// The key fingerprints' key in `meta`.
+const FINGERPRINTS_KEY: &[u8] = b"key-fingerprints";
 
 fn rotation_tx_err(e: TransactionError<StoreError>) -> StoreError {
     match e {
@@ -163,6 +165,28 @@ impl RotationRepo for SledStore {
         self.blobs.remove_generations_except(&base, &keep)?;
         Ok(())
     }
+
+    fn reseal_members(&self, id: &str, reseal: &Reseal<'_>) -> StoreResult<Option<u64>> {
+        self.reseal_audience_members(id, reseal)
+    }
+
+    fn key_fingerprints(&self) -> StoreResult<Option<KeyFingerprints>> {
+        self.meta
+            .get(FINGERPRINTS_KEY)
+            .map_err(be)?
+            .map(|v| from_json("meta", &v))
+            .transpose()
+    }
+
+    fn put_key_fingerprints(&self, f: Option<&KeyFingerprints>) -> StoreResult<()> {
+        match f {
+            Some(f) => self.meta.insert(FINGERPRINTS_KEY, json(f)?),
+            None => self.meta.remove(FINGERPRINTS_KEY),
+        }
+        .map_err(be)?;
+        self.db.flush().map_err(be)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -176,6 +200,7 @@ mod tests {
     fn rec(done: &[&str]) -> RotationRecord {
         RotationRecord {
             id: "r-1".into(),
+            kind: RotationKind::ServerKey,
             new_version: Some(7),
             done: done.iter().map(|s| s.to_string()).collect(),
         }

@@ -40,7 +40,7 @@ fn login_page(csrf: &str, failed: bool) -> Markup {
 /// A login form with a fresh login cookie.
 fn fresh_form(state: &State, status: StatusCode, failed: bool) -> HttpResponse {
     let nonce = new_cookie_value();
-    let csrf = csrf_token(state.pepper(), &nonce);
+    let csrf = csrf_token(state.identity_key(), &nonce);
     let mut resp = html_response(login_page(&csrf, failed));
     *resp.status_mut() = status;
     if let Ok(v) =
@@ -74,7 +74,9 @@ pub async fn submit(state: State, req: HttpRequest, form: web::Form<Login>) -> P
             .map_err(|retry_after| ApiError::TooManyAuthFailures { retry_after })?;
     }
     let nonce = cookie(&req, LOGIN_COOKIE).unwrap_or_default();
-    if nonce.is_empty() || !crate::console::auth::csrf_matches(state.pepper(), &nonce, &form.csrf) {
+    if nonce.is_empty()
+        || !crate::console::auth::csrf_matches(state.identity_key(), &nonce, &form.csrf)
+    {
         return Err(ConsoleError::Csrf);
     }
     let form = form.into_inner();

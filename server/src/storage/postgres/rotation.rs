@@ -1,12 +1,13 @@
-//! Server key rotation on PostgreSQL ([`RotationRepo`]): each step replaces
+//! Key rotations on PostgreSQL ([`RotationRepo`]): each step replaces
 //! its rows and saves the rotation record (`meta` key `rotation`) in one
 //! transaction, so a restart resumes after the last step that committed.
 
 use super::*;
 
 const ROTATION_KEY: &str = "rotation";
+const FINGERPRINTS_KEY: &str = "key-fingerprints";
 
-const SAVE_ROTATION: &str = "INSERT INTO meta (key, value) VALUES ($1, $2)
+const SAVE_META: &str = "INSERT INTO meta (key, value) VALUES ($1, $2)
      ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value";
 
 impl PgStore {
@@ -17,7 +18,7 @@ impl PgStore {
         rec: &RotationRecord,
     ) -> StoreResult<()> {
         let record = json(rec)?;
-        let save: (&str, Params<'_>) = (SAVE_ROTATION, &[&ROTATION_KEY, &record]);
+        let save: (&str, Params<'_>) = (SAVE_META, &[&ROTATION_KEY, &record]);
         let all: Vec<(&str, Params<'_>)> = statements
             .iter()
             .copied()
@@ -39,7 +40,7 @@ impl RotationRepo for PgStore {
 
     fn put_rotation(&self, rec: Option<&RotationRecord>) -> StoreResult<()> {
         match rec {
-            Some(rec) => self.execute(SAVE_ROTATION, &[&ROTATION_KEY, &json(rec)?])?,
+            Some(rec) => self.execute(SAVE_META, &[&ROTATION_KEY, &json(rec)?])?,
             None => self.execute("DELETE FROM meta WHERE key = $1", &[&ROTATION_KEY])?,
         };
         Ok(())
@@ -139,5 +140,67 @@ impl RotationRepo for PgStore {
             ],
             rec,
         )
+    }
+
+    fn key_fingerprints(&self) -> StoreResult<Option<KeyFingerprints>> {
+        self.record(
+            "meta",
+            "SELECT value FROM meta WHERE key = $1",
+            &[&FINGERPRINTS_KEY],
+        )
+    }
+
+    fn put_key_fingerprints(&self, f: Option<&KeyFingerprints>) -> StoreResult<()> {
+        match f {
+            Some(f) => self.execute(SAVE_META, &[&FINGERPRINTS_KEY, &json(f)?])?,
+            None => self.execute("DELETE FROM meta WHERE key = $1", &[&FINGERPRINTS_KEY])?,
+        };
+        Ok(())
+    }
+
+    fn reseal_members(&self, id: &str, reseal: &Reseal<'_>) -> StoreResult<Option<u64>> {
+        let rows = self.query(
+            "SELECT pos, sealed FROM audience_members WHERE audience = $1",
+            &[&id],
+        )?;
+        let mut positions: Vec<&[u8]> = Vec::with_capacity(rows.len());
+        let mut sealed: Vec<Vec<u8>> = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let Some(new) = reseal(r.get::<_, &[u8]>(1)) else {
+                return Ok(None);
+            };
+            positions.push(r.get::<_, &[u8]>(0));
+            sealed.push(new);
+        }
+        // The kept changes of its latest refresh hold sealed cookies too.
+        let change_rows = self.query(
+            "SELECT pos, sealed FROM audience_changes WHERE audience = $1",
+            &[&id],
+        )?;
+        let mut change_positions: Vec<&[u8]> = Vec::with_capacity(change_rows.len());
+        let mut change_sealed: Vec<Vec<u8>> = Vec::with_capacity(change_rows.len());
+        for r in &change_rows {
+            let Some(new) = reseal(r.get::<_, &[u8]>(1)) else {
+                return Ok(None);
+            };
+            change_positions.push(r.get::<_, &[u8]>(0));
+            change_sealed.push(new);
+        }
+        // One transaction: every member and change switches at once.
+        let changed = self.execute_all(&[
+            (
+                "UPDATE audience_members m SET sealed = u.s
+                 FROM unnest($2::bytea[], $3::bytea[]) AS u(p, s)
+                 WHERE m.audience = $1 AND m.pos = u.p",
+                &[&id, &positions, &sealed],
+            ),
+            (
+                "UPDATE audience_changes c SET sealed = u.s
+                 FROM unnest($2::bytea[], $3::bytea[]) AS u(p, s)
+                 WHERE c.audience = $1 AND c.pos = u.p",
+                &[&id, &change_positions, &change_sealed],
+            ),
+        ])?;
+        Ok(Some(changed[0]))
     }
 }

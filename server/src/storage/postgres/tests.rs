@@ -45,6 +45,7 @@ fn principals_keys_optouts_and_tombstones_round_trip() {
         hash: [7; 32],
         created: String::new(),
         revoked: false,
+        pepper: String::new(),
     };
     s.insert_key(&key).unwrap();
     assert_eq!(s.key_by_hash(&[7; 32]).unwrap().unwrap().key_id, "k1");
@@ -56,6 +57,14 @@ fn principals_keys_optouts_and_tombstones_round_trip() {
     .unwrap();
     assert!(s.key("k1").unwrap().unwrap().revoked);
     assert_eq!(s.keys().unwrap().len(), 1);
+    // A re-hashed key (pepper rotation) is found by its new hash only.
+    s.insert_key(&ApiKeyRecord {
+        hash: [9; 32],
+        ..s.key("k1").unwrap().unwrap()
+    })
+    .unwrap();
+    assert!(s.key_by_hash(&[7; 32]).unwrap().is_none());
+    assert_eq!(s.key_by_hash(&[9; 32]).unwrap().unwrap().key_id, "k1");
 
     assert_eq!(s.add_optouts(&[point(1), point(2)]).unwrap(), 2);
     assert_eq!(s.add_optouts(&[point(2), point(3)]).unwrap(), 1);
@@ -324,6 +333,13 @@ fn refresh_replaces_members_and_changes() {
 }
 
 #[test]
+fn reseal_covers_the_kept_changes() {
+    let Some(db) = TestDb::new() else { return };
+    let s = db.store();
+    crate::storage::audience_checks::reseal_covers_the_kept_changes(&s, audience("a-s", 100));
+}
+
+#[test]
 fn audience_members_page_stably_through_removals() {
     let Some(db) = TestDb::new() else { return };
     let s = db.store();
@@ -356,6 +372,24 @@ fn audience_members_page_stably_through_removals() {
         total += page.len();
     }
     assert_eq!(total, 6000 - 2, "each remaining cookie once");
+
+    // A sealing-key rotation replaces every sealed value, positions kept;
+    // one value that does not reseal leaves all of them as they were.
+    let before = s.members_after("a-1", None, usize::MAX).unwrap();
+    assert_eq!(s.reseal_members("a-1", &|_| None).unwrap(), None);
+    assert_eq!(s.members_after("a-1", None, usize::MAX).unwrap(), before);
+    let flipped = |v: &[u8]| Some(v.iter().map(|b| !b).collect::<Vec<u8>>());
+    assert_eq!(
+        s.reseal_members("a-1", &flipped).unwrap(),
+        Some(before.len() as u64)
+    );
+    let after_reseal = s.members_after("a-1", None, usize::MAX).unwrap();
+    assert_eq!(after_reseal.len(), before.len());
+    for ((p0, v0), (p1, v1)) in before.iter().zip(&after_reseal) {
+        assert_eq!(p0, p1);
+        assert_eq!(flipped(v0).as_ref(), Some(v1));
+    }
+    assert_eq!(s.reseal_members("a-2", &flipped).unwrap(), Some(0));
 
     assert_eq!(s.audiences_for_destination("dsp").unwrap().len(), 2);
     assert_eq!(s.audiences_of("acme", "dsp").unwrap().len(), 2);
