@@ -617,6 +617,21 @@ pub trait GraphRepo {
         after: Option<&PointBytes>,
         limit: usize,
     ) -> StoreResult<Vec<(PointBytes, PersonKey)>>;
+    /// [`GraphRepo::points_after`] without the owners: the graph pass needs
+    /// only the points, and a backend may read them from its index alone.
+    fn bare_points_after(
+        &self,
+        version: u64,
+        kind: MatchKind,
+        after: Option<&PointBytes>,
+        limit: usize,
+    ) -> StoreResult<Vec<PointBytes>> {
+        Ok(self
+            .points_after(version, kind, after, limit)?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect())
+    }
     /// The owners of sorted `points` of a kind (`None` for a point not in the
     /// graph), in one ordered pass.
     fn owners_of_sorted(
@@ -1329,6 +1344,7 @@ impl<R: GraphRepo> GraphRepo for Guarded<R> {
         fn import_batch_hash(&self, import: &str, part: u8, batch_no: u32) -> StoreResult<Option<[u8; 32]>>;
         fn point_owner(&self, version: u64, kind: MatchKind, point: &PointBytes) -> StoreResult<Option<PersonKey>>;
         fn points_after(&self, version: u64, kind: MatchKind, after: Option<&PointBytes>, limit: usize) -> StoreResult<Vec<(PointBytes, PersonKey)>>;
+        fn bare_points_after(&self, version: u64, kind: MatchKind, after: Option<&PointBytes>, limit: usize) -> StoreResult<Vec<PointBytes>>;
         fn owners_of_sorted(&self, version: u64, kind: MatchKind, points: &[PointBytes]) -> StoreResult<Vec<Option<PersonKey>>>;
         fn cookies_of_sorted(&self, version: u64, destination: &str, persons: &[PersonKey]) -> StoreResult<Vec<(PersonKey, Vec<SealedCookie>)>>;
         fn has_destination(&self, version: u64, destination: &str) -> StoreResult<bool>;

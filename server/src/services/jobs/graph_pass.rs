@@ -34,12 +34,11 @@ impl Services {
             // Both sequences are in blinded-value order: a merge, no random reads.
             let mut cached = CacheCursor::new(self, ns);
             loop {
-                let chunk = self
+                let points = self
                     .repo
-                    .points_after(version, *kind, after.as_ref(), 8192)?;
-                let Some(last) = chunk.last() else { break };
-                after = Some(last.0);
-                let points: Vec<PointBytes> = chunk.iter().map(|(p, _)| *p).collect();
+                    .bare_points_after(version, *kind, after.as_ref(), 8192)?;
+                let Some(last) = points.last() else { break };
+                after = Some(*last);
                 let opted_out = self.opted_out_each(&points)?;
                 for (p, opted_out) in points.iter().zip(opted_out) {
                     if opted_out || cached.contains(p)? {

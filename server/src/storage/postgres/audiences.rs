@@ -26,17 +26,24 @@ impl PgStore {
         a: &Audience,
         members: &[(String, &[SealedCookie])],
     ) -> StoreResult<()> {
-        let mut positions = Vec::new();
-        let mut persons = Vec::new();
-        let mut sealed = Vec::new();
-        for (person, cookies) in members {
-            for c in cookies.iter() {
-                positions.push(member_position(person, &c.tag));
-                persons.push(person.as_str());
-                sealed.push(c.sealed.as_slice());
-            }
-        }
-        let positions: Vec<&[u8]> = positions.iter().map(Vec::as_slice).collect();
+        let mut rows: Vec<(Vec<u8>, &str, &[u8])> = members
+            .iter()
+            .flat_map(|(person, cookies)| {
+                cookies.iter().map(|c| {
+                    (
+                        member_position(person, &c.tag),
+                        person.as_str(),
+                        &c.sealed[..],
+                    )
+                })
+            })
+            .collect();
+        // In key order, the inserts append to the index instead of
+        // landing on random pages.
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let positions: Vec<&[u8]> = rows.iter().map(|r| r.0.as_slice()).collect();
+        let persons: Vec<&str> = rows.iter().map(|r| r.1).collect();
+        let sealed: Vec<&[u8]> = rows.iter().map(|r| r.2).collect();
         let (expires, record) = (i64_of(a.expires_unix), json(a)?);
         let audience: Params<'_> = &[
             &a.id,

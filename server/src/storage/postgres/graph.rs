@@ -275,6 +275,26 @@ impl GraphRepo for PgStore {
         })
         .collect()
     }
+    fn bare_points_after(
+        &self,
+        version: u64,
+        kind: MatchKind,
+        after: Option<&PointBytes>,
+        limit: usize,
+    ) -> StoreResult<Vec<PointBytes>> {
+        // Points alone: an index-only scan of the sealed partition's primary
+        // key (its visibility map is set at seal), no heap fetch per point.
+        let after: &[u8] = after.map_or(&[], |p| &p.0[..]);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.query(
+            "SELECT point FROM graph_points
+             WHERE version = $1 AND kind = $2 AND point > $3 ORDER BY point LIMIT $4",
+            &[&i64_of(version), &kind_col(kind), &after, &limit],
+        )?
+        .iter()
+        .map(|r| point_of("graph_points", r.get(0)))
+        .collect()
+    }
     fn owners_of_sorted(
         &self,
         version: u64,
@@ -304,19 +324,28 @@ impl GraphRepo for PgStore {
         let wanted: Vec<&[u8]> = persons.iter().map(|p| &p[..]).collect();
         let rows = self.query(
             "SELECT person, tag, sealed FROM graph_cookies
-             WHERE version = $1 AND destination = $2 AND person = ANY($3::bytea[])
-             ORDER BY person, tag",
+             WHERE version = $1 AND destination = $2 AND person = ANY($3::bytea[])",
             &[&i64_of(version), &destination, &wanted],
         )?;
-        let mut out: Vec<(PersonKey, Vec<SealedCookie>)> = Vec::new();
-        for r in &rows {
-            let person = person_of("graph_cookies", r.get(0))?;
-            let cookie = SealedCookie {
-                tag: r
+        // Sorted here rather than by the database: its estimate of an
+        // `= ANY` scan is a few rows, so it would plan a sort that spills.
+        let mut cookies = rows
+            .iter()
+            .map(|r| {
+                let person = person_of("graph_cookies", r.get(0))?;
+                let tag: [u8; 16] = r
                     .get::<_, &[u8]>(1)
                     .try_into()
-                    .map_err(|_| StoreError::Corrupt("graph_cookies"))?,
-                sealed: r.get::<_, &[u8]>(2).to_vec(),
+                    .map_err(|_| StoreError::Corrupt("graph_cookies"))?;
+                Ok((person, tag, r.get::<_, &[u8]>(2)))
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        cookies.sort_unstable_by_key(|c| (c.0, c.1));
+        let mut out: Vec<(PersonKey, Vec<SealedCookie>)> = Vec::new();
+        for (person, tag, sealed) in cookies {
+            let cookie = SealedCookie {
+                tag,
+                sealed: sealed.to_vec(),
             };
             match out.last_mut() {
                 Some((p, cookies)) if *p == person => cookies.push(cookie),
@@ -512,12 +541,32 @@ impl PgStore {
     /// fail, the later copies are deleted (the first row wins, as on sled)
     /// and the key built again. One transaction: a crash leaves the
     /// partitions as they were.
+    /// Fresh statistics and visibility map before a version serves. Without
+    /// statistics the planner may scan and sort the whole table for each
+    /// graph-pass chunk instead of walking the primary key; without the
+    /// visibility map (a bulk load leaves it empty) the graph pass's
+    /// index-only scans would fetch every point's heap row. VACUUM runs
+    /// outside any transaction, so through the simple query protocol.
+    fn vacuum_partitions(&self, version: u64) -> StoreResult<()> {
+        let sql = format!(
+            "VACUUM (ANALYZE) {}, {}",
+            partition("graph_points", version),
+            partition("graph_cookies", version)
+        );
+        self.run(async {
+            let client = self.client().await?;
+            client.batch_execute(&sql).await.map_err(db_err)
+        })
+    }
+
     fn build_primary_keys(&self, version: u64) -> StoreResult<()> {
         let points = partition("graph_points", version);
         let cookies = partition("graph_cookies", version);
+        // The points' key carries each point's owner, so the join's owner
+        // look-ups are index-only scans like the graph pass.
         let keys = [
-            (points.clone(), "kind, point"),
-            (cookies.clone(), "destination, person, tag"),
+            (points.clone(), "kind, point", " INCLUDE (person)"),
+            (cookies.clone(), "destination, person, tag", ""),
         ];
         self.run(async {
             let mut client = self.client().await?;
@@ -525,7 +574,7 @@ impl PgStore {
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
                 .await
                 .map_err(db_err)?;
-            for (table, columns) in &keys {
+            for (table, columns, include) in &keys {
                 let keyed = tx
                     .query_opt(
                         "SELECT 1 FROM pg_index WHERE indrelid = to_regclass($1) AND indisprimary",
@@ -538,7 +587,7 @@ impl PgStore {
                     continue;
                 }
                 let add_key =
-                    format!("ALTER TABLE {table} ADD PRIMARY KEY (version, {columns})");
+                    format!("ALTER TABLE {table} ADD PRIMARY KEY (version, {columns}){include}");
                 let first_try = {
                     let sp = tx.savepoint("primary_key").await.map_err(db_err)?;
                     match sp.batch_execute(&add_key).await {
@@ -613,17 +662,7 @@ impl PgStore {
             "INSERT INTO graph_sealed (version, info) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             &[&v, &json(&info)?],
         )?;
-        // Fresh statistics before the version serves: without them the
-        // planner may scan and sort the whole table for each graph-pass chunk
-        // instead of walking the primary key.
-        self.execute(
-            &format!(
-                "ANALYZE {}, {}",
-                partition("graph_points", info.version),
-                partition("graph_cookies", info.version)
-            ),
-            &[],
-        )?;
+        self.vacuum_partitions(info.version)?;
         Ok(info)
     }
 }

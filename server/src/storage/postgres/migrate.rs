@@ -7,7 +7,7 @@ use super::{db_err, StoreError, StoreResult};
 use deadpool_postgres::Object;
 
 /// Every migration: (version, name, SQL), in increasing order.
-const MIGRATIONS: &[(u32, &str, &str)] = &[
+pub(super) const MIGRATIONS: &[(u32, &str, &str)] = &[
     (
         1,
         "initial",
@@ -37,6 +37,11 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         6,
         "audience_versions",
         include_str!("../../../migrations/0006_audience_versions.sql"),
+    ),
+    (
+        7,
+        "cache_runs",
+        include_str!("../../../migrations/0007_cache_runs.sql"),
     ),
 ];
 

@@ -47,11 +47,11 @@ impl RotationRepo for PgStore {
     }
 
     fn cached_namespaces(&self) -> StoreResult<Vec<[u8; 16]>> {
-        self.query("SELECT DISTINCT ns FROM cache_pairs ORDER BY ns", &[])?
+        self.query("SELECT DISTINCT ns FROM cache_runs ORDER BY ns", &[])?
             .iter()
             .map(|r| {
                 <[u8; 16]>::try_from(r.get::<_, &[u8]>(0))
-                    .map_err(|_| StoreError::Corrupt("cache_pairs"))
+                    .map_err(|_| StoreError::Corrupt("cache_runs"))
             })
             .collect()
     }
@@ -126,20 +126,22 @@ impl RotationRepo for PgStore {
         pairs: Vec<(PointBytes, PointBytes)>,
         rec: &RotationRecord,
     ) -> StoreResult<()> {
-        let bpys: Vec<&[u8]> = pairs.iter().map(|p| &p.0 .0[..]).collect();
-        let abpys: Vec<&[u8]> = pairs.iter().map(|p| &p.1 .0[..]).collect();
-        self.replace_with_record(
-            &[
-                ("DELETE FROM cache_pairs WHERE ns = $1", &[&&ns[..]]),
-                (
-                    "INSERT INTO cache_pairs (ns, bpy, abpy)
-                     SELECT $1, b, ab FROM unnest($2::bytea[], $3::bytea[]) AS u(b, ab)
-                     ON CONFLICT DO NOTHING",
-                    &[&&ns[..], &bpys, &abpys],
-                ),
-            ],
-            rec,
-        )
+        let runs = super::cache::runs_of(pairs);
+        // Eight runs per statement: (keys, packed pairs).
+        let columns: Vec<RunColumns<'_>> = runs
+            .chunks(8)
+            .map(|c| c.iter().map(|(k, p)| (k.as_slice(), p.as_slice())).unzip())
+            .collect();
+        let ns: &[u8] = &ns[..];
+        let params: Vec<[&(dyn tokio_postgres::types::ToSql + Sync); 3]> = columns
+            .iter()
+            .map(|(k, p)| [&ns as _, k as _, p as _])
+            .collect();
+        let ns_only: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ns];
+        let mut statements: Vec<(&str, Params<'_>)> =
+            vec![("DELETE FROM cache_runs WHERE ns = $1", &ns_only)];
+        statements.extend(params.iter().map(|p| (super::cache::INSERT_RUNS, &p[..])));
+        self.replace_with_record(&statements, rec)
     }
 
     fn key_fingerprints(&self) -> StoreResult<Option<KeyFingerprints>> {
@@ -204,3 +206,6 @@ impl RotationRepo for PgStore {
         Ok(Some(changed[0]))
     }
 }
+
+/// Keys and packed pairs of some cache runs, as two statement parameters.
+type RunColumns<'a> = (Vec<&'a [u8]>, Vec<&'a [u8]>);

@@ -193,37 +193,43 @@ fn graph_versions_import_seal_look_up_and_erase() {
 }
 
 #[test]
-fn cache_runs_cover_every_pair_once_in_order() {
+fn cache_runs_are_the_pages_cached_in_order_of_their_first_point() {
     let Some(db) = TestDb::new() else { return };
     let s = db.store();
     let ns = [5u8; 16];
     let pairs = |range: std::ops::Range<u32>| -> Vec<(PointBytes, PointBytes)> {
         range.map(|i| (point(i * 2), point(i * 2 + 1))).collect()
     };
-    s.cache_put(&ns, &pairs(0..70_000)).unwrap();
+    // Out of order, overlapping, one page twice, one page unsorted.
+    s.cache_put(&ns, &pairs(69_000..140_000)).unwrap();
+    let mut unsorted = pairs(0..70_000);
+    unsorted.reverse();
+    s.cache_put(&ns, &unsorted).unwrap();
     s.cache_put(&ns, &pairs(69_000..140_000)).unwrap();
     s.cache_put(&[6; 16], &pairs(0..10)).unwrap();
     let keys = s.cache_run_keys(&ns).unwrap();
-    assert_eq!(keys.len(), 3, "140,000 pairs in runs of 65,536");
-    let mut all = Vec::new();
-    for k in &keys {
-        all.extend(s.cache_run(&ns, k).unwrap());
-    }
-    assert_eq!(all, pairs(0..140_000));
-    let mut merged = Vec::new();
+    assert_eq!(keys.len(), 2, "one run per page, a page cached twice once");
+    let runs: Vec<_> = keys.iter().map(|k| s.cache_run(&ns, k).unwrap()).collect();
+    assert_eq!(runs, vec![pairs(0..70_000), pairs(69_000..140_000)]);
+    let mut paged = Vec::new();
     let mut after: Option<Vec<u8>> = None;
     loop {
         let runs = s.cache_runs_after(&ns, after.as_deref(), 1).unwrap();
         let Some((k, _)) = runs.last() else { break };
         after = Some(k.clone());
-        merged.extend(runs.into_iter().flat_map(|r| r.1));
+        paged.extend(runs.into_iter().map(|r| r.1));
     }
-    assert_eq!(merged, pairs(0..140_000));
+    assert_eq!(paged, runs);
+    assert!(s.cache_contains(&ns, &point(139_000)).unwrap());
+    assert!(!s.cache_contains(&ns, &point(139_001)).unwrap());
     assert_eq!(
-        s.cache_remove_points(&[point(0), point(4)]).unwrap(),
-        4,
-        "in both namespaces"
+        s.cache_remove_points(&[point(0), point(4), point(138_000)])
+            .unwrap(),
+        6,
+        "in both namespaces, in both overlapping runs"
     );
+    assert!(!s.cache_contains(&ns, &point(138_000)).unwrap());
+    assert!(s.cache_contains(&ns, &point(138_002)).unwrap());
     assert!(!s.cache_contains(&ns, &point(0)).unwrap());
     assert!(!s.cache_contains(&[6; 16], &point(4)).unwrap());
     assert!(!s.cache_complete(&ns, 1, MatchKind::Email).unwrap());
@@ -546,12 +552,79 @@ fn a_graph_stored_before_partitions_moves_into_them_keys_and_all() {
 }
 
 #[test]
+fn a_cache_stored_as_pairs_moves_into_runs() {
+    let Some(db) = TestDb::new() else { return };
+    // A database at schema 6 caching 10,000 pairs in one namespace, 3 in another.
+    let migrations: String = super::migrate::MIGRATIONS[..6]
+        .iter()
+        .map(|m| m.2)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let hex = |p: &PointBytes| format!("'\\x{}'", hex::encode(p.0));
+    let abpy = |i: u32| point(i + 1_000_000);
+    let insert = |ns: &str, range: std::ops::Range<u32>| {
+        range
+            .map(|i| format!("('\\x{ns}', {}, {})", hex(&point(i)), hex(&abpy(i))))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    admin(
+        &db.admin_url,
+        &format!(
+            "SET search_path TO {};
+             CREATE TABLE schema_migrations (
+                 version integer PRIMARY KEY, name text NOT NULL,
+                 applied timestamptz NOT NULL DEFAULT now());
+             {migrations}
+             INSERT INTO schema_migrations (version, name)
+                 SELECT g, 'm' FROM generate_series(1, 6) g;
+             INSERT INTO cache_pairs (ns, bpy, abpy) VALUES {};
+             INSERT INTO cache_pairs (ns, bpy, abpy) VALUES {};",
+            db.schema,
+            insert(&"01".repeat(16), 0..10_000),
+            insert(&"02".repeat(16), 5..8),
+        ),
+    );
+    let s = db.store();
+    assert_eq!(s.schema_version().unwrap(), Some(PG_SCHEMA_VERSION));
+    let (a, b) = ([1u8; 16], [2u8; 16]);
+    assert_eq!(s.cached_namespaces().unwrap(), vec![a, b]);
+    // Runs of 8,192, in order, keyed by their first and last points.
+    let keys = s.cache_run_keys(&a).unwrap();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(&keys[0][..64], [point(0).0, point(8191).0].concat());
+    let pairs: Vec<_> = keys
+        .iter()
+        .flat_map(|k| s.cache_run(&a, k).unwrap())
+        .collect();
+    let expected: Vec<_> = (0..10_000).map(|i| (point(i), abpy(i))).collect();
+    assert_eq!(pairs, expected);
+    assert!(s.cache_contains(&b, &point(6)).unwrap());
+    assert!(!s.cache_contains(&b, &point(9)).unwrap());
+    // The migrated key is the one caching computes: the same page again is
+    // stored once.
+    s.cache_put(
+        &b,
+        &[
+            (point(7), abpy(7)),
+            (point(5), abpy(5)),
+            (point(6), abpy(6)),
+        ],
+    )
+    .unwrap();
+    assert_eq!(s.cache_run_keys(&b).unwrap().len(), 1);
+}
+
+#[test]
 fn a_lock_whose_session_ends_says_it_is_no_longer_held() {
     let Some(db) = TestDb::new() else { return };
     let (a, b) = (db.store(), db.store());
-    let held = a.try_lock("webhook-dispatch").unwrap().expect("free");
+    // Advisory locks are per database: a name of this test's own, so that
+    // servers of other tests on the same database cannot hold it.
+    let name = format!("lock-test-{}", db.schema);
+    let held = a.try_lock(&name).unwrap().expect("free");
     assert!(held.is_held());
-    assert!(b.try_lock("webhook-dispatch").unwrap().is_none());
+    assert!(b.try_lock(&name).unwrap().is_none());
     // The database ends the holder's session (a failover, a cut network).
     admin(
         &db.admin_url,
@@ -570,7 +643,7 @@ fn a_lock_whose_session_ends_says_it_is_no_longer_held() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert!(b.try_lock("webhook-dispatch").unwrap().is_some());
+    assert!(b.try_lock(&name).unwrap().is_some());
 }
 
 #[test]
