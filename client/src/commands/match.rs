@@ -1,10 +1,10 @@
 //! `onboard match`: the data-quality report, then the job and its report.
 
-use super::progress::Bars;
 use super::Context;
 use crate::cli::MatchArgs;
 use crate::html::{render_html, HtmlContext};
 use crate::matching::{resume_match, run_match_with, MatchOptions};
+use crate::progress::Bars;
 use crate::render::{phase_times, render_outcome};
 use anyhow::{Context as _, Result};
 
