@@ -177,12 +177,28 @@ impl ColumnArgs {
     }
 }
 
+/// How a file is read, when its format leaves a choice: a forced encoding
+/// (a CSV's), a sheet (a spreadsheet's).
+struct FileArgs {
+    encoding: Option<String>,
+    sheet: Option<String>,
+}
+
+impl FileArgs {
+    fn apply(self, mut opts: MatchOptions) -> MatchOptions {
+        opts.encoding = self.encoding;
+        opts.sheet = self.sheet;
+        opts
+    }
+}
+
 /// The data-quality report of a CRM export (nothing is sent), as a dict.
 #[pyfunction]
 #[pyo3(signature = (
     path, *, segment_col, email_cols = Columns::default(), phone_cols = Columns::default(),
     maid_cols = Columns::default(), email_sha256_cols = Columns::default(),
-    phone_sha256_cols = Columns::default(), consent_col = None, region = "FR".to_owned()
+    phone_sha256_cols = Columns::default(), consent_col = None, region = "FR".to_owned(),
+    encoding = None, sheet = None
 ))]
 #[allow(clippy::too_many_arguments)]
 fn quality(
@@ -196,6 +212,8 @@ fn quality(
     phone_sha256_cols: Columns,
     consent_col: Option<String>,
     region: String,
+    encoding: Option<String>,
+    sheet: Option<String>,
 ) -> PyResult<PyObject> {
     let columns = ColumnArgs {
         email_cols,
@@ -208,6 +226,7 @@ fn quality(
         region,
     };
     let opts = columns.options(path, PathBuf::new(), "", true)?;
+    let opts = FileArgs { encoding, sheet }.apply(opts);
     let report = py.allow_threads(|| data_quality(&opts)).map_err(failed)?;
     to_python(py, &report)
 }
@@ -276,7 +295,8 @@ impl Client {
         path, *, key, destination, segment_col, email_cols = Columns::default(),
         phone_cols = Columns::default(), maid_cols = Columns::default(),
         email_sha256_cols = Columns::default(), phone_sha256_cols = Columns::default(),
-        consent_col = None, region = "FR".to_owned(), dry_run = false
+        consent_col = None, region = "FR".to_owned(), dry_run = false, encoding = None,
+        sheet = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn match_file(
@@ -294,6 +314,8 @@ impl Client {
         consent_col: Option<String>,
         region: String,
         dry_run: bool,
+        encoding: Option<String>,
+        sheet: Option<String>,
     ) -> PyResult<PyObject> {
         let columns = ColumnArgs {
             email_cols,
@@ -306,6 +328,7 @@ impl Client {
             region,
         };
         let opts = columns.options(path, key.path(), destination, dry_run)?;
+        let opts = FileArgs { encoding, sheet }.apply(opts);
         let outcome = py
             .allow_threads(|| run_match_with(&self.api, &opts, &NoProgress))
             .map_err(failed)?;
