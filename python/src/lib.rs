@@ -193,6 +193,9 @@ impl FileArgs {
 }
 
 /// The data-quality report of a CRM export (nothing is sent), as a dict.
+/// `path` is a CSV (any delimiter, gzipped or not) or a spreadsheet;
+/// `encoding` forces a CSV's encoding, `sheet` picks a spreadsheet's sheet
+/// (as `onboard match --encoding/--sheet`). See onboard.pyi.
 #[pyfunction]
 #[pyo3(signature = (
     path, *, segment_col, email_cols = Columns::default(), phone_cols = Columns::default(),
@@ -200,6 +203,9 @@ impl FileArgs {
     phone_sha256_cols = Columns::default(), consent_col = None, region = "FR".to_owned(),
     encoding = None, sheet = None
 ))]
+#[pyo3(
+    text_signature = "(path, *, segment_col, email_cols=(), phone_cols=(), maid_cols=(), email_sha256_cols=(), phone_sha256_cols=(), consent_col=None, region='FR', encoding=None, sheet=None)"
+)]
 #[allow(clippy::too_many_arguments)]
 fn quality(
     py: Python<'_>,
@@ -290,7 +296,8 @@ impl Client {
     }
 
     /// Check a CRM export, then match it for `destination`; the report dict
-    /// has `quality` and `report` (`None` on a dry run).
+    /// has `quality` and `report` (`None` on a dry run). `path`, `encoding`
+    /// and `sheet` as in `quality`.
     #[pyo3(signature = (
         path, *, key, destination, segment_col, email_cols = Columns::default(),
         phone_cols = Columns::default(), maid_cols = Columns::default(),
@@ -298,6 +305,9 @@ impl Client {
         consent_col = None, region = "FR".to_owned(), dry_run = false, encoding = None,
         sheet = None
     ))]
+    #[pyo3(
+        text_signature = "($self, path, *, key, destination, segment_col, email_cols=(), phone_cols=(), maid_cols=(), email_sha256_cols=(), phone_sha256_cols=(), consent_col=None, region='FR', dry_run=False, encoding=None, sheet=None)"
+    )]
     #[allow(clippy::too_many_arguments)]
     fn match_file(
         &self,
@@ -345,6 +355,9 @@ impl Client {
         email_sha256_cols = Columns::default(), phone_sha256_cols = Columns::default(),
         consent_col = None, region = "FR".to_owned(), dry_run = false
     ))]
+    #[pyo3(
+        text_signature = "($self, rows, *, key, destination, segment_col, email_cols=(), phone_cols=(), maid_cols=(), email_sha256_cols=(), phone_sha256_cols=(), consent_col=None, region='FR', dry_run=False)"
+    )]
     #[allow(clippy::too_many_arguments)]
     fn match_rows(
         &self,

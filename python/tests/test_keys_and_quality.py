@@ -132,3 +132,15 @@ def test_quality_reads_the_sheet_it_is_given(tmp_path):
     assert q["columns"][0]["invalid"] == {"email-shape": {"count": 1, "first_rows": [3]}}
     with pytest.raises(onboard.OnboardError, match="no sheet `Feuil1`"):
         onboard.quality(book, sheet="Feuil1", email_cols="email", segment_col="segment")
+
+
+def test_signatures_show_their_defaults():
+    import inspect
+
+    quality = inspect.signature(onboard.quality)
+    assert quality.parameters["email_cols"].default == ()
+    assert quality.parameters["region"].default == "FR"
+    assert quality.parameters["sheet"].default is None
+    for method in [onboard.Client.match_file, onboard.Client.match_rows]:
+        parameters = inspect.signature(method).parameters
+        assert parameters["phone_cols"].default == () and parameters["dry_run"].default is False
