@@ -70,7 +70,8 @@ def quality(
     trimming and Unicode normalisation, ignoring case. Counts per problem
     with the first line numbers (the header is line 1; a sheet's own row
     numbers), per identifier column and per segment; the format, encoding
-    and delimiter or sheet read; never a value."""
+    and delimiter or sheet read; never a value. A file found not to be
+    UTF-8 and read as Windows-1252 also gets a UserWarning saying so."""
 
 class Client:
     """A connection to an onboard server with one API key."""

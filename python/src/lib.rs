@@ -11,13 +11,14 @@ use onboard_client::matching::load_key;
 use onboard_client::progress::NoProgress;
 use onboard_client::{
     api_client, data_quality, generate_key_file, list_audiences, pull_audience, run_match_with,
-    ApiClient, MatchOptions, MatchOutcome, RowsInput,
+    ApiClient, MatchOptions, MatchOutcome, QualityReport, RowsInput,
 };
 use onboard_protocol::{IdKind, Normalized, Region};
-use pyo3::exceptions::PyException;
+use pyo3::exceptions::{PyException, PyUserWarning};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyFloat, PyString};
 use serde::Serialize;
+use std::ffi::CString;
 use std::path::PathBuf;
 
 pyo3::create_exception!(
@@ -234,6 +235,7 @@ fn quality(
     let opts = columns.options(path, PathBuf::new(), "", true)?;
     let opts = FileArgs { encoding, sheet }.apply(opts);
     let report = py.allow_threads(|| data_quality(&opts)).map_err(failed)?;
+    warn_of_encoding(py, &report)?;
     to_python(py, &report)
 }
 
@@ -241,6 +243,16 @@ fn quality(
 #[pyclass(module = "onboard", frozen)]
 struct Client {
     api: ApiClient,
+}
+
+/// A `UserWarning` when the file was not UTF-8 and was read as
+/// Windows-1252: the CLI's notice line, for a notebook.
+fn warn_of_encoding(py: Python<'_>, quality: &QualityReport) -> PyResult<()> {
+    let Some(notice) = quality.encoding_notice() else {
+        return Ok(());
+    };
+    let message = CString::new(notice).map_err(failed)?;
+    PyErr::warn(py, &py.get_type::<PyUserWarning>(), &message, 1)
 }
 
 /// The outcome of a match as `onboard match --json` prints it.
@@ -342,6 +354,7 @@ impl Client {
         let outcome = py
             .allow_threads(|| run_match_with(&self.api, &opts, &NoProgress))
             .map_err(failed)?;
+        warn_of_encoding(py, &outcome.quality)?;
         report_dict(py, &outcome)
     }
 

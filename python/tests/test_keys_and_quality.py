@@ -75,7 +75,8 @@ def test_quality_finds_or_is_told_the_encoding(tmp_path):
     crm = tmp_path / "excel.csv"
     crm.write_bytes("Courriel;Téléphone;Segment\r\na@example.com;06 12 34 56 78;Fidèle\r\n".encode("cp1252"))
     columns = dict(email_cols="courriel", phone_cols="TÉLÉPHONE", segment_col="segment")
-    found = onboard.quality(crm, **columns)
+    with pytest.warns(UserWarning, match="excel.csv is not valid UTF-8; it was read as windows-1252"):
+        found = onboard.quality(crm, **columns)
     assert (found["encoding"], found["encoding_source"]) == ("windows-1252", "fallback")
     assert found["segments"]["Fidèle"]["rows_to_upload"] == 1
     told = onboard.quality(crm, encoding="latin1", **columns)

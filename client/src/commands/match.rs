@@ -39,11 +39,8 @@ pub(super) fn run(ctx: &Context, args: &MatchArgs) -> Result<()> {
         Some(job_id) => resume_match(&api, &opts, job_id, bars.as_ref())?,
         None => run_match_with(&api, &opts, bars.as_ref())?,
     };
-    if outcome.quality.encoding_fell_back() {
-        ctx.note(format!(
-            "note: {} is not valid UTF-8; it was read as {} (give --encoding NAME if that is wrong)",
-            outcome.quality.input, outcome.quality.encoding
-        ));
+    if let Some(notice) = outcome.quality.encoding_notice() {
+        ctx.note(format!("note: {notice}"));
     }
     if !outcome.timings.is_empty() && outcome.report.is_some() {
         ctx.note(format!(
