@@ -58,10 +58,20 @@ def quality(
     phone_sha256_cols: Columns = (),
     consent_col: Optional[str] = None,
     region: str = "FR",
+    encoding: Optional[str] = None,
+    sheet: Optional[str] = None,
 ) -> dict[str, Any]:
-    """The data-quality report of a CRM export (CSV), as a dict; nothing is
-    sent. Counts per problem with the first line numbers (the header is
-    line 1), per identifier column and per segment; never a value."""
+    """The data-quality report of a CRM export, as a dict; nothing is sent.
+
+    path: a CSV (any delimiter, gzipped or not) or a spreadsheet (.xlsx,
+    .xlsm, .xlsb, .xls, .ods). encoding: a WHATWG label forcing a CSV's
+    encoding (default: a BOM, else UTF-8, else Windows-1252). sheet: the
+    spreadsheet's sheet (default: the first). Column names match after
+    trimming and Unicode normalisation, ignoring case. Counts per problem
+    with the first line numbers (the header is line 1; a sheet's own row
+    numbers), per identifier column and per segment; the format, encoding
+    and delimiter or sheet read; never a value. A file found not to be
+    UTF-8 and read as Windows-1252 also gets a UserWarning saying so."""
 
 class Client:
     """A connection to an onboard server with one API key."""
@@ -92,11 +102,14 @@ class Client:
         consent_col: Optional[str] = None,
         region: str = "FR",
         dry_run: bool = False,
+        encoding: Optional[str] = None,
+        sheet: Optional[str] = None,
     ) -> dict[str, Any]:
         """Check a CRM export, then match it for `destination` (advertiser
-        key). Returns {"quality": ..., "report": ...} as `onboard match
-        --json` prints it; "report" is None on a dry run. The report's
-        matched counts are noisy; withheld segments say why."""
+        key). path, encoding and sheet as in `quality`. Returns
+        {"quality": ..., "report": ...} as `onboard match --json` prints it;
+        "report" is None on a dry run. The report's matched counts are
+        noisy; withheld segments say why."""
     def match_rows(
         self,
         rows: Iterable[Mapping[str, Any]],

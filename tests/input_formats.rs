@@ -482,3 +482,50 @@ fn typed_cells_in_identifier_columns_are_invalid_with_their_sheet_row() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_legacy_xls_reads_like_the_other_spreadsheets() {
+    // Written by tests/fixtures/make_crm_xls.py (xlwt): nothing in Rust writes .xls.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/crm.xls");
+    let args = [
+        "--json",
+        "--email-col",
+        "courriel",
+        "--phone-col",
+        "téléphone",
+    ];
+    let out = dry_run(&path, &[&args[..], &["--segment-col", "segment"]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let q = &json["quality"];
+    assert_eq!(
+        (
+            q["format"].as_str(),
+            q["sheet"].as_str(),
+            q["rows_read"].as_u64()
+        ),
+        (Some("xls"), Some("Clients"), Some(4)),
+        "{q}"
+    );
+    let one = |row: u64| serde_json::json!({ "count": 1, "first_rows": [row] });
+    let (email, phone) = (&q["columns"][0], &q["columns"][1]);
+    assert_eq!(
+        email["invalid"],
+        serde_json::json!({ "boolean-cell": one(5) })
+    );
+    assert_eq!(
+        phone["invalid"],
+        serde_json::json!({ "date-cell": one(3), "not-a-whole-number": one(4) })
+    );
+    // The number 612345678 and the typed phone are both valid French phones.
+    assert_eq!(
+        (email["valid"].as_u64(), phone["valid"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(q["rows_to_upload"], 3, "{q}");
+    assert_eq!(q["segments"]["Fidèle"]["rows_to_upload"], 2, "{q}");
+}

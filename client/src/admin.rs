@@ -284,7 +284,7 @@ pub fn import_graph(
     region: Region,
     show_progress: bool,
 ) -> Result<ImportSummary, ClientError> {
-    let sink = crate::commands::progress::Bars::new_sink(show_progress);
+    let sink = crate::progress::Bars::new_sink(show_progress);
     let files = GraphFiles {
         identifiers: Some(identifiers_csv),
         cookies: cookies_csv,
@@ -301,7 +301,7 @@ pub fn import_delta(
     region: Region,
     show_progress: bool,
 ) -> Result<ImportSummary, ClientError> {
-    let sink = crate::commands::progress::Bars::new_sink(show_progress);
+    let sink = crate::progress::Bars::new_sink(show_progress);
     import_graph_with(api, files, true, region, sink.as_ref())
 }
 

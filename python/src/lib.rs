@@ -11,13 +11,14 @@ use onboard_client::matching::load_key;
 use onboard_client::progress::NoProgress;
 use onboard_client::{
     api_client, data_quality, generate_key_file, list_audiences, pull_audience, run_match_with,
-    ApiClient, MatchOptions, MatchOutcome, RowsInput,
+    ApiClient, MatchOptions, MatchOutcome, QualityReport, RowsInput,
 };
 use onboard_protocol::{IdKind, Normalized, Region};
-use pyo3::exceptions::PyException;
+use pyo3::exceptions::{PyException, PyUserWarning};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyFloat, PyString};
 use serde::Serialize;
+use std::ffi::CString;
 use std::path::PathBuf;
 
 pyo3::create_exception!(
@@ -177,13 +178,35 @@ impl ColumnArgs {
     }
 }
 
+/// How a file is read, when its format leaves a choice: a forced encoding
+/// (a CSV's), a sheet (a spreadsheet's).
+struct FileArgs {
+    encoding: Option<String>,
+    sheet: Option<String>,
+}
+
+impl FileArgs {
+    fn apply(self, mut opts: MatchOptions) -> MatchOptions {
+        opts.encoding = self.encoding;
+        opts.sheet = self.sheet;
+        opts
+    }
+}
+
 /// The data-quality report of a CRM export (nothing is sent), as a dict.
+/// `path` is a CSV (any delimiter, gzipped or not) or a spreadsheet;
+/// `encoding` forces a CSV's encoding, `sheet` picks a spreadsheet's sheet
+/// (as `onboard match --encoding/--sheet`). See onboard.pyi.
 #[pyfunction]
 #[pyo3(signature = (
     path, *, segment_col, email_cols = Columns::default(), phone_cols = Columns::default(),
     maid_cols = Columns::default(), email_sha256_cols = Columns::default(),
-    phone_sha256_cols = Columns::default(), consent_col = None, region = "FR".to_owned()
+    phone_sha256_cols = Columns::default(), consent_col = None, region = "FR".to_owned(),
+    encoding = None, sheet = None
 ))]
+#[pyo3(
+    text_signature = "(path, *, segment_col, email_cols=(), phone_cols=(), maid_cols=(), email_sha256_cols=(), phone_sha256_cols=(), consent_col=None, region='FR', encoding=None, sheet=None)"
+)]
 #[allow(clippy::too_many_arguments)]
 fn quality(
     py: Python<'_>,
@@ -196,6 +219,8 @@ fn quality(
     phone_sha256_cols: Columns,
     consent_col: Option<String>,
     region: String,
+    encoding: Option<String>,
+    sheet: Option<String>,
 ) -> PyResult<PyObject> {
     let columns = ColumnArgs {
         email_cols,
@@ -208,7 +233,9 @@ fn quality(
         region,
     };
     let opts = columns.options(path, PathBuf::new(), "", true)?;
+    let opts = FileArgs { encoding, sheet }.apply(opts);
     let report = py.allow_threads(|| data_quality(&opts)).map_err(failed)?;
+    warn_of_encoding(py, &report)?;
     to_python(py, &report)
 }
 
@@ -216,6 +243,16 @@ fn quality(
 #[pyclass(module = "onboard", frozen)]
 struct Client {
     api: ApiClient,
+}
+
+/// A `UserWarning` when the file was not UTF-8 and was read as
+/// Windows-1252: the CLI's notice line, for a notebook.
+fn warn_of_encoding(py: Python<'_>, quality: &QualityReport) -> PyResult<()> {
+    let Some(notice) = quality.encoding_notice() else {
+        return Ok(());
+    };
+    let message = CString::new(notice).map_err(failed)?;
+    PyErr::warn(py, &py.get_type::<PyUserWarning>(), &message, 1)
 }
 
 /// The outcome of a match as `onboard match --json` prints it.
@@ -271,13 +308,18 @@ impl Client {
     }
 
     /// Check a CRM export, then match it for `destination`; the report dict
-    /// has `quality` and `report` (`None` on a dry run).
+    /// has `quality` and `report` (`None` on a dry run). `path`, `encoding`
+    /// and `sheet` as in `quality`.
     #[pyo3(signature = (
         path, *, key, destination, segment_col, email_cols = Columns::default(),
         phone_cols = Columns::default(), maid_cols = Columns::default(),
         email_sha256_cols = Columns::default(), phone_sha256_cols = Columns::default(),
-        consent_col = None, region = "FR".to_owned(), dry_run = false
+        consent_col = None, region = "FR".to_owned(), dry_run = false, encoding = None,
+        sheet = None
     ))]
+    #[pyo3(
+        text_signature = "($self, path, *, key, destination, segment_col, email_cols=(), phone_cols=(), maid_cols=(), email_sha256_cols=(), phone_sha256_cols=(), consent_col=None, region='FR', dry_run=False, encoding=None, sheet=None)"
+    )]
     #[allow(clippy::too_many_arguments)]
     fn match_file(
         &self,
@@ -294,6 +336,8 @@ impl Client {
         consent_col: Option<String>,
         region: String,
         dry_run: bool,
+        encoding: Option<String>,
+        sheet: Option<String>,
     ) -> PyResult<PyObject> {
         let columns = ColumnArgs {
             email_cols,
@@ -306,9 +350,11 @@ impl Client {
             region,
         };
         let opts = columns.options(path, key.path(), destination, dry_run)?;
+        let opts = FileArgs { encoding, sheet }.apply(opts);
         let outcome = py
             .allow_threads(|| run_match_with(&self.api, &opts, &NoProgress))
             .map_err(failed)?;
+        warn_of_encoding(py, &outcome.quality)?;
         report_dict(py, &outcome)
     }
 
@@ -322,6 +368,9 @@ impl Client {
         email_sha256_cols = Columns::default(), phone_sha256_cols = Columns::default(),
         consent_col = None, region = "FR".to_owned(), dry_run = false
     ))]
+    #[pyo3(
+        text_signature = "($self, rows, *, key, destination, segment_col, email_cols=(), phone_cols=(), maid_cols=(), email_sha256_cols=(), phone_sha256_cols=(), consent_col=None, region='FR', dry_run=False)"
+    )]
     #[allow(clippy::too_many_arguments)]
     fn match_rows(
         &self,

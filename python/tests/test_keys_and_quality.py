@@ -68,3 +68,80 @@ def test_quality_names_a_missing_column(tmp_path):
     crm.write_text("email,segment\na@example.com,Gold\n")
     with pytest.raises(onboard.OnboardError, match="column `phone` is not in the header"):
         onboard.quality(crm, phone_cols="phone", segment_col="segment")
+
+
+def test_quality_finds_or_is_told_the_encoding(tmp_path):
+    # Excel's "CSV" on a Western Windows: Windows-1252, `;`, CRLF, accents.
+    crm = tmp_path / "excel.csv"
+    crm.write_bytes("Courriel;Téléphone;Segment\r\na@example.com;06 12 34 56 78;Fidèle\r\n".encode("cp1252"))
+    columns = dict(email_cols="courriel", phone_cols="TÉLÉPHONE", segment_col="segment")
+    with pytest.warns(UserWarning, match="excel.csv is not valid UTF-8; it was read as windows-1252"):
+        found = onboard.quality(crm, **columns)
+    assert (found["encoding"], found["encoding_source"]) == ("windows-1252", "fallback")
+    assert found["segments"]["Fidèle"]["rows_to_upload"] == 1
+    told = onboard.quality(crm, encoding="latin1", **columns)
+    assert (told["encoding"], told["encoding_source"]) == ("windows-1252", "forced")
+    assert told["segments"] == found["segments"]
+    with pytest.raises(onboard.OnboardError, match="line 1.*not valid UTF-8"):
+        onboard.quality(crm, encoding="utf-8", **columns)
+    with pytest.raises(onboard.OnboardError, match="`klingon`"):
+        onboard.quality(crm, encoding="klingon", **columns)
+
+
+def write_ods(path, sheets):
+    """A minimal OpenDocument spreadsheet: one table of text cells per sheet."""
+    import zipfile
+    from xml.sax.saxutils import escape
+
+    def table(name, rows):
+        cells = lambda row: "".join(
+            f'<table:table-cell office:value-type="string"><text:p>{escape(c)}</text:p></table:table-cell>' for c in row
+        )
+        body = "".join(f"<table:table-row>{cells(row)}</table:table-row>" for row in rows)
+        return f'<table:table table:name="{name}">{body}</table:table>'
+
+    ns = (
+        'xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0" '
+        'xmlns:table="urn:oasis:names:tc:opendocument:xmlns:table:1.0" '
+        'xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0"'
+    )
+    tables = "".join(table(name, rows) for name, rows in sheets.items())
+    content = (
+        f'<?xml version="1.0" encoding="UTF-8"?><office:document-content {ns} office:version="1.2">'
+        f"<office:body><office:spreadsheet>{tables}</office:spreadsheet></office:body></office:document-content>"
+    )
+    manifest = (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<manifest:manifest xmlns:manifest="urn:oasis:names:tc:opendocument:xmlns:manifest:1.0" manifest:version="1.2">'
+        '<manifest:file-entry manifest:full-path="/" manifest:media-type="application/vnd.oasis.opendocument.spreadsheet"/>'
+        '<manifest:file-entry manifest:full-path="content.xml" manifest:media-type="text/xml"/></manifest:manifest>'
+    )
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("mimetype", "application/vnd.oasis.opendocument.spreadsheet")
+        z.writestr("META-INF/manifest.xml", manifest)
+        z.writestr("content.xml", content)
+
+
+def test_quality_reads_the_sheet_it_is_given(tmp_path):
+    book = tmp_path / "crm.ods"
+    write_ods(book, {
+        "Notes": [["exported for the Q3 campaign"]],
+        "Clients": [["Email", "Segment"], ["a@example.com", "Or"], ["not-an-address", "Or"]],
+    })
+    q = onboard.quality(book, sheet="clients", email_cols="email", segment_col="segment")
+    assert (q["format"], q["sheet"], q["rows_read"]) == ("ods", "Clients", 2)
+    assert q["columns"][0]["invalid"] == {"email-shape": {"count": 1, "first_rows": [3]}}
+    with pytest.raises(onboard.OnboardError, match="no sheet `Feuil1`"):
+        onboard.quality(book, sheet="Feuil1", email_cols="email", segment_col="segment")
+
+
+def test_signatures_show_their_defaults():
+    import inspect
+
+    quality = inspect.signature(onboard.quality)
+    assert quality.parameters["email_cols"].default == ()
+    assert quality.parameters["region"].default == "FR"
+    assert quality.parameters["sheet"].default is None
+    for method in [onboard.Client.match_file, onboard.Client.match_rows]:
+        parameters = inspect.signature(method).parameters
+        assert parameters["phone_cols"].default == () and parameters["dry_run"].default is False

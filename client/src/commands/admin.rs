@@ -120,7 +120,7 @@ pub(super) fn run(ctx: &Context, cmd: AdminCommand) -> Result<()> {
             let s = if delta {
                 admin::import_delta(&api, files, region, !ctx.quiet)?
             } else {
-                let sink = crate::commands::progress::Bars::new_sink(!ctx.quiet);
+                let sink = crate::progress::Bars::new_sink(!ctx.quiet);
                 admin::import_graph_with(&api, files, false, region, sink.as_ref())?
             };
             if json {

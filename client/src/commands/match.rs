@@ -1,10 +1,10 @@
 //! `onboard match`: the data-quality report, then the job and its report.
 
-use super::progress::Bars;
 use super::Context;
 use crate::cli::MatchArgs;
 use crate::html::{render_html, HtmlContext};
 use crate::matching::{resume_match, run_match_with, MatchOptions};
+use crate::progress::Bars;
 use crate::render::{phase_times, render_outcome};
 use anyhow::{Context as _, Result};
 
@@ -39,11 +39,8 @@ pub(super) fn run(ctx: &Context, args: &MatchArgs) -> Result<()> {
         Some(job_id) => resume_match(&api, &opts, job_id, bars.as_ref())?,
         None => run_match_with(&api, &opts, bars.as_ref())?,
     };
-    if outcome.quality.encoding_fell_back() {
-        ctx.note(format!(
-            "note: {} is not valid UTF-8; it was read as {} (give --encoding NAME if that is wrong)",
-            outcome.quality.input, outcome.quality.encoding
-        ));
+    if let Some(notice) = outcome.quality.encoding_notice() {
+        ctx.note(format!("note: {notice}"));
     }
     if !outcome.timings.is_empty() && outcome.report.is_some() {
         ctx.note(format!(

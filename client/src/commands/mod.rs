@@ -1,8 +1,6 @@
 //! One module per command: parse nothing, call the library, print. Progress
 //! bars live here and only here.
 
-pub mod progress;
-
 mod admin;
 mod audiences;
 mod destination;

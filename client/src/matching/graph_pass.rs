@@ -1,7 +1,6 @@
 //! The graph pass: every page of the server's `b·P(y)` re-blinded with the
 //! advertiser key, a few pages in flight at once.
 
-use super::job::JobCreated;
 use super::GRAPH_PHASE;
 use crate::api::{segment, ApiClient, Body};
 use crate::error::ClientError;
@@ -9,6 +8,8 @@ use crate::progress::ProgressSink;
 use onboard_protocol::wire::PointPage;
 use onboard_protocol::{blind, MatchKind, SecretKey};
 use reqwest::Method;
+use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// Graph pages in flight at once (network overlaps crypto).
@@ -111,4 +112,26 @@ fn reblind_page(
     };
     let _: serde_json::Value = api.call_json(Method::PUT, &path, &Body::Frame(out.encode()))?;
     Ok(n)
+}
+
+/// A job as created (or, on resume, as the server reports it): the pages
+/// of its graph pass.
+#[derive(Debug, Deserialize)]
+pub(super) struct JobCreated {
+    pub(super) job_id: String,
+    #[serde(default)]
+    pub(super) graph_version: u64,
+    /// Points per graph-pass page, as the server announced it (not known on resume).
+    #[serde(default)]
+    pub(super) page_size: Option<u32>,
+    #[serde(default)]
+    pub(super) graph_pass: BTreeMap<String, GraphPassInfo>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct GraphPassInfo {
+    #[serde(default)]
+    pub(super) pages: u32,
+    #[serde(default)]
+    pub(super) points: u64,
 }

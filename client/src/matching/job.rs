@@ -2,9 +2,9 @@
 //! creation (or the state of the one resumed), the exchange, then the finish
 //! — or, on a failure, keep the job for a resume or abort it.
 
-use super::graph_pass::graph_pass;
+use super::graph_pass::{graph_pass, GraphPassInfo, JobCreated};
 use super::quality::{quality_pass_with, RowSet};
-use super::upload::upload;
+use super::upload::{upload, Upload};
 use super::{load_key, MatchOptions, MatchOutcome, GRAPH_PHASE, UPLOAD_PHASE};
 use crate::api::{segment, ApiClient, Body};
 use crate::error::ClientError;
@@ -13,14 +13,12 @@ use crate::report::JobReport;
 use onboard_protocol::wire::MAX_RECORDS_PER_BATCH;
 use onboard_protocol::SecretKey;
 use reqwest::Method;
-use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Instant;
 
 /// Run the whole match: quality pass, then (unless `dry_run`) the job.
 pub fn run_match(api: &ApiClient, opts: &MatchOptions) -> Result<MatchOutcome, ClientError> {
-    let sink = crate::commands::progress::Bars::new_sink(opts.show_progress);
+    let sink = crate::progress::Bars::new_sink(opts.show_progress);
     run_match_with(api, opts, sink.as_ref())
 }
 
@@ -198,16 +196,6 @@ fn checked(
     Ok((outcome, selected))
 }
 
-/// Where the upload of a job stands: batches below `skip` were acknowledged
-/// by an earlier run; `acked` follows the acknowledged prefix.
-#[derive(Clone, Copy)]
-pub(super) struct Upload<'a> {
-    pub(super) job_id: &'a str,
-    pub(super) selected: &'a RowSet,
-    pub(super) skip: u32,
-    pub(super) acked: &'a AtomicU32,
-}
-
 /// The graph pass (if `pass` has pages to do) and the upload at the same
 /// time, then finish. The two share no state on either side, and running
 /// them together lets one's network and storage waits be filled with the
@@ -308,24 +296,4 @@ fn finish_or_keep(
         None,
     );
     Err(e)
-}
-
-#[derive(Debug, Deserialize)]
-pub(super) struct JobCreated {
-    pub(super) job_id: String,
-    #[serde(default)]
-    graph_version: u64,
-    /// Points per graph-pass page, as the server announced it (not known on resume).
-    #[serde(default)]
-    pub(super) page_size: Option<u32>,
-    #[serde(default)]
-    pub(super) graph_pass: BTreeMap<String, GraphPassInfo>,
-}
-
-#[derive(Debug, Deserialize)]
-pub(super) struct GraphPassInfo {
-    #[serde(default)]
-    pub(super) pages: u32,
-    #[serde(default)]
-    pub(super) points: u64,
 }

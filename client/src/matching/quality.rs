@@ -145,6 +145,17 @@ impl QualityReport {
         self.encoding_source == "fallback"
     }
 
+    /// The one-line notice of a file read as Windows-1252 because it was
+    /// not UTF-8 (the CLI prints it, the Python package warns with it).
+    pub fn encoding_notice(&self) -> Option<String> {
+        self.encoding_fell_back().then(|| {
+            format!(
+                "{} is not valid UTF-8; it was read as {} (give --encoding NAME if that is wrong)",
+                self.input, self.encoding
+            )
+        })
+    }
+
     fn describe_source(&mut self, info: &SourceInfo) {
         self.format = info.format.to_owned();
         if let Some(decoded) = info.encoding {

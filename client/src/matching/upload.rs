@@ -2,7 +2,6 @@
 //! and shuffled into record batches, two batches on the wire while the next
 //! one is blinded.
 
-use super::job::Upload;
 use super::plan::{Plan, Row};
 use super::quality::{read_rows, Chunk, RowSet};
 use super::{MatchOptions, UPLOAD_PHASE};
@@ -18,8 +17,18 @@ use reqwest::Method;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{mpsc, Mutex};
+
+/// Where the upload of a job stands: batches below `skip` were acknowledged
+/// by an earlier run; `acked` follows the acknowledged prefix.
+#[derive(Clone, Copy)]
+pub(super) struct Upload<'a> {
+    pub(super) job_id: &'a str,
+    pub(super) selected: &'a RowSet,
+    pub(super) skip: u32,
+    pub(super) acked: &'a AtomicU32,
+}
 
 struct Encoded {
     batch_no: u32,
