@@ -30,7 +30,13 @@ const SETTINGS: &[(&str, &str)] = &[
 /// A server that trusts its own dev CA for webhook receivers (restarted
 /// once: the CA exists only after `init`).
 fn push_server() -> TestServer {
-    let mut server = TestServer::start(SETTINGS);
+    push_server_with(&[])
+}
+
+/// [`push_server`] with settings beside (or instead of) [`SETTINGS`].
+fn push_server_with(extra: &[(&str, &str)]) -> TestServer {
+    let settings: Vec<(&str, &str)> = SETTINGS.iter().chain(extra).copied().collect();
+    let mut server = TestServer::start(&settings);
     server.stop();
     serve_trusting_ca(&mut server);
     server
@@ -472,18 +478,41 @@ fn a_refresh_pushes_its_counts_and_in_members_mode_exactly_its_changes() {
 #[derive(Default)]
 struct Received {
     ids: Vec<String>,
+    /// The path of each request.
+    paths: Vec<String>,
     /// (timestamp, signature header, body) of each request.
     signed: Vec<(String, String, Vec<u8>)>,
 }
 
-/// A test receiver: answers `fail_status` to the first `fail_first` requests, then 200.
+/// How a test receiver answers.
+#[derive(Clone, Copy)]
+struct Answer {
+    /// Requests answered `fail_status` before it answers 200.
+    fail_first: usize,
+    /// A 3xx comes with `Location: /elsewhere` on the same receiver.
+    fail_status: u16,
+    /// Time taken before every answer.
+    delay: Duration,
+}
+
+/// A test receiver: answers as its [`Answer`] says and records what it got.
 struct Recorder {
     received: Arc<Mutex<Received>>,
     _server: actix_web::dev::ServerHandle,
 }
 
 impl Recorder {
+    /// Answers `fail_status` to the first `fail_first` requests, then 200.
     fn start(server: &TestServer, port: u16, fail_first: usize, fail_status: u16) -> Self {
+        let answer = Answer {
+            fail_first,
+            fail_status,
+            delay: Duration::ZERO,
+        };
+        Self::start_answering(server, port, answer)
+    }
+
+    fn start_answering(server: &TestServer, port: u16, answer: Answer) -> Self {
         use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
         let tls = server.data_dir.join("tls");
         let config =
@@ -507,19 +536,28 @@ impl Recorder {
                                         .unwrap_or("")
                                         .to_owned()
                                 };
-                                let mut r = state.lock().unwrap();
-                                r.ids.push(header(webhook::HEADER_ID));
-                                let signed = (
-                                    header(webhook::HEADER_TIMESTAMP),
-                                    header(webhook::HEADER_SIGNATURE),
-                                    body.to_vec(),
-                                );
-                                r.signed.push(signed);
-                                if r.ids.len() <= fail_first {
-                                    HttpResponse::build(
-                                        actix_web::http::StatusCode::from_u16(fail_status).unwrap(),
-                                    )
-                                    .finish()
+                                let failing = {
+                                    let mut r = state.lock().unwrap();
+                                    r.ids.push(header(webhook::HEADER_ID));
+                                    r.paths.push(req.path().to_owned());
+                                    let signed = (
+                                        header(webhook::HEADER_TIMESTAMP),
+                                        header(webhook::HEADER_SIGNATURE),
+                                        body.to_vec(),
+                                    );
+                                    r.signed.push(signed);
+                                    r.ids.len() <= answer.fail_first
+                                };
+                                actix_web::rt::time::sleep(answer.delay).await;
+                                if failing {
+                                    let status =
+                                        actix_web::http::StatusCode::from_u16(answer.fail_status)
+                                            .unwrap();
+                                    let mut reply = HttpResponse::build(status);
+                                    if status.is_redirection() {
+                                        reply.insert_header(("location", "/elsewhere"));
+                                    }
+                                    reply.finish()
                                 } else {
                                     HttpResponse::Ok().finish()
                                 }
@@ -545,6 +583,10 @@ impl Recorder {
 
     fn ids(&self) -> Vec<String> {
         self.received.lock().unwrap().ids.clone()
+    }
+
+    fn paths(&self) -> Vec<String> {
+        self.received.lock().unwrap().paths.clone()
     }
 }
 
@@ -579,6 +621,21 @@ fn a_receiver_failing_three_times_gets_the_same_message_id_four_times() {
     assert!(metrics.contains("onboard_webhook_deliveries_total{outcome=\"delivered\"} 1"));
     assert!(metrics.contains("onboard_webhook_outbox_depth 0"));
     assert!(metrics.contains("onboard_webhook_delivery_latency_seconds_count 1"));
+
+    // Redelivery sends it again now, with the same webhook-id.
+    let id = ids[0].clone();
+    let out = server.ok(&dsp, &["destination", "redeliver", &id]);
+    assert!(out.contains(&id), "{out}");
+    let again = wait_for("the redelivery", Duration::from_secs(30), || {
+        let ids = recorder.ids();
+        (ids.len() == 5).then_some(ids)
+    });
+    assert_eq!(again[4], id);
+    let list = wait_for("delivered again", Duration::from_secs(30), || {
+        let list = deliveries(&server, &dsp);
+        (list[0]["status"] == "delivered" && list[0]["attempts"] == 1).then_some(list)
+    });
+    assert_eq!(list.len(), 1, "{list:?}");
 }
 
 #[test]
@@ -609,6 +666,155 @@ fn gone_fails_the_message_and_disables_the_endpoint() {
     assert_eq!(shown["status"], "disabled", "{shown}");
     assert_eq!(shown["disabled_reason"], "gone", "{shown}");
     assert!(metrics(&server).contains("onboard_webhook_deliveries_total{outcome=\"gone\"} 1"));
+}
+
+#[test]
+fn expiry_and_withdrawal_reach_the_endpoint_as_counts_only() {
+    // Audiences live 15 s here and the clean-up looks every second.
+    let server = push_server_with(&[("AUDIENCE_TTL", "15s"), ("CLEANUP_INTERVAL", "1s")]);
+    let (advertiser, key_file) = advertiser(&server);
+    let dsp = server.create("destination", "dsp-w");
+    graph(&server, 300, &["dsp-w"]);
+    let port = free_port();
+    let secret = set_webhook(&server, &dsp, port, "notify");
+    let listener = Listener::spawn(&server, "dsp-w", port, &secret);
+    let audience = release(&server, &advertiser, &key_file, "dsp-w");
+    // p3 is in the released segment and has one cookie ID at dsp-w.
+    server.ok(&server.admin_key, &["admin", "erase", "--person", "p3"]);
+
+    let events = wait_for("the expiry", Duration::from_secs(60), || {
+        let events = listener.events();
+        events
+            .iter()
+            .any(|e| e["type"] == "audience.expired")
+            .then_some(events)
+    });
+    let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "audience.released",
+            "audience.withdrawn",
+            "audience.expired"
+        ]
+    );
+    assert_eq!(
+        events[1]["data"],
+        serde_json::json!({"audience_id": audience, "removed": 1, "size": SEGMENT - 1})
+    );
+    let expired = &events[2]["data"];
+    assert_eq!(expired["audience_id"], audience.as_str());
+    assert_eq!(expired["expired"], events[0]["data"]["expires"]);
+    let pushed = std::fs::read_to_string(listener.out.join("events.ndjson")).unwrap();
+    for needle in ["-ck-", "@example.com", "p3"] {
+        assert!(!pushed.contains(needle), "{needle} pushed: {pushed}");
+    }
+}
+
+#[test]
+fn a_target_allowed_at_registration_is_refused_again_at_each_attempt() {
+    let mut server = push_server();
+    let (advertiser, key_file) = advertiser(&server);
+    let dsp = server.create("destination", "dsp-t");
+    graph(&server, 300, &["dsp-t"]);
+    let port = free_port();
+    set_webhook(&server, &dsp, port, "notify");
+    let recorder = Recorder::start(&server, port, 0, 200);
+    // The operator withdraws the allowance after the loopback endpoint was set.
+    server.stop();
+    let ca = server.ca.to_str().unwrap().to_owned();
+    server.serve_with(&[
+        ("ONBOARD_WEBHOOK_CA", &ca),
+        ("ONBOARD_WEBHOOK_ALLOW_PRIVATE_TARGETS", "false"),
+    ]);
+    release(&server, &advertiser, &key_file, "dsp-t");
+    let list = wait_for("two refused attempts", Duration::from_secs(30), || {
+        let list = deliveries(&server, &dsp);
+        (list.len() == 1 && list[0]["attempts"].as_u64() >= Some(2)).then_some(list)
+    });
+    assert_eq!(list[0]["status"], "pending", "{list:?}");
+    assert_eq!(list[0]["last_error"], "refused-target", "{list:?}");
+    assert!(list[0]["last_status"].is_null());
+    assert!(recorder.ids().is_empty(), "nothing reached the receiver");
+    assert!(!metrics(&server)
+        .contains("onboard_webhook_deliveries_total{outcome=\"refused-target\"} 0\n"));
+
+    // Removing the endpoint fails what is pending, without another attempt.
+    server.ok(&dsp, &["destination", "webhook", "remove"]);
+    let list = wait_for("the message failed", Duration::from_secs(60), || {
+        let list = deliveries(&server, &dsp);
+        (list[0]["status"] == "failed").then_some(list)
+    });
+    assert_eq!(list[0]["last_error"], "no-endpoint", "{list:?}");
+    assert!(recorder.ids().is_empty());
+}
+
+#[test]
+fn redirects_and_slow_answers_are_failed_attempts() {
+    let server = push_server_with(&[("WEBHOOK_TIMEOUT", "1s")]);
+    let (advertiser, key_file) = advertiser(&server);
+    let moved = server.create("destination", "dsp-moved");
+    let slow = server.create("destination", "dsp-slow");
+    graph(&server, 300, &["dsp-moved", "dsp-slow"]);
+    let (port_moved, port_slow) = (free_port(), free_port());
+    set_webhook(&server, &moved, port_moved, "notify");
+    set_webhook(&server, &slow, port_slow, "notify");
+    let redirecting = Recorder::start(&server, port_moved, usize::MAX, 307);
+    let answer = Answer {
+        fail_first: 0,
+        fail_status: 200,
+        delay: Duration::from_secs(3),
+    };
+    let _sleepy = Recorder::start_answering(&server, port_slow, answer);
+    release(&server, &advertiser, &key_file, "dsp-moved");
+    release(&server, &advertiser, &key_file, "dsp-slow");
+    let attempted = |key: &str| {
+        wait_for("an attempt", Duration::from_secs(60), || {
+            let list = deliveries(&server, key);
+            (list.len() == 1 && list[0]["attempts"].as_u64() >= Some(1)).then(|| list[0].clone())
+        })
+    };
+    let m = attempted(&moved);
+    assert_eq!(
+        (m["status"].as_str(), m["last_status"].as_u64()),
+        (Some("pending"), Some(307)),
+        "{m}"
+    );
+    let paths = redirecting.paths();
+    assert!(!paths.is_empty());
+    assert!(
+        paths.iter().all(|p| p == "/hooks/onboard"),
+        "the redirect was followed: {paths:?}"
+    );
+    let m = attempted(&slow);
+    assert_eq!(
+        (m["status"].as_str(), m["last_error"].as_str()),
+        (Some("pending"), Some("timeout")),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_receiver_whose_certificate_is_not_trusted_gets_nothing() {
+    // Loopback is allowed, but the dev CA is not among the trusted roots.
+    let server = TestServer::start(SETTINGS);
+    let (advertiser, key_file) = advertiser(&server);
+    let dsp = server.create("destination", "dsp-c");
+    graph(&server, 300, &["dsp-c"]);
+    let port = free_port();
+    set_webhook(&server, &dsp, port, "notify");
+    let recorder = Recorder::start(&server, port, 0, 200);
+    release(&server, &advertiser, &key_file, "dsp-c");
+    let m = wait_for("a failed attempt", Duration::from_secs(60), || {
+        let list = deliveries(&server, &dsp);
+        (list.len() == 1 && list[0]["attempts"].as_u64() >= Some(1)).then(|| list[0].clone())
+    });
+    assert_eq!(m["status"], "pending", "{m}");
+    assert!(
+        m["last_status"].is_null() && m["last_error"].is_string(),
+        "{m}"
+    );
+    assert!(recorder.ids().is_empty(), "no request got through");
 }
 
 #[test]
