@@ -152,6 +152,14 @@ fn deliveries(server: &TestServer, key: &str) -> Vec<serde_json::Value> {
         .unwrap()
 }
 
+/// `key`'s one message, once it has had `attempts` attempts or more.
+fn attempted(server: &TestServer, key: &str, attempts: u64) -> serde_json::Value {
+    wait_for("the attempts", Duration::from_secs(60), || {
+        let list = deliveries(server, key);
+        (list.len() == 1 && list[0]["attempts"].as_u64() >= Some(attempts)).then(|| list[0].clone())
+    })
+}
+
 /// The reference receiver, as a DSP would run it.
 struct Listener {
     child: Child,
@@ -728,13 +736,10 @@ fn a_target_allowed_at_registration_is_refused_again_at_each_attempt() {
         ("ONBOARD_WEBHOOK_ALLOW_PRIVATE_TARGETS", "false"),
     ]);
     release(&server, &advertiser, &key_file, "dsp-t");
-    let list = wait_for("two refused attempts", Duration::from_secs(30), || {
-        let list = deliveries(&server, &dsp);
-        (list.len() == 1 && list[0]["attempts"].as_u64() >= Some(2)).then_some(list)
-    });
-    assert_eq!(list[0]["status"], "pending", "{list:?}");
-    assert_eq!(list[0]["last_error"], "refused-target", "{list:?}");
-    assert!(list[0]["last_status"].is_null());
+    let m = attempted(&server, &dsp, 2);
+    assert_eq!(m["status"], "pending", "{m}");
+    assert_eq!(m["last_error"], "refused-target", "{m}");
+    assert!(m["last_status"].is_null());
     assert!(recorder.ids().is_empty(), "nothing reached the receiver");
     assert!(!metrics(&server)
         .contains("onboard_webhook_deliveries_total{outcome=\"refused-target\"} 0\n"));
@@ -768,13 +773,7 @@ fn redirects_and_slow_answers_are_failed_attempts() {
     let _sleepy = Recorder::start_answering(&server, port_slow, answer);
     release(&server, &advertiser, &key_file, "dsp-moved");
     release(&server, &advertiser, &key_file, "dsp-slow");
-    let attempted = |key: &str| {
-        wait_for("an attempt", Duration::from_secs(60), || {
-            let list = deliveries(&server, key);
-            (list.len() == 1 && list[0]["attempts"].as_u64() >= Some(1)).then(|| list[0].clone())
-        })
-    };
-    let m = attempted(&moved);
+    let m = attempted(&server, &moved, 1);
     assert_eq!(
         (m["status"].as_str(), m["last_status"].as_u64()),
         (Some("pending"), Some(307)),
@@ -786,7 +785,7 @@ fn redirects_and_slow_answers_are_failed_attempts() {
         paths.iter().all(|p| p == "/hooks/onboard"),
         "the redirect was followed: {paths:?}"
     );
-    let m = attempted(&slow);
+    let m = attempted(&server, &slow, 1);
     assert_eq!(
         (m["status"].as_str(), m["last_error"].as_str()),
         (Some("pending"), Some("timeout")),
@@ -805,10 +804,7 @@ fn a_receiver_certificate_must_chain_to_the_system_roots_or_webhook_ca() {
     set_webhook(&server, &dsp, port, "notify");
     let recorder = Recorder::start(&server, port, 0, 200);
     release(&server, &advertiser, &key_file, "dsp-c");
-    let m = wait_for("a failed attempt", Duration::from_secs(60), || {
-        let list = deliveries(&server, &dsp);
-        (list.len() == 1 && list[0]["attempts"].as_u64() >= Some(1)).then(|| list[0].clone())
-    });
+    let m = attempted(&server, &dsp, 1);
     assert_eq!(m["status"], "pending", "{m}");
     assert!(
         m["last_status"].is_null() && m["last_error"].is_string(),
