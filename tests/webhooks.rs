@@ -647,6 +647,40 @@ fn a_receiver_failing_three_times_gets_the_same_message_id_four_times() {
 }
 
 #[test]
+fn a_message_failing_every_attempt_is_failed_after_the_tenth() {
+    // The whole schedule, 16,993 × the base, in about 17 s.
+    let server = push_server_with(&[("WEBHOOK_RETRY_BASE", "1ms")]);
+    let (advertiser, key_file) = advertiser(&server);
+    let dsp = server.create("destination", "dsp-f");
+    graph(&server, 300, &["dsp-f"]);
+    let port = free_port();
+    set_webhook(&server, &dsp, port, "notify");
+    let recorder = Recorder::start(&server, port, usize::MAX, 503);
+    release(&server, &advertiser, &key_file, "dsp-f");
+    let m = wait_for("the message failed", Duration::from_secs(120), || {
+        let list = deliveries(&server, &dsp);
+        (list.len() == 1 && list[0]["status"] == "failed").then(|| list[0].clone())
+    });
+    assert_eq!(
+        (m["attempts"].as_u64(), m["last_status"].as_u64()),
+        (Some(10), Some(503)),
+        "{m}"
+    );
+    assert!(m["next_attempt"].is_null(), "{m}");
+    let ids = recorder.ids();
+    assert_eq!(ids.len(), 10);
+    assert!(ids.iter().all(|id| id == &ids[0]));
+    let metrics = metrics(&server);
+    for line in [
+        "onboard_webhook_deliveries_total{outcome=\"retried\"} 9\n",
+        "onboard_webhook_deliveries_total{outcome=\"failed\"} 1\n",
+        "onboard_webhook_outbox_depth 0\n",
+    ] {
+        assert!(metrics.contains(line), "{line}{metrics}");
+    }
+}
+
+#[test]
 fn gone_fails_the_message_and_disables_the_endpoint() {
     let server = push_server();
     let (advertiser, key_file) = advertiser(&server);
@@ -726,7 +760,21 @@ fn a_target_allowed_at_registration_is_refused_again_at_each_attempt() {
     let dsp = server.create("destination", "dsp-t");
     graph(&server, 300, &["dsp-t"]);
     let port = free_port();
-    set_webhook(&server, &dsp, port, "notify");
+    // The operator registers it (the secret is printed alike).
+    let url = format!("https://127.0.0.1:{port}/hooks/onboard");
+    let admin = [
+        "admin",
+        "destination",
+        "webhook",
+        "set",
+        "dsp-t",
+        "--url",
+        &url,
+    ];
+    let out = server.ok(&server.admin_key, &admin);
+    assert!(out.lines().last().unwrap().starts_with("whsec_"), "{out}");
+    let shown = server.json(&dsp, &["destination", "webhook", "show", "--json"]);
+    assert_eq!(shown["url"], url.as_str(), "{shown}");
     let recorder = Recorder::start(&server, port, 0, 200);
     // The operator withdraws the allowance after the loopback endpoint was set.
     server.stop();
