@@ -174,6 +174,9 @@ impl ApiClient {
             // HTTP_PROXY from the environment would carry the key in clear.
             builder = builder.no_proxy();
         }
+        // Mozilla's roots (or `--ca` alone): the system's roots, which the
+        // workspace's reqwest feature adds, are for the server's webhooks.
+        builder = builder.tls_built_in_native_certs(false);
         if let Some(path) = ca_pem_file {
             let pem = std::fs::read(path).map_err(|e| ClientError::read(path, e))?;
             let certs =

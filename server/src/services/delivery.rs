@@ -7,7 +7,8 @@
 //!
 //! Each attempt resolves the host, refuses private targets (unless allowed)
 //! and connects to the address it checked (reqwest's `resolve` pins it); no
-//! proxy, no redirect, TLS verified against the built-in roots plus
+//! proxy, no redirect, TLS verified against the system's roots (read the
+//! way OpenSSL does, `SSL_CERT_FILE` included), Mozilla's roots and
 //! `webhook_ca`. Response bodies are never read. Logs name messages,
 //! destinations and statuses only.
 
@@ -465,7 +466,11 @@ impl Dispatcher {
             .redirect(reqwest::redirect::Policy::none())
             .timeout(self.services.config.webhook_timeout)
             .connect_timeout(self.services.config.webhook_timeout)
-            .resolve(&host, addr);
+            .resolve(&host, addr)
+            // The system's roots (an on-premises DSP's corporate CA) beside
+            // Mozilla's (a container without a system store).
+            .tls_built_in_native_certs(true)
+            .tls_built_in_webpki_certs(true);
         for ca in &self.extra_roots {
             builder = builder.add_root_certificate(ca.clone());
         }
