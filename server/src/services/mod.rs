@@ -174,15 +174,8 @@ impl Services {
         Ok(())
     }
 
-    /// Exact opt-out check behind the bloom filter.
-    pub(crate) fn opted_out(&self, p: &PointBytes) -> Result<bool, crate::storage::StoreError> {
-        if !lock(&self.optout_bloom).check(&p.0) {
-            return Ok(false);
-        }
-        self.repo.is_opted_out(p)
-    }
-
-    /// [`Self::opted_out`] for each of `points`, taking the filter's lock once.
+    /// Exact opt-out check of each of `points` behind the bloom filter,
+    /// taking the filter's lock once.
     pub(crate) fn opted_out_each(
         &self,
         points: &[PointBytes],
