@@ -743,15 +743,16 @@ impl SledStore {
 type RunKey = (u8, u128, u128);
 
 fn run_key(record: &[u8]) -> RunKey {
+    sort_key(record[0], &record[1..33])
+}
+
+/// The [`RunKey`] of a kind byte and a 32-byte point.
+fn sort_key(kind: u8, point: &[u8]) -> RunKey {
     let mut high = [0u8; 16];
     let mut low = [0u8; 16];
-    high.copy_from_slice(&record[1..17]);
-    low.copy_from_slice(&record[17..33]);
-    (
-        record[0],
-        u128::from_be_bytes(high),
-        u128::from_be_bytes(low),
-    )
+    high.copy_from_slice(&point[..16]);
+    low.copy_from_slice(&point[16..32]);
+    (kind, u128::from_be_bytes(high), u128::from_be_bytes(low))
 }
 
 /// Length of the sealed bytes of the cookie record at the front of `buf`,
@@ -912,7 +913,7 @@ impl GraphRepo for SledStore {
         batch_no: u32,
         mut rows: Vec<IdentifierRow>,
     ) -> StoreResult<()> {
-        rows.sort_unstable_by_key(|r| (r.0.to_byte(), r.1 .0));
+        rows.sort_unstable_by_key(|r| sort_key(r.0.to_byte(), &r.1 .0));
         let mut bytes = Vec::with_capacity(rows.len() * RUN_RECORD);
         for (kind, point, person) in &rows {
             bytes.push(kind.to_byte());
