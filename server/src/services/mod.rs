@@ -14,7 +14,6 @@ pub mod release;
 pub mod rotation;
 pub mod seal;
 pub mod secrets;
-pub mod uniform;
 pub mod webhooks;
 
 use crate::config::Config;

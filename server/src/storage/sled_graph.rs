@@ -19,7 +19,7 @@ use super::sled_codec::{
     GRAPH_COOKIE_CHUNKS, GRAPH_RUNS,
 };
 use super::*;
-use crate::services::uniform::UniformSet;
+use crate::uniform::UniformSet;
 use ::sled::transaction::ConflictableTransactionError;
 use ::sled::{Batch, Transactional, Tree};
 use std::cmp::Reverse;
