@@ -595,8 +595,9 @@ fn send_digests(
             .collect();
         let produced = (|| -> Result<(), ClientError> {
             let mut batch_no = 0u32;
+            let mut chunk = Vec::new();
             loop {
-                let chunk = reader.next_chunk(DIGEST_BATCH_SIZE)?;
+                reader.refill_chunk(DIGEST_BATCH_SIZE, &mut chunk)?;
                 if chunk.is_empty() {
                     return Ok(());
                 }
@@ -632,7 +633,6 @@ fn send_digests(
                         (*line, entry)
                     })
                     .collect();
-                drop(chunk);
                 summary.identifier_rows += results.len() as u64;
                 let mut entries = Vec::with_capacity(results.len());
                 for (line, r) in results {
@@ -698,9 +698,15 @@ fn send_cookies(
         destination: &'a str,
         cookie: &'a str,
     }
+    /// The request body, serialised straight from the borrowed rows.
+    #[derive(Serialize)]
+    struct Batch<'a> {
+        cookies: &'a [Cookie<'a>],
+    }
     let mut batch_no = 0u32;
+    let mut chunk = Vec::new();
     loop {
-        let chunk = reader.next_chunk(COOKIE_BATCH_SIZE)?;
+        reader.refill_chunk(COOKIE_BATCH_SIZE, &mut chunk)?;
         if chunk.is_empty() {
             break;
         }
@@ -736,7 +742,7 @@ fn send_cookies(
         let _: serde_json::Value = api.call_json(
             Method::PUT,
             &format!("{base}/cookies/{batch_no}"),
-            &Body::json(&serde_json::json!({ "cookies": cookies })),
+            &Body::json(&Batch { cookies: &cookies }),
         )?;
         summary.cookies_sent += n as u64;
         progress.advance("cookies", n as u64);

@@ -26,6 +26,7 @@ pub mod server;
 pub mod services;
 pub mod storage;
 pub mod tls;
+pub mod uniform;
 
 pub use cli::main_with_args;
 pub use config::{Config, ConfigError};

@@ -219,14 +219,32 @@ impl CsvReader {
     /// Read up to `max` rows.
     pub fn next_chunk(&mut self, max: usize) -> Result<Vec<(u64, ByteRecord)>, ClientError> {
         let mut out = Vec::with_capacity(max.min(65_536));
-        let mut record = ByteRecord::new();
-        while out.len() < max {
-            match self.next_row(&mut record)? {
-                Some(line) => out.push((line, std::mem::take(&mut record))),
+        self.refill_chunk(max, &mut out)?;
+        Ok(out)
+    }
+
+    /// Replace `chunk`'s rows with the next up to `max` rows, reading them
+    /// into its records' buffers (no allocation per row once they are
+    /// large enough).
+    pub fn refill_chunk(
+        &mut self,
+        max: usize,
+        chunk: &mut Vec<(u64, ByteRecord)>,
+    ) -> Result<(), ClientError> {
+        let mut filled = 0;
+        while filled < max {
+            if filled == chunk.len() {
+                chunk.push((0, ByteRecord::new()));
+            }
+            let (line, record) = &mut chunk[filled];
+            match self.next_row(record)? {
+                Some(l) => *line = l,
                 None => break,
             }
+            filled += 1;
         }
-        Ok(out)
+        chunk.truncate(filled);
+        Ok(())
     }
 }
 
@@ -374,6 +392,29 @@ mod tests {
         assert_eq!(rows[1], (5, vec!["2".into(), "3".into()]));
         assert_eq!(rows[2].0, 6);
         assert_eq!(rows[3], (7, vec!["6".into(), "7".into()]));
+    }
+
+    #[test]
+    fn refilled_chunks_read_every_row_once() {
+        let text = b"a,b\nlong-value-one,1\n\nx,2\ny,3\nz,4\nlast,5\n";
+        let expected = rows(&mut reader(text).unwrap());
+        let mut r = reader(text).unwrap();
+        let mut chunk = Vec::new();
+        let mut got = Vec::new();
+        let mut sizes = Vec::new();
+        loop {
+            r.refill_chunk(2, &mut chunk).unwrap();
+            if chunk.is_empty() {
+                break;
+            }
+            sizes.push(chunk.len());
+            for (line, rec) in &chunk {
+                let fields = rec.iter().map(|f| String::from_utf8_lossy(f).into_owned());
+                got.push((*line, fields.collect::<Vec<_>>()));
+            }
+        }
+        assert_eq!(got, expected);
+        assert_eq!(sizes, [2, 2, 1]);
     }
 
     #[test]

@@ -50,14 +50,35 @@ pub struct NewKey {
 
 /// `HMAC-SHA256(pepper, label || 0 || data)`.
 pub fn hmac_with(pepper: &[u8; 32], label: &[u8], data: &[u8]) -> [u8; 32] {
-    let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(pepper) {
-        Ok(m) => m,
-        Err(_) => return [0; 32], // HMAC accepts keys of any length; unreachable.
-    };
-    mac.update(label);
-    mac.update(&[0]);
-    mac.update(data);
-    mac.finalize().into_bytes().into()
+    LabelledHmac::new(pepper, label).of(data)
+}
+
+/// [`hmac_with`] under one key and label, the key's pads and the label
+/// absorbed once: each value of an import batch then costs two SHA-256
+/// compressions instead of four.
+#[derive(Clone)]
+pub struct LabelledHmac(Hmac<Sha256>);
+
+impl LabelledHmac {
+    /// The keyed state after `label || 0`.
+    pub fn new(key: &[u8; 32], label: &[u8]) -> Self {
+        // HMAC pads a key shorter than the block with zeros (RFC 2104), so
+        // the padded block is the same key, and takes the infallible
+        // constructor.
+        let mut block = Zeroizing::new([0u8; 64]);
+        block[..32].copy_from_slice(key);
+        let mut mac = <Hmac<Sha256> as hmac::digest::KeyInit>::new(&(*block).into());
+        mac.update(label);
+        mac.update(&[0]);
+        Self(mac)
+    }
+
+    /// `HMAC(key, label || 0 || data)`.
+    pub fn of(&self, data: &[u8]) -> [u8; 32] {
+        let mut mac = self.0.clone();
+        mac.update(data);
+        mac.finalize().into_bytes().into()
+    }
 }
 
 /// A principal name: 1–64 of `[A-Za-z0-9._-]`.
@@ -249,6 +270,27 @@ mod tests {
 
     fn create(repo: &dyn crate::storage::Repo, name: &str, url: &str) -> Result<NewKey, ApiError> {
         create_principal_in(repo, &[5u8; 32], name, Role::Destination, Some(url.into()))
+    }
+
+    proptest::proptest! {
+        /// The pre-keyed state gives the textbook HMAC of `label || 0 || data`.
+        #[test]
+        fn labelled_hmac_is_plain_hmac(
+            key: [u8; 32],
+            label in proptest::collection::vec(proptest::num::u8::ANY, 0..80),
+            data in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+        ) {
+            let mut plain = <Hmac<Sha256> as Mac>::new_from_slice(&key).unwrap();
+            plain.update(&label);
+            plain.update(&[0]);
+            plain.update(&data);
+            let expected: [u8; 32] = plain.finalize().into_bytes().into();
+            let keyed = LabelledHmac::new(&key, &label);
+            proptest::prop_assert_eq!(keyed.of(&data), expected);
+            // Reusable: a second value does not see the first.
+            proptest::prop_assert_eq!(keyed.of(&data), expected);
+            proptest::prop_assert_eq!(hmac_with(&key, &label, &data), expected);
+        }
     }
 
     #[test]

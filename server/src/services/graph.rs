@@ -8,7 +8,7 @@
 
 use super::{lock, new_id, rfc3339, unix_now, Services};
 use crate::error::ApiError;
-use crate::services::auth::Caller;
+use crate::services::auth::{Caller, LabelledHmac};
 use crate::services::rotation::KeyUse;
 use crate::services::seal;
 use crate::storage::{GraphInfo, IdentifierRow, ImportMode, ImportRecord, PersonKey, SealedCookie};
@@ -34,14 +34,21 @@ pub struct CookieRow {
 /// Most cookie rows per batch.
 pub const MAX_COOKIES_PER_BATCH: usize = 65_536;
 
-fn sealed_cookie(
-    identity: &[u8; 32],
-    sealer: &seal::Sealer,
-    cookie: &str,
-) -> Result<SealedCookie, ApiError> {
+fn sealed_cookie(sealer: &seal::CookieSealer, cookie: &str) -> Result<SealedCookie, ApiError> {
     sealer
-        .sealed_cookie(identity, cookie)
+        .seal(cookie)
         .ok_or(ApiError::Internal("cookie encryption failed".into()))
+}
+
+/// Label of the person pseudonyms.
+const PERSON_KEY_LABEL: &[u8] = b"person-key";
+
+/// The pseudonym of `person` under a batch's keyed HMAC.
+fn person_key_with(keyed: &LabelledHmac, person: &str) -> PersonKey {
+    let full = keyed.of(person.as_bytes());
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&full[..16]);
+    key
 }
 
 /// Opted-out points looked up in a version per store call.
@@ -162,7 +169,8 @@ impl Services {
             )));
         }
         let hash: [u8; 32] = Sha256::digest(body).into();
-        let keys: Vec<PersonKey> = persons.iter().map(|p| self.person_key(p)).collect();
+        let keyed = self.person_keys();
+        let keys: Vec<PersonKey> = persons.iter().map(|p| person_key_with(&keyed, p)).collect();
         let _key = self.key_gate(KeyUse::Continue)?;
         let _g = self.exclusive(&self.import_lock, "graph-imports")?;
         let mut rec = self.open_import(id)?;
@@ -209,10 +217,12 @@ impl Services {
     /// The storage key of a person ID: a keyed pseudonym, the same in every
     /// graph version, so the ID itself is never stored.
     pub(crate) fn person_key(&self, person: &str) -> PersonKey {
-        let full = self.hmac(b"person-key", person.as_bytes());
-        let mut key = [0u8; 16];
-        key.copy_from_slice(&full[..16]);
-        key
+        person_key_with(&self.person_keys(), person)
+    }
+
+    /// The keyed HMAC of [`Self::person_key`], for a batch of persons.
+    fn person_keys(&self) -> LabelledHmac {
+        LabelledHmac::new(self.identity_key(), PERSON_KEY_LABEL)
     }
 
     /// How an audience names a member: the hex of its person key.
@@ -246,13 +256,14 @@ impl Services {
         let key = self.key_gate(KeyUse::Continue)?;
         let points = blind::hash_and_blind(key.key(), &items);
         drop(items);
+        let keyed = self.person_keys();
         let rows: Vec<IdentifierRow> = {
             use rayon::prelude::*;
             batch
                 .entries
                 .par_iter()
                 .zip(&points)
-                .map(|(e, p)| (e.kind, *p, self.person_key(&e.person)))
+                .map(|(e, p)| (e.kind, *p, person_key_with(&keyed, &e.person)))
                 .collect()
         };
         let _g = self.exclusive(&self.import_lock, "graph-imports")?;
@@ -264,8 +275,9 @@ impl Services {
         let rows = self.without_erased_identifiers(rows)?;
         rec.skipped_erased += (points.len() - rows.len()) as u64;
         let stored = rows.len();
-        for (_, point, person) in &rows {
-            if self.opted_out(point)? {
+        let stored_points: Vec<PointBytes> = rows.iter().map(|r| r.1).collect();
+        for ((_, _, person), opted_out) in rows.iter().zip(self.opted_out_each(&stored_points)?) {
+            if opted_out {
                 self.repo.suppress(rec.version, person)?;
             }
         }
@@ -315,15 +327,16 @@ impl Services {
         let rows_len = rows.len();
         // Sealed on all cores before the import lock, so that a cookies
         // batch's encryption runs beside an identifiers batch's curve work.
-        let sealer = self.sealer();
+        let sealer = self.sealer().cookie_sealer(self.identity_key());
+        let keyed = self.person_keys();
         let sealed = {
             use rayon::prelude::*;
             rows.par_iter()
                 .map(|r| {
                     Ok((
                         r.destination.clone(),
-                        self.person_key(&r.person),
-                        sealed_cookie(self.identity_key(), &sealer, &r.cookie)?,
+                        person_key_with(&keyed, &r.person),
+                        sealed_cookie(&sealer, &r.cookie)?,
                     ))
                 })
                 .collect::<Result<Vec<_>, ApiError>>()?
@@ -922,7 +935,10 @@ mod tests {
             (MatchKind::Email, bpy(&s, 41), s.person_key("p41")),
         ];
         s.repo.put_identifier_run(kept, 0, rows).unwrap();
-        let sealed = sealed_cookie(s.identity_key(), &s.sealer(), "ck-p42").unwrap();
+        let sealed = s
+            .sealer()
+            .sealed_cookie(s.identity_key(), "ck-p42")
+            .unwrap();
         s.repo
             .put_cookie_run(kept, 0, vec![("dsp".into(), p42, sealed)])
             .unwrap();

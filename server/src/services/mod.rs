@@ -14,7 +14,6 @@ pub mod release;
 pub mod rotation;
 pub mod seal;
 pub mod secrets;
-pub mod uniform;
 pub mod webhooks;
 
 use crate::config::Config;
@@ -174,15 +173,8 @@ impl Services {
         Ok(())
     }
 
-    /// Exact opt-out check behind the bloom filter.
-    pub(crate) fn opted_out(&self, p: &PointBytes) -> Result<bool, crate::storage::StoreError> {
-        if !lock(&self.optout_bloom).check(&p.0) {
-            return Ok(false);
-        }
-        self.repo.is_opted_out(p)
-    }
-
-    /// [`Self::opted_out`] for each of `points`, taking the filter's lock once.
+    /// Exact opt-out check of each of `points` behind the bloom filter,
+    /// taking the filter's lock once.
     pub(crate) fn opted_out_each(
         &self,
         points: &[PointBytes],

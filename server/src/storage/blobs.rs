@@ -309,6 +309,11 @@ pub struct BlobStream {
 }
 
 impl BlobStream {
+    /// The blob's length in bytes.
+    pub fn blob_len(&self) -> u64 {
+        u64::from(self.blob.len)
+    }
+
     /// Make `n` bytes available at the read position: `Ok(false)` at the
     /// blob's clean end, an error if the blob ends inside them.
     pub fn fill(&mut self, n: usize) -> Result<bool, BlobError> {

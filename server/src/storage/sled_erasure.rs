@@ -208,6 +208,19 @@ impl ErasureRepo for SledStore {
             Some(item) => item.map(|_| true).map_err(be),
         }
     }
+    fn erased_persons_among(&self, persons: &[PersonKey]) -> StoreResult<Vec<bool>> {
+        // No tombstone at all, the usual case: no look-up per row of a batch.
+        if self.erased_persons.is_empty() {
+            return Ok(vec![false; persons.len()]);
+        }
+        persons.iter().map(|p| self.is_erased_person(p)).collect()
+    }
+    fn erased_points_among(&self, points: &[PointBytes]) -> StoreResult<Vec<bool>> {
+        if self.erased_points.is_empty() {
+            return Ok(vec![false; points.len()]);
+        }
+        points.iter().map(|p| self.is_erased_point(p)).collect()
+    }
     fn lift_erasure(&self, person: &PersonKey) -> StoreResult<bool> {
         let lifted = (&self.erased_persons, &self.erased_points)
             .transaction(|(persons, erased_points)| {

@@ -19,10 +19,15 @@ use super::sled_codec::{
     GRAPH_COOKIE_CHUNKS, GRAPH_RUNS,
 };
 use super::*;
+use crate::uniform::UniformSet;
 use ::sled::transaction::ConflictableTransactionError;
 use ::sled::{Batch, Transactional, Tree};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::BinaryHeap;
+
+/// A delta's removed persons, probed once per row of its base: keyed HMAC
+/// outputs, so the uniform-key set (no SipHash per probe).
+type PersonSet = UniformSet<PersonKey>;
 
 /// Records per chunk (a point chunk is 96 KiB).
 const CHUNK_RECORDS: usize = 2048;
@@ -193,7 +198,7 @@ struct BaseStream<'a> {
     /// `b'i'` (point chunks) or `b'c'` (cookie chunks).
     part: u8,
     chunks: ::sled::Iter,
-    removed: &'a HashSet<PersonKey>,
+    removed: &'a PersonSet,
     buf: Vec<u8>,
     pos: usize,
     /// Rows left out because their person is removed.
@@ -201,7 +206,7 @@ struct BaseStream<'a> {
 }
 
 impl<'a> BaseStream<'a> {
-    fn new(store: &'a SledStore, version: u64, part: u8, removed: &'a HashSet<PersonKey>) -> Self {
+    fn new(store: &'a SledStore, version: u64, part: u8, removed: &'a PersonSet) -> Self {
         let tree = if part == b'i' {
             &store.g_chunks
         } else {
@@ -264,6 +269,49 @@ impl<'a> BaseStream<'a> {
     }
 }
 
+/// The destination a cookie merge is writing: its name, chunk prefix and
+/// rows so far.
+struct DestinationRun {
+    name: Vec<u8>,
+    prefix: Vec<u8>,
+    rows: u64,
+}
+
+impl DestinationRun {
+    /// Add the rows to the destination's count.
+    fn count_into(self, info: &mut GraphInfo) {
+        *info
+            .cookies
+            .entry(String::from_utf8_lossy(&self.name).into_owned())
+            .or_default() += self.rows;
+    }
+}
+
+/// How many distinct persons two lists name together. Each is sorted on all
+/// cores (as integers) and deduplicated, then both are walked side by side:
+/// a hash set's random inserts, one per record, made the seal's serial tail.
+fn distinct_persons(mut a: Vec<PersonKey>, mut b: Vec<PersonKey>) -> u64 {
+    use rayon::prelude::*;
+    let int = |p: &PersonKey| u128::from_be_bytes(*p);
+    for list in [&mut a, &mut b] {
+        list.par_sort_unstable_by_key(int);
+        list.dedup();
+    }
+    let (mut i, mut j, mut both) = (0, 0, 0u64);
+    while i < a.len() && j < b.len() {
+        match int(&a[i]).cmp(&int(&b[j])) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                both += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    (a.len() + b.len()) as u64 - both
+}
+
 /// The rows dropped from a delta's base, once its merge is done.
 fn base_dropped(sources: &[Source<'_>]) -> u64 {
     match sources.first() {
@@ -302,7 +350,7 @@ impl SledStore {
         &'a self,
         version: u64,
         part: u8,
-        base: Option<(u64, &'a HashSet<PersonKey>)>,
+        base: Option<(u64, &'a PersonSet)>,
     ) -> StoreResult<Vec<Source<'a>>> {
         let mut sources: Vec<Source<'a>> = base
             .map(|(b, removed)| Source::Base(Box::new(BaseStream::new(self, b, part, removed))))
@@ -318,9 +366,9 @@ impl SledStore {
     }
 
     /// The persons a delta's staged removal runs name.
-    fn staged_removals(&self, version: u64) -> StoreResult<HashSet<PersonKey>> {
+    fn staged_removals(&self, version: u64) -> StoreResult<PersonSet> {
         let base = runs_base(version);
-        let mut out = HashSet::new();
+        let mut out = PersonSet::default();
         for v in self
             .g_runs
             .scan_prefix(key(&[&version.to_be_bytes(), b"r"]))
@@ -337,12 +385,22 @@ impl SledStore {
     fn seal_points(
         &self,
         version: u64,
-        base: Option<(u64, &HashSet<PersonKey>)>,
+        base: Option<(u64, &PersonSet)>,
         info: &mut GraphInfo,
-        persons: &mut HashSet<PersonKey>,
+        persons: &mut Vec<PersonKey>,
     ) -> StoreResult<Batch> {
         let mut streams = self.merge_sources(version, b'i', base)?;
         let first_run = usize::from(base.is_some());
+        // One person per staged record at most: reserved whole, the list
+        // never doubles (a delta's base adds what it adds).
+        let staged: u64 = streams
+            .iter()
+            .map(|s| match s {
+                Source::Run(r) => r.blob_len() / RUN_RECORD as u64,
+                Source::Base(_) => 0,
+            })
+            .sum();
+        persons.reserve_exact(usize::try_from(staged).unwrap_or(0));
         // Ties go to the earlier run: the first import of a point wins.
         let mut heap = BinaryHeap::new();
         for (i, s) in streams.iter_mut().enumerate() {
@@ -351,7 +409,12 @@ impl SledStore {
             }
         }
         let mut out = ChunkWriter::new(self, version, 0);
-        let mut last: Option<[u8; 33]> = None;
+        let mut last: Option<RunKey> = None;
+        // Records come sorted by kind: the chunk prefix changes with it, and
+        // the counts get their names once, at the end (nothing allocated
+        // per record).
+        let mut prefix: Option<(u8, Vec<u8>)> = None;
+        let mut per_kind = [0u64; 256];
         while let Some(Reverse((k, i))) = heap.pop() {
             let mut record = [0u8; RUN_RECORD];
             record.copy_from_slice(&streams[i].peek()[..RUN_RECORD]);
@@ -366,15 +429,23 @@ impl SledStore {
             if i >= first_run {
                 info.added += 1;
             }
-            let kind = MatchKind::from_byte(record[0]).ok_or(StoreError::Corrupt(GRAPH_RUNS))?;
-            persons.insert(person_of(&record[33..])?);
-            *info.identifiers.entry(kind.as_str().into()).or_default() += 1;
-            out.push(
-                &chunk_prefix(version, kind),
-                &record[1..33],
-                &record[1..],
-                true,
-            )?;
+            let kind_byte = record[0];
+            let prefix = match &mut prefix {
+                Some((byte, p)) if *byte == kind_byte => p,
+                slot => {
+                    let kind =
+                        MatchKind::from_byte(kind_byte).ok_or(StoreError::Corrupt(GRAPH_RUNS))?;
+                    &slot.insert((kind_byte, chunk_prefix(version, kind))).1
+                }
+            };
+            per_kind[usize::from(kind_byte)] += 1;
+            persons.push(person_of(&record[33..])?);
+            out.push(prefix, &record[1..33], &record[1..], true)?;
+        }
+        for (byte, &n) in (0..=u8::MAX).zip(&per_kind) {
+            if let Some(kind) = MatchKind::from_byte(byte).filter(|_| n > 0) {
+                *info.identifiers.entry(kind.as_str().into()).or_default() += n;
+            }
         }
         info.removed += base_dropped(&streams);
         out.finish()
@@ -384,7 +455,7 @@ impl SledStore {
     fn seal_cookies(
         &self,
         version: u64,
-        base: Option<(u64, &HashSet<PersonKey>)>,
+        base: Option<(u64, &PersonSet)>,
         info: &mut GraphInfo,
         persons: &mut Vec<PersonKey>,
     ) -> StoreResult<Batch> {
@@ -398,38 +469,51 @@ impl SledStore {
         }
         let mut out = ChunkWriter::new(self, version, 0);
         let mut last: Option<Vec<u8>> = None;
-        let mut last_person: Option<(Vec<u8>, PersonKey)> = None;
+        // Records come sorted by destination: its chunk prefix and its
+        // count change with it (nothing allocated per record for them).
+        let mut dest: Option<DestinationRun> = None;
+        let mut last_person: Option<PersonKey> = None;
         while let Some(Reverse((k, i))) = heap.pop() {
             // k = len | destination | person | tag; the record follows with len | sealed.
             let dlen = usize::from(k[0]);
             let total = k.len() + 2 + sealed_len(streams[i].peek(), k.len())?;
-            let record = streams[i].peek()[..total].to_vec();
+            if last.as_ref() != Some(&k) {
+                if i >= first_run {
+                    info.added += 1;
+                }
+                let destination = &k[1..1 + dlen];
+                let person = person_of(&k[1 + dlen..17 + dlen])?;
+                if persons.last() != Some(&person) {
+                    persons.push(person);
+                }
+                let run = match &mut dest {
+                    Some(run) if run.name == destination => run,
+                    slot => {
+                        if let Some(done) = slot.take() {
+                            done.count_into(info);
+                        }
+                        last_person = None;
+                        slot.insert(DestinationRun {
+                            name: destination.to_vec(),
+                            prefix: key(&[&version.to_be_bytes(), &k[..1 + dlen]]),
+                            rows: 0,
+                        })
+                    }
+                };
+                run.rows += 1;
+                let may_split = last_person != Some(person);
+                let record = &streams[i].peek()[1 + dlen..total];
+                out.push(&run.prefix, &person, record, may_split)?;
+                last_person = Some(person);
+            }
             streams[i].advance(total);
             if let Some(next) = next_cookie_key(&mut streams[i])? {
                 heap.push(Reverse((next, i)));
             }
-            if last.as_ref() == Some(&k) {
-                continue;
-            }
-            if i >= first_run {
-                info.added += 1;
-            }
-            let destination = &k[1..1 + dlen];
-            let person = person_of(&k[1 + dlen..17 + dlen])?;
-            if persons.last() != Some(&person) {
-                persons.push(person);
-            }
-            *info
-                .cookies
-                .entry(String::from_utf8_lossy(destination).into_owned())
-                .or_default() += 1;
-            let prefix = key(&[&version.to_be_bytes(), &k[..1 + dlen]]);
-            let may_split = last_person
-                .as_ref()
-                .is_none_or(|(d, p)| d.as_slice() != destination || *p != person);
-            out.push(&prefix, &person, &record[1 + dlen..], may_split)?;
-            last_person = Some((destination.to_vec(), person));
             last = Some(k);
+        }
+        if let Some(done) = dest {
+            done.count_into(info);
         }
         info.removed += base_dropped(&streams);
         out.finish()
@@ -449,7 +533,7 @@ impl SledStore {
         };
         let removed = self.staged_removals(version)?;
         let base = base.map(|b| (b, &removed));
-        let mut persons = HashSet::new();
+        let mut persons = Vec::new();
         // Points and cookies are merged side by side, one core each (the
         // blob file takes appends from both).
         let (points, cookies) = std::thread::scope(|s| {
@@ -470,9 +554,7 @@ impl SledStore {
         info.cookies = counts.cookies;
         info.added += counts.added;
         info.removed += counts.removed;
-        persons.extend(owners);
-        info.persons = persons.len() as u64;
-        drop(persons);
+        info.persons = distinct_persons(persons, owners);
         let sealed = json(&info)?;
         (&self.g_chunks, &self.g_cookie_chunks, &self.g_sealed)
             .transaction(|(p, c, s)| {
@@ -655,10 +737,22 @@ impl SledStore {
 }
 
 /// Heap key of a run record: `kind | point`.
-fn run_key(record: &[u8]) -> [u8; 33] {
-    let mut k = [0u8; 33];
-    k.copy_from_slice(&record[..33]);
-    k
+/// A point run record's sort key, `kind | b·P(y)` read as integers: the
+/// same order as its bytes, compared in a few instructions (not a `memcmp`
+/// call) at each of the merge heap's comparisons.
+type RunKey = (u8, u128, u128);
+
+fn run_key(record: &[u8]) -> RunKey {
+    sort_key(record[0], &record[1..33])
+}
+
+/// The [`RunKey`] of a kind byte and a 32-byte point.
+fn sort_key(kind: u8, point: &[u8]) -> RunKey {
+    let mut high = [0u8; 16];
+    let mut low = [0u8; 16];
+    high.copy_from_slice(&point[..16]);
+    low.copy_from_slice(&point[16..32]);
+    (kind, u128::from_be_bytes(high), u128::from_be_bytes(low))
 }
 
 /// Length of the sealed bytes of the cookie record at the front of `buf`,
@@ -819,7 +913,7 @@ impl GraphRepo for SledStore {
         batch_no: u32,
         mut rows: Vec<IdentifierRow>,
     ) -> StoreResult<()> {
-        rows.sort_unstable_by_key(|r| (r.0.to_byte(), r.1 .0));
+        rows.sort_unstable_by_key(|r| sort_key(r.0.to_byte(), &r.1 .0));
         let mut bytes = Vec::with_capacity(rows.len() * RUN_RECORD);
         for (kind, point, person) in &rows {
             bytes.push(kind.to_byte());
@@ -1103,6 +1197,34 @@ impl GraphRepo for SledStore {
 mod tests {
     use super::*;
     use crate::storage::sled::blob_dir;
+
+    proptest::proptest! {
+        /// The seal's person count is the size of the lists' union.
+        #[test]
+        fn distinct_persons_counts_the_union(
+            a in proptest::collection::vec(0u8..40, 0..200),
+            b in proptest::collection::vec(0u8..40, 0..200),
+        ) {
+            let keys = |l: &[u8]| l.iter().map(|&i| [i; 16]).collect::<Vec<PersonKey>>();
+            let union: std::collections::BTreeSet<u8> = a.iter().chain(&b).copied().collect();
+            proptest::prop_assert_eq!(
+                distinct_persons(keys(&a), keys(&b)),
+                union.len() as u64
+            );
+        }
+
+        /// The merge's integer keys order records as their bytes do.
+        #[test]
+        fn run_keys_order_like_bytes(
+            a in proptest::collection::vec(proptest::num::u8::ANY, RUN_RECORD),
+            b in proptest::collection::vec(proptest::num::u8::ANY, RUN_RECORD),
+            same_prefix in 0usize..33,
+        ) {
+            let mut b = b;
+            b[..same_prefix].copy_from_slice(&a[..same_prefix]);
+            proptest::prop_assert_eq!(run_key(&a).cmp(&run_key(&b)), a[..33].cmp(&b[..33]));
+        }
+    }
 
     fn point(i: u32) -> PointBytes {
         let mut b = [0u8; 32];
