@@ -5,8 +5,8 @@
 //! `COPY`ed (binary) into their version's partitions, which have no index
 //! yet; sealing builds each partition's primary key in one sort (the first
 //! row of a repeated point or cookie winning) and counts; deleting a
-//! version drops its partitions. Look-ups of many points or persons are one
-//! `= ANY($1)` query each.
+//! version drops its partitions. Look-ups of many points or persons are
+//! `= ANY($1)` queries over slices of them ([`PgStore::query_any`]).
 
 use super::*;
 use std::collections::HashMap;
@@ -301,10 +301,11 @@ impl GraphRepo for PgStore {
         kind: MatchKind,
         points: &[PointBytes],
     ) -> StoreResult<Vec<Option<PersonKey>>> {
-        let rows = self.query(
+        let rows = self.query_any(
             "SELECT point, person FROM graph_points
              WHERE version = $1 AND kind = $2 AND point = ANY($3::bytea[])",
-            &[&i64_of(version), &kind_col(kind), &point_params(points)],
+            &[&i64_of(version), &kind_col(kind)],
+            &point_params(points),
         )?;
         let mut owners: HashMap<[u8; 32], PersonKey> = HashMap::with_capacity(rows.len());
         for r in &rows {
@@ -322,10 +323,11 @@ impl GraphRepo for PgStore {
         persons: &[PersonKey],
     ) -> StoreResult<Vec<(PersonKey, Vec<SealedCookie>)>> {
         let wanted: Vec<&[u8]> = persons.iter().map(|p| &p[..]).collect();
-        let rows = self.query(
+        let rows = self.query_any(
             "SELECT person, tag, sealed FROM graph_cookies
              WHERE version = $1 AND destination = $2 AND person = ANY($3::bytea[])",
-            &[&i64_of(version), &destination, &wanted],
+            &[&i64_of(version), &destination],
+            &wanted,
         )?;
         // Sorted here rather than by the database: its estimate of an
         // `= ANY` scan is a few rows, so it would plan a sort that spills.

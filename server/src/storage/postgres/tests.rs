@@ -480,6 +480,41 @@ fn try_lock_is_exclusive_across_stores_and_released_on_drop() {
 }
 
 /// Whether `table` (a name on the search path) has a primary key.
+/// Look-ups longer than one `= ANY` slice come back whole and in order.
+#[test]
+fn look_ups_of_several_slices_find_every_owner_and_cookie() {
+    let Some(db) = TestDb::new() else { return };
+    let s = db.store();
+    let v = s.allocate_version().unwrap();
+    let n = 2 * ANY_SLICE as u32 + 7;
+    // Even points and even persons are in the graph, odd ones are not.
+    let rows = (0..n)
+        .step_by(2)
+        .map(|i| (MatchKind::Email, point(i), person(i)))
+        .collect();
+    s.put_identifier_run(v, 0, rows).unwrap();
+    let cookies = (0..n)
+        .step_by(2)
+        .map(|i| ("dsp".to_string(), person(i), cookie(i)))
+        .collect();
+    s.put_cookie_run(v, 0, cookies).unwrap();
+    s.seal_version(v).unwrap();
+
+    let points: Vec<PointBytes> = (0..n).map(point).collect();
+    let owners = s.owners_of_sorted(v, MatchKind::Email, &points).unwrap();
+    let expected: Vec<Option<PersonKey>> =
+        (0..n).map(|i| (i % 2 == 0).then(|| person(i))).collect();
+    assert_eq!(owners, expected);
+
+    let persons: Vec<PersonKey> = (0..n).map(person).collect();
+    let found = s.cookies_of_sorted(v, "dsp", &persons).unwrap();
+    let expected: Vec<(PersonKey, Vec<SealedCookie>)> = (0..n)
+        .step_by(2)
+        .map(|i| (person(i), vec![cookie(i)]))
+        .collect();
+    assert_eq!(found, expected);
+}
+
 fn has_primary_key(s: &PgStore, table: &str) -> bool {
     s.exists(
         "SELECT 1 FROM pg_index WHERE indrelid = to_regclass($1) AND indisprimary",
