@@ -258,6 +258,17 @@ fn dry_run(input: &Path, args: &[&str]) -> std::process::Output {
     common::onboard_at("https://127.0.0.1:1", Path::new("unused-ca.pem"), "", &all)
 }
 
+/// The quality report of a successful `--json` run.
+fn quality_of(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    json["quality"].clone()
+}
+
 #[test]
 fn every_format_gives_the_same_audiences() {
     let server = TestServer::start(&[
@@ -443,14 +454,7 @@ fn typed_cells_in_identifier_columns_are_invalid_with_their_sheet_row() {
         args.extend_from_slice(extra);
         dry_run(&path, &args)
     };
-    let out = run(&[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let q = &json["quality"];
+    let q = &quality_of(&run(&[]));
     assert_eq!(
         (q["format"].as_str(), q["sheet"].as_str()),
         (Some("xlsx"), Some("Export"))
@@ -494,14 +498,10 @@ fn a_legacy_xls_reads_like_the_other_spreadsheets() {
         "--phone-col",
         "téléphone",
     ];
-    let out = dry_run(&path, &[&args[..], &["--segment-col", "segment"]].concat());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let q = &json["quality"];
+    let q = &quality_of(&dry_run(
+        &path,
+        &[&args[..], &["--segment-col", "segment"]].concat(),
+    ));
     assert_eq!(
         (
             q["format"].as_str(),

@@ -122,6 +122,22 @@ fn set_webhook(server: &TestServer, key: &str, port: u16, mode: &str) -> String 
     secret
 }
 
+/// A destination `name` with its own key, in a graph of 300 persons, whose
+/// endpoint in `mode` is a free port of 127.0.0.1 (nothing listens yet).
+struct Endpoint {
+    dsp: String,
+    port: u16,
+    secret: String,
+}
+
+fn endpoint(server: &TestServer, name: &str, mode: &str) -> Endpoint {
+    let dsp = server.create("destination", name);
+    graph(server, 300, &[name]);
+    let port = free_port();
+    let secret = set_webhook(server, &dsp, port, mode);
+    Endpoint { dsp, port, secret }
+}
+
 fn write_private(path: &Path, text: &str) {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -602,10 +618,7 @@ impl Recorder {
 fn a_receiver_failing_three_times_gets_the_same_message_id_four_times() {
     let server = push_server();
     let (advertiser, key_file) = advertiser(&server);
-    let dsp = server.create("destination", "dsp-r");
-    graph(&server, 300, &["dsp-r"]);
-    let port = free_port();
-    set_webhook(&server, &dsp, port, "notify");
+    let Endpoint { dsp, port, .. } = endpoint(&server, "dsp-r", "notify");
     let recorder = Recorder::start(&server, port, 3, 500);
     release(&server, &advertiser, &key_file, "dsp-r");
     let list = wait_for("the delivery", Duration::from_secs(60), || {
@@ -651,10 +664,7 @@ fn a_message_failing_every_attempt_is_failed_after_the_tenth() {
     // The whole schedule, 16,993 × the base, in about 17 s.
     let server = push_server_with(&[("WEBHOOK_RETRY_BASE", "1ms")]);
     let (advertiser, key_file) = advertiser(&server);
-    let dsp = server.create("destination", "dsp-f");
-    graph(&server, 300, &["dsp-f"]);
-    let port = free_port();
-    set_webhook(&server, &dsp, port, "notify");
+    let Endpoint { dsp, port, .. } = endpoint(&server, "dsp-f", "notify");
     let recorder = Recorder::start(&server, port, usize::MAX, 503);
     release(&server, &advertiser, &key_file, "dsp-f");
     let m = wait_for("the message failed", Duration::from_secs(120), || {
@@ -684,10 +694,7 @@ fn a_message_failing_every_attempt_is_failed_after_the_tenth() {
 fn gone_fails_the_message_and_disables_the_endpoint() {
     let server = push_server();
     let (advertiser, key_file) = advertiser(&server);
-    let dsp = server.create("destination", "dsp-g");
-    graph(&server, 300, &["dsp-g"]);
-    let port = free_port();
-    set_webhook(&server, &dsp, port, "members");
+    let Endpoint { dsp, port, .. } = endpoint(&server, "dsp-g", "members");
     let recorder = Recorder::start(&server, port, usize::MAX, 410);
     release(&server, &advertiser, &key_file, "dsp-g");
     let list = wait_for("every message ended", Duration::from_secs(60), || {
@@ -715,10 +722,7 @@ fn expiry_and_withdrawal_reach_the_endpoint_as_counts_only() {
     // Audiences live 15 s here and the clean-up looks every second.
     let server = push_server_with(&[("AUDIENCE_TTL", "15s"), ("CLEANUP_INTERVAL", "1s")]);
     let (advertiser, key_file) = advertiser(&server);
-    let dsp = server.create("destination", "dsp-w");
-    graph(&server, 300, &["dsp-w"]);
-    let port = free_port();
-    let secret = set_webhook(&server, &dsp, port, "notify");
+    let Endpoint { port, secret, .. } = endpoint(&server, "dsp-w", "notify");
     let listener = Listener::spawn(&server, "dsp-w", port, &secret);
     let audience = release(&server, &advertiser, &key_file, "dsp-w");
     // p3 is in the released segment and has one cookie ID at dsp-w.
@@ -846,10 +850,7 @@ fn a_receiver_certificate_must_chain_to_the_system_roots_or_webhook_ca() {
     // Loopback is allowed, but the dev CA is not among the trusted roots.
     let mut server = TestServer::start(SETTINGS);
     let (advertiser, key_file) = advertiser(&server);
-    let dsp = server.create("destination", "dsp-c");
-    graph(&server, 300, &["dsp-c"]);
-    let port = free_port();
-    set_webhook(&server, &dsp, port, "notify");
+    let Endpoint { dsp, port, .. } = endpoint(&server, "dsp-c", "notify");
     let recorder = Recorder::start(&server, port, 0, 200);
     release(&server, &advertiser, &key_file, "dsp-c");
     let m = attempted(&server, &dsp, 1);
@@ -875,11 +876,8 @@ fn a_receiver_certificate_must_chain_to_the_system_roots_or_webhook_ca() {
 fn a_message_pending_at_sigkill_is_delivered_after_restart_and_never_again() {
     let mut server = push_server();
     let (advertiser, key_file) = advertiser(&server);
-    let dsp = server.create("destination", "dsp-k");
-    graph(&server, 300, &["dsp-k"]);
     // Nothing listens yet: the first attempt fails and the message waits.
-    let port = free_port();
-    set_webhook(&server, &dsp, port, "notify");
+    let Endpoint { dsp, port, .. } = endpoint(&server, "dsp-k", "notify");
     release(&server, &advertiser, &key_file, "dsp-k");
     let pending = wait_for("a failed first attempt", Duration::from_secs(30), || {
         let list = deliveries(&server, &dsp);
@@ -961,10 +959,11 @@ fn a_url_resolving_to_loopback_is_refused_without_the_allow_flag() {
 fn after_a_rotation_both_secrets_sign_during_the_overlap() {
     let server = push_server();
     let (advertiser, key_file) = advertiser(&server);
-    let dsp = server.create("destination", "dsp-s");
-    graph(&server, 300, &["dsp-s"]);
-    let port = free_port();
-    let old = set_webhook(&server, &dsp, port, "notify");
+    let Endpoint {
+        dsp,
+        port,
+        secret: old,
+    } = endpoint(&server, "dsp-s", "notify");
     let out = server.ok(&dsp, &["destination", "webhook", "rotate-secret"]);
     let new = out.lines().last().unwrap().trim().to_owned();
     assert!(new.starts_with("whsec_") && new != old, "{out}");

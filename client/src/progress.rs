@@ -4,7 +4,7 @@
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// Receives progress of named phases; several may run at once (the graph
 /// pass and the upload of a match do).
@@ -34,8 +34,15 @@ pub struct Bars {
 }
 
 impl Bars {
+    /// The running bars. A thread that panicked while drawing leaves the
+    /// list whole (each change is one push or remove), so a poisoned lock
+    /// is taken as it is rather than failing the job over a progress bar.
+    fn running(&self) -> MutexGuard<'_, Vec<(String, ProgressBar)>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn with_bar(&self, phase: &str, f: impl FnOnce(&ProgressBar)) {
-        let running = self.running.lock().expect("progress lock");
+        let running = self.running();
         if let Some((_, bar)) = running.iter().find(|(name, _)| name == phase) {
             f(bar);
         }
@@ -72,7 +79,7 @@ impl ProgressSink for Bars {
         };
         bar.set_message(phase.to_owned());
         let bar = self.multi.add(bar);
-        let mut running = self.running.lock().expect("progress lock");
+        let mut running = self.running();
         if let Some(i) = running.iter().position(|(name, _)| name == phase) {
             running.remove(i).1.finish_and_clear();
         }
@@ -84,7 +91,7 @@ impl ProgressSink for Bars {
     }
 
     fn end(&self, phase: &str) {
-        let mut running = self.running.lock().expect("progress lock");
+        let mut running = self.running();
         if let Some(i) = running.iter().position(|(name, _)| name == phase) {
             running.remove(i).1.finish();
         }

@@ -85,6 +85,20 @@ impl PgStore {
         Ok(rows.iter().map(|r| r.get::<_, Vec<u8>>(0)).collect())
     }
 
+    /// Take [`ERASURE_LOCK`] until the transaction ends: shared by cache
+    /// writes (side by side), exclusive for an erasure's rewrite of the runs.
+    async fn lock_erasures(
+        tx: &tokio_postgres::Transaction<'_>,
+        sharing: Sharing,
+    ) -> StoreResult<()> {
+        let sql = match sharing {
+            Sharing::Shared => "SELECT pg_advisory_xact_lock_shared($1)",
+            Sharing::Exclusive => "SELECT pg_advisory_xact_lock($1)",
+        };
+        tx.execute(sql, &[&ERASURE_LOCK]).await.map_err(db_err)?;
+        Ok(())
+    }
+
     /// Insert packed runs of a namespace (in the caller's transaction).
     async fn insert_runs(
         tx: &tokio_postgres::Transaction<'_>,
@@ -101,7 +115,7 @@ impl PgStore {
 
     /// A namespace's runs that may hold `bpy` (first point ≤ `bpy` ≤ last).
     fn runs_around(&self, ns: Option<&[u8; 16]>, bpy: &PointBytes) -> StoreResult<Vec<Row>> {
-        let upper = [&bpy.0[..], &[0xff; 48][..]].concat();
+        let upper = last_key_from(bpy);
         let sql = "SELECT ns, key, pairs FROM cache_runs
                    WHERE ($1::bytea IS NULL OR ns = $1) AND key <= $2
                      AND substring(key FROM 33 FOR 32) >= $3";
@@ -110,6 +124,18 @@ impl PgStore {
 }
 
 type Row = tokio_postgres::Row;
+
+/// How [`PgStore::lock_erasures`] takes the lock.
+enum Sharing {
+    Shared,
+    Exclusive,
+}
+
+/// The greatest run key whose run starts at `bpy`: runs that may hold `bpy`
+/// have keys up to it (keys begin with the run's first point).
+fn last_key_from(bpy: &PointBytes) -> Vec<u8> {
+    [&bpy.0[..], &[0xff; 48][..]].concat()
+}
 
 fn run_holds(packed: &[u8], bpy: &PointBytes) -> bool {
     packed
@@ -131,9 +157,7 @@ impl CacheRepo for PgStore {
         self.run(async {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(db_err)?;
-            tx.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&ERASURE_LOCK])
-                .await
-                .map_err(db_err)?;
+            Self::lock_erasures(&tx, Sharing::Shared).await?;
             // Erased points are dropped under the lock an erasure takes.
             let bpys: Vec<&[u8]> = pairs.iter().map(|p| &p.0 .0[..]).collect();
             let erased = Self::erased_among(&tx, &bpys).await?;
@@ -154,13 +178,11 @@ impl CacheRepo for PgStore {
         self.run(async {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(db_err)?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ERASURE_LOCK])
-                .await
-                .map_err(db_err)?;
+            Self::lock_erasures(&tx, Sharing::Exclusive).await?;
             let gone: std::collections::HashSet<&[u8]> = points.iter().map(|p| &p.0[..]).collect();
             let mut removed = 0u64;
             for point in points {
-                let upper = [&point.0[..], &[0xff; 48][..]].concat();
+                let upper = last_key_from(point);
                 let rows = tx
                     .query(
                         "SELECT ns, key, pairs FROM cache_runs

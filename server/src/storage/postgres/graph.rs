@@ -16,6 +16,22 @@ use tokio_postgres::types::{ToSql, Type};
 
 const META_GRAPH: &str = "graph";
 
+impl PgStore {
+    /// Rows of `sql`, a page of a version's points of a kind in key order:
+    /// `$1` version, `$2` kind, `$3` the point after which it starts, `$4`
+    /// the most rows.
+    fn ordered_points(
+        &self,
+        sql: &str,
+        (version, kind, after, limit): (u64, MatchKind, Option<&PointBytes>, usize),
+    ) -> StoreResult<Vec<tokio_postgres::Row>> {
+        // The empty bytea sorts before every point.
+        let after: &[u8] = after.map_or(&[], |p| &p.0[..]);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.query(sql, &[&i64_of(version), &kind_col(kind), &after, &limit])
+    }
+}
+
 impl GraphRepo for PgStore {
     fn current_graph(&self) -> StoreResult<Option<GraphInfo>> {
         self.record(
@@ -258,13 +274,10 @@ impl GraphRepo for PgStore {
         after: Option<&PointBytes>,
         limit: usize,
     ) -> StoreResult<Vec<(PointBytes, PersonKey)>> {
-        // The empty bytea sorts before every point.
-        let after: &[u8] = after.map_or(&[], |p| &p.0[..]);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.query(
+        self.ordered_points(
             "SELECT point, person FROM graph_points
              WHERE version = $1 AND kind = $2 AND point > $3 ORDER BY point LIMIT $4",
-            &[&i64_of(version), &kind_col(kind), &after, &limit],
+            (version, kind, after, limit),
         )?
         .iter()
         .map(|r| {
@@ -284,12 +297,10 @@ impl GraphRepo for PgStore {
     ) -> StoreResult<Vec<PointBytes>> {
         // Points alone: an index-only scan of the sealed partition's primary
         // key (its visibility map is set at seal), no heap fetch per point.
-        let after: &[u8] = after.map_or(&[], |p| &p.0[..]);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.query(
+        self.ordered_points(
             "SELECT point FROM graph_points
              WHERE version = $1 AND kind = $2 AND point > $3 ORDER BY point LIMIT $4",
-            &[&i64_of(version), &kind_col(kind), &after, &limit],
+            (version, kind, after, limit),
         )?
         .iter()
         .map(|r| point_of("graph_points", r.get(0)))
@@ -538,11 +549,6 @@ impl PgStore {
         })
     }
 
-    /// Build the primary keys of `version`'s partitions if they have none
-    /// yet: one sort each. Should a repeated point or cookie make a key
-    /// fail, the later copies are deleted (the first row wins, as on sled)
-    /// and the key built again. One transaction: a crash leaves the
-    /// partitions as they were.
     /// Fresh statistics and visibility map before a version serves. Without
     /// statistics the planner may scan and sort the whole table for each
     /// graph-pass chunk instead of walking the primary key; without the
@@ -561,6 +567,11 @@ impl PgStore {
         })
     }
 
+    /// Build the primary keys of `version`'s partitions if they have none
+    /// yet: one sort each. Should a repeated point or cookie make a key
+    /// fail, the later copies are deleted (the first row wins, as on sled)
+    /// and the key built again. One transaction: a crash leaves the
+    /// partitions as they were.
     fn build_primary_keys(&self, version: u64) -> StoreResult<()> {
         let points = partition("graph_points", version);
         let cookies = partition("graph_cookies", version);

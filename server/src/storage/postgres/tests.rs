@@ -549,26 +549,39 @@ fn an_import_fills_unindexed_partitions_and_sealing_keys_them() {
     );
 }
 
-#[test]
-fn a_graph_stored_before_partitions_moves_into_them_keys_and_all() {
-    let Some(db) = TestDb::new() else { return };
-    // A database at schema 2, with a stored version 7.
+/// The test's schema as a build at migration `n` left it (its migrations
+/// applied and recorded by hand), then `rows` run in it.
+fn database_at_schema(db: &TestDb, n: usize, rows: &str) {
+    let migrations: String = super::migrate::MIGRATIONS[..n]
+        .iter()
+        .map(|m| m.2)
+        .collect::<Vec<_>>()
+        .join("\n");
     admin(
         &db.admin_url,
         &format!(
             "SET search_path TO {};
-             {}
-             {}
              CREATE TABLE schema_migrations (
                  version integer PRIMARY KEY, name text NOT NULL,
                  applied timestamptz NOT NULL DEFAULT now());
-             INSERT INTO schema_migrations (version, name) VALUES (1, 'initial'), (2, 'outbox');
-             INSERT INTO graph_points VALUES (7, 1, '\\x0102', '\\x0a'), (7, 1, '\\x0103', '\\x0b');
-             INSERT INTO graph_cookies VALUES (7, 'dsp', '\\x0a', '\\x01', '\\x02');",
+             {migrations}
+             INSERT INTO schema_migrations (version, name)
+                 SELECT g, 'm' FROM generate_series(1, {n}) g;
+             {rows}",
             db.schema,
-            include_str!("../../../migrations/0001_initial.sql"),
-            include_str!("../../../migrations/0002_outbox.sql"),
         ),
+    );
+}
+
+#[test]
+fn a_graph_stored_before_partitions_moves_into_them_keys_and_all() {
+    let Some(db) = TestDb::new() else { return };
+    // A database at schema 2, with a stored version 7.
+    database_at_schema(
+        &db,
+        2,
+        "INSERT INTO graph_points VALUES (7, 1, '\\x0102', '\\x0a'), (7, 1, '\\x0103', '\\x0b');
+         INSERT INTO graph_cookies VALUES (7, 'dsp', '\\x0a', '\\x01', '\\x02');",
     );
     let s = db.store();
     assert_eq!(s.schema_version().unwrap(), Some(PG_SCHEMA_VERSION));
@@ -590,11 +603,6 @@ fn a_graph_stored_before_partitions_moves_into_them_keys_and_all() {
 fn a_cache_stored_as_pairs_moves_into_runs() {
     let Some(db) = TestDb::new() else { return };
     // A database at schema 6 caching 10,000 pairs in one namespace, 3 in another.
-    let migrations: String = super::migrate::MIGRATIONS[..6]
-        .iter()
-        .map(|m| m.2)
-        .collect::<Vec<_>>()
-        .join("\n");
     let hex = |p: &PointBytes| format!("'\\x{}'", hex::encode(p.0));
     let abpy = |i: u32| point(i + 1_000_000);
     let insert = |ns: &str, range: std::ops::Range<u32>| {
@@ -603,19 +611,12 @@ fn a_cache_stored_as_pairs_moves_into_runs() {
             .collect::<Vec<_>>()
             .join(",")
     };
-    admin(
-        &db.admin_url,
+    database_at_schema(
+        &db,
+        6,
         &format!(
-            "SET search_path TO {};
-             CREATE TABLE schema_migrations (
-                 version integer PRIMARY KEY, name text NOT NULL,
-                 applied timestamptz NOT NULL DEFAULT now());
-             {migrations}
-             INSERT INTO schema_migrations (version, name)
-                 SELECT g, 'm' FROM generate_series(1, 6) g;
-             INSERT INTO cache_pairs (ns, bpy, abpy) VALUES {};
+            "INSERT INTO cache_pairs (ns, bpy, abpy) VALUES {};
              INSERT INTO cache_pairs (ns, bpy, abpy) VALUES {};",
-            db.schema,
             insert(&"01".repeat(16), 0..10_000),
             insert(&"02".repeat(16), 5..8),
         ),
