@@ -4,9 +4,15 @@
 
 use super::cache::CacheCursor;
 use super::*;
+use crate::storage::StoreResult;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 /// Graph-pass pages written (and synced) per store call.
 const PAGES_PER_WRITE: usize = 32;
+/// Graph points read per store call.
+const POINTS_PER_READ: usize = 8192;
+/// Reads held ready ahead of the filter, and page groups ahead of the writer.
+const AHEAD: usize = 4;
 
 impl Services {
     /// Store the job's graph pass: the version's points of each kind, in
@@ -18,57 +24,120 @@ impl Services {
         version: u64,
         kinds: &BTreeSet<MatchKind>,
     ) -> Result<BTreeMap<String, PassInfo>, ApiError> {
-        let page_size = self.config.page_size;
         let mut pass = BTreeMap::new();
         for kind in kinds {
-            let mut info = PassInfo::default();
             // A finished pass of this version for this key: nothing is new.
-            if self.repo.cache_complete(&ns, version, *kind)? {
-                pass.insert(kind.as_str().to_string(), info);
-                continue;
-            }
-            let mut page: Vec<u8> = Vec::with_capacity(page_size * 32);
-            // Pages are written a few at a time: one sync per group.
-            let mut pending: Vec<Vec<u8>> = Vec::new();
-            let mut after: Option<PointBytes> = None;
-            // Both sequences are in blinded-value order: a merge, no random reads.
-            let mut cached = CacheCursor::new(self, ns);
-            loop {
-                let points = self
-                    .repo
-                    .bare_points_after(version, *kind, after.as_ref(), 8192)?;
-                let Some(last) = points.last() else { break };
-                after = Some(*last);
-                let opted_out = self.opted_out_each(&points)?;
-                for (p, opted_out) in points.iter().zip(opted_out) {
-                    if opted_out || cached.contains(p)? {
-                        continue;
-                    }
-                    page.extend_from_slice(&p.0);
-                    info.points += 1;
-                    if page.len() == page_size * 32 {
-                        pending.push(std::mem::replace(
-                            &mut page,
-                            Vec::with_capacity(page_size * 32),
-                        ));
-                        if pending.len() == PAGES_PER_WRITE {
-                            self.repo.put_pass_pages(id, *kind, info.pages, &pending)?;
-                            info.pages += pending.len() as u32;
-                            pending.clear();
-                        }
-                    }
-                }
-            }
-            if !page.is_empty() {
-                pending.push(page);
-            }
-            if !pending.is_empty() {
-                self.repo.put_pass_pages(id, *kind, info.pages, &pending)?;
-                info.pages += pending.len() as u32;
-            }
+            let info = if self.repo.cache_complete(&ns, version, *kind)? {
+                PassInfo::default()
+            } else {
+                self.build_kind_pass(id, ns, version, *kind)?
+            };
             pass.insert(kind.as_str().to_string(), info);
         }
         Ok(pass)
+    }
+
+    /// One kind's graph pass, as three stages on their own threads: reading
+    /// the graph's points, filtering them into pages, writing the pages.
+    /// Each store round trip (a database's above all) overlaps the others'
+    /// work instead of waiting for it.
+    fn build_kind_pass(
+        &self,
+        id: &str,
+        ns: [u8; 16],
+        version: u64,
+        kind: MatchKind,
+    ) -> Result<PassInfo, ApiError> {
+        std::thread::scope(|scope| {
+            let (points_tx, points) = sync_channel(AHEAD);
+            scope.spawn(move || self.read_graph_points(version, kind, &points_tx));
+            let (pages_tx, pages) = sync_channel::<(u32, Vec<Vec<u8>>)>(AHEAD);
+            let writer = scope.spawn(move || -> Result<(), ApiError> {
+                for (first, group) in pages {
+                    self.repo.put_pass_pages(id, kind, first, &group)?;
+                }
+                Ok(())
+            });
+            let filtered = self.filter_into_pages(ns, &points, &pages_tx);
+            // Whatever the filter's outcome, the reader and writer stop: the
+            // reader on its next send, the writer once its queue is drained.
+            drop((points, pages_tx));
+            let written = writer
+                .join()
+                .unwrap_or_else(|_| Err(ApiError::Internal("graph-pass writer panicked".into())));
+            // The writer's error first: a filter that stopped because its
+            // queue closed has only that to say.
+            written.and(filtered)
+        })
+    }
+
+    /// Send the version's points of `kind` in order, a store call at a time,
+    /// until they end, a read fails, or the receiver has gone.
+    fn read_graph_points(
+        &self,
+        version: u64,
+        kind: MatchKind,
+        out: &SyncSender<StoreResult<Vec<PointBytes>>>,
+    ) {
+        let mut after: Option<PointBytes> = None;
+        loop {
+            let read = self
+                .repo
+                .bare_points_after(version, kind, after.as_ref(), POINTS_PER_READ);
+            after = match &read {
+                Ok(points) => points.last().copied(),
+                Err(_) => None,
+            };
+            if out.send(read).is_err() || after.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// Pages of the points received, minus the opted-out and those cached
+    /// for this key, sent to the writer in groups; the pass's counts.
+    fn filter_into_pages(
+        &self,
+        ns: [u8; 16],
+        points: &Receiver<StoreResult<Vec<PointBytes>>>,
+        pages: &SyncSender<(u32, Vec<Vec<u8>>)>,
+    ) -> Result<PassInfo, ApiError> {
+        let page_bytes = self.config.page_size * 32;
+        let mut info = PassInfo::default();
+        let mut page: Vec<u8> = Vec::with_capacity(page_bytes);
+        let mut pending: Vec<Vec<u8>> = Vec::new();
+        let closed = || ApiError::Internal("graph-pass writer stopped".into());
+        // Both sequences are in blinded-value order: a merge, no random reads.
+        let mut cached = CacheCursor::new(self, ns);
+        for read in points {
+            let points = read?;
+            let opted_out = self.opted_out_each(&points)?;
+            for (p, opted_out) in points.iter().zip(opted_out) {
+                if opted_out || cached.contains(p)? {
+                    continue;
+                }
+                page.extend_from_slice(&p.0);
+                info.points += 1;
+                if page.len() == page_bytes {
+                    pending.push(std::mem::replace(&mut page, Vec::with_capacity(page_bytes)));
+                    if pending.len() == PAGES_PER_WRITE {
+                        let group = std::mem::take(&mut pending);
+                        let n = group.len() as u32;
+                        pages.send((info.pages, group)).map_err(|_| closed())?;
+                        info.pages += n;
+                    }
+                }
+            }
+        }
+        if !page.is_empty() {
+            pending.push(page);
+        }
+        if !pending.is_empty() {
+            let n = pending.len() as u32;
+            pages.send((info.pages, pending)).map_err(|_| closed())?;
+            info.pages += n;
+        }
+        Ok(info)
     }
 
     /// A graph-pass page of `b·P(y)`, as a `PointPage` frame.
