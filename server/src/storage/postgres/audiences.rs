@@ -13,37 +13,32 @@ pub(super) const PUT_AUDIENCE: &str =
          destination = EXCLUDED.destination, expires_unix = EXCLUDED.expires_unix,
          pulled = EXCLUDED.pulled, record = EXCLUDED.record";
 
-/// Insert member rows `(audience, pos, person, sealed)` from arrays.
-const INSERT_MEMBERS: &str = "INSERT INTO audience_members (audience, pos, person, sealed)
-     SELECT $1, k, p, s FROM unnest($2::bytea[], $3::text[], $4::bytea[]) AS u(k, p, s)
-     ON CONFLICT DO NOTHING";
+/// Member rows `(audience, pos, person, sealed)`, in bulk.
+const COPY_MEMBERS: &str =
+    "COPY audience_members (audience, pos, person, sealed) FROM STDIN (FORMAT binary)";
+const MEMBER_TYPES: &[Type] = &[Type::TEXT, Type::BYTEA, Type::TEXT, Type::BYTEA];
+
+/// One member row: its position (`len | person | tag`), person, sealed cookie.
+type MemberRow<'a> = (&'a [u8], &'a str, &'a [u8]);
 
 impl PgStore {
-    /// An audience record with its members (none for a metadata update), in
-    /// one transaction.
+    /// In one transaction: an audience record, then (unless `None`) its
+    /// members replaced by `members`, then (unless `None`) its kept
+    /// changes replaced by `changes`.
     fn write_audience(
         &self,
         a: &Audience,
-        members: &[(String, &[SealedCookie])],
+        members: Option<Vec<MemberRow<'_>>>,
+        changes: Option<&[MemberChange]>,
     ) -> StoreResult<()> {
-        let mut rows: Vec<(Vec<u8>, &str, &[u8])> = members
-            .iter()
-            .flat_map(|(person, cookies)| {
-                cookies.iter().map(|c| {
-                    (
-                        member_position(person, &c.tag),
-                        person.as_str(),
-                        &c.sealed[..],
-                    )
-                })
-            })
-            .collect();
-        // In key order, the inserts append to the index instead of
-        // landing on random pages.
-        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let positions: Vec<&[u8]> = rows.iter().map(|r| r.0.as_slice()).collect();
-        let persons: Vec<&str> = rows.iter().map(|r| r.1).collect();
-        let sealed: Vec<&[u8]> = rows.iter().map(|r| r.2).collect();
+        let members = members.map(|mut rows| {
+            // In key order, the rows append to the index instead of landing
+            // on random pages; a position twice (one cookie listed twice)
+            // is kept once, as on sled, where COPY would refuse it.
+            rows.sort_unstable_by(|x, y| x.0.cmp(y.0));
+            rows.dedup_by(|x, y| x.0 == y.0);
+            rows
+        });
         let (expires, record) = (i64_of(a.expires_unix), json(a)?);
         let audience: Params<'_> = &[
             &a.id,
@@ -53,10 +48,44 @@ impl PgStore {
             &a.pulled,
             &record,
         ];
-        let members: Params<'_> = &[&a.id, &positions, &persons, &sealed];
-        let statements = [(PUT_AUDIENCE, audience), (INSERT_MEMBERS, members)];
-        let count = if positions.is_empty() { 1 } else { 2 };
-        self.execute_all(&statements[..count])?;
+        self.run(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(db_err)?;
+            let put = tx.prepare_cached(PUT_AUDIENCE).await.map_err(db_err)?;
+            tx.execute(&put, audience).await.map_err(db_err)?;
+            if let Some(rows) = &members {
+                let clear = "DELETE FROM audience_members WHERE audience = $1";
+                tx.execute(clear, &[&a.id]).await.map_err(db_err)?;
+                Self::copy_rows(&tx, COPY_MEMBERS, MEMBER_TYPES, rows.len(), |i| {
+                    vec![&a.id, &rows[i].0, &rows[i].1, &rows[i].2]
+                })
+                .await?;
+            }
+            if let Some(changes) = changes {
+                Self::replace_changes(&tx, &a.id, changes).await?;
+            }
+            tx.commit().await.map_err(db_err)
+        })
+    }
+
+    /// An audience's kept changes replaced by `changes`, within `tx`.
+    async fn replace_changes(
+        tx: &tokio_postgres::Transaction<'_>,
+        id: &str,
+        changes: &[MemberChange],
+    ) -> StoreResult<()> {
+        let positions: Vec<&[u8]> = changes.iter().map(|c| c.pos.as_slice()).collect();
+        let ops: Vec<i8> = changes.iter().map(|c| c.op.code() as i8).collect();
+        let sealed: Vec<&[u8]> = changes.iter().map(|c| c.sealed.as_slice()).collect();
+        let clear = "DELETE FROM audience_changes WHERE audience = $1";
+        tx.execute(clear, &[&id]).await.map_err(db_err)?;
+        tx.execute(
+            "INSERT INTO audience_changes (audience, pos, op, sealed)
+             SELECT $1, k, o, s FROM unnest($2::bytea[], $3::\"char\"[], $4::bytea[]) AS u(k, o, s)",
+            &[&id, &positions, &ops, &sealed],
+        )
+        .await
+        .map_err(db_err)?;
         Ok(())
     }
 }
@@ -67,10 +96,24 @@ impl AudienceRepo for PgStore {
         a: &Audience,
         members: &[(String, &[SealedCookie])],
     ) -> StoreResult<()> {
-        self.write_audience(a, members)
+        let positions: Vec<Vec<u8>> = members
+            .iter()
+            .flat_map(|(person, cookies)| cookies.iter().map(|c| member_position(person, &c.tag)))
+            .collect();
+        let sealed = members.iter().flat_map(|(person, cookies)| {
+            cookies
+                .iter()
+                .map(move |c| (person.as_str(), &c.sealed[..]))
+        });
+        let rows = positions
+            .iter()
+            .zip(sealed)
+            .map(|(pos, (person, sealed))| (pos.as_slice(), person, sealed))
+            .collect();
+        self.write_audience(a, Some(rows), None)
     }
     fn put_audience(&self, a: &Audience) -> StoreResult<()> {
-        self.write_audience(a, &[])
+        self.write_audience(a, None, None)
     }
     fn audience(&self, id: &str) -> StoreResult<Option<Audience>> {
         self.record(
@@ -200,39 +243,14 @@ impl AudienceRepo for PgStore {
         changes: &[MemberChange],
     ) -> StoreResult<()> {
         let corrupt = || StoreError::Corrupt("audience_members");
-        let positions: Vec<&[u8]> = members.iter().map(|(k, _)| k.as_slice()).collect();
-        let persons = members
+        let rows = members
             .iter()
-            .map(|(k, _)| position_person(k).ok_or_else(corrupt))
-            .collect::<StoreResult<Vec<&str>>>()?;
-        let sealed: Vec<&[u8]> = members.iter().map(|(_, s)| s.as_slice()).collect();
-        let change_pos: Vec<&[u8]> = changes.iter().map(|c| c.pos.as_slice()).collect();
-        let ops: Vec<i8> = changes.iter().map(|c| c.op.code() as i8).collect();
-        let change_sealed: Vec<&[u8]> = changes.iter().map(|c| c.sealed.as_slice()).collect();
-        let (expires, record) = (i64_of(a.expires_unix), json(a)?);
-        let id: Params<'_> = &[&a.id];
-        self.execute_all(&[
-            (
-                PUT_AUDIENCE,
-                &[
-                    &a.id,
-                    &a.advertiser,
-                    &a.destination,
-                    &expires,
-                    &a.pulled,
-                    &record,
-                ],
-            ),
-            ("DELETE FROM audience_members WHERE audience = $1", id),
-            (INSERT_MEMBERS, &[&a.id, &positions, &persons, &sealed]),
-            ("DELETE FROM audience_changes WHERE audience = $1", id),
-            (
-                "INSERT INTO audience_changes (audience, pos, op, sealed)
-                 SELECT $1, k, o, s FROM unnest($2::bytea[], $3::\"char\"[], $4::bytea[]) AS u(k, o, s)",
-                &[&a.id, &change_pos, &ops, &change_sealed],
-            ),
-        ])?;
-        Ok(())
+            .map(|(pos, sealed)| {
+                let person = position_person(pos).ok_or_else(corrupt)?;
+                Ok((pos.as_slice(), person, sealed.as_slice()))
+            })
+            .collect::<StoreResult<Vec<MemberRow<'_>>>>()?;
+        self.write_audience(a, Some(rows), Some(changes))
     }
     fn changes_after(
         &self,

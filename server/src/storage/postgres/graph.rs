@@ -10,7 +10,6 @@
 
 use super::*;
 use std::collections::HashMap;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
@@ -538,14 +537,10 @@ impl PgStore {
         }
         let copy = format!("COPY {table} ({}) FROM STDIN (FORMAT binary)", columns.0);
         self.run(async {
-            let client = self.client().await?;
-            let sink = client.copy_in(&copy).await.map_err(db_err)?;
-            let writer = BinaryCopyInWriter::new(sink, columns.1);
-            futures_util::pin_mut!(writer);
-            for i in 0..count {
-                writer.as_mut().write(&row(i)).await.map_err(db_err)?;
-            }
-            writer.finish().await.map(drop).map_err(db_err)
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(db_err)?;
+            Self::copy_rows(&tx, &copy, columns.1, count, row).await?;
+            tx.commit().await.map_err(db_err)
         })
     }
 

@@ -30,7 +30,9 @@ use super::*;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use std::future::Future;
 use std::time::Duration;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
 
 /// Connections per server: the join looks points up from every core at
 /// once, and each held advisory lock keeps one connection.
@@ -337,6 +339,25 @@ impl PgStore {
             let statement = client.prepare_cached(sql).await.map_err(db_err)?;
             client.execute(&statement, params).await.map_err(db_err)
         })
+    }
+
+    /// `count` rows through `copy` (a binary `COPY … FROM STDIN` whose
+    /// columns are typed as `types`), within `tx`; `row(i)` gives the
+    /// i-th row's columns.
+    pub(super) async fn copy_rows<'r>(
+        tx: &tokio_postgres::Transaction<'_>,
+        copy: &str,
+        types: &[Type],
+        count: usize,
+        row: impl Fn(usize) -> Vec<&'r (dyn ToSql + Sync)>,
+    ) -> StoreResult<()> {
+        let sink = tx.copy_in(copy).await.map_err(db_err)?;
+        let writer = BinaryCopyInWriter::new(sink, types);
+        futures_util::pin_mut!(writer);
+        for i in 0..count {
+            writer.as_mut().write(&row(i)).await.map_err(db_err)?;
+        }
+        writer.finish().await.map(drop).map_err(db_err)
     }
 
     /// Statements run in order in one transaction; the rows each changed.
