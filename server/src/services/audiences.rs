@@ -243,7 +243,8 @@ impl Services {
     }
 
     /// Forget finished and failed job records older than `job_retention`
-    /// (their transient data went when they ended); returns how many.
+    /// (their transient data went when they ended, unless a crash came
+    /// between: it goes now); returns how many.
     pub fn prune_ended_jobs(&self, now: u64) -> Result<usize, ApiError> {
         let before = now.saturating_sub(self.config.job_retention.as_secs());
         let mut pruned = 0;
@@ -253,6 +254,7 @@ impl Services {
                     .repo
                     .jobs_touched_before(status, before, CLEANUP_PAGE)?;
                 for j in &old {
+                    self.repo.delete_job_data(&j.id)?;
                     self.repo.delete_job(&j.id)?;
                 }
                 pruned += old.len();
