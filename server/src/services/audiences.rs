@@ -380,7 +380,16 @@ mod tests {
         ] {
             services.repo.put_job(&j).unwrap();
         }
+        // A crash between finishing and deleting left a page and an upload.
+        let crashed = job("old-finished", "finished", now - retention - 1);
+        let page = vec![vec![7u8; 32]];
+        let repo = &services.repo;
+        repo.put_pass_pages(&crashed.id, onboard_protocol::MatchKind::Email, 0, &page)
+            .unwrap();
+        repo.put_upload(&crashed, 0, [1; 32], b"frame").unwrap();
+        assert_eq!(repo.job_data_count(&crashed.id).unwrap(), 2);
         assert_eq!(services.prune_ended_jobs(now).unwrap(), 2);
+        assert_eq!(repo.job_data_count(&crashed.id).unwrap(), 0);
         let mut left: Vec<String> = services
             .repo
             .jobs_of("acme")
