@@ -3,12 +3,13 @@
 //! transaction), run on a pooled connection (deadpool-postgres) whose I/O
 //! is driven by the store's own small tokio runtime, so the synchronous
 //! storage traits work from any thread, including the services' blocking
-//! threads, without entering the caller's runtime. Bulk rows go in as
-//! arrays (`unnest`) in one statement; look-ups of many points take
-//! `= ANY($1)` over slices of a few thousand, pipelined on one connection. Cross-server read-then-write steps take
-//! session advisory locks ([`LockRepo`]); the ε budget locks the
-//! advertiser's row. The only code in the crate that imports
-//! tokio-postgres.
+//! threads, without entering the caller's runtime. The graph's rows and
+//! audience members go in by binary `COPY` ([`PgStore::copy_rows`]), other
+//! bulk rows as arrays (`unnest`) in one statement; look-ups of many points
+//! take `= ANY($1)` over slices of a few thousand, pipelined on one
+//! connection. Cross-server read-then-write steps take session advisory
+//! locks ([`LockRepo`]); the ε budget locks the advertiser's row. The only
+//! code in the crate that imports tokio-postgres.
 
 mod audiences;
 mod cache;
