@@ -4,7 +4,7 @@
 //! is driven by the store's own small tokio runtime, so the synchronous
 //! storage traits work from any thread, including the services' blocking
 //! threads, without entering the caller's runtime. The graph's rows and
-//! audience members go in by binary `COPY` ([`PgStore::copy_rows`]), other
+//! audience members go in by binary `COPY` (`PgStore::copy_rows`), other
 //! bulk rows as arrays (`unnest`) in one statement; look-ups of many points
 //! take `= ANY($1)` over slices of a few thousand, pipelined on one
 //! connection. Cross-server read-then-write steps take session advisory
