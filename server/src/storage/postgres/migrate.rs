@@ -43,6 +43,11 @@ pub(super) const MIGRATIONS: &[(u32, &str, &str)] = &[
         "cache_runs",
         include_str!("../../../migrations/0007_cache_runs.sql"),
     ),
+    (
+        8,
+        "uncompressed_frames",
+        include_str!("../../../migrations/0008_uncompressed_frames.sql"),
+    ),
 ];
 
 /// The schema version this build writes: its last migration's.
