@@ -106,7 +106,15 @@ impl Services {
         let mut info = PassInfo::default();
         let mut page: Vec<u8> = Vec::with_capacity(page_bytes);
         let mut pending: Vec<Vec<u8>> = Vec::new();
-        let closed = || ApiError::Internal("graph-pass writer stopped".into());
+        // A group of pages to the writer, numbered from the pages sent so far.
+        let send = |info: &mut PassInfo, group: Vec<Vec<u8>>| {
+            let n = group.len() as u32;
+            pages
+                .send((info.pages, group))
+                .map_err(|_| ApiError::Internal("graph-pass writer stopped".into()))?;
+            info.pages += n;
+            Ok::<_, ApiError>(())
+        };
         // Both sequences are in blinded-value order: a merge, no random reads.
         let mut cached = CacheCursor::new(self, ns);
         for read in points {
@@ -121,10 +129,7 @@ impl Services {
                 if page.len() == page_bytes {
                     pending.push(std::mem::replace(&mut page, Vec::with_capacity(page_bytes)));
                     if pending.len() == PAGES_PER_WRITE {
-                        let group = std::mem::take(&mut pending);
-                        let n = group.len() as u32;
-                        pages.send((info.pages, group)).map_err(|_| closed())?;
-                        info.pages += n;
+                        send(&mut info, std::mem::take(&mut pending))?;
                     }
                 }
             }
@@ -133,9 +138,7 @@ impl Services {
             pending.push(page);
         }
         if !pending.is_empty() {
-            let n = pending.len() as u32;
-            pages.send((info.pages, pending)).map_err(|_| closed())?;
-            info.pages += n;
+            send(&mut info, pending)?;
         }
         Ok(info)
     }

@@ -167,7 +167,6 @@ fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
     }
 }
 
-/// The parameters of one statement.
 /// Most keys in one `= ANY($n)` array of [`PgStore::query_any`]. With a
 /// long array the planner's custom plan prices the index scan above a
 /// (parallel) sequential scan of the whole partition: at 32,768 persons of
@@ -175,6 +174,7 @@ fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
 /// 110 ms. At 4,096 keys the index scan wins wherever it should.
 pub(super) const ANY_SLICE: usize = 4096;
 
+/// The parameters of one statement.
 pub(super) type Params<'a> = &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)];
 
 /// An unsigned value (a time, a count, a sequence number) as PostgreSQL's

@@ -506,7 +506,6 @@ fn try_lock_is_exclusive_across_stores_and_released_on_drop() {
     assert!(b.try_lock("cleanup").unwrap().is_some());
 }
 
-/// Whether `table` (a name on the search path) has a primary key.
 /// Look-ups longer than one `= ANY` slice come back whole and in order.
 #[test]
 fn look_ups_of_several_slices_find_every_owner_and_cookie() {
@@ -542,6 +541,7 @@ fn look_ups_of_several_slices_find_every_owner_and_cookie() {
     assert_eq!(found, expected);
 }
 
+/// Whether `table` (a name on the search path) has a primary key.
 fn has_primary_key(s: &PgStore, table: &str) -> bool {
     s.exists(
         "SELECT 1 FROM pg_index WHERE indrelid = to_regclass($1) AND indisprimary",
